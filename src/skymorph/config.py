@@ -1,0 +1,323 @@
+"""Settings for every stage, in one explicit object.
+
+A :class:`Config` holds one section per pipeline stage.  It is built from a
+preset (``default`` or ``paper``), optionally updated from a TOML file and from
+command-line flags, and recorded in ``RUN_DIR/config.toml`` by every stage that
+runs.  Nothing in skymorph reads settings from anywhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "IngestConfig",
+    "DenoiseConfig",
+    "PolarConfig",
+    "EncodeConfig",
+    "ReduceConfig",
+    "ClusterConfig",
+    "InspectConfig",
+    "MeasureConfig",
+    "ValidateConfig",
+    "PRESETS",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has an unusable value."""
+
+
+@dataclass
+class IngestConfig:
+    """How cutouts become stamps."""
+
+    stamp_size: int = 100
+    """Side of the square stamps, in pixels (the paper: 100)."""
+    hdu: int | None = None
+    """FITS HDU to read from per-galaxy files; ``None`` takes the first image HDU."""
+    framing: str = "auto"
+    """``crop`` (cut/pad at native scale), ``resample`` (cut ``frame_fraction`` of
+    the frame and resample it to the stamp size) or ``auto`` (crop for FITS/NPY,
+    resample for PNG/JPEG, whose framing already follows the galaxy)."""
+    frame_fraction: float = 0.5
+    """Central fraction of a JPEG/PNG frame kept before resampling."""
+    min_size: int = 8
+    """Inputs smaller than this on either axis are rejected."""
+    recentre: bool = True
+    """Shift each stamp so that the galaxy's smoothed peak, searched near the
+    centre, lands on the stamp centre."""
+    catalog: str | None = None
+    """Catalog (FITS, CSV, Parquet) for sample selection or field positions."""
+    id_col: str | None = None
+    """Identifier column of ``catalog``; file stems are matched against it."""
+    select: list[str] = field(default_factory=list)
+    """Selection expressions on catalog columns, all of which must hold,
+    e.g. ``"lp_type == 0"``, ``"0.2 < z < 1.2"``."""
+    ra_col: str = "RA"
+    dec_col: str = "DEC"
+    x_col: str | None = None
+    y_col: str | None = None
+    field: bool = False
+    """Treat image inputs as large fields: cut stamps at catalog positions, or at
+    sources detected with photutils when no catalog is given."""
+    detect_nsigma: float = 2.0
+    """Detection threshold above the background, in background sigma."""
+    detect_npixels: int = 10
+    """Minimum connected pixels of a detected source."""
+    workers: int = 0
+    """Processes reading inputs; 0 uses every core."""
+    chunk_size: int = 256
+    """Stamps per chunk of the on-disk store."""
+    seed: int = 0
+    """Seed of the noise used for padding and NaN filling."""
+
+
+@dataclass
+class DenoiseConfig:
+    """The convolutional autoencoder (paper Table 1)."""
+
+    enabled: bool = True
+    channels: list[int] = field(default_factory=lambda: [16, 8])
+    kernel_size: int = 5
+    latent_dim: int = 40
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    train_sample: int = 20000
+    """Stamps drawn at random to train on (all of them when the run is smaller)."""
+    validation_fraction: float = 0.1
+    patience: int = 5
+    checkpoint: str | None = None
+    """Reuse a trained CAE from another run instead of training."""
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class PolarConfig:
+    """The adaptive polar coordinate transform (APCT)."""
+
+    enabled: bool = True
+    angle_step: float = 0.05
+    """Angle between rays in radians (125 rays over 2 pi)."""
+    n_radii: int | None = None
+    """Samples per ray; ``None`` uses half the stamp width."""
+    mirror: bool = True
+    pole: str = "brightest"
+    """How the pole is chosen."""
+    batch_size: int = 1024
+
+
+@dataclass
+class EncodeConfig:
+    """The pretrained image encoder."""
+
+    encoder: str = "efficientnet_lite2"
+    weights: str | None = None
+    """Local weights file (safetensors or a PyTorch state dict)."""
+    random_init: bool = False
+    """Use randomly initialised weights (tests and speed checks only)."""
+    batch_size: int = 64
+    device: str = "auto"
+    chunk_size: int = 1024
+
+
+@dataclass
+class ReduceConfig:
+    """UMAP reduction."""
+
+    dims: int | str = 300
+    """Output dimension, or ``"auto"`` to scan ``dims_grid`` by Davies-Bouldin."""
+    dims_grid: list[int] = field(default_factory=lambda: list(range(50, 501, 50)))
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    metric: str = "euclidean"
+    scan_k: int = 20
+    fit_sample: int | None = None
+    """Fit UMAP on this many galaxies and ``transform`` the rest."""
+    seed: int = 42
+
+
+@dataclass
+class ClusterConfig:
+    """Consensus clustering by K-means, BIRCH and ward agglomerative."""
+
+    k: int = 20
+    birch_threshold: float | str = "auto"
+    ward_connectivity: int = 10
+    """Neighbours in the ward connectivity graph (0 = exact ward)."""
+    seed: int = 42
+
+
+@dataclass
+class InspectConfig:
+    """Montages and expert voting."""
+
+    per_cluster: int = 100
+    seed: int = 0
+    host: str = "127.0.0.1"
+    port: int = 8765
+    min_agree: int = 2
+    types: list[str] = field(default_factory=lambda: ["SPH", "ETD", "LTD", "IRR", "UNC"])
+
+
+@dataclass
+class MeasureConfig:
+    """Non-parametric and Sersic measurements."""
+
+    workers: int = 0
+    gain: float | None = None
+    include_sersic: bool = True
+
+
+@dataclass
+class ValidateConfig:
+    """Validation statistics and report."""
+
+    sersic_split: float = 2.5
+    seed: int = 0
+
+
+_SECTIONS = {
+    "ingest": IngestConfig,
+    "denoise": DenoiseConfig,
+    "polar": PolarConfig,
+    "encode": EncodeConfig,
+    "reduce": ReduceConfig,
+    "cluster": ClusterConfig,
+    "inspect": InspectConfig,
+    "measure": MeasureConfig,
+    "validate": ValidateConfig,
+}
+
+
+@dataclass
+class Config:
+    """All settings of a run, one section per stage."""
+
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    denoise: DenoiseConfig = field(default_factory=DenoiseConfig)
+    polar: PolarConfig = field(default_factory=PolarConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    reduce: ReduceConfig = field(default_factory=ReduceConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    inspect: InspectConfig = field(default_factory=InspectConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dictionary of every setting."""
+        return dataclasses.asdict(self)
+
+    def update(self, values: dict[str, Any]) -> Config:
+        """Return a copy with ``{section: {key: value}}`` applied.
+
+        Raises
+        ------
+        ConfigError
+            If a section or key does not exist.
+        """
+        new = dataclasses.replace(self)
+        for section, entries in values.items():
+            if section not in _SECTIONS:
+                raise ConfigError(
+                    f"unknown config section [{section}]; sections are: {', '.join(_SECTIONS)}"
+                )
+            if not isinstance(entries, dict):
+                raise ConfigError(f"config section [{section}] must be a table of settings")
+            current = getattr(new, section)
+            names = {f.name for f in dataclasses.fields(current)}
+            unknown = sorted(set(entries) - names)
+            if unknown:
+                raise ConfigError(
+                    f"unknown setting(s) {', '.join(unknown)} in [{section}]; "
+                    f"valid settings: {', '.join(sorted(names))}"
+                )
+            setattr(new, section, dataclasses.replace(current, **entries))
+        return new
+
+    def section(self, name: str) -> Any:
+        """The settings of one stage."""
+        return getattr(self, name)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Stable hash of the named sections, used to decide whether a stage is stale."""
+        payload = {s: dataclasses.asdict(getattr(self, s)) for s in sections}
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_toml(self) -> str:
+        """TOML text of every setting (``None`` values are written as comments)."""
+        lines: list[str] = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            for key, value in values.items():
+                if value is None:
+                    lines.append(f"# {key} = (unset)")
+                else:
+                    lines.append(f"{key} = {_toml_value(value)}")
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {value!r} to TOML")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": {
+        "encode": {"encoder": "convnext_xlarge.fb_in22k"},
+        "reduce": {"dims": 300},
+        "cluster": {"k": 20},
+    },
+}
+"""Named starting points: ``default`` runs offline on a laptop CPU; ``paper``
+uses the paper's ConvNeXt-XL (ImageNet-22k) encoder."""
+
+
+def load_config(path: str | Path | None = None, preset: str = "default") -> Config:
+    """Build a :class:`Config` from a preset and an optional TOML file.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        TOML file with ``[section]`` tables; its values override the preset.
+    preset : str
+        ``"default"`` or ``"paper"``.
+
+    Returns
+    -------
+    Config
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    config = Config().update(PRESETS[preset])
+    if path is not None:
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        config = config.update(values)
+    return config

@@ -1,0 +1,324 @@
+"""The run directory: where every stage reads its inputs and writes its outputs.
+
+Layout (paths relative to ``RUN_DIR``)::
+
+    skymorph.json        format version and the skymorph version that created it
+    config.toml          every setting used by the last stage that ran
+    stages/<stage>.json  fingerprint of each finished stage (inputs + settings)
+    stamps.zarr          N x S x S float32 stamps                    (ingest)
+    sources.parquet      one row per stamp, same order               (ingest)
+    rejects.csv          id, origin, stage, reason of unusable inputs (any stage)
+    denoised.zarr        N x S x S float32                            (denoise)
+    polar.zarr           N x rows x cols float32                      (polar)
+    features.zarr        N x D float32                                (encode)
+    embedding.zarr       N x d float32                                (reduce)
+    catalog.parquet      one row per processed galaxy                 (cluster, ...)
+    catalog.fits         the same table as FITS
+
+Array stores are Zarr arrays chunked along the galaxy axis, so every stage can
+stream them chunk by chunk and Dask can map over them with ``dask.array.from_zarr``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from . import __version__
+from .config import Config
+
+__all__ = ["RunDir", "RunDirError", "ArrayWriter", "REJECT_COLUMNS", "iter_chunks"]
+
+FORMAT_VERSION = 1
+REJECT_COLUMNS = ["id", "origin", "stage", "reason"]
+
+
+class RunDirError(RuntimeError):
+    """A run directory is missing, incomplete or from an incompatible version."""
+
+
+class RunDir:
+    """Handle on one run directory.
+
+    Parameters
+    ----------
+    path : str or Path
+        The run directory.
+    create : bool
+        Create it (and its version file) when it does not exist yet.
+    """
+
+    def __init__(self, path: str | Path, create: bool = False) -> None:
+        self.path = Path(path)
+        meta = self.path / "skymorph.json"
+        if not meta.exists():
+            if not create:
+                if self.path.exists():
+                    raise RunDirError(
+                        f"{self.path} is not a skymorph run directory (no skymorph.json); "
+                        "create one with `skymorph ingest INPUT... --out RUN_DIR`"
+                    )
+                raise RunDirError(
+                    f"run directory {self.path} does not exist; "
+                    "create it with `skymorph ingest INPUT... --out RUN_DIR`"
+                )
+            self.path.mkdir(parents=True, exist_ok=True)
+            meta.write_text(
+                json.dumps(
+                    {"format_version": FORMAT_VERSION, "created_by": __version__}, indent=2
+                )
+            )
+        info = json.loads(meta.read_text())
+        found = info.get("format_version")
+        if found != FORMAT_VERSION:
+            raise RunDirError(
+                f"{self.path} was written by skymorph {info.get('created_by', '?')} in run "
+                f"directory format {found}; this skymorph ({__version__}) reads format "
+                f"{FORMAT_VERSION}. Re-run the pipeline into a new directory "
+                "(`skymorph run INPUT... --out NEW_RUN_DIR`)."
+            )
+
+    # -- settings and staleness ------------------------------------------------
+
+    def record_config(self, config: Config) -> None:
+        """Write every setting to ``config.toml``."""
+        (self.path / "config.toml").write_text(
+            f"# settings used by skymorph {__version__}\n" + config.to_toml()
+        )
+
+    def stage_info(self, stage: str) -> dict[str, Any] | None:
+        """What a finished stage recorded, or ``None`` when it has not run."""
+        path = self.path / "stages" / f"{stage}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def fingerprint(self, stage: str, config: Config, sections: Iterable[str],
+                    upstream: Iterable[str] = (), extra: Any = None) -> str:
+        """Fingerprint of a stage: its settings, its inputs' fingerprints and ``extra``.
+
+        Raises
+        ------
+        RunDirError
+            If an upstream stage has not run.
+        """
+        parts = [config.fingerprint(*sections), repr(extra)]
+        for name in upstream:
+            info = self.stage_info(name)
+            if info is None:
+                raise RunDirError(
+                    f"stage '{stage}' needs the output of '{name}', which has not run in "
+                    f"{self.path}; run `skymorph {name} {self.path}` first"
+                )
+            parts.append(info["fingerprint"])
+        import hashlib
+
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    def is_current(self, stage: str, fingerprint: str) -> bool:
+        """True when ``stage`` finished with exactly this fingerprint."""
+        info = self.stage_info(stage)
+        return info is not None and info.get("fingerprint") == fingerprint
+
+    def mark_done(self, stage: str, fingerprint: str, **summary: Any) -> None:
+        """Record that ``stage`` finished, with its fingerprint and a summary."""
+        (self.path / "stages").mkdir(exist_ok=True)
+        info = {
+            "stage": stage,
+            "fingerprint": fingerprint,
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "skymorph_version": __version__,
+            **summary,
+        }
+        tmp = self.path / "stages" / f".{stage}.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2, default=str))
+        os.replace(tmp, self.path / "stages" / f"{stage}.json")
+
+    def invalidate(self, stage: str) -> None:
+        """Forget that ``stage`` finished (before rewriting its outputs)."""
+        (self.path / "stages" / f"{stage}.json").unlink(missing_ok=True)
+
+    # -- arrays ------------------------------------------------------------------
+
+    def array_path(self, name: str) -> Path:
+        return self.path / f"{name}.zarr"
+
+    def has_array(self, name: str) -> bool:
+        return (self.array_path(name) / "zarr.json").exists()
+
+    def open_array(self, name: str) -> zarr.Array:
+        """Open a stored array (read-only).
+
+        Raises
+        ------
+        RunDirError
+            If the array has not been written.
+        """
+        if not self.has_array(name):
+            raise RunDirError(f"{self.path} has no '{name}' array yet")
+        return zarr.open_array(store=str(self.array_path(name)), mode="r")
+
+    def create_array(self, name: str, shape: tuple[int, ...], chunk: int,
+                     dtype: str = "float32") -> zarr.Array:
+        """Create (overwrite) an array chunked by ``chunk`` galaxies along axis 0."""
+        chunks = (max(1, min(chunk, max(shape[0], 1))), *shape[1:])
+        return zarr.create_array(
+            store=str(self.array_path(name)), shape=shape, chunks=chunks, dtype=dtype,
+            fill_value=np.nan if np.dtype(dtype).kind == "f" else 0, overwrite=True,
+        )
+
+    def writer(self, name: str, item_shape: tuple[int, ...], chunk: int,
+               dtype: str = "float32") -> ArrayWriter:
+        """An :class:`ArrayWriter` that appends to a new array ``name``."""
+        return ArrayWriter(self.array_path(name), item_shape, chunk, dtype)
+
+    # -- tables --------------------------------------------------------------------
+
+    def sources(self) -> pd.DataFrame:
+        """The ``sources`` table written by ingest, one row per stamp."""
+        path = self.path / "sources.parquet"
+        if not path.exists():
+            raise RunDirError(
+                f"{self.path} has no sources table; run `skymorph ingest INPUT... --out {self.path}`"
+            )
+        return pd.read_parquet(path)
+
+    @property
+    def rejects_path(self) -> Path:
+        return self.path / "rejects.csv"
+
+    def add_rejects(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Append reject rows (``id``, ``origin``, ``stage``, ``reason``); returns how many."""
+        rows = list(rows)
+        if not rows:
+            return 0
+        new = not self.rejects_path.exists()
+        with self.rejects_path.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=REJECT_COLUMNS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+        return len(rows)
+
+    def rejects(self, stage: str | None = None) -> pd.DataFrame:
+        """Rejected inputs, optionally of one stage only."""
+        if not self.rejects_path.exists():
+            return pd.DataFrame(columns=REJECT_COLUMNS)
+        table = pd.read_csv(self.rejects_path, dtype=str, keep_default_na=False)
+        return table if stage is None else table[table["stage"] == stage]
+
+    def clear_rejects(self, stage: str) -> None:
+        """Drop the reject rows of one stage (before that stage runs again);
+        the file always exists afterwards, so an empty one means nothing was rejected."""
+        table = self.rejects()
+        table[table["stage"] != stage].to_csv(self.rejects_path, index=False)
+
+    def catalog(self) -> pd.DataFrame:
+        """The morphology catalog (``catalog.parquet``)."""
+        path = self.path / "catalog.parquet"
+        if not path.exists():
+            raise RunDirError(
+                f"{self.path} has no catalog yet; run `skymorph cluster {self.path}` first"
+            )
+        return pd.read_parquet(path)
+
+    def write_catalog(self, table: pd.DataFrame) -> None:
+        """Write the catalog as Parquet and FITS."""
+        from astropy.table import Table
+
+        table = table.reset_index(drop=True)
+        tmp = self.path / ".catalog.parquet.tmp"
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, self.path / "catalog.parquet")
+        fits_table = Table.from_pandas(_fits_safe(table))
+        fits_table.write(self.path / "catalog.fits", overwrite=True)
+
+    def update_catalog(self, columns: pd.DataFrame) -> pd.DataFrame:
+        """Join ``columns`` (with an ``id`` column) onto the catalog, replacing
+        columns of the same name, and write it back."""
+        if "id" not in columns.columns:
+            raise ValueError("columns to join onto the catalog need an 'id' column")
+        catalog = self.catalog()
+        replaced = [c for c in columns.columns if c != "id" and c in catalog.columns]
+        catalog = catalog.drop(columns=replaced).merge(columns, on="id", how="left")
+        self.write_catalog(catalog)
+        return catalog
+
+
+def _fits_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """Copy with object/None columns turned into strings that FITS can store."""
+    out = table.copy()
+    for name in out.columns:
+        if out[name].dtype == object or str(out[name].dtype).startswith("string"):
+            out[name] = out[name].fillna("").astype(str)
+        elif str(out[name].dtype) == "boolean":
+            out[name] = out[name].fillna(False).astype(bool)
+    return out
+
+
+class ArrayWriter:
+    """Append blocks of items to a Zarr array chunk by chunk.
+
+    Memory stays at one chunk whatever the number of items: the buffer is
+    flushed to disk each time it fills.
+    """
+
+    def __init__(self, path: Path, item_shape: tuple[int, ...], chunk: int,
+                 dtype: str = "float32") -> None:
+        self.item_shape = tuple(item_shape)
+        self.chunk = int(chunk)
+        self.dtype = np.dtype(dtype)
+        self.array = zarr.create_array(
+            store=str(path), shape=(0, *self.item_shape), chunks=(self.chunk, *self.item_shape),
+            dtype=self.dtype, fill_value=0, overwrite=True,
+        )
+        self._buffer = np.empty((self.chunk, *self.item_shape), dtype=self.dtype)
+        self._filled = 0
+        self.count = 0
+
+    def append(self, item: np.ndarray) -> None:
+        """Add one item."""
+        self._buffer[self._filled] = item
+        self._filled += 1
+        self.count += 1
+        if self._filled == self.chunk:
+            self._flush()
+
+    def extend(self, items: np.ndarray) -> None:
+        """Add a block of items."""
+        for item in items:
+            self.append(item)
+
+    def _flush(self) -> None:
+        if self._filled:
+            self.array.append(self._buffer[: self._filled], axis=0)
+            self._filled = 0
+
+    def close(self) -> zarr.Array:
+        """Write what is buffered and return the array."""
+        self._flush()
+        return self.array
+
+    def __enter__(self) -> ArrayWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def iter_chunks(array: zarr.Array | np.ndarray, size: int | None = None
+                ) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(start, block)`` over axis 0, ``size`` items at a time (the
+    array's own chunk length by default)."""
+    n = array.shape[0]
+    if size is None:
+        size = array.chunks[0] if hasattr(array, "chunks") else 1024
+    for start in range(0, n, size):
+        yield start, np.asarray(array[start : start + size])

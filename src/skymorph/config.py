@@ -70,10 +70,13 @@ class IngestConfig:
     field: bool = False
     """Treat image inputs as large fields: cut stamps at catalog positions, or at
     sources detected with photutils when no catalog is given."""
-    detect_nsigma: float = 2.0
+    detect_nsigma: float = 3.0
     """Detection threshold above the background, in background sigma."""
-    detect_npixels: int = 10
+    detect_npixels: int = 20
     """Minimum connected pixels of a detected source."""
+    detect_contrast: float = 0.1
+    """Deblending contrast; conservative so that a bright spiral is not split
+    into its star-forming knots."""
     workers: int = 0
     """Processes reading inputs; 0 uses every core."""
     chunk_size: int = 256
@@ -134,41 +137,104 @@ class EncodeConfig:
 
 @dataclass
 class ReduceConfig:
-    """UMAP reduction."""
+    """UMAP reduction of the features (paper section 3.3)."""
 
     dims: int | str = 300
-    """Output dimension, or ``"auto"`` to scan ``dims_grid`` by Davies-Bouldin."""
+    """Output dimension (the paper: 300), or ``"auto"`` to scan ``dims_grid`` and keep the
+    dimension with the lowest Davies-Bouldin index of K-means with ``scan_k`` clusters."""
     dims_grid: list[int] = field(default_factory=lambda: list(range(50, 501, 50)))
+    """Dimensions tried by ``dims = "auto"`` (the paper: 50, 100, ..., 500)."""
     n_neighbors: int = 15
+    """UMAP neighbours of the k-NN graph (the authors' final reduction used 12)."""
     min_dist: float = 0.1
+    """UMAP ``min_dist``."""
     metric: str = "euclidean"
+    """Distance between feature vectors (any metric pynndescent knows, e.g. ``cosine``)."""
+    n_epochs: int | None = None
+    """UMAP optimisation epochs; ``None`` is UMAP's own choice (500 up to 10^4 galaxies, 200 above)."""
     scan_k: int = 20
+    """K-means clusters whose Davies-Bouldin index ranks the dimensions (the paper: 20)."""
+    scan_sample: int = 20000
+    """Galaxies the dimension scan embeds (a seeded random sample; all when fewer). The scan
+    only has to rank d, and the Davies-Bouldin index of a random sample estimates that of the
+    whole set, so the scan costs a fraction of one full fit at 10^5 galaxies."""
+    scan_epochs: int | None = None
+    """Epochs of each scan embedding; ``None`` uses ``n_epochs``."""
+    map_2d: bool = True
+    """Also compute the 2-D UMAP (``embedding_2d``) used for maps."""
     fit_sample: int | None = None
-    """Fit UMAP on this many galaxies and ``transform`` the rest."""
+    """Fit UMAP on this many galaxies (seeded random sample) and place the rest with
+    ``UMAP.transform``; ``None`` fits on all of them."""
+    chunk_size: int = 8192
+    """Galaxies per chunk when transforming and writing."""
     seed: int = 42
+    """Seed of UMAP, the k-NN search, the samples and the scan's K-means. Seeded UMAP runs
+    single-threaded: that is the price of reproducible embeddings."""
 
 
 @dataclass
 class ClusterConfig:
-    """Consensus clustering by K-means, BIRCH and ward agglomerative."""
+    """Consensus clustering by K-means, BIRCH and ward agglomerative (paper section 3.4)."""
 
     k: int = 20
+    """Clusters of each method (the paper: 20)."""
+    kmeans_n_init: int = 4
+    """K-means restarts (the best inertia is kept)."""
     birch_threshold: float | str = "auto"
+    """BIRCH subcluster radius, or ``"auto"``: half the median distance from a galaxy to its
+    m-th nearest neighbour with m = N / ``birch_subclusters``, so that the CF tree holds about
+    that many subclusters (scikit-learn's 0.5 keeps one subcluster per galaxy in 300-d and
+    its final exact ward over them then needs O(N^2) memory)."""
+    birch_subclusters: int = 2000
+    """Target number of BIRCH subclusters for ``birch_threshold = "auto"``."""
+    birch_branching_factor: int = 50
+    """BIRCH CF-tree branching factor."""
+    ward_method: str = "auto"
+    """How ward runs: ``exact`` (all galaxies; O(N^2) memory, about 40 GB at 10^5),
+    ``connectivity`` (ward restricted to a k-NN graph of ``ward_connectivity`` neighbours),
+    ``sample`` (exact ward on ``ward_sample`` galaxies, every other galaxy joins the cluster
+    with the nearest centroid), or ``auto`` (exact up to ``ward_sample`` galaxies, ``sample``
+    above)."""
     ward_connectivity: int = 10
-    """Neighbours in the ward connectivity graph (0 = exact ward)."""
+    """Neighbours in the k-NN connectivity graph of ``ward_method = "connectivity"``."""
+    ward_sample: int = 20000
+    """Galaxies clustered by exact ward in the ``sample`` route (and the ``auto`` limit)."""
     seed: int = 42
+    """Seed of K-means and of the samples."""
 
 
 @dataclass
 class InspectConfig:
-    """Montages and expert voting."""
+    """Montages, expert voting in the browser, and merging votes into types.
+
+    The same sampling (``per_cluster`` members per cluster, ``seed``) is used by
+    the montages and by ``skymorph evaluate``'s simulated inspection.
+    """
 
     per_cluster: int = 100
+    """Galaxies drawn at random from each consensus cluster for its montage (the paper: 100)."""
     seed: int = 0
+    """Seed of the member sampling; each cluster's draw depends only on this and its id."""
+    grid_cols: int = 10
+    """Thumbnails per montage row (10 x 10 for 100 members)."""
+    thumb_px: int = 100
+    """Side of one thumbnail in the montage, in pixels (stamps are resampled to it)."""
+    array: str = "stamps"
+    """Image array shown to the experts: ``stamps`` (the ingested images) or ``denoised``."""
+    stretch_percentile: float = 99.5
+    """Per-stamp scale: this percentile of the background-subtracted pixels maps to 1."""
+    asinh_softening: float = 0.1
+    """asinh stretch ``asinh(x / (a s)) / asinh(1 / a)``: ``a`` (fraction of the scale ``s``)
+    below which the stretch is linear; smaller values lift faint structure more."""
     host: str = "127.0.0.1"
+    """Address the voting server listens on (127.0.0.1 = this machine only)."""
     port: int = 8765
+    """Port of the voting server (0 picks a free one)."""
     min_agree: int = 2
+    """Experts who must name the same type for a cluster to get it (the paper: 2 of 3)."""
     types: list[str] = field(default_factory=lambda: ["SPH", "ETD", "LTD", "IRR", "UNC"])
+    """Morphology types the experts choose from; the last is the 'unclassified' type
+    given to clusters without agreement."""
 
 
 @dataclass

@@ -151,6 +151,8 @@ def read_image(path: str | Path, hdu: int | None = None) -> tuple[np.ndarray, in
     except Reject:
         raise
     except (OSError, ValueError, TypeError, IndexError, EOFError, KeyError) as exc:
+        if suffix in FITS_SUFFIXES and "reshape" in str(exc):
+            raise Reject("truncated FITS file (data shorter than its header says)") from None
         kind = {**dict.fromkeys(FITS_SUFFIXES, "FITS"), ".npy": "NPY"}.get(suffix, "image")
         raise Reject(f"unreadable {kind} file: {exc}") from None
     raise Reject(f"unsupported file type {suffix!r}; use FITS, PNG, JPEG or NPY")
@@ -501,16 +503,17 @@ def _detect(task: _Task, config: IngestConfig) -> _Task:
     data = np.where(finite, image, median) - median
     kernel = make_2dgaussian_kernel(2.0, size=5)
     smooth = convolve(data, kernel)
-    segm = detect_sources(smooth, config.detect_nsigma * std, npixels=config.detect_npixels)
+    segm = detect_sources(smooth, config.detect_nsigma * std, n_pixels=config.detect_npixels)
     if segm is None:
         raise Reject(f"no sources above {config.detect_nsigma} sigma in the field")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deblending warns about small sources; harmless
-        segm = deblend_sources(smooth, segm, npixels=config.detect_npixels, progress_bar=False)
+        segm = deblend_sources(smooth, segm, n_pixels=config.detect_npixels,
+                               contrast=config.detect_contrast, progress_bar=False)
     cat = SourceCatalog(data, segm, convolved_data=smooth)
     wcs = _wcs(task.path, hdu)
     items = []
-    for label, x, y in zip(cat.labels, cat.xcentroid, cat.ycentroid, strict=True):
+    for label, x, y in zip(cat.labels, cat.x_centroid, cat.y_centroid, strict=True):
         if not (np.isfinite(x) and np.isfinite(y)):
             continue
         sky = None

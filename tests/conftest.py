@@ -1,0 +1,30 @@
+"""Shared fixtures: the real data in ../shared/data and small run directories made from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+COSMOS_STAMPS = SHARED_DATA / "cosmos_f814w" / "stamps_100"
+COSMOS_FIELDS = SHARED_DATA / "cosmos_f814w" / "fields"
+GZ1 = SHARED_DATA / "gz1_sdss"
+STATMORPH_REFERENCE = SHARED_DATA / "statmorph_reference"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.fail(f"the shared data folder {SHARED_DATA} is missing; tests need it beside the repo")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def cosmos_run(tmp_path_factory, shared_data):
+    """A run directory with the 100 real COSMOS stamps ingested (shared, treat as read-only)."""
+    from skymorph import Config, ingest
+
+    out = tmp_path_factory.mktemp("cosmos") / "run"
+    return ingest([COSMOS_STAMPS], out, Config(), progress=False)

@@ -34,6 +34,7 @@ import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -258,7 +259,7 @@ def _require_column(table: pd.DataFrame, column: str | None, what: str, source: 
 
 
 def _background(image: np.ndarray) -> tuple[float, float]:
-    """Sigma-clipped (3 sigma, 5 iterations) median and MAD sigma of the border ring."""
+    """Sigma-clipped (3 sigma, 3 iterations) median and MAD sigma of the border ring."""
     h, w = image.shape
     width = max(2, min(h, w) // 8)
     ring = np.concatenate([
@@ -269,7 +270,7 @@ def _background(image: np.ndarray) -> tuple[float, float]:
     if ring.size < 10:
         ring = image[np.isfinite(image)]
     median, sigma = float(np.median(ring)), 0.0
-    for _ in range(5):
+    for _ in range(3):
         sigma = 1.4826 * float(np.median(np.abs(ring - median)))
         if sigma == 0:
             break
@@ -377,7 +378,9 @@ def _cut(image: np.ndarray, cy: int, cx: int, side: int, background: float, sigm
     ys, ye, xs, xe = max(0, y0), min(h, y0 + side), max(0, x0), min(w, x0 + side)
     if ys == y0 and xs == x0 and ye == y0 + side and xe == x0 + side:
         return image[ys:ye, xs:xe].copy(), False
-    out = background + sigma * rng.standard_normal((side, side))
+    out = rng.standard_normal((side, side), dtype=np.float32)
+    out *= sigma
+    out += background
     out[ys - y0 : ye - y0, xs - x0 : xe - x0] = image[ys:ye, xs:xe]
     return out, True
 
@@ -609,10 +612,9 @@ def _collection_tasks(path: Path, table: pd.DataFrame) -> list[_Task]:
     return list(tasks.values())
 
 
-def _plan(inputs: Sequence[str | os.PathLike], config: IngestConfig
+def _plan(files: list[Path], catalogs: list[Path], config: IngestConfig
           ) -> tuple[list[_Task], pd.DataFrame | None, list[dict[str, Any]], dict[str, Any]]:
     """Work out what to read: tasks, the catalog columns per id, early rejects, counts."""
-    files, catalogs = _expand(inputs)
     rejects: list[dict[str, Any]] = []
     tasks: list[_Task] = []
     meta_tables: list[pd.DataFrame] = []
@@ -716,9 +718,8 @@ def _field_tasks(files: list[Path], user: pd.DataFrame, config: IngestConfig):
 # --- the stage ---------------------------------------------------------------------------
 
 
-def _fingerprint_inputs(inputs: Sequence[str | os.PathLike], config: IngestConfig) -> str:
+def _fingerprint_inputs(files: list[Path], catalogs: list[Path], config: IngestConfig) -> str:
     digest = hashlib.sha256()
-    files, catalogs = _expand(inputs)
     for path in [*files, *catalogs, *([Path(config.catalog)] if config.catalog else [])]:
         stat = path.stat()
         digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
@@ -736,22 +737,46 @@ def _batches(tasks: list[_Task], size: int) -> Iterator[list[_Task]]:
         yield batch
 
 
-def _map_ordered(func, batches: Iterator[list[_Task]], cfg: IngestConfig, workers: int,
-                 parallel: bool) -> Iterator[list[tuple]]:
+def _pool_context():
+    """``fork`` while this process has a single thread (workers start instantly);
+    otherwise ``forkserver`` with skymorph preloaded, since forking a process that
+    runs threads (Zarr's I/O loop, a notebook's) can deadlock."""
+    import multiprocessing
+    import threading
+
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        return get_context("fork")
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        return context
+    return get_context("spawn")
+
+
+def _start_pool(workers: int) -> ProcessPoolExecutor:
+    pool = ProcessPoolExecutor(workers, mp_context=_pool_context())
+    # fork-based pools start every worker on the first submit: do it now, before
+    # Zarr or tqdm start threads in this process
+    for future in [pool.submit(os.getpid) for _ in range(workers)]:
+        future.result()
+    return pool
+
+
+def _map_ordered(func, batches: Iterator[list[_Task]], cfg: IngestConfig,
+                 pool: ProcessPoolExecutor | None, workers: int) -> Iterator[list[tuple]]:
     """``func(batch, cfg)`` over batches, in order, with at most ``2 * workers``
     batches in flight so that memory does not grow with the number of inputs."""
-    if workers <= 1 or not parallel:
+    if pool is None:
         for batch in batches:
             yield func(batch, cfg)
         return
     pending: deque = deque()
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        for batch in batches:
-            pending.append(pool.submit(func, batch, cfg))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
+    for batch in batches:
+        pending.append(pool.submit(func, batch, cfg))
+        if len(pending) >= 2 * workers:
             yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _run_batch(batch: list[_Task], config: IngestConfig) -> list[tuple]:
@@ -788,15 +813,16 @@ def ingest(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
     cfg = config.ingest
     if not inputs:
         raise IngestError("no inputs given; name image files, directories or glob patterns")
+    files, catalogs = _expand(inputs)
     run = RunDir(out, create=True)
     fingerprint = run.fingerprint("ingest", config, ["ingest"],
-                                  extra=_fingerprint_inputs(inputs, cfg))
+                                  extra=_fingerprint_inputs(files, catalogs, cfg))
     if run.is_current("ingest", fingerprint) and run.has_array("stamps"):
         log.info("ingest: inputs and settings unchanged, reusing %s", run.array_path("stamps"))
         return run
     run.invalidate("ingest")
     run.record_config(config)
-    tasks, meta, early_rejects, summary = _plan(inputs, cfg)
+    tasks, meta, early_rejects, summary = _plan(files, catalogs, cfg)
     run.clear_rejects("ingest")
     run.add_rejects(early_rejects)
     n_items = sum(len(t.items) for t in tasks) + sum(t.kind == "detect" for t in tasks)
@@ -805,10 +831,12 @@ def ingest(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
     seen: set[str] = set()
     rows: list[dict[str, Any]] = []
     n_rejected = len(early_rejects)
+    pool = _start_pool(workers) if workers > 1 and n_items > 200 else None
     writer = run.writer("stamps", (size, size), cfg.chunk_size)
     batches = _batches(tasks, 64)
-    with tqdm(total=n_items, desc="ingest", unit="stamp", disable=not progress) as bar:
-        for batch_results in _map_ordered(_run_batch, batches, cfg, workers, n_items > 200):
+    with pool or nullcontext(), tqdm(total=n_items, desc="ingest", unit="stamp",
+                                     disable=not progress) as bar:
+        for batch_results in _map_ordered(_run_batch, batches, cfg, pool, workers):
             rejects = []
             for result in batch_results:
                 if result[0] == "reject":

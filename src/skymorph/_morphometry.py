@@ -361,7 +361,11 @@ def morphology(image: np.ndarray, segmap: np.ndarray, label: int | None = None,
     """
     row = empty_result(include_doublesersic)
     try:
-        image = np.asarray(image, dtype=np.float64)
+        # statmorph gets the image in its own float type: casting float32 to float64
+        # changes the Sersic fits in the 5th digit, beyond the reference's tolerance.
+        image = np.asarray(image)
+        if image.dtype.kind != "f":
+            image = image.astype(np.float64)
         segmap = np.asarray(segmap)
         if image.ndim != 2 or segmap.shape != image.shape:
             raise ValueError(f"image {image.shape} and segmap {segmap.shape} must be equal 2-D shapes")
@@ -400,8 +404,9 @@ def morphology(image: np.ndarray, segmap: np.ndarray, label: int | None = None,
             row["measure_reason"] = "statmorph aborted (non-positive flux in the segment)"
             return row
         unmasked = region if mask is None else region & ~mask
-        row["psi"] = multiplicity(image, unmasked)
-        row["g2"] = gradient_asymmetry(image, unmasked, row["xc_asymmetry"], row["yc_asymmetry"],
+        data = image.astype(np.float64)
+        row["psi"] = multiplicity(data, unmasked)
+        row["g2"] = gradient_asymmetry(data, unmasked, row["xc_asymmetry"], row["yc_asymmetry"],
                                        g2_module_tolerance, g2_phase_tolerance)
         row["measure_ok"] = True
         if morph.flag >= 2:

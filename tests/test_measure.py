@@ -1,0 +1,186 @@
+"""Tests of the measure stage: statmorph reference values, Psi, G2, real COSMOS stamps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+from astropy.modeling.models import Gaussian2D, Sersic2D
+
+from skymorph import Config
+from skymorph._morphometry import gradient_asymmetry, morphology, multiplicity
+from skymorph.measure import CATALOG_COLUMNS, measure, measure_stamp, read_measurements
+from skymorph.rundir import RunDir
+
+# statmorph 0.7.2 itself, run here (astropy 8 fitting), reproduces the reference's
+# non-parametric values to 1e-6 but its Sersic fits only to ~1.3e-4 (single) and ~3e-4
+# (double); statmorph's own test uses rtol=1e-5.  Those quantities get these tolerances,
+# everything else the issue's 1e-6.  test_same_as_statmorph checks bit-for-bit agreement
+# with a direct statmorph call.
+LOOSER = {"smoothness": 1e-5}
+
+
+def _rtol(name: str) -> float:
+    if name.startswith(("doublesersic_", "sersic_")):
+        return 1e-3
+    return LOOSER.get(name, 1e-6)
+
+
+@pytest.fixture(scope="module")
+def reference(shared_data):
+    folder = shared_data / "statmorph_reference"
+    with fits.open(folder / "slice.fits") as hdul:
+        image, segmap, mask = hdul[0].data, hdul[1].data, hdul[2].data.astype(bool)
+    expected = json.loads((folder / "statmorph_expected_values.json").read_text())
+    row = morphology(image, segmap, mask=mask, gain=1.0, include_doublesersic=True)
+    return image, segmap, mask, expected, row
+
+
+def test_reference_values(reference):
+    *_, expected, row = reference
+    assert row["measure_ok"], row["measure_reason"]
+    common = [k for k in expected if k in row]
+    assert len(common) == len(expected)  # every reference quantity is in our output
+    strict = [k for k in common if _rtol(k) == 1e-6]
+    assert {"gini", "m20", "concentration", "asymmetry", "multimode", "intensity", "deviation"} <= set(strict)
+    for key in common:
+        np.testing.assert_allclose(row[key], expected[key], rtol=_rtol(key), err_msg=key)
+
+
+def test_same_as_statmorph(reference):
+    import statmorph
+
+    image, segmap, mask, expected, row = reference
+    direct = statmorph.source_morphology(image, segmap, mask=mask, gain=1.0, include_doublesersic=True)[0]
+    for key in expected:
+        assert row[key] == pytest.approx(float(direct[key]), rel=1e-12, abs=1e-12), key
+    assert np.isfinite(row["psi"]) and np.isfinite(row["g2"])
+
+
+def _grid(n: int = 81):
+    y, x = np.mgrid[0:n, 0:n]
+    return x, y
+
+
+def test_psi_and_g2_smooth_symmetric_profile():
+    x, y = _grid()
+    image = Sersic2D(amplitude=1, r_eff=8, n=1.5, x_0=40, y_0=40)(x, y)
+    segmap = image > 0.01 * image.max()
+    assert multiplicity(image, segmap) < 1e-6  # already the most compact arrangement
+    assert gradient_asymmetry(image, segmap, 40, 40) == pytest.approx(0.0, abs=1e-12)
+    elliptical = Sersic2D(amplitude=1, r_eff=8, n=1.5, x_0=40, y_0=40, ellip=0.4, theta=0.5)(x, y)
+    seg = elliptical > 0.01 * elliptical.max()
+    assert multiplicity(elliptical, seg) < 2.0
+    assert gradient_asymmetry(elliptical, seg, 40, 40) < 0.05
+
+
+def test_psi_two_clumps_is_high():
+    x, y = _grid()
+    smooth = Sersic2D(amplitude=1, r_eff=8, n=1.5, x_0=40, y_0=40)(x, y)
+    clumps = Gaussian2D(1, 22, 40, 3, 3)(x, y) + Gaussian2D(1, 58, 40, 3, 3)(x, y) + 0.02 * smooth
+    seg = clumps > 1e-3
+    one = Gaussian2D(1, 40, 40, 3, 3)(x, y) + 0.02 * smooth
+    psi_two = multiplicity(clumps, seg)
+    psi_one = multiplicity(one, one > 1e-3)
+    assert psi_two > 8.0
+    assert psi_two > 10 * max(psi_one, 0.1)
+
+
+def test_psi_matches_pairwise_sum():
+    rng = np.random.default_rng(1)
+    image = rng.random((7, 9))
+    seg = np.ones_like(image, dtype=bool)
+    ys, xs = np.nonzero(seg)
+    v = image[ys, xs]
+    d = np.hypot(ys[:, None] - ys[None], xs[:, None] - xs[None])
+    np.fill_diagonal(d, np.inf)
+    actual = np.sum(v[:, None] * v[None] / d)
+    from skymorph._morphometry import _compact_arrangement, _potential
+
+    assert _potential(image) == pytest.approx(actual, rel=1e-9)
+    compact = _potential(_compact_arrangement(v))
+    assert multiplicity(image, seg) == pytest.approx(100 * np.log10(compact / actual), rel=1e-9)
+
+
+def test_g2_spiral_above_symmetric():
+    x, y = _grid()
+    smooth = Sersic2D(amplitude=1, r_eff=8, n=1.5, x_0=40, y_0=40)(x, y)
+    r, theta = np.hypot(x - 40, y - 40), np.arctan2(y - 40, x - 40)
+    # one logarithmic arm: not symmetric under a 180-degree rotation
+    arm = np.exp(-((np.mod(theta - 2.0 * np.log(r + 1), 2 * np.pi) - np.pi) ** 2) / 0.3) * np.exp(-r / 12)
+    spiral = 0.5 * smooth + arm
+    g2_spiral = gradient_asymmetry(spiral, spiral > 0.01 * spiral.max(), 40, 40)
+    g2_smooth = gradient_asymmetry(smooth, smooth > 0.01 * smooth.max(), 40, 40)
+    assert g2_spiral > 1.0 > g2_smooth + 0.5
+    assert 0.0 <= g2_spiral <= 2.0
+
+
+def test_bad_stamps_get_a_flag_not_an_exception():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 1, (100, 100))
+    row = measure_stamp(noise, noise_sigma=1.0)
+    assert row["measure_ok"] is False or row["flag"] >= 1
+    if not row["measure_ok"]:
+        assert row["measure_reason"]
+    nan = np.full((100, 100), np.nan)
+    row = measure_stamp(nan, noise_sigma=1.0)
+    assert row["measure_ok"] is False and "NaN" in row["measure_reason"]
+    row = measure_stamp(np.zeros((100, 100)), noise_sigma=0.0)
+    assert row["measure_ok"] is False and row["measure_reason"]
+
+
+@pytest.fixture(scope="module")
+def measured_run(cosmos_run, tmp_path_factory):
+    path = tmp_path_factory.mktemp("measure") / "run"
+    shutil.copytree(cosmos_run.path, path)
+    run = RunDir(path)
+    sources = run.sources()
+    # a small catalog (as cluster would write) so that the join is exercised
+    run.write_catalog(pd.DataFrame({"id": sources["id"].astype(str), "consensus": True}))
+    config = Config().update({"measure": {"workers": 2, "chunk_size": 25}})
+    measure(run, config, progress=False)
+    return run, config
+
+
+def test_measure_real_cosmos_stamps(measured_run):
+    run, _ = measured_run
+    table = read_measurements(run)
+    sources = run.sources()
+    assert len(table) == len(sources)
+    assert table["id"].tolist() == sources["id"].astype(str).tolist()  # stamp order kept
+    ok = table[table["measure_ok"]]
+    assert len(ok) >= 0.9 * len(table)
+    assert ok["gini"].between(0, 1).all()
+    assert ok["sersic_n"].notna().mean() > 0.9
+    assert (ok["g2"].between(0, 2)).all() and (ok["psi"] >= 0).all()
+    # failures carry a reason
+    assert (table.loc[~table["measure_ok"], "measure_reason"].str.len() > 0).all()
+    catalog = run.catalog()
+    assert set(CATALOG_COLUMNS) <= set(catalog.columns)
+    np.testing.assert_allclose(catalog["gini"].to_numpy(), table["gini"].to_numpy())
+    info = run.stage_info("measure")
+    assert info["n_galaxies"] == len(table)
+
+
+def test_measure_reuses_and_cli(measured_run, capsys):
+    from skymorph.cli import main
+
+    run, _ = measured_run
+    before = (run.path / "measurements.parquet").stat().st_mtime_ns
+    # different worker count, same settings otherwise: reused, not recomputed
+    assert main(["measure", str(run.path), "--workers", "1"]) == 0
+    assert (run.path / "measurements.parquet").stat().st_mtime_ns == before
+    assert "galaxies measured" in capsys.readouterr().out
+
+
+def test_measure_errors(tmp_path):
+    from skymorph.rundir import RunDirError
+
+    with pytest.raises(RunDirError, match="does not exist"):
+        measure(tmp_path / "nope")
+    with pytest.raises(RunDirError, match="no measurements"):
+        read_measurements(RunDir(tmp_path / "empty", create=True))

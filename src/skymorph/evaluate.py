@@ -1,0 +1,433 @@
+"""Evaluate: score a run's clusters against labels known for part of the sample.
+
+For galaxies whose true class is known (Galaxy Zoo votes, an earlier catalog)
+this measures how well the unsupervised clusters separate the classes:
+
+* purity, NMI (arithmetic normalisation) and ARI of the K-means clusters over
+  every labelled galaxy, and of the consensus clusters over the labelled
+  galaxies that the vote keeps;
+* a simulated inspection: each consensus cluster is named by the majority true
+  class among the members the montage shows (the same seeded draw of
+  ``inspect.per_cluster`` members, :func:`skymorph.inspection.sample_members`;
+  members without a label are skipped, ties go to the class first in sorted
+  order), then accuracy, balanced accuracy (mean recall over the true classes)
+  and the confusion matrix of those names on the labelled consensus galaxies;
+* the fraction of galaxies kept by the consensus vote, overall and per class.
+
+:func:`score_labels` does the arithmetic on plain arrays, so any other
+clustering (e.g. a PCA + K-means baseline on raw pixels) is scored by the same
+code; :func:`evaluate` reads a run directory and a truth table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import Config
+from .rundir import RunDir
+
+__all__ = ["evaluate", "score_labels", "purity", "read_truth", "format_report", "EvaluateError"]
+
+UNNAMED = "(unnamed)"
+"""Prediction for a cluster none of whose sampled members has a label."""
+
+
+class EvaluateError(ValueError):
+    """The truth table or the run cannot be evaluated (wrong column, no matching ids...)."""
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+def purity(truth: Sequence[Any], clusters: Sequence[Any]) -> float:
+    """Fraction of galaxies that belong to the majority true class of their cluster.
+
+    ``sum_k max_j |cluster_k & class_j| / N``; 1 for a perfect (or a one-galaxy-per-
+    cluster) clustering, so read it beside NMI and ARI.
+    """
+    table = pd.crosstab(pd.Series(np.asarray(clusters)), pd.Series(np.asarray(truth)))
+    n = int(table.to_numpy().sum())
+    return float(table.max(axis=1).sum() / n) if n else float("nan")
+
+
+def _partition_scores(truth: np.ndarray, clusters: np.ndarray) -> dict[str, Any]:
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    if truth.size == 0:
+        return {"n": 0, "purity": None, "nmi": None, "ari": None, "n_clusters": 0}
+    return {
+        "n": int(truth.size),
+        "n_clusters": int(np.unique(clusters).size),
+        "purity": purity(truth, clusters),
+        "nmi": float(normalized_mutual_info_score(truth, clusters)),
+        "ari": float(adjusted_rand_score(truth, clusters)),
+    }
+
+
+def _majority(labels: Sequence[str]) -> str:
+    counts = Counter(labels)
+    if not counts:
+        return UNNAMED
+    best = max(counts.values())
+    return sorted(k for k, v in counts.items() if v == best)[0]
+
+
+def score_labels(truth: Sequence[Any], clusters: Sequence[int],
+                 consensus_clusters: Sequence[int] | None = None,
+                 per_cluster: int = 100, seed: int = 0) -> dict[str, Any]:
+    """Score cluster labels against true classes.
+
+    Parameters
+    ----------
+    truth : sequence
+        True class of every galaxy, aligned with ``clusters``; ``None``, NaN or
+        ``""`` where unknown (those galaxies are left out of every score but
+        still take part in the montage draw, as they do in a real montage).
+    clusters : sequence of int
+        Cluster of every galaxy (the K-means labels in skymorph).
+    consensus_clusters : sequence of int, optional
+        Consensus cluster of every galaxy, -1 where it is rejected; by default
+        ``clusters`` (every galaxy kept, as for a single-method baseline).
+    per_cluster : int
+        Members sampled per cluster for the simulated inspection.
+    seed : int
+        Seed of that draw (``inspect.seed``).
+
+    Returns
+    -------
+    dict
+        ``n_galaxies``, ``n_labelled``, ``classes``, ``fraction_kept``,
+        ``fraction_kept_labelled``, ``kept_by_class``, ``clusters`` and
+        ``consensus`` (each ``n``, ``n_clusters``, ``purity``, ``nmi``, ``ari``)
+        and ``inspection`` (``cluster_names``, ``accuracy``,
+        ``balanced_accuracy``, ``recall_by_class``, ``confusion_matrix`` with
+        rows = true class, columns = predicted, and their ``labels``).
+    """
+    from .inspection import sample_members
+
+    truth_arr = np.array([_missing_to_empty(t) for t in truth], dtype=object)
+    clusters_arr = np.asarray(clusters).astype(np.int64)
+    cons = clusters_arr if consensus_clusters is None else np.asarray(consensus_clusters).astype(np.int64)
+    if not (truth_arr.shape == clusters_arr.shape == cons.shape):
+        raise EvaluateError(f"truth ({truth_arr.shape[0]}), clusters ({clusters_arr.shape[0]}) and consensus "
+                            f"clusters ({cons.shape[0]}) must have one entry per galaxy")
+    labelled = truth_arr != ""
+    kept = cons >= 0
+    n = truth_arr.size
+    classes = sorted(set(truth_arr[labelled].tolist()))
+
+    names: dict[int, str] = {}
+    for cluster, rows in sample_members(cons, per_cluster, seed).items():
+        names[cluster] = _majority([t for t in truth_arr[rows] if t != ""])
+    sel = kept & labelled
+    y_true = truth_arr[sel].astype(str)
+    y_pred = np.array([names[c] for c in cons[sel]], dtype=object).astype(str)
+    pred_labels = sorted(set(y_pred.tolist()) - set(classes))
+    labels = classes + pred_labels
+    index = {lab: i for i, lab in enumerate(labels)}
+    matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for t, p in zip(y_true, y_pred, strict=True):
+        matrix[index[t], index[p]] += 1
+    recall = {c: (float(matrix[index[c], index[c]] / matrix[index[c]].sum()) if matrix[index[c]].sum()
+                  else None) for c in classes}
+    present = [r for r in recall.values() if r is not None]
+    return {
+        "n_galaxies": int(n),
+        "n_labelled": int(labelled.sum()),
+        "classes": classes,
+        "fraction_kept": float(kept.mean()) if n else float("nan"),
+        "fraction_kept_labelled": float(kept[labelled].mean()) if labelled.any() else float("nan"),
+        "kept_by_class": {c: float(kept[truth_arr == c].mean()) for c in classes},
+        "clusters": _partition_scores(truth_arr[labelled].astype(str), clusters_arr[labelled]),
+        "consensus": _partition_scores(y_true, cons[sel]),
+        "inspection": {
+            "per_cluster": int(per_cluster),
+            "seed": int(seed),
+            "n": int(sel.sum()),
+            "cluster_names": {str(k): v for k, v in sorted(names.items())},
+            "accuracy": float((y_true == y_pred).mean()) if y_true.size else None,
+            "balanced_accuracy": float(np.mean(present)) if present else None,
+            "recall_by_class": recall,
+            "labels": labels,
+            "confusion_matrix": matrix.tolist(),
+        },
+    }
+
+
+def _missing_to_empty(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and np.isnan(value):
+        return ""
+    return str(value).strip()
+
+
+# --- reading the truth ----------------------------------------------------------------------
+
+
+def _ids_as_str(column: pd.Series, name: str, source: str) -> pd.Series:
+    """Identifiers as exact strings; large integers must never pass through float64."""
+    if pd.api.types.is_integer_dtype(column):
+        return column.astype("int64").astype(str)
+    if pd.api.types.is_float_dtype(column):
+        values = column.dropna()
+        if (values % 1 == 0).all() and (values.abs() < 2**53).all():
+            return column.map(lambda v: "" if pd.isna(v) else str(int(v)))
+        raise EvaluateError(
+            f"id column {name!r} of {source} is stored as floating point, which cannot hold long "
+            "integer ids exactly (e.g. 18-digit SDSS objids); store the ids as integers or text"
+        )
+    return column.map(lambda v: v.decode() if isinstance(v, bytes) else ("" if v is None else str(v)))
+
+
+def read_truth(truth: str | os.PathLike | pd.DataFrame, id_col: str, label_col: str) -> pd.DataFrame:
+    """Read a table of known classes as ``id`` and ``label`` text columns.
+
+    CSV/TSV files are read with every column as text, so long integer ids
+    (e.g. 18-digit SDSS objids) keep every digit; Parquet and FITS integer ids
+    are converted exactly.
+
+    Parameters
+    ----------
+    truth : str, Path or DataFrame
+        CSV, TSV, Parquet or FITS table, or a DataFrame.
+    id_col, label_col : str
+        Columns holding the galaxy id (matched to the catalog's ``id``) and the class.
+
+    Returns
+    -------
+    DataFrame
+        ``id``, ``label`` (empty string where the label is missing).
+
+    Raises
+    ------
+    EvaluateError
+        If the file is missing or unreadable, a column does not exist (the
+        message lists the columns), or one id has two different labels.
+    """
+    if isinstance(truth, pd.DataFrame):
+        table, source = truth.copy(), "the truth table"
+    else:
+        path = Path(truth)
+        source = str(path)
+        if not path.exists():
+            raise EvaluateError(f"truth file {path} does not exist")
+        name = path.name.lower()
+        try:
+            if name.endswith((".parquet", ".pq")):
+                table = pd.read_parquet(path)
+            elif name.endswith((".fits", ".fit", ".fits.gz")):
+                from astropy.table import Table
+
+                table = Table.read(path).to_pandas()
+            else:
+                sep = "\t" if name.endswith((".tsv", ".tab")) else ","
+                table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+        except (OSError, ValueError) as exc:
+            raise EvaluateError(f"cannot read truth file {path}: {exc}") from None
+    for role, col in (("id", id_col), ("label", label_col)):
+        if col not in table.columns:
+            raise EvaluateError(f"{source} has no {role} column {col!r}; its columns are: "
+                                f"{', '.join(map(str, table.columns))}")
+    out = pd.DataFrame({
+        "id": _ids_as_str(table[id_col], id_col, source).str.strip(),
+        "label": table[label_col].map(_missing_to_empty),
+    })
+    out = out[out["id"] != ""]
+    conflicting = out.groupby("id")["label"].nunique()
+    conflicting = conflicting[conflicting > 1]
+    if len(conflicting):
+        raise EvaluateError(f"{len(conflicting)} id(s) of {source} have more than one label "
+                            f"(e.g. {', '.join(conflicting.index[:3])}); keep one row per galaxy")
+    return out.drop_duplicates("id").reset_index(drop=True)
+
+
+# --- the run-directory evaluation --------------------------------------------------------------
+
+
+def evaluate(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | pd.DataFrame,
+             id_col: str, label_col: str, config: Config | None = None,
+             label_map: Mapping[str, str] | None = None, exclude: Sequence[str] = (),
+             out: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Score a run's clusters against known labels and write the result as JSON.
+
+    Parameters
+    ----------
+    run_dir : str, Path or RunDir
+        Run directory with a catalog (``skymorph cluster``).
+    truth : str, Path or DataFrame
+        Table of known classes (see :func:`read_truth`).
+    id_col, label_col : str
+        Its id and class columns; ids are matched to the catalog's ``id`` as text.
+    config : Config, optional
+        Settings; ``inspect.per_cluster`` and ``inspect.seed`` fix the simulated
+        inspection's draw (the montage's).
+    label_map : mapping, optional
+        Renames classes before scoring, e.g. ``{"spiral_cw": "spiral",
+        "spiral_acw": "spiral"}``.
+    exclude : sequence of str
+        Classes (after ``label_map``) treated as unknown, e.g. ``["dont_know"]``.
+    out : str or Path, optional
+        JSON file to write; ``RUN_DIR/evaluation/evaluation.json`` by default.
+
+    Returns
+    -------
+    dict
+        The :func:`score_labels` result plus ``run``, ``truth``, ``id_col``,
+        ``label_col``, ``label_map``, ``exclude``, ``n_catalog``, ``n_truth``,
+        ``n_matched`` and ``output``.
+
+    Raises
+    ------
+    EvaluateError
+        For a missing column (the message lists the columns) or when no truth id
+        matches a catalog id (the message shows examples of both).
+    """
+    config = config or Config()
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    catalog = run.catalog()
+    needed = ["id", "cluster_kmeans", "cluster", "consensus"]
+    missing = [c for c in needed if c not in catalog.columns]
+    if missing:
+        raise EvaluateError(f"the catalog of {run.path} lacks {', '.join(missing)} (it has: "
+                            f"{', '.join(catalog.columns)}); run `skymorph cluster {run.path}` first")
+    table = read_truth(truth, id_col, label_col)
+    label_map = dict(label_map or {})
+    table["label"] = table["label"].map(lambda v: label_map.get(v, v))
+    table.loc[table["label"].isin(set(exclude)), "label"] = ""
+    ids = catalog["id"].map(lambda v: v.decode() if isinstance(v, bytes) else str(v)).str.strip()
+    lookup = dict(zip(table["id"], table["label"], strict=True))
+    matched = ids.isin(lookup.keys())
+    n_matched = int(matched.sum())
+    if n_matched == 0:
+        raise EvaluateError(
+            f"none of the {len(table)} ids in column {id_col!r} of the truth table matches any of the "
+            f"{len(catalog)} catalog ids (truth ids look like {', '.join(table['id'].head(3))}; catalog "
+            f"ids look like {', '.join(ids.head(3))}); check --id-col"
+        )
+    from .inspection import consensus_labels
+
+    aligned = ids.map(lambda i: lookup.get(i, "")).to_numpy(dtype=object)
+    result = score_labels(aligned, catalog["cluster_kmeans"].to_numpy(), consensus_labels(catalog),
+                          config.inspect.per_cluster, config.inspect.seed)
+    out_path = Path(out) if out is not None else run.path / "evaluation" / "evaluation.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "run": str(run.path), "truth": str(truth) if not isinstance(truth, pd.DataFrame) else "DataFrame",
+        "id_col": id_col, "label_col": label_col, "label_map": label_map, "exclude": list(exclude),
+        "n_catalog": len(catalog), "n_truth": len(table), "n_matched": n_matched,
+        "n_truth_unmatched": int(len(table) - n_matched), **result, "output": str(out_path),
+    }
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out_path)
+    return result
+
+
+def _fmt(value: Any, pct: bool = False) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    return f"{value:.1%}" if pct else f"{value:.3f}"
+
+
+def format_report(result: Mapping[str, Any]) -> str:
+    """A readable text table of a :func:`score_labels` / :func:`evaluate` result."""
+    lines = []
+    if "n_matched" in result:
+        lines.append(f"matched {result['n_matched']} of {result['n_truth']} truth ids to the "
+                     f"{result['n_catalog']} catalog galaxies ({result['n_labelled']} with a usable label)")
+    lines.append(f"kept by the consensus vote: {_fmt(result['fraction_kept'], True)} of all galaxies, "
+                 f"{_fmt(result['fraction_kept_labelled'], True)} of the labelled ones")
+    lines.append("")
+    lines.append(f"{'':<24}{'n':>7}{'clusters':>10}{'purity':>9}{'NMI':>8}{'ARI':>8}")
+    for key, title in (("clusters", "K-means, all galaxies"), ("consensus", "consensus galaxies")):
+        s = result[key]
+        lines.append(f"{title:<24}{s['n']:>7}{s['n_clusters']:>10}{_fmt(s['purity']):>9}"
+                     f"{_fmt(s['nmi']):>8}{_fmt(s['ari']):>8}")
+    insp = result["inspection"]
+    lines.append("")
+    lines.append(f"simulated inspection ({insp['per_cluster']} sampled members per cluster, seed "
+                 f"{insp['seed']}) on {insp['n']} labelled consensus galaxies:")
+    lines.append(f"  accuracy {_fmt(insp['accuracy'])}, balanced accuracy {_fmt(insp['balanced_accuracy'])}")
+    names = Counter(insp["cluster_names"].values())
+    lines.append("  clusters named: " + ", ".join(f"{k} {v}" for k, v in sorted(names.items())))
+    labels = insp["labels"]
+    width = max([len(x) for x in labels] + [10]) + 2
+    lines.append("")
+    lines.append("  confusion (rows: true class, columns: named type)  recall  kept")
+    lines.append("  " + " " * width + "".join(f"{lab[:9]:>10}" for lab in labels))
+    for lab, row in zip(labels, insp["confusion_matrix"], strict=True):
+        if lab not in result["classes"]:
+            continue
+        lines.append(f"  {lab:<{width}}" + "".join(f"{v:>10}" for v in row)
+                     + f"  {_fmt(insp['recall_by_class'].get(lab)):>6}"
+                     + f"  {_fmt(result['kept_by_class'].get(lab), True):>6}")
+    if "output" in result:
+        lines.append("")
+        lines.append(f"written to {result['output']}")
+    return "\n".join(lines)
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def _pairs(items: Sequence[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        old, sep, new = item.partition("=")
+        if not sep or not old:
+            raise EvaluateError(f"--map expects OLD=NEW, got {item!r}")
+        out[old] = new
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``skymorph evaluate``."""
+    s = argparse.SUPPRESS
+    parser.description = __doc__.split("\n\n")[0] + (
+        "\n\nPurity, NMI and ARI of the K-means and consensus clusters against known classes; "
+        "a simulated\ninspection (each cluster named by the majority class of its sampled montage "
+        "members) with its\naccuracy, balanced accuracy and confusion matrix; the fraction kept.\n\n"
+        "Example:\n"
+        "  skymorph evaluate myrun --truth labels.csv --id-col objid --label-col gz1_name \\\n"
+        "      --map spiral_cw=spiral --map spiral_acw=spiral --exclude dont_know"
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory with a catalog")
+    parser.add_argument("--truth", required=True, metavar="FILE",
+                        help="table of known classes (CSV, TSV, Parquet or FITS)")
+    parser.add_argument("--id-col", required=True, metavar="COL",
+                        help="truth column matched (as text) to the catalog's id")
+    parser.add_argument("--label-col", required=True, metavar="COL", help="truth column of the class")
+    parser.add_argument("--map", action="append", metavar="OLD=NEW", default=None,
+                        help="rename a class before scoring, e.g. spiral_cw=spiral (repeatable)")
+    parser.add_argument("--exclude", action="append", metavar="CLASS", default=None,
+                        help="treat a class as unknown, e.g. dont_know (repeatable)")
+    parser.add_argument("--out", metavar="FILE", default=None,
+                        help="JSON output (default RUN_DIR/evaluation/evaluation.json)")
+    parser.add_argument("--per-cluster", dest="inspect.per_cluster", type=int, default=s,
+                        help="members sampled per cluster in the simulated inspection (default 100, "
+                             "as in the montages)")
+    parser.add_argument("--seed", dest="inspect.seed", type=int, default=s,
+                        help="seed of that draw (default 0, as in the montages)")
+
+
+def main(args: argparse.Namespace, config: Config) -> int:
+    """Run ``skymorph evaluate``."""
+    try:
+        result = evaluate(args.run_dir, args.truth, args.id_col, args.label_col, config,
+                          label_map=_pairs(args.map), exclude=args.exclude or (), out=args.out)
+    except EvaluateError as exc:
+        print(f"skymorph evaluate: error: {exc}", file=sys.stderr)
+        return 1
+    print(format_report(result))
+    return 0

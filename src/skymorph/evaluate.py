@@ -249,7 +249,10 @@ def read_truth(truth: str | os.PathLike | pd.DataFrame, id_col: str, label_col: 
     if len(conflicting):
         raise EvaluateError(f"{len(conflicting)} id(s) of {source} have more than one label "
                             f"(e.g. {', '.join(conflicting.index[:3])}); keep one row per galaxy")
-    return out.drop_duplicates("id").reset_index(drop=True)
+    n_rows = len(out)
+    out = out.drop_duplicates("id").reset_index(drop=True)
+    out.attrs["n_rows"] = n_rows
+    return out
 
 
 # --- the run-directory evaluation --------------------------------------------------------------
@@ -310,8 +313,11 @@ def evaluate(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | pd.
     matched = ids.isin(lookup.keys())
     n_matched = int(matched.sum())
     if n_matched == 0:
+        n_rows = table.attrs.get("n_rows", len(table))
         raise EvaluateError(
-            f"none of the {len(table)} ids in column {id_col!r} of the truth table matches any of the "
+            f"none of the {len(table)} ids"
+            + (f" ({n_rows} rows)" if n_rows != len(table) else "")
+            + f" in column {id_col!r} of the truth table matches any of the "
             f"{len(catalog)} catalog ids (truth ids look like {', '.join(table['id'].head(3))}; catalog "
             f"ids look like {', '.join(ids.head(3))}); check --id-col"
         )

@@ -1,0 +1,130 @@
+"""End to end in headless Chromium: three experts name the clusters; the file and the page agree."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pytest
+
+from skymorph import RunDir
+from test_inspection import Server, cluster_catalog
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def run(cosmos_run, tmp_path) -> RunDir:
+    shutil.copytree(cosmos_run.path, tmp_path / "run")
+    run = RunDir(tmp_path / "run")
+    cluster_catalog(run)
+    return run
+
+
+def file_votes(run: RunDir) -> dict[tuple[str, int], str]:
+    with open(run.path / "inspection" / "votes.csv", newline="") as fh:
+        return {(r["expert"], int(r["cluster"])): r["type"] for r in csv.DictReader(fh)}
+
+
+def login(page, url: str, name: str, n_clusters: int) -> None:
+    page.goto(url)
+    assert page.locator("#workspace").is_hidden() and page.locator("#login").is_visible()
+    page.fill("#expert-name", name)
+    page.click("#start")
+    page.wait_for_function(f"document.querySelectorAll('#cluster-list li').length === {n_clusters}")
+    assert page.locator("#login").is_hidden() and page.locator("#workspace").is_visible()
+    assert page.text_content("#expert-label") == name
+
+
+def vote(page, cluster: int, type_: str) -> None:
+    page.click(f"#cluster-list li[data-cluster='{cluster}'] button")
+    page.wait_for_function(f"document.getElementById('montage').dataset.cluster === '{cluster}'")
+    page.click(f"#types .type[data-type='{type_}']")
+    page.wait_for_function(
+        f"document.getElementById('status').textContent === 'Saved: cluster {cluster} = {type_}'")
+
+
+def page_votes(page) -> dict[int, str]:
+    return {int(k): v for k, v in page.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('#cluster-list li')]"
+        ".map(li => [li.dataset.cluster, li.querySelector('.badge').textContent]))").items()}
+
+
+def test_three_experts_vote_and_the_file_and_page_agree(browser, run, tmp_path):
+    with Server(run) as server:
+        clusters = [c["cluster"] for c in server.get("/api/state")[1]["clusters"]]
+        n = len(clusters)
+        assert n >= 2
+        plans = {
+            "Ann Expert": {c: "SPH" for c in clusters},
+            "Bob": {c: ("ETD" if i % 2 else "SPH") for i, c in enumerate(clusters)},
+            "Carol": {c: "IRR" for c in clusters[:-1]},  # leaves the last cluster open
+        }
+        pages = {}
+        for name in plans:
+            pages[name] = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            login(pages[name], server.url, name, n)
+        # the experts take turns cluster by cluster, as they would when working side by side
+        for c in clusters:
+            for name, plan in plans.items():
+                if c in plan:
+                    vote(pages[name], c, plan[c])
+        # Carol changes her mind on the first cluster with the keyboard (2 = ETD)
+        carol = pages["Carol"]
+        carol.click(f"#cluster-list li[data-cluster='{clusters[0]}'] button")
+        carol.keyboard.press("2")
+        carol.wait_for_function(
+            f"document.getElementById('status').textContent === 'Saved: cluster {clusters[0]} = ETD'")
+        plans["Carol"][clusters[0]] = "ETD"
+
+        expected = {(name, c): t for name, plan in plans.items() for c, t in plan.items()}
+        assert file_votes(run) == expected
+        for name, plan in plans.items():
+            page = pages[name]
+            shown = page_votes(page)
+            assert shown == {c: plan.get(c, "\u2013") for c in clusters}
+            assert page.text_content("#progress-text") == f"{len(plan)} / {n} clusters voted"
+        # the type of the cluster on screen is highlighted
+        ann = pages["Ann Expert"]
+        ann.click(f"#cluster-list li[data-cluster='{clusters[1]}'] button")
+        assert ann.eval_on_selector_all(".type.selected", "els => els.map(e => e.dataset.type)") == ["SPH"]
+
+        # a click on a thumbnail shows that galaxy larger
+        cell = ann.locator("#cells .cell").nth(3)
+        stamp = cell.get_attribute("data-stamp")
+        cell.click()
+        ann.wait_for_selector("#zoom:not([hidden])")
+        ann.wait_for_function("document.getElementById('zoom-img').naturalWidth === 100")
+        assert ann.get_attribute("#zoom-img", "src") == f"/galaxy/{stamp}.png"
+        assert ann.text_content("#zoom-caption").startswith("galaxy ")
+        ann.screenshot(path=str(tmp_path / "zoom.png"))
+        ann.keyboard.press("Escape")
+        assert ann.locator("#zoom").is_hidden()
+        ann.wait_for_function("document.getElementById('montage').naturalWidth > 0")
+        ann.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+
+    # after a restart the page shows each expert's earlier choices, read back from the file
+    with Server(run) as server:
+        page = browser.new_context().new_page()
+        login(page, server.url, "bob", n)  # names are matched case-insensitively
+        assert page_votes(page) == {c: plans["Bob"][c] for c in clusters}
+        login(page, server.url, "Carol", n)
+        assert page_votes(page) == {c: plans["Carol"].get(c, "\u2013") for c in clusters}
+        # Carol's page opens on the one cluster she has not named yet
+        assert page.get_attribute("#montage", "data-cluster") == str(clusters[-1])
+        vote(page, clusters[-1], "UNC")
+        assert page.text_content("#progress-text") == f"{n} / {n} clusters voted"
+    assert file_votes(run)[("Carol", clusters[-1])] == "UNC"
+    assert len(file_votes(run)) == len(expected) + 1

@@ -11,7 +11,15 @@ import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from skymorph import Config, RunDir
-from skymorph.evaluate import EvaluateError, evaluate, format_report, purity, read_truth, score_labels
+from skymorph.evaluate import (
+    EvaluateError,
+    aligned_truth,
+    evaluate,
+    format_report,
+    purity,
+    read_truth,
+    score_labels,
+)
 from skymorph.inspection import consensus_labels, load_manifest, montage, sample_members
 from test_inspection import cluster_catalog
 
@@ -204,6 +212,24 @@ def test_evaluate_cli_and_its_errors(gz1_run, shared_data, capsys):
                      "--label-col", "gz1_name"]) == 1
     err = capsys.readouterr().err
     assert "none of the 6 ids (700 rows) in column 'gz1_class'" in err
+
+
+def test_baseline_scored_with_the_same_code(gz1_run, shared_data):
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    labels_csv = shared_data / "gz1_sdss" / "labels.csv"
+    truth = aligned_truth(gz1_run, labels_csv, "objid", "gz1_name", exclude=["dont_know"])
+    want = pd.read_csv(labels_csv, dtype=str).set_index("objid")["gz1_name"]
+    assert truth.tolist() == [("" if (t := want[i]) == "dont_know" else t)
+                              for i in gz1_run.sources()["id"].astype(str)]
+    pixels = np.asarray(gz1_run.open_array("stamps")).reshape(GZ1_N, -1)
+    baseline = KMeans(4, n_init=4, random_state=0).fit_predict(PCA(8, random_state=0).fit_transform(pixels))
+    r = score_labels(truth, baseline, per_cluster=100, seed=0)
+    assert r["fraction_kept"] == 1.0 and r["consensus"] == r["clusters"]
+    known = truth != ""
+    assert r["clusters"]["ari"] == pytest.approx(adjusted_rand_score(truth[known], baseline[known]))
+    assert 0 <= r["inspection"]["balanced_accuracy"] <= 1
 
 
 def test_no_matching_ids_says_how_many(gz1_run, tmp_path):

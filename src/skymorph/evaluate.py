@@ -36,7 +36,9 @@ import pandas as pd
 from .config import Config
 from .rundir import RunDir
 
-__all__ = ["evaluate", "score_labels", "purity", "read_truth", "format_report", "EvaluateError"]
+__all__ = [
+    "evaluate", "score_labels", "aligned_truth", "purity", "read_truth", "format_report", "EvaluateError",
+]
 
 UNNAMED = "(unnamed)"
 """Prediction for a cluster none of whose sampled members has a label."""
@@ -258,6 +260,54 @@ def read_truth(truth: str | os.PathLike | pd.DataFrame, id_col: str, label_col: 
 # --- the run-directory evaluation --------------------------------------------------------------
 
 
+def _align(ids: pd.Series, truth: str | os.PathLike | pd.DataFrame, id_col: str, label_col: str,
+           label_map: Mapping[str, str] | None, exclude: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
+    table = read_truth(truth, id_col, label_col)
+    label_map = dict(label_map or {})
+    table["label"] = table["label"].map(lambda v: label_map.get(v, v))
+    table.loc[table["label"].isin(set(exclude)), "label"] = ""
+    ids = ids.map(lambda v: v.decode() if isinstance(v, bytes) else str(v)).str.strip()
+    lookup = dict(zip(table["id"], table["label"], strict=True))
+    n_matched = int(ids.isin(lookup.keys()).sum())
+    if n_matched == 0:
+        n_rows = table.attrs.get("n_rows", len(table))
+        raise EvaluateError(
+            f"none of the {len(table)} ids"
+            + (f" ({n_rows} rows)" if n_rows != len(table) else "")
+            + f" in column {id_col!r} of the truth table matches any of the "
+            f"{len(ids)} catalog ids (truth ids look like {', '.join(table['id'].head(3))}; catalog "
+            f"ids look like {', '.join(ids.head(3))}); check --id-col"
+        )
+    info = {"n_catalog": len(ids), "n_truth": len(table), "n_matched": n_matched,
+            "n_truth_unmatched": len(table) - n_matched}
+    return ids.map(lambda i: lookup.get(i, "")).to_numpy(dtype=object), info
+
+
+def aligned_truth(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | pd.DataFrame,
+                  id_col: str, label_col: str, label_map: Mapping[str, str] | None = None,
+                  exclude: Sequence[str] = ()) -> np.ndarray:
+    """Known class of every galaxy of a run, in stamp order (``""`` where unknown).
+
+    Use it to score another clustering of the same stamps with :func:`score_labels`,
+    e.g. a baseline::
+
+        truth = aligned_truth(run, "labels.csv", "objid", "gz1_name")
+        stamps = run.open_array("stamps")[:].reshape(len(truth), -1)
+        labels = KMeans(20).fit_predict(PCA(50).fit_transform(stamps))
+        score_labels(truth, labels, per_cluster=100, seed=0)
+
+    Parameters are those of :func:`evaluate`; rows follow the ``sources`` table
+    (= the catalog's order and the stamp arrays').
+
+    Raises
+    ------
+    EvaluateError
+        As :func:`evaluate` (wrong column, no matching id).
+    """
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    return _align(run.sources()["id"], truth, id_col, label_col, label_map, exclude)[0]
+
+
 def evaluate(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | pd.DataFrame,
              id_col: str, label_col: str, config: Config | None = None,
              label_map: Mapping[str, str] | None = None, exclude: Sequence[str] = (),
@@ -304,35 +354,17 @@ def evaluate(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | pd.
     if missing:
         raise EvaluateError(f"the catalog of {run.path} lacks {', '.join(missing)} (it has: "
                             f"{', '.join(catalog.columns)}); run `skymorph cluster {run.path}` first")
-    table = read_truth(truth, id_col, label_col)
-    label_map = dict(label_map or {})
-    table["label"] = table["label"].map(lambda v: label_map.get(v, v))
-    table.loc[table["label"].isin(set(exclude)), "label"] = ""
-    ids = catalog["id"].map(lambda v: v.decode() if isinstance(v, bytes) else str(v)).str.strip()
-    lookup = dict(zip(table["id"], table["label"], strict=True))
-    matched = ids.isin(lookup.keys())
-    n_matched = int(matched.sum())
-    if n_matched == 0:
-        n_rows = table.attrs.get("n_rows", len(table))
-        raise EvaluateError(
-            f"none of the {len(table)} ids"
-            + (f" ({n_rows} rows)" if n_rows != len(table) else "")
-            + f" in column {id_col!r} of the truth table matches any of the "
-            f"{len(catalog)} catalog ids (truth ids look like {', '.join(table['id'].head(3))}; catalog "
-            f"ids look like {', '.join(ids.head(3))}); check --id-col"
-        )
+    aligned, info = _align(catalog["id"], truth, id_col, label_col, label_map, exclude)
     from .inspection import consensus_labels
 
-    aligned = ids.map(lambda i: lookup.get(i, "")).to_numpy(dtype=object)
     result = score_labels(aligned, catalog["cluster_kmeans"].to_numpy(), consensus_labels(catalog),
                           config.inspect.per_cluster, config.inspect.seed)
     out_path = Path(out) if out is not None else run.path / "evaluation" / "evaluation.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "run": str(run.path), "truth": str(truth) if not isinstance(truth, pd.DataFrame) else "DataFrame",
-        "id_col": id_col, "label_col": label_col, "label_map": label_map, "exclude": list(exclude),
-        "n_catalog": len(catalog), "n_truth": len(table), "n_matched": n_matched,
-        "n_truth_unmatched": int(len(table) - n_matched), **result, "output": str(out_path),
+        "id_col": id_col, "label_col": label_col, "label_map": dict(label_map or {}),
+        "exclude": list(exclude), **info, **result, "output": str(out_path),
     }
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     tmp.write_text(json.dumps(result, indent=2))
@@ -420,10 +452,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="treat a class as unknown, e.g. dont_know (repeatable)")
     parser.add_argument("--out", metavar="FILE", default=None,
                         help="JSON output (default RUN_DIR/evaluation/evaluation.json)")
-    parser.add_argument("--per-cluster", dest="inspect.per_cluster", type=int, default=s,
+    parser.add_argument("--per-cluster", dest="inspect.per_cluster", type=int, default=s, metavar="N",
                         help="members sampled per cluster in the simulated inspection (default 100, "
                              "as in the montages)")
-    parser.add_argument("--seed", dest="inspect.seed", type=int, default=s,
+    parser.add_argument("--seed", dest="inspect.seed", type=int, default=s, metavar="N",
                         help="seed of that draw (default 0, as in the montages)")
 
 

@@ -923,13 +923,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = actions.add_parser("montage", help="montage PNG per consensus cluster and an HTML gallery",
                            description="Draw RUN_DIR/inspection/montages/cluster_NNN.png and index.html.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory with a catalog")
-    p.add_argument("--per-cluster", dest="inspect.per_cluster", type=int, default=s,
+    p.add_argument("--per-cluster", dest="inspect.per_cluster", type=int, default=s, metavar="N",
                    help="random members shown per cluster (default 100)")
-    p.add_argument("--seed", dest="inspect.seed", type=int, default=s,
+    p.add_argument("--seed", dest="inspect.seed", type=int, default=s, metavar="N",
                    help="seed of the member draw (default 0)")
-    p.add_argument("--grid-cols", dest="inspect.grid_cols", type=int, default=s,
+    p.add_argument("--grid-cols", dest="inspect.grid_cols", type=int, default=s, metavar="N",
                    help="thumbnails per montage row (default 10)")
-    p.add_argument("--thumb-px", dest="inspect.thumb_px", type=int, default=s,
+    p.add_argument("--thumb-px", dest="inspect.thumb_px", type=int, default=s, metavar="PX",
                    help="thumbnail side in pixels (default 100)")
     p.add_argument("--array", dest="inspect.array", choices=["stamps", "denoised"], default=s,
                    help="images to show (default stamps)")
@@ -940,10 +940,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                        "RUN_DIR/inspection/votes.csv at once. Draws the montages "
                                        "first if needed.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory with a catalog")
-    p.add_argument("--host", dest="inspect.host", default=s,
+    p.add_argument("--host", dest="inspect.host", default=s, metavar="HOST",
                    help="address to listen on (default 127.0.0.1: this machine only; "
                         "0.0.0.0 lets colleagues on the network vote)")
-    p.add_argument("--port", dest="inspect.port", type=int, default=s,
+    p.add_argument("--port", dest="inspect.port", type=int, default=s, metavar="PORT",
                    help="port to listen on (default 8765; 0 picks a free one)")
     p.add_argument("--open", dest="open_browser", action="store_true",
                    help="open the page in the default web browser")
@@ -958,7 +958,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--votes", metavar="FILE", action="append", default=None,
                    help="vote file(s) with expert, cluster, type columns (repeatable; "
                         "default RUN_DIR/inspection/votes.csv)")
-    p.add_argument("--min-agree", dest="inspect.min_agree", type=int, default=s,
+    p.add_argument("--min-agree", dest="inspect.min_agree", type=int, default=s, metavar="N",
                    help="experts who must agree on a type (default 2)")
     _settings_flags(p)
 

@@ -80,8 +80,11 @@ def wilson_interval(k: int | np.ndarray, n: int | np.ndarray, confidence: float 
         denom = 1.0 + z ** 2 / n
         centre = (p + z ** 2 / (2 * n)) / denom
         half = z * np.sqrt(p * (1 - p) / n + z ** 2 / (4 * n ** 2)) / denom
-        low = np.where(n > 0, np.clip(centre - half, 0.0, 1.0), np.nan)
-        high = np.where(n > 0, np.clip(centre + half, 0.0, 1.0), np.nan)
+        # k = 0 and k = n give exactly 0 and 1 (the formula leaves rounding residue)
+        low = np.where(k <= 0, 0.0, np.clip(centre - half, 0.0, 1.0))
+        high = np.where(k >= n, 1.0, np.clip(centre + half, 0.0, 1.0))
+        low = np.where(n > 0, low, np.nan)
+        high = np.where(n > 0, high, np.nan)
     if low.ndim == 0:
         return float(low), float(high)
     return low, high

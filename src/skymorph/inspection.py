@@ -344,13 +344,14 @@ def montage(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
     for old in mdir.glob("cluster_*.png"):
         old.unlink()
     ids = catalog["id"].astype(str).to_numpy()
+    # one sorted read of every sampled stamp: random members of every cluster touch most
+    # chunks, so reading cluster by cluster would decompress the whole array once per cluster
+    wanted = np.unique(np.concatenate([stamp_index[rows] for rows in samples.values()]))
+    pixels = np.asarray(images.oindex[wanted], dtype=np.float32)
     entries = []
     for cluster, rows in tqdm(samples.items(), desc="montage", unit="cluster", disable=not progress):
         stamps_idx = stamp_index[rows]
-        # zarr reads sorted indices in one pass; put them back in draw order afterwards
-        order = np.argsort(stamps_idx)
-        block = np.empty((len(rows), *images.shape[1:]), np.float32)
-        block[order] = images.oindex[stamps_idx[order]]
+        block = pixels[np.searchsorted(wanted, stamps_idx)]
         title = f"cluster {cluster}  |  {sizes[cluster]} galaxies  |  {len(rows)} shown"
         canvas, geom = _render_montage(block, title, cfg)
         name = f"montages/cluster_{cluster:03d}.png"

@@ -172,6 +172,9 @@ def test_montage_cli(clustered_run, capsys):
     assert cli.main(["inspect", "montage", str(clustered_run.path), "--per-cluster", "9"]) == 0
     assert "montages" in capsys.readouterr().out
     assert all(c["n_shown"] <= 9 for c in load_manifest(clustered_run)["clusters"])
+    # settings may follow RUN_DIR as well as precede the action
+    assert cli.main(["inspect", "montage", str(clustered_run.path), "--set", "inspect.per_cluster=3"]) == 0
+    assert max(c["n_shown"] for c in load_manifest(clustered_run)["clusters"]) == 3
     with pytest.raises(SystemExit):
         cli.main(["inspect", "montage", "--help"])
     helptext = capsys.readouterr().out

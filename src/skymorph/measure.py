@@ -144,6 +144,20 @@ def _run_task(task: _Task, config: MeasureConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def _pool_context():
+    """``forkserver`` with statmorph preloaded: workers fork from a process that has
+    already paid the imports (seconds each with ``spawn``), and never from this
+    one, which may run threads (Zarr's I/O loop, a notebook's) that make ``fork`` unsafe."""
+    import multiprocessing
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = get_context("forkserver")
+        context.set_forkserver_preload(["skymorph.measure", "skymorph._morphometry", "statmorph",
+                                        "photutils.segmentation"])
+        return context
+    return get_context("spawn")
+
+
 def _map_ordered(tasks: list[_Task], config: MeasureConfig, workers: int
                  ) -> Iterator[list[dict[str, Any]]]:
     """Results of every task in order, with at most ``2 * workers`` in flight."""
@@ -152,7 +166,7 @@ def _map_ordered(tasks: list[_Task], config: MeasureConfig, workers: int
             yield _run_task(task, config)
         return
     pending: deque = deque()
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
         for task in tasks:
             pending.append(pool.submit(_run_task, task, config))
             if len(pending) >= 2 * workers:

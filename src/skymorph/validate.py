@@ -209,6 +209,10 @@ def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
+    try:
+        fig.tight_layout()  # keeps panel titles clear of the row above
+    except (ValueError, RuntimeError):
+        pass
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()

@@ -309,15 +309,29 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def _seeded(make: Callable[[], nn.Module]) -> nn.Module:
+    """Build with a fixed seed, so that random weights are the same in every process
+    (a resumed run must not mix features of two different random networks)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return make()
+
+
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], name: str, path: object) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).split("\n")
+    """Load every weight or none: a partial load would silently leave random layers."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
+                 for what, keys in (("missing weights", missing), ("unexpected weights", unexpected),
+                                    ("weights of another shape", shapes)) if keys]
         raise EncoderError(
-            f"weights file {path} does not fit encoder {name!r}: {' '.join(first[:3])[:600]} "
-            "- give the weights of exactly this model"
-        ) from None
+            f"weights file {path} does not fit encoder {name!r}: {'; '.join(parts)}. "
+            "Give the weights of exactly this model (same architecture and variant)."
+        )
+    model.load_state_dict(state, strict=True)
 
 
 class _LiteFeatures(nn.Module):
@@ -338,7 +352,7 @@ def _build_lite(name: str, weights: Path | None, random_init: bool) -> tuple[nn.
     from efficientnet_lite_pytorch.utils import efficientnet_params
 
     lite_name, package, holder = OFFLINE_ENCODERS[name]
-    net = EfficientNet.from_name(lite_name)
+    net = _seeded(lambda: EfficientNet.from_name(lite_name))
     if weights is None and not random_init:
         try:
             module = importlib.import_module(package)
@@ -416,7 +430,7 @@ def _build_timm(name: str, weights: Path | None, random_init: bool) -> tuple[nn.
         _load_strict(model, {k: v for k, v in state.items() if k not in head}, name, weights)
         source = str(weights)
     elif random_init:
-        model = timm.create_model(name, pretrained=False, num_classes=0)
+        model = _seeded(lambda: timm.create_model(name, pretrained=False, num_classes=0))
         source = "random"
     else:
         from timm.models import get_pretrained_cfg

@@ -87,23 +87,51 @@ class IngestConfig:
 
 @dataclass
 class DenoiseConfig:
-    """The convolutional autoencoder (paper Table 1)."""
+    """The convolutional autoencoder (paper Table 1).
+
+    Stamps are normalised per stamp before the CAE sees them (sky offset from
+    the border median, scale from the smoothed peak; see
+    :func:`skymorph.denoise.denoise`) and mapped back afterwards.
+    """
 
     enabled: bool = True
+    """Run the CAE; when off, polar/encode read the ingested stamps."""
     channels: list[int] = field(default_factory=lambda: [16, 8])
+    """Feature maps of each conv 5x5 + max-pool level (paper: 16 then 8)."""
     kernel_size: int = 5
+    """Convolution kernel size (odd; paper: 5)."""
     latent_dim: int = 40
-    epochs: int = 30
-    batch_size: int = 64
+    """Width of the fully connected bottleneck (paper: 40)."""
+    unpool: str = "nearest"
+    """Decoder unpooling: ``nearest`` (copy to the 2x2 block) or ``switches``
+    (back to the encoder's max positions; lets input noise through)."""
+    epochs: int = 40
+    """Most training epochs (early stopping usually ends sooner)."""
+    batch_size: int = 16
+    """Training batch size."""
+    min_steps: int = 600
+    """Optimiser steps at least (over ``epochs``): small runs repeat their
+    stamps within an epoch so that 100 stamps still train properly."""
     learning_rate: float = 1e-3
-    train_sample: int = 20000
-    """Stamps drawn at random to train on (all of them when the run is smaller)."""
+    """Adam learning rate."""
+    augment: bool = True
+    """Random right-angle rotations / flips of the training batches."""
+    train_sample: int = 10000
+    """Stamps drawn at random to train on (all of them when the run is smaller);
+    held in memory as float16 (20 kB each at 100 x 100)."""
     validation_fraction: float = 0.1
+    """Share of the training sample held out for early stopping."""
     patience: int = 5
+    """Epochs without a better validation loss before training stops."""
     checkpoint: str | None = None
-    """Reuse a trained CAE from another run instead of training."""
+    """Reuse a trained CAE (``RUN_DIR/cae/checkpoint.pt`` of another run)
+    instead of training."""
+    inference_batch_size: int = 32
+    """Stamps per forward pass at inference (small batches stay in CPU cache)."""
     device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``."""
     seed: int = 0
+    """Seed of the training sample, the split, the weights and the batches."""
 
 
 @dataclass
@@ -111,14 +139,29 @@ class PolarConfig:
     """The adaptive polar coordinate transform (APCT)."""
 
     enabled: bool = True
+    """Run the APCT; when off, encode reads the (denoised) stamps."""
     angle_step: float = 0.05
-    """Angle between rays in radians (125 rays over 2 pi)."""
+    """Angle between rays in radians."""
+    n_rays: int | None = None
+    """Rays (output rows); ``None`` fits as many steps as a turn holds
+    (``floor(2 pi / angle_step)`` = 125 for 0.05 rad)."""
     n_radii: int | None = None
-    """Samples per ray; ``None`` uses half the stamp width."""
+    """Samples per ray; ``None`` uses half the stamp width (1 px apart)."""
+    max_radius: float | None = None
+    """Length of each ray in pixels; ``None`` is half the stamp width."""
     mirror: bool = True
+    """Output ``[flipped profile | profile]`` (2 x n_radii columns)."""
     pole: str = "brightest"
-    """How the pole is chosen."""
+    """``brightest`` (paper: the brightest pixel), ``centre`` (the stamp
+    centre, where ingest puts the galaxy) or ``peak-near-centre`` (the
+    brightest pixel of the smoothed stamp within ``pole_radius`` of the centre,
+    which ignores foreground stars and neighbours)."""
+    pole_radius: float = 0.15
+    """Search radius of ``peak-near-centre``, as a fraction of the stamp width."""
+    pole_smooth: float = 1.0
+    """Gaussian sigma (pixels) of the smoothing used by ``peak-near-centre``."""
     batch_size: int = 1024
+    """Stamps transformed at a time."""
 
 
 @dataclass

@@ -1,0 +1,398 @@
+"""Denoise: a convolutional autoencoder (CAE, paper Table 1) trained on the run's
+own stamps removes the pixel noise before the polar transform and the encoder.
+
+The CAE (``skymorph._cae``) is conv 5x5 -> max-pool 2 -> conv 5x5 -> max-pool 2
+-> fully connected 40-d latent, and a mirrored decoder (fully connected ->
+unpooling -> deconvolution, twice).  Its 40 numbers per stamp cannot hold
+pixel noise, so the reconstruction keeps the galaxy and drops the noise.
+
+Per-stamp normalisation (inverted on output): ``y = (x - offset) / scale`` with
+``offset`` the median of the stamp's border frame (the sky) and ``scale`` the
+peak of the 3 x 3 box-smoothed, sky-subtracted stamp, floored at 3 x the
+border's robust noise sigma (constant stamps: 1).  Every galaxy, faint or
+bright, reaches the network with its peak near 1 on a sky near 0; the output is
+``y_hat * scale + offset`` in the stamp's own units.
+
+Training uses a random sample of ``train_sample`` stamps (all of them in small
+runs) with ``validation_fraction`` held out for early stopping; the trained
+model goes to ``RUN_DIR/cae/checkpoint.pt`` (architecture included) with its
+loss curve (``loss_curve.png``, ``history.json``), and another run can reuse it
+with ``--cae-checkpoint``.  Inference streams every stamp (the last partial
+batch included) to the ``denoised`` array.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .config import Config, DenoiseConfig
+from .rundir import RunDir, iter_chunks
+
+__all__ = ["denoise", "apply_cae", "load_cae", "border_sky", "CHECKPOINT_NAME"]
+
+log = logging.getLogger(__name__)
+
+CAE_DIR = "cae"
+CHECKPOINT_NAME = "checkpoint.pt"
+_ARCH_FIELDS = ("channels", "kernel_size", "latent_dim", "unpool")
+# Settings that change the result (device and inference batch size do not).
+_RESULT_FIELDS = ("channels", "kernel_size", "latent_dim", "unpool", "epochs", "batch_size",
+                  "min_steps", "learning_rate", "augment", "train_sample", "validation_fraction",
+                  "patience", "seed")
+
+
+def border_sky(stamps: np.ndarray, border: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sky level and noise of each stamp from its border frame.
+
+    Parameters
+    ----------
+    stamps : ndarray (N, S, S)
+    border : int, optional
+        Frame width in pixels; default ``max(2, S // 20)``.
+
+    Returns
+    -------
+    sky, sigma : ndarray (N,)
+        Median and robust standard deviation (1.4826 x MAD) of the frame,
+        ignoring non-finite pixels (0 when none is finite).
+    """
+    x = np.asarray(stamps)
+    n, h, w = x.shape
+    b = max(2, min(h, w) // 20) if border is None else int(border)
+    b = max(1, min(b, h // 2, w // 2))
+    frame = np.concatenate([x[:, :b].reshape(n, -1), x[:, -b:].reshape(n, -1),
+                            x[:, b:h - b, :b].reshape(n, -1), x[:, b:h - b, -b:].reshape(n, -1)],
+                           axis=1).astype(np.float64)
+    frame = np.where(np.isfinite(frame), frame, np.nan)
+    frame[~np.isfinite(frame).any(axis=1)] = 0.0
+    sky = np.nanmedian(frame, axis=1)
+    sigma = 1.4826 * np.nanmedian(np.abs(frame - sky[:, None]), axis=1)
+    return sky, sigma
+
+
+def _check(cfg: DenoiseConfig) -> None:
+    problems = []
+    if cfg.epochs < 1:
+        problems.append(f"epochs must be >= 1 (got {cfg.epochs})")
+    if cfg.batch_size < 1 or cfg.inference_batch_size < 1:
+        problems.append("batch_size and inference_batch_size must be >= 1")
+    if cfg.train_sample < 1:
+        problems.append(f"train_sample must be >= 1 (got {cfg.train_sample})")
+    if not 0 <= cfg.validation_fraction < 1:
+        problems.append(f"validation_fraction must be in [0, 1) (got {cfg.validation_fraction})")
+    if cfg.patience < 1:
+        problems.append(f"patience must be >= 1 (got {cfg.patience})")
+    if not cfg.learning_rate > 0:
+        problems.append(f"learning_rate must be > 0 (got {cfg.learning_rate})")
+    if problems:
+        raise ValueError("invalid [denoise] settings: " + "; ".join(problems))
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def load_cae(path: str | os.PathLike, device: str = "auto"):
+    """Load a CAE written by :func:`denoise` (``RUN_DIR/cae/checkpoint.pt``).
+
+    Returns
+    -------
+    model : skymorph._cae.CAE
+        In evaluation mode on ``device``; ``model.arch`` holds its settings.
+    """
+    from . import _cae
+
+    model, _ = _cae.load_checkpoint(Path(path), _cae.resolve_device(device))
+    return model
+
+
+def apply_cae(stamps: np.ndarray, model, batch_size: int = 32) -> np.ndarray:
+    """Denoise a block of stamps with a trained CAE (the per-chunk map of the stage).
+
+    Parameters
+    ----------
+    stamps : ndarray (N, S, S)
+        Stamps in their own units; S must be the model's stamp size.
+    model : skymorph._cae.CAE
+        From :func:`load_cae` (or trained by :func:`denoise`).
+    batch_size : int
+        Stamps per forward pass.
+
+    Returns
+    -------
+    ndarray (N, S, S) float32
+        Denoised stamps in the input's units (normalisation inverted).
+    """
+    from . import _cae
+
+    stamps = np.asarray(stamps)
+    if stamps.ndim != 3 or stamps.shape[-1] != model.arch["stamp_size"]:
+        raise ValueError(f"the CAE was trained on {model.arch['stamp_size']}-pixel stamps; "
+                         f"got an array of shape {stamps.shape}")
+    y, offset, scale = _cae.normalise(stamps)
+    device = next(model.parameters()).device
+    return _cae.denormalise(_cae.predict(model, y, batch_size, device), offset, scale)
+
+
+def _training_sample(stamps, n: int, rng: np.random.Generator, progress: bool) -> np.ndarray:
+    """Normalised float16 copies of ``n`` random stamps, read chunk by chunk."""
+    from . import _cae
+
+    total = stamps.shape[0]
+    pick = np.sort(rng.choice(total, size=n, replace=False)) if n < total else np.arange(total)
+    out = np.empty((len(pick), *stamps.shape[1:]), dtype=np.float16)
+    filled = 0
+    with tqdm(total=len(pick), desc="denoise: read sample", unit="stamp", disable=not progress) as bar:
+        for start, block in iter_chunks(stamps):
+            lo, hi = np.searchsorted(pick, [start, start + len(block)])
+            if hi > lo:
+                y, _, _ = _cae.normalise(block[pick[lo:hi] - start])
+                out[filled:filled + hi - lo] = y
+                filled += hi - lo
+                bar.update(hi - lo)
+    return out
+
+
+def _plot_history(history: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = np.arange(1, len(history["train_loss"]) + 1)
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot(epochs, history["train_loss"], "o-", ms=3, label="training")
+    if history.get("has_validation"):
+        ax.plot(epochs, history["val_loss"], "s-", ms=3, label="validation (held out)")
+    ax.axvline(history["best_epoch"], color="0.5", ls=":", label=f"best epoch {history['best_epoch']}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE (normalised units)")
+    ax.set_yscale("log")
+    ax.set_title("CAE loss", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _train(run: RunDir, stamps, cfg: DenoiseConfig, device, progress: bool):
+    from . import _cae
+
+    rng = np.random.default_rng(cfg.seed)
+    n = min(cfg.train_sample, stamps.shape[0])
+    sample = _training_sample(stamps, n, rng, progress)
+    order = rng.permutation(len(sample))
+    n_val = int(round(cfg.validation_fraction * len(sample))) if len(sample) >= 2 else 0
+    if cfg.validation_fraction > 0 and len(sample) >= 2:
+        n_val = min(max(n_val, 1), len(sample) - 1)
+    val, train = sample[np.sort(order[:n_val])], sample[np.sort(order[n_val:])]
+    steps_per_pass = math.ceil(len(train) / cfg.batch_size)
+    repeats = max(1, math.ceil(cfg.min_steps / (cfg.epochs * steps_per_pass)))
+    arch = {"stamp_size": int(stamps.shape[-1]), **{k: getattr(cfg, k) for k in _ARCH_FIELDS}}
+    bar = tqdm(total=cfg.epochs, desc="denoise: train CAE", unit="epoch", disable=not progress)
+
+    def report(epoch: int, train_loss: float, val_loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(train=f"{train_loss:.3g}", val=f"{val_loss:.3g}")
+
+    with bar:
+        model, history = _cae.train_cae(
+            train, val, arch, epochs=cfg.epochs, batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate, patience=cfg.patience, device=device, seed=cfg.seed,
+            augment=cfg.augment, repeats=repeats, progress=report)
+    history.update(n_train=len(train), n_val=len(val), repeats=repeats, has_validation=len(val) > 0,
+                   device=str(device))
+    folder = run.path / CAE_DIR
+    folder.mkdir(exist_ok=True)
+    ckpt = folder / CHECKPOINT_NAME
+    _cae.save_checkpoint(ckpt, model, history, {
+        "normalisation": "y = (x - border median) / max(3x3-smoothed peak, 3 x border sigma)",
+        "trained_on": str(run.path.resolve()), "n_train": len(train), "n_val": len(val),
+        "settings": {k: getattr(cfg, k) for k in _RESULT_FIELDS},
+    })
+    (folder / "history.json").write_text(json.dumps(history, indent=2, default=float))
+    _plot_history(history, folder / "loss_curve.png")
+    return model, history, ckpt
+
+
+def denoise(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
+            progress: bool = True) -> RunDir:
+    """Train (or load) the CAE and denoise every stamp of a run directory.
+
+    Stamps are normalised per stamp before the CAE sees them and mapped back
+    afterwards: ``y = (x - offset) / scale``, where ``offset`` is the median of
+    the stamp's border frame (``max(2, S // 20)`` pixels wide) and ``scale`` is
+    the peak of the 3 x 3 box-smoothed, offset-subtracted stamp, floored at 3 x
+    the frame's robust noise sigma (1 for a constant stamp).  Output pixels are
+    ``y_hat * scale + offset``, in the stamps' units.
+
+    Parameters
+    ----------
+    run_dir : str, Path or RunDir
+        A run directory after ``ingest``.
+    config : Config, optional
+        Settings (the ``denoise`` section); ``Config()`` when omitted.  With
+        ``denoise.checkpoint`` set, that CAE is used and nothing is trained.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    RunDir
+        With ``denoised.zarr`` (N x S x S float32) and, when trained,
+        ``cae/checkpoint.pt``, ``cae/loss_curve.png`` and ``cae/history.json``.
+
+    Raises
+    ------
+    RunDirError
+        If the run directory or its stamps are missing.
+    FileNotFoundError
+        If ``denoise.checkpoint`` names a missing file.
+    ValueError
+        If a setting is invalid, or the checkpoint is not a skymorph CAE or was
+        trained on another stamp size.
+    """
+    config = config or Config()
+    cfg = config.denoise
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if not cfg.enabled:
+        log.info("denoise: disabled (denoise.enabled = false); later stages read the stamps")
+        return run
+    _check(cfg)
+    checkpoint = Path(cfg.checkpoint).expanduser() if cfg.checkpoint else None
+    if checkpoint is not None and not checkpoint.is_file():
+        raise FileNotFoundError(f"CAE checkpoint {checkpoint} does not exist (give the "
+                                "cae/checkpoint.pt of a run that was denoised)")
+    settings = {k: getattr(cfg, k) for k in _RESULT_FIELDS}
+    extra = {"checkpoint": _file_hash(checkpoint)} if checkpoint is not None else settings
+    fingerprint = run.fingerprint("denoise", config, [], upstream=["ingest"], extra=extra)
+    if run.is_current("denoise", fingerprint) and run.has_array("denoised"):
+        log.info("denoise: inputs and settings unchanged, reusing %s", run.array_path("denoised"))
+        return run
+    stamps = run.open_array("stamps")
+    run.invalidate("denoise")
+    run.record_config(config)
+
+    from . import _cae
+
+    device = _cae.resolve_device(cfg.device)
+    _cae.set_threads()
+    n, size = stamps.shape[0], stamps.shape[-1]
+    summary: dict[str, Any] = {"n_stamps": n, "device": str(device)}
+    if checkpoint is not None:
+        model, blob = _cae.load_checkpoint(checkpoint, device)
+        if model.arch["stamp_size"] != size:
+            raise ValueError(f"the CAE in {checkpoint} was trained on {model.arch['stamp_size']}-pixel "
+                             f"stamps; this run has {size}-pixel stamps (train a new one: drop "
+                             "--cae-checkpoint)")
+        differs = {k: model.arch[k] for k in _ARCH_FIELDS if model.arch[k] != getattr(cfg, k)}
+        if differs:
+            log.info("denoise: using the checkpoint's architecture %s, not the [denoise] settings", differs)
+        summary.update(trained=False, checkpoint=str(checkpoint.resolve()), arch=model.arch)
+    else:
+        model, history, ckpt = _train(run, stamps, cfg, device, progress)
+        summary.update(trained=True, checkpoint=str(ckpt), arch=model.arch,
+                       best_epoch=history["best_epoch"], epochs_run=history["epochs_run"],
+                       best_val_loss=history["best_val_loss"], stopped_early=history["stopped_early"],
+                       n_train=history["n_train"], n_val=history["n_val"],
+                       train_seconds=round(history["seconds"], 2),
+                       train_stamps_per_s=round(history["train_stamps_per_s"], 1))
+    sky_in, sky_out = [], []
+    t0 = time.perf_counter()
+    chunk = stamps.chunks[0]
+    with run.writer("denoised", (size, size), chunk) as writer, \
+            tqdm(total=n, desc="denoise: apply CAE", unit="stamp", disable=not progress) as bar:
+        for _, block in iter_chunks(stamps, chunk):
+            out = apply_cae(block, model, cfg.inference_batch_size)
+            writer.extend(out)
+            sky_in.append(border_sky(block)[1])
+            sky_out.append(border_sky(out)[1])
+            bar.update(len(block))
+    seconds = time.perf_counter() - t0
+    summary.update(inference_seconds=round(seconds, 2),
+                   inference_stamps_per_s=round(n / max(seconds, 1e-9), 1),
+                   sky_sigma_in=float(np.median(np.concatenate(sky_in))),
+                   sky_sigma_out=float(np.median(np.concatenate(sky_out))))
+    run.mark_done("denoise", fingerprint, **summary)
+    log.info("denoise: %d stamps, sky noise %.3g -> %.3g (median border sigma)", n,
+             summary["sky_sigma_in"], summary["sky_sigma_out"])
+    return run
+
+
+# --- command line ----------------------------------------------------------------------
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one channel count")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``skymorph denoise``."""
+    s = argparse.SUPPRESS
+    d = DenoiseConfig()
+    parser.description = (__doc__.split("\n\n")[0] + "\n\nExamples:\n"
+                          "  skymorph denoise myrun\n"
+                          "  skymorph denoise otherrun --cae-checkpoint myrun/cae/checkpoint.pt\n"
+                          "  skymorph denoise myrun --epochs 60 --train-sample 20000")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory (after ingest)")
+    parser.add_argument("--cae-checkpoint", dest="denoise.checkpoint", metavar="FILE", default=s,
+                        help="use this trained CAE (RUN_DIR/cae/checkpoint.pt of another run) "
+                             "instead of training (default: train on this run)")
+    parser.add_argument("--epochs", dest="denoise.epochs", type=int, default=s,
+                        help=f"most training epochs; early stopping may end sooner (default {d.epochs})")
+    parser.add_argument("--patience", dest="denoise.patience", type=int, default=s,
+                        help=f"epochs without improvement before stopping (default {d.patience})")
+    parser.add_argument("--train-sample", dest="denoise.train_sample", type=int, default=s,
+                        help=f"random stamps to train on; all when the run is smaller "
+                             f"(default {d.train_sample})")
+    parser.add_argument("--batch-size", dest="denoise.batch_size", type=int, default=s,
+                        help=f"training batch size (default {d.batch_size})")
+    parser.add_argument("--learning-rate", dest="denoise.learning_rate", type=float, default=s,
+                        help=f"Adam learning rate (default {d.learning_rate})")
+    parser.add_argument("--channels", dest="denoise.channels", type=_int_list, default=s,
+                        metavar="C1,C2", help="feature maps of the conv levels (default 16,8 as in "
+                                              "the paper)")
+    parser.add_argument("--latent-dim", dest="denoise.latent_dim", type=int, default=s,
+                        help=f"bottleneck width (default {d.latent_dim})")
+    parser.add_argument("--device", dest="denoise.device", default=s,
+                        help="auto (GPU when available), cpu or cuda (default auto)")
+    parser.add_argument("--seed", dest="denoise.seed", type=int, default=s,
+                        help=f"seed of the sample, split and weights (default {d.seed})")
+
+
+def main(args: argparse.Namespace, config: Config) -> int:
+    """Run ``skymorph denoise``."""
+    run = denoise(args.run_dir, config)
+    if not config.denoise.enabled:
+        print("denoise is disabled (denoise.enabled = false): nothing to do")
+        return 0
+    info = run.stage_info("denoise") or {}
+    how = (f"trained a CAE ({info.get('n_train')} stamps, best epoch {info.get('best_epoch')} of "
+           f"{info.get('epochs_run')}, {info.get('train_seconds')} s); checkpoint {info.get('checkpoint')}"
+           if info.get("trained") else f"used the CAE in {info.get('checkpoint')}")
+    print(f"{info.get('n_stamps', 0)} stamps denoised into {run.array_path('denoised')}: {how}")
+    print(f"sky noise (median border sigma): {info.get('sky_sigma_in', float('nan')):.3g} -> "
+          f"{info.get('sky_sigma_out', float('nan')):.3g}")
+    return 0
+

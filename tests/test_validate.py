@@ -218,3 +218,29 @@ def test_validate_errors(typed_run, tmp_path):
     (path / "catalog.parquet").unlink()
     with pytest.raises(ValidateError, match="no catalog"):
         validate(run, progress=False)
+
+
+def test_validate_mass_cut_and_kpc(typed_run, tmp_path):
+    path = tmp_path / "run"
+    shutil.copytree(typed_run.path, path, ignore=shutil.ignore_patterns("features.zarr"))
+    run = RunDir(path)
+    catalog = run.catalog()
+    ids = catalog["id"].astype(str)
+    # a user catalog with a log stellar mass and a redshift, matched on its own id column
+    log_mass = np.linspace(8.0, 11.0, len(ids))
+    phys = pd.DataFrame({"ID": ids.astype(int), "lp_mass_med": log_mass, "z": 0.5})
+    summary = validate(run, physical=phys, id_col="ID", progress=False)
+    assert summary["columns"]["mass"] == "log_mass" and summary["columns"]["z"] == "z"
+    m = pd.read_parquet(path / "measurements.parquet").merge(catalog[["id", "morph_type"]], on="id")
+    massive = m.assign(lm=log_mass)[lambda d: d["measure_ok"] & (d["lm"] > 9.0)]
+    n_sph = int((massive["morph_type"] == "SPH").sum())
+    assert summary["parts"]["per_type"]["result"]["n"]["SPH"] == n_sph
+    # r_e in kpc at z = 0.5 with 0.03"/px: Planck18 gives ~6.2 kpc/arcsec
+    from astropy.cosmology import Planck18
+
+    scale = Planck18.kpc_proper_per_arcmin(0.5).value / 60 * 0.03
+    sph = massive[massive["morph_type"] == "SPH"]
+    expected = float(np.median(sph["sersic_rhalf"] * scale))
+    assert summary["parts"]["per_type"]["result"]["medians"]["r_e"]["SPH"] == pytest.approx(expected)
+    assert "log_mass" in summary["parts"]["completeness"]["result"]["curves"]
+    assert summary["parts"]["maps"]["result"] is None  # no arrays to map: skipped with a note

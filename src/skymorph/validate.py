@@ -74,7 +74,7 @@ NAME_CANDIDATES = {
     "mass": ["mass", "stellar_mass", "mstar", "logmass", "log_mass", "lp_mass_med", "lp_mass_best",
              "mass_med", "mass_best", "logm", "log_mstar"],
     "z": ["z", "zphot", "photoz", "z_phot", "lp_zbest", "lp_zpdf", "z_best", "zbest", "redshift", "z_spec"],
-    "mag": ["mag", "i_mag", "mag_i", "imag", "mag_auto", "mag_f814w", "f814w", "i"],
+    "mag": ["mag", "i_mag", "mag_i", "imag", "mag_auto", "mag_f814w", "f814w"],
 }
 
 
@@ -169,9 +169,13 @@ def _assemble(run: RunDir, physical, id_col: str | None, cfg: ValidateConfig,
         notes.append("no physical catalog given (--physical): stellar-mass parts are skipped")
     if cols["mass"] is not None:
         mass = pd.to_numeric(table[cols["mass"]], errors="coerce")
-        # stellar masses are either log10(M/Msun) (< 20) or linear
-        table["log_mass"] = mass if np.nanmedian(mass) < 20 else np.log10(mass.where(mass > 0))
-        cols["mass"] = "log_mass"
+        if mass.notna().any():
+            # stellar masses are either log10(M/Msun) (< 20) or linear
+            table["log_mass"] = mass if mass.median() < 20 else np.log10(mass.where(mass > 0))
+            cols["mass"] = "log_mass"
+        else:
+            notes.append(f"mass column {cols['mass']!r} has no numeric value: mass parts skipped")
+            cols["mass"] = None
     # r_e: kpc when the redshift and pixel scale are known, else pixels
     table["r_e"] = pd.to_numeric(table.get("sersic_rhalf", np.nan), errors="coerce")
     unit = "px"

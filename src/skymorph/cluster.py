@@ -484,7 +484,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  skymorph cluster myrun --k 10 --ward-method connectivity"
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory where `reduce` has run")
-    parser.add_argument("--k", dest="cluster.k", type=int, default=s,
+    parser.add_argument("--k", dest="cluster.k", type=int, default=s, metavar="N",
                         help="clusters of each method (default 20)")
     parser.add_argument("--birch-threshold", dest="cluster.birch_threshold", default=s,
                         type=lambda v: v if v == "auto" else float(v), metavar="R|auto",
@@ -494,11 +494,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ward route: exact (O(N^2) memory), sample (exact on --ward-sample "
                         "galaxies, the rest to the nearest centroid), connectivity (k-NN graph), "
                         "auto = exact up to --ward-sample galaxies, sample above (default auto)")
-    parser.add_argument("--ward-sample", dest="cluster.ward_sample", type=int, default=s,
+    parser.add_argument("--ward-sample", dest="cluster.ward_sample", type=int, default=s, metavar="N",
                         help="galaxies of the exact ward in the sample route (default 20000)")
     parser.add_argument("--ward-connectivity", dest="cluster.ward_connectivity", type=int, default=s,
+                        metavar="N",
                         help="neighbours of the connectivity graph (default 10)")
-    parser.add_argument("--seed", dest="cluster.seed", type=int, default=s, help="random seed (default 42)")
+    parser.add_argument("--seed", dest="cluster.seed", type=int, default=s, metavar="N",
+                        help="random seed (default 42)")
 
 
 def main(args: argparse.Namespace, config: Config) -> int:

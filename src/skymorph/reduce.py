@@ -480,23 +480,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "Davies-Bouldin index of K-means (default 300)")
     parser.add_argument("--dims-grid", dest="reduce.dims_grid", type=_grid, default=s, metavar="D1,D2,...",
                         help="dimensions scanned by --dims auto (default 50,100,...,500)")
-    parser.add_argument("--scan-k", dest="reduce.scan_k", type=int, default=s,
+    parser.add_argument("--scan-k", dest="reduce.scan_k", type=int, default=s, metavar="N",
                         help="K-means clusters of the scan (default 20)")
-    parser.add_argument("--scan-sample", dest="reduce.scan_sample", type=int, default=s,
+    parser.add_argument("--scan-sample", dest="reduce.scan_sample", type=int, default=s, metavar="N",
                         help="galaxies embedded by the scan (default 20000; all when fewer)")
-    parser.add_argument("--n-neighbors", dest="reduce.n_neighbors", type=int, default=s,
+    parser.add_argument("--n-neighbors", dest="reduce.n_neighbors", type=int, default=s, metavar="N",
                         help="UMAP neighbours (default 15)")
-    parser.add_argument("--min-dist", dest="reduce.min_dist", type=float, default=s,
+    parser.add_argument("--min-dist", dest="reduce.min_dist", type=float, default=s, metavar="X",
                         help="UMAP min_dist (default 0.1)")
-    parser.add_argument("--metric", dest="reduce.metric", default=s,
+    parser.add_argument("--metric", dest="reduce.metric", default=s, metavar="NAME",
                         help="feature-space metric, e.g. euclidean or cosine (default euclidean)")
-    parser.add_argument("--n-epochs", dest="reduce.n_epochs", type=int, default=s,
+    parser.add_argument("--n-epochs", dest="reduce.n_epochs", type=int, default=s, metavar="N",
                         help="UMAP epochs (default: UMAP's, 500 up to 10^4 galaxies, 200 above)")
-    parser.add_argument("--fit-sample", dest="reduce.fit_sample", type=int, default=s,
+    parser.add_argument("--fit-sample", dest="reduce.fit_sample", type=int, default=s, metavar="N",
                         help="fit on this many galaxies and transform the rest (default: fit on all)")
     parser.add_argument("--no-map", dest="reduce.map_2d", action="store_false", default=s,
                         help="skip the 2-D UMAP used for maps")
-    parser.add_argument("--seed", dest="reduce.seed", type=int, default=s, help="random seed (default 42)")
+    parser.add_argument("--seed", dest="reduce.seed", type=int, default=s, metavar="N",
+                        help="random seed (default 42)")
 
 
 def main(args: argparse.Namespace, config: Config) -> int:

@@ -340,6 +340,11 @@ class MeasureConfig:
     """G2: largest relative modulus difference of a symmetric gradient pair."""
     g2_phase_tolerance: float = 0.2
     """G2: largest angle (radians) between a vector and its mirror's reverse."""
+    g2_noise_tolerance: float = 0.0
+    """G2, not in Rosa et al.: also count a pair as symmetric when the two vectors
+    cancel to within this many pixel-noise sigmas (2.45 accepts 95% of pairs that
+    differ by noise only).  0 keeps the paper's definition, under which the noise
+    of faint stamps drives G2 towards 2 for every type."""
 
 
 @dataclass

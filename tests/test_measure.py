@@ -184,3 +184,21 @@ def test_measure_errors(tmp_path):
         measure(tmp_path / "nope")
     with pytest.raises(RunDirError, match="no measurements"):
         read_measurements(RunDir(tmp_path / "empty", create=True))
+
+
+def test_g2_noise_tolerance_option():
+    x, y = _grid()
+    rng = np.random.default_rng(3)
+    smooth = Sersic2D(amplitude=1, r_eff=8, n=1.5, x_0=40, y_0=40)(x, y)
+    r, theta = np.hypot(x - 40, y - 40), np.arctan2(y - 40, x - 40)
+    arm = 4 * np.exp(-((np.mod(theta - 2.0 * np.log(r + 1), 2 * np.pi) - np.pi) ** 2) / 0.3) * np.exp(-r / 12)
+    sigma = 0.1
+    noisy_smooth = smooth + rng.normal(0, sigma, smooth.shape)
+    noisy_spiral = 0.5 * smooth + arm + rng.normal(0, sigma, smooth.shape)
+    seg = smooth > 0.05 * smooth.max()
+    plain = gradient_asymmetry(noisy_smooth, seg, 40, 40)
+    tolerant = gradient_asymmetry(noisy_smooth, seg, 40, 40, noise_sigma=sigma, noise_tolerance=2.45)
+    assert plain > 1.0  # the definition: noise alone breaks the symmetry of most pairs
+    assert tolerant < 0.2
+    spiral = gradient_asymmetry(noisy_spiral, seg, 40, 40, noise_sigma=sigma, noise_tolerance=2.45)
+    assert spiral > tolerant + 0.7  # the arm's asymmetry survives the tolerance

@@ -104,7 +104,8 @@ def measure_stamp(stamp: np.ndarray, noise_sigma: float | None = None, backgroun
                              weightmap=weightmap, gain=gain, include_sersic=cfg.include_sersic,
                              include_doublesersic=cfg.include_doublesersic,
                              g2_module_tolerance=cfg.g2_module_tolerance,
-                             g2_phase_tolerance=cfg.g2_phase_tolerance)
+                             g2_phase_tolerance=cfg.g2_phase_tolerance,
+                             g2_noise_tolerance=cfg.g2_noise_tolerance, noise_sigma=float(sigma))
     except Exception as exc:  # noqa: BLE001 - one galaxy never aborts the run
         row["measure_reason"] = f"{type(exc).__name__}: {exc}"[:500]
         return row
@@ -336,6 +337,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=s, help="also fit a double Sersic model (default: off)")
     parser.add_argument("--detect-nsigma", dest="measure.detect_nsigma", type=float, default=s, metavar="K",
                         help="segmentation threshold in background sigma (default 1.5)")
+    parser.add_argument("--g2-noise-tolerance", dest="measure.g2_noise_tolerance", type=float,
+                        default=s, metavar="K",
+                        help="G2: also treat gradient pairs that cancel to within K noise sigmas as "
+                        "symmetric (not in Rosa et al. 2018; e.g. 2.45; default 0 = the paper's definition)")
     parser.add_argument("--detect-npixels", dest="measure.detect_npixels", type=int, default=s, metavar="N",
                         help="minimum pixels of a segment (default 10)")
 

@@ -285,21 +285,24 @@ def denoise(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
         log.info("denoise: inputs and settings unchanged, reusing %s", run.array_path("denoised"))
         return run
     stamps = run.open_array("stamps")
-    run.invalidate("denoise")
-    run.record_config(config)
 
     from . import _cae
 
     device = _cae.resolve_device(cfg.device)
-    _cae.set_threads()
     n, size = stamps.shape[0], stamps.shape[-1]
-    summary: dict[str, Any] = {"n_stamps": n, "device": str(device)}
+    model = None
     if checkpoint is not None:
-        model, blob = _cae.load_checkpoint(checkpoint, device)
+        # Check the checkpoint before touching the run's current outputs.
+        model, _ = _cae.load_checkpoint(checkpoint, device)
         if model.arch["stamp_size"] != size:
             raise ValueError(f"the CAE in {checkpoint} was trained on {model.arch['stamp_size']}-pixel "
                              f"stamps; this run has {size}-pixel stamps (train a new one: drop "
                              "--cae-checkpoint)")
+    run.invalidate("denoise")
+    run.record_config(config)
+    _cae.set_threads()
+    summary: dict[str, Any] = {"n_stamps": n, "device": str(device)}
+    if model is not None:
         differs = {k: model.arch[k] for k in _ARCH_FIELDS if model.arch[k] != getattr(cfg, k)}
         if differs:
             log.info("denoise: using the checkpoint's architecture %s, not the [denoise] settings", differs)

@@ -51,7 +51,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .config import Config, PolarConfig
-from .rundir import RunDir
+from .rundir import RunDir, iter_chunks
 
 __all__ = ["polar", "apct", "polar_geometry", "polar_figure", "POLES", "output_shape"]
 
@@ -347,15 +347,9 @@ def _pick_examples(run: RunDir, n: int) -> np.ndarray:
     size = stamps.shape[-1]
     lo, hi = size // 2 - size // 8, size // 2 + size // 8
     flux = np.concatenate([blk[:, lo:hi, lo:hi].sum(axis=(1, 2))
-                           for _, blk in _iter(stamps, 1024)])
+                           for _, blk in iter_chunks(stamps, 1024)])
     flux = np.nan_to_num(flux, nan=-np.inf)
     return np.argsort(-flux, kind="stable")[:n]
-
-
-def _iter(array, size):
-    from .rundir import iter_chunks
-
-    return iter_chunks(array, size)
 
 
 def _stretch(img: np.ndarray, lo: float, hi: float) -> np.ndarray:

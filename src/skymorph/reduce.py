@@ -137,6 +137,26 @@ def _check_sizes(n: int, dims: Sequence[int], cfg: ReduceConfig, what: str) -> N
         )
 
 
+def _fit_dims(n: int, cfg: ReduceConfig) -> ReduceConfig:
+    """Cap the output dimension (or the scan grid) for small samples.
+
+    The paper's d = 300 suits 10^5 galaxies; UMAP's spectral start cannot give more
+    dimensions than galaxies - 1, and a run of a few hundred galaxies should still
+    work with the default settings.  A fixed d is capped at n // 2; scan entries
+    above that are dropped.  Both are logged.
+    """
+    cap = max(2, n // 2)
+    if cfg.dims == "auto":
+        grid = [d for d in cfg.dims_grid if d <= cap]
+        if len(grid) < len(cfg.dims_grid):
+            log.warning("reduce: %d galaxies: scanning d in %s only (at most n/2 = %d)", n, grid, cap)
+        return replace(cfg, dims_grid=grid or [cap])
+    if int(cfg.dims) > cap:
+        log.warning("reduce: %d dimensions is too many for %d galaxies; using n/2 = %d", cfg.dims, n, cap)
+        return replace(cfg, dims=cap)
+    return cfg
+
+
 def knn_graph(features: np.ndarray, cfg: ReduceConfig) -> tuple[np.ndarray, np.ndarray, Any]:
     """The k-NN graph UMAP needs, built once (pynndescent, seeded, single-threaded).
 
@@ -342,6 +362,7 @@ def reduce_array(features: np.ndarray, cfg: ReduceConfig, ids: Sequence[Any] | N
             raise ReduceError(f"reduce.dims must be an integer or 'auto', got {cfg.dims!r}") from None
     timings: dict[str, float] = {}
     fit_rows = _sample(n, cfg.fit_sample, cfg.seed, 1)
+    cfg = _fit_dims(fit_rows.size, cfg)
     if cfg.dims != "auto":
         _check_sizes(fit_rows.size, [int(cfg.dims)], cfg, "the fit sample")
 

@@ -25,6 +25,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import importlib
 import resource
 import statistics
 import sys
@@ -36,8 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from skymorph import cluster as C  # noqa: E402
-from skymorph import reduce as R  # noqa: E402
+C = importlib.import_module("skymorph.cluster")  # noqa: E402
+R = importlib.import_module("skymorph.reduce")  # noqa: E402
 from skymorph.config import ClusterConfig, ReduceConfig  # noqa: E402
 
 

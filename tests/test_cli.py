@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import COSMOS_STAMPS
 
+from conftest import COSMOS_STAMPS
 from skymorph.cli import STAGES, main
 from skymorph.config import Config, ConfigError, load_config
 

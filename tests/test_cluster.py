@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import shutil
 
 import numpy as np
@@ -10,10 +11,11 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from skymorph import cluster as C
 from skymorph.cli import main as cli_main
 from skymorph.config import ClusterConfig, Config
 from skymorph.rundir import RunDir
+
+C = importlib.import_module("skymorph.cluster")
 
 
 def _blobs(n=600, k=5, dim=10, seed=0, spread=0.5):

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 from astropy.table import Table
-from conftest import COSMOS_FIELDS, COSMOS_STAMPS, GZ1
 from PIL import Image
 
+from conftest import COSMOS_FIELDS, COSMOS_STAMPS, GZ1
 from skymorph import Config, RunDir, ingest
 from skymorph.ingest import IngestError, select_rows
 from skymorph.rundir import RunDirError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import shutil
 
 import numpy as np
@@ -9,10 +10,11 @@ import pandas as pd
 import pytest
 from sklearn.datasets import make_blobs
 
-from skymorph import reduce as R
 from skymorph.cli import main as cli_main
 from skymorph.config import Config, ReduceConfig
 from skymorph.rundir import RunDir
+
+R = importlib.import_module("skymorph.reduce")
 
 
 def _blobs(n=300, k=4, dim=20, seed=0):

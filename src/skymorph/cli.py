@@ -29,7 +29,7 @@ from .config import PRESETS, Config, ConfigError, load_config
 __all__ = ["main", "STAGES", "config_from_args"]
 
 STAGES: dict[str, tuple[str, str]] = {
-    "ingest": ("skymorph.ingest", "read cutouts (FITS, PNG/JPEG, NPY, stamp collections, fields) into stamps"),
+    "ingest": ("skymorph.ingest", "read cutouts (FITS, PNG/JPEG, NPY, collections, fields) into stamps"),
     "denoise": ("skymorph.denoise", "train the convolutional autoencoder and denoise every stamp"),
     "polar": ("skymorph.polar", "adaptive polar coordinate transform (rotation invariance)"),
     "encode": ("skymorph.encode", "encode images with a pretrained network into feature vectors"),

@@ -217,9 +217,11 @@ def test_empty_image_is_rejected_not_fatal(run_copy):
 
 
 KILLED_RUN = """
-import os, signal, sys
-import skymorph.encode as stage
+import importlib, os, signal, sys
 from skymorph import Config
+
+# the module, not the function skymorph/__init__ re-exports under the same name
+stage = importlib.import_module("skymorph.encode")
 
 write_json = stage._write_json
 

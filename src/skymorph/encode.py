@@ -186,7 +186,7 @@ def encode(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
     n_done_before = n - sum(min(n, (i + 1) * chunk) - i * chunk for i in todo)
-    t1 = time.perf_counter()
+    t1, cpu1 = time.perf_counter(), time.process_time()
     try:
         # the next chunk is read (and decompressed) while this one is encoded
         with ThreadPoolExecutor(1) as pool, tqdm(total=n, initial=n_done_before, desc="encode",
@@ -209,7 +209,7 @@ def encode(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
             import torch
 
             torch.set_num_threads(previous_threads)
-    elapsed = time.perf_counter() - t1
+    elapsed, cpu_elapsed = time.perf_counter() - t1, time.process_time() - cpu1
 
     empty_rows = sorted(j for rows in partial["empty"].values() for j in rows)
     run.clear_rejects("encode")
@@ -223,6 +223,7 @@ def encode(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
                   weights=encoder.weights_source, input=source, device=str(encoder.device),
                   precision=encoder.precision, n_rejected=len(empty_rows), n_resumed=n_done_before,
                   seconds=round(time.perf_counter() - t0, 2),
+                  encode_seconds=round(elapsed, 3), encode_cpu_seconds=round(cpu_elapsed, 3),
                   images_per_s=round(n_new / elapsed, 2) if elapsed > 0 and n_new else None)
     partial_path.unlink(missing_ok=True)
     log.info("encode: %d x %d features written (%d rejected, %d resumed)", n, encoder.dim,

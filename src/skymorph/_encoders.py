@@ -463,9 +463,11 @@ def _build_timm(name: str, weights: Path | None, random_init: bool) -> tuple[nn.
                 state = filter_fn(state, model)
             except Exception:  # a filter that does not apply leaves the state dict as it is
                 log.debug("checkpoint filter of %s did not apply", name, exc_info=True)
-        head = {k for k in state if k.startswith(("head.fc.", "fc.", "classifier.", "head.weight",
-                                                  "head.bias", "last_linear."))}
-        head -= set(model.state_dict())
+        # the classifier of the checkpoint has no counterpart in a num_classes=0 model
+        classifier = model.pretrained_cfg.get("classifier") or ()
+        prefixes = tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier))
+        prefixes += ("head.fc.", "fc.", "classifier.", "head.weight", "head.bias", "last_linear.")
+        head = {k for k in state if k.startswith(prefixes)} - set(model.state_dict())
         _load_strict(model, {k: v for k, v in state.items() if k not in head}, name, weights)
         source = str(weights)
     elif random_init:

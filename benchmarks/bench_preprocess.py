@@ -88,8 +88,20 @@ def child_stage(stage: str, run_dir: str, checkpoint: str) -> None:
     else:
         polar(run_dir, config, progress=False)
     seconds = time.perf_counter() - t0
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": rss_mb}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process.  VmHWM, not ru_maxrss: after
+    fork + exec, ru_maxrss still carries the parent's peak (Linux keeps the
+    pre-exec high-water mark), which would hide the child's own figure."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(stage: str, run_dir: Path, checkpoint: Path) -> dict:
@@ -219,7 +231,8 @@ def main() -> None:
                   f"{n / d['seconds']:.0f} stamps/s, peak RSS {d['peak_rss_mb']:.0f} MB; polar "
                   f"{p['seconds']:.1f} s = {n / p['seconds']:.0f} stamps/s, peak RSS "
                   f"{p['peak_rss_mb']:.0f} MB")
-        print(f"load average {os.getloadavg()[0]:.1f} at the end")
+        print(f"peak RSS of this process (stamps block of {len(block)}, models, timings): "
+              f"{peak_rss_mb():.0f} MB; load average {os.getloadavg()[0]:.1f} at the end")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -176,24 +176,32 @@ def normalise(stamps: np.ndarray, border: int | None = None) -> tuple[np.ndarray
     offset, scale : ndarray (B,) float64
         Invert with ``x = y * scale[:, None, None] + offset[:, None, None]``.
     """
-    from .denoise import border_sky
-
     x = np.asarray(stamps, dtype=np.float32)
     if x.ndim != 3:
         raise ValueError(f"expected stamps of shape (N, S, S), got {x.shape}")
-    n, h, w = x.shape
-    finite = np.isfinite(x)
-    offset, sigma = border_sky(x, border)
-    y = np.where(finite, x - offset[:, None, None].astype(np.float32), np.float32(0))
-    # Separable 3x3 box sum from shifted views (vectorised over the batch).
-    padded = np.pad(y, ((0, 0), (1, 1), (1, 1)), mode="edge")
-    rows = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]
-    box = rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:]
-    peak = box.reshape(n, -1).max(axis=1).astype(np.float64) / 9.0
-    scale = np.maximum(peak, 3.0 * sigma)
-    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    offset, scale, x = normalisation(x)
+    y = x - offset[:, None, None].astype(np.float32)
     y /= scale[:, None, None].astype(np.float32)
-    return y.astype(np.float32, copy=False), offset, scale
+    return y, offset, scale
+
+
+def normalisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``offset`` and ``scale`` of :func:`normalise`, and the stamps with any
+    non-finite pixel replaced by its stamp's offset (the input itself when all
+    are finite, so the common case costs no copy)."""
+    from .denoise import border_sky
+
+    offset, sigma = border_sky(x)
+    if not np.isfinite(x).all():
+        x = np.where(np.isfinite(x), x, offset[:, None, None].astype(np.float32))
+    with torch.inference_mode():
+        # Peak of the 3x3 box mean (valid region), multi-threaded in one pass.
+        t = torch.from_numpy(np.ascontiguousarray(x))[:, None]
+        box = F.avg_pool2d(t, 3, stride=1) if min(x.shape[1:]) >= 3 else t
+        peak = box.amax(dim=(1, 2, 3)).double().numpy()
+    scale = np.maximum(peak - offset, 3.0 * sigma)
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    return offset, scale, x
 
 
 def denormalise(y: np.ndarray, offset: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -322,6 +330,24 @@ def predict(model: CAE, normalised: np.ndarray, batch_size: int, device: torch.d
     for start in range(0, len(normalised), batch_size):
         x = _to_device(normalised[start:start + batch_size], device)
         out[start:start + batch_size] = model(x)[:, 0].float().cpu().numpy()
+    return out
+
+
+@torch.inference_mode()
+def denoise_block(model: CAE, stamps: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    """Normalise, reconstruct and de-normalise every stamp, one small batch at
+    a time (the arithmetic happens on cache-sized tensors, not on whole arrays)."""
+    model.eval()
+    offset, scale, x = normalisation(np.asarray(stamps, dtype=np.float32))
+    off = torch.from_numpy(offset.astype(np.float32))[:, None, None, None]
+    sc = torch.from_numpy(scale.astype(np.float32))[:, None, None, None]
+    out = np.empty(x.shape, dtype=np.float32)
+    src = torch.from_numpy(np.ascontiguousarray(x))
+    for start in range(0, len(x), batch_size):
+        end = start + batch_size
+        o, s_ = off[start:end].to(device), sc[start:end].to(device)
+        t = ((src[start:end, None].to(device) - o) / s_).contiguous(memory_format=torch.channels_last)
+        out[start:end] = (model(t) * s_ + o)[:, 0].float().cpu().numpy()
     return out
 
 

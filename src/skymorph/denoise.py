@@ -144,9 +144,8 @@ def apply_cae(stamps: np.ndarray, model, batch_size: int = 32) -> np.ndarray:
     if stamps.ndim != 3 or stamps.shape[-1] != model.arch["stamp_size"]:
         raise ValueError(f"the CAE was trained on {model.arch['stamp_size']}-pixel stamps; "
                          f"got an array of shape {stamps.shape}")
-    y, offset, scale = _cae.normalise(stamps)
     device = next(model.parameters()).device
-    return _cae.denormalise(_cae.predict(model, y, batch_size, device), offset, scale)
+    return _cae.denoise_block(model, stamps, batch_size, device)
 
 
 def _training_sample(stamps, n: int, rng: np.random.Generator, progress: bool) -> np.ndarray:

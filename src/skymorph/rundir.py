@@ -17,6 +17,9 @@ Layout (paths relative to ``RUN_DIR``)::
 
 Array stores are Zarr arrays chunked along the galaxy axis, so every stage can
 stream them chunk by chunk and Dask can map over them with ``dask.array.from_zarr``.
+They are not compressed: noisy float pixels barely compress, and zstd cost a
+sizeable share of each stage's time.  ``stages/encode.partial.json`` records the
+finished chunks of an interrupted encode so that it can resume.
 """
 
 from __future__ import annotations
@@ -172,6 +175,7 @@ class RunDir:
         return zarr.create_array(
             store=str(self.array_path(name)), shape=shape, chunks=chunks, dtype=dtype,
             fill_value=np.nan if np.dtype(dtype).kind == "f" else 0, overwrite=True,
+            compressors=None,
         )
 
     def writer(self, name: str, item_shape: tuple[int, ...], chunk: int,
@@ -277,7 +281,7 @@ class ArrayWriter:
         self.dtype = np.dtype(dtype)
         self.array = zarr.create_array(
             store=str(path), shape=(0, *self.item_shape), chunks=(self.chunk, *self.item_shape),
-            dtype=self.dtype, fill_value=0, overwrite=True,
+            dtype=self.dtype, fill_value=0, overwrite=True, compressors=None,
         )
         self._buffer = np.empty((self.chunk, *self.item_shape), dtype=self.dtype)
         self._filled = 0

@@ -28,6 +28,9 @@ VARIANTS = {
     "APCT pole near centre": {"polar": {"pole": "peak-near-centre"}},
     "no APCT (CAE + encoder)": {"polar": {"enabled": False}},
     "no CAE, no APCT (encoder on stamps)": {"denoise": {"enabled": False}, "polar": {"enabled": False}},
+    "CAE + 4-rotation features (no APCT)": {"polar": {"enabled": False}, "encode": {"rotations": 4}},
+    "4-rotation features on stamps": {"denoise": {"enabled": False}, "polar": {"enabled": False},
+                                      "encode": {"rotations": 4}},
 }
 
 

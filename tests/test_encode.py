@@ -272,3 +272,17 @@ def test_killed_run_resumes_to_identical_features(cosmos_run, tmp_path, caplog):
     reference = encode(clean, config, progress=False)
     np.testing.assert_array_equal(np.asarray(resumed.open_array("features")[:]),
                                   np.asarray(reference.open_array("features")[:]))
+
+
+def test_rotation_averaged_features_ignore_right_angle_rotations(cosmos_run):
+    from skymorph._encoders import build_encoder
+
+    stamps = np.asarray(cosmos_run.open_array("stamps")[:4])
+    encoder = build_encoder(EncodeConfig(encoder="efficientnet_lite0", rotations=4))
+    plain, _ = encoder.encode(stamps)
+    turned, _ = encoder.encode(np.ascontiguousarray(np.rot90(stamps, 1, axes=(1, 2))))
+    assert np.allclose(plain, turned, rtol=1e-3, atol=1e-4)
+    single = build_encoder(EncodeConfig(encoder="efficientnet_lite0"))
+    once, _ = single.encode(stamps)
+    once_turned, _ = single.encode(np.ascontiguousarray(np.rot90(stamps, 1, axes=(1, 2))))
+    assert not np.allclose(once, once_turned, rtol=1e-3, atol=1e-4)

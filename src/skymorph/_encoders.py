@@ -110,6 +110,7 @@ class Encoder:
     scaling: str = "percentile"
     percentiles: tuple[float, float] = (0.1, 99.9)
     aspect: str = "stretch"
+    rotations: int = 1
 
     def __post_init__(self) -> None:
         self.model.eval().to(self.device, memory_format=torch.channels_last)
@@ -194,8 +195,13 @@ class Encoder:
         with torch.inference_mode():
             batch, empty = self.prepare(images)
             with self._autocast():
-                out = self.model(batch)
-            out = out.float().reshape(out.shape[0], -1)
+                out = self.model(batch).float()
+                # average over right-angle rotations (exact on the pixel grid): the
+                # features become invariant to them without a polar transform
+                for k in range(1, self.rotations):
+                    turned = torch.rot90(batch, k * 4 // self.rotations, dims=(2, 3))
+                    out += self.model(turned.contiguous(memory_format=torch.channels_last)).float()
+            out = out.reshape(out.shape[0], -1) / self.rotations
             out[empty] = torch.nan
         return out, empty
 
@@ -563,7 +569,11 @@ def build_encoder(cfg: EncodeConfig) -> Encoder:
         std=data["std"], interpolation=data["interpolation"], weights_source=source, device=device,
         precision=resolve_precision(cfg.precision, device), scaling=cfg.scaling,
         percentiles=(float(cfg.percentiles[0]), float(cfg.percentiles[1])), aspect=cfg.aspect,
+        rotations=int(cfg.rotations),
     )
+    if encoder.rotations == 4 and encoder.input_size[0] != encoder.input_size[1]:
+        raise EncoderError(f"encode.rotations = 4 needs a square input; {cfg.encoder} takes "
+                           f"{encoder.input_size[0]}x{encoder.input_size[1]}: use rotations = 2")
     if probe_needed:  # the feature length is known for sure only from an output
         with torch.inference_mode():
             x = torch.zeros((1, 3, *encoder.input_size), device=device)
@@ -584,6 +594,8 @@ def check_settings(cfg: EncodeConfig) -> None:
     if len(pct) != 2 or not 0 <= pct[0] < pct[1] <= 100:
         raise EncoderError(f"encode.percentiles must be two numbers 0 <= low < high <= 100, "
                            f"got {cfg.percentiles!r}")
+    if int(cfg.rotations) not in (1, 2, 4):
+        raise EncoderError(f"encode.rotations must be 1, 2 or 4, got {cfg.rotations!r}")
     for key in ("batch_size", "chunk_size"):
         if int(getattr(cfg, key)) < 1:
             raise EncoderError(f"encode.{key} must be at least 1, got {getattr(cfg, key)!r}")

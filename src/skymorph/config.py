@@ -198,6 +198,10 @@ class EncodeConfig:
     aspect: str = "stretch"
     """``stretch`` each axis to the model's square input (the paper's choice for the
     125 x 200 polar image) or ``pad`` the short axis with sky to keep the aspect."""
+    rotations: int = 1
+    """Average the features over this many right-angle rotations of each image
+    (1, 2 or 4).  4 makes the features invariant to 90-degree rotations without
+    the polar transform, at 4x the encoding time."""
 
 
 @dataclass

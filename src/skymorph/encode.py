@@ -294,6 +294,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aspect", dest="encode.aspect", choices=["stretch", "pad"], default=s,
                         help="stretch to the model's square input (default, the paper's) or pad "
                         "the short axis with sky")
+    parser.add_argument("--rotations", dest="encode.rotations", type=int, choices=[1, 2, 4], default=s,
+                        help="average features over this many right-angle rotations (default 1; "
+                        "4 gives rotation invariance without the polar transform)")
 
 
 def main(args: argparse.Namespace, config: Config) -> int:

@@ -208,7 +208,8 @@ def _geometry(n_shown: int, cfg: InspectConfig) -> dict[str, int]:
     cell = cfg.thumb_px
     return {
         "cols": cols, "rows": rows, "cell": cell, "gap": GAP_PX, "header": HEADER_PX,
-        "width": cols * cell + (cols + 1) * GAP_PX,
+        # at least four cells wide, so that the title of a small cluster is not cut
+        "width": max(cols, min(cfg.grid_cols, 4)) * cell + (cols + 1) * GAP_PX,
         "height": HEADER_PX + rows * cell + (rows + 1) * GAP_PX,
     }
 

@@ -1,7 +1,7 @@
 """How well the pipeline separates Galaxy Zoo 1 classes, stage by stage, against a pixel baseline.
 
 Runs skymorph on the 700 labelled SDSS galaxies of ``../shared/data/gz1_sdss`` (k = 20,
-offline default encoder) in several variants that switch stages off, plus a baseline
+offline default encoder) in variants from the paper's chain to the default settings, plus a baseline
 (PCA of the raw stamp pixels + K-means), and scores each with ``skymorph.evaluate``'s
 own code against ``labels.csv``. Classes: elliptical, spiral (cw + acw), edge_on;
 ``dont_know`` and ``merger`` count as unknown. The default settings are not tuned to
@@ -23,14 +23,16 @@ import numpy as np
 GZ1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gz1_sdss"
 LABEL_MAP = {"spiral_cw": "spiral", "spiral_acw": "spiral"}
 EXCLUDE = ["dont_know", "merger"]
+_ON = {"enabled": True}
+_OFF = {"enabled": False}
 VARIANTS = {
-    "full (CAE + APCT + encoder)": {},
-    "APCT pole near centre": {"polar": {"pole": "peak-near-centre"}},
-    "no APCT (CAE + encoder)": {"polar": {"enabled": False}},
-    "no CAE, no APCT (encoder on stamps)": {"denoise": {"enabled": False}, "polar": {"enabled": False}},
-    "CAE + 4-rotation features (no APCT)": {"polar": {"enabled": False}, "encode": {"rotations": 4}},
-    "4-rotation features on stamps": {"denoise": {"enabled": False}, "polar": {"enabled": False},
-                                      "encode": {"rotations": 4}},
+    "full (CAE + APCT + encoder)": {"denoise": _ON, "polar": _ON, "encode": {"rotations": 1}},
+    "APCT pole near centre": {"denoise": _ON, "polar": {**_ON, "pole": "peak-near-centre"},
+                              "encode": {"rotations": 1}},
+    "no APCT (CAE + encoder)": {"denoise": _ON, "polar": _OFF, "encode": {"rotations": 1}},
+    "no CAE, no APCT (encoder on stamps)": {"denoise": _OFF, "polar": _OFF, "encode": {"rotations": 1}},
+    "CAE + 4-rotation features (no APCT)": {"denoise": _ON, "polar": _OFF, "encode": {"rotations": 4}},
+    "4-rotation features on stamps": {"denoise": _OFF, "polar": _OFF, "encode": {"rotations": 4}},
 }
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import COSMOS_STAMPS
-from skymorph.cli import STAGES, main
+from skymorph.cli import STAGES, config_from_args, main
 from skymorph.config import Config, ConfigError, load_config
 
 
@@ -58,3 +58,15 @@ def test_config_presets_and_toml(tmp_path):
     assert load_config(path).cluster.k == 12
     with pytest.raises(ConfigError, match="unknown config section"):
         Config().update({"clustering": {"k": 3}})
+
+
+def test_later_stages_start_from_the_runs_recorded_settings(tmp_path):
+    from skymorph.cli import build_parser
+
+    out = tmp_path / "run"
+    assert main(["ingest", str(COSMOS_STAMPS), "--out", str(out), "--set", "cluster.k=7"]) == 0
+    parser, _ = build_parser("cluster")
+    assert config_from_args(parser.parse_args(["cluster", str(out)])).cluster.k == 7
+    assert config_from_args(parser.parse_args(["cluster", str(out), "--k", "5"])).cluster.k == 5
+    paper = config_from_args(parser.parse_args(["cluster", str(out), "--preset", "paper"]))
+    assert paper.polar.enabled and paper.cluster.k == 20

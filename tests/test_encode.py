@@ -184,9 +184,10 @@ def test_weights_file_safetensors_and_state_dict(tmp_path, stamps):
 
 def test_missing_input_array_names_the_stage(run_copy):
     with pytest.raises(RunDirError, match=r"'polar' array .*skymorph polar .*polar.enabled=false"):
-        encode(run_copy, Config(), progress=False)
+        encode(run_copy, Config().update({"denoise": {"enabled": True}, "polar": {"enabled": True}}),
+               progress=False)
     with pytest.raises(RunDirError, match=r"'denoised' array .*skymorph denoise"):
-        encode(run_copy, Config().update({"polar": {"enabled": False}}), progress=False)
+        encode(run_copy, Config().update({"denoise": {"enabled": True}}), progress=False)
 
 
 def test_cli_on_cosmos_stamps(run_copy, capsys, caplog):
@@ -282,7 +283,7 @@ def test_rotation_averaged_features_ignore_right_angle_rotations(cosmos_run):
     plain, _ = encoder.encode(stamps)
     turned, _ = encoder.encode(np.ascontiguousarray(np.rot90(stamps, 1, axes=(1, 2))))
     assert np.allclose(plain, turned, rtol=1e-3, atol=1e-4)
-    single = build_encoder(EncodeConfig(encoder="efficientnet_lite0"))
+    single = build_encoder(EncodeConfig(encoder="efficientnet_lite0", rotations=1))
     once, _ = single.encode(stamps)
     once_turned, _ = single.encode(np.ascontiguousarray(np.rot90(stamps, 1, axes=(1, 2))))
     assert not np.allclose(once, once_turned, rtol=1e-3, atol=1e-4)

@@ -16,9 +16,11 @@ from skymorph.datasets import cosmos_demo
 @pytest.fixture(scope="module")
 def typed_run(tmp_path_factory):
     """A real run of every stage with small but real settings, clusters named by three experts."""
+    # the paper's chain (CAE and APCT on), with small but real settings
     config = skymorph.Config().update({
-        "denoise": {"epochs": 3, "min_steps": 60},
-        "encode": {"encoder": "efficientnet_lite0"},
+        "denoise": {"enabled": True, "epochs": 3, "min_steps": 60},
+        "polar": {"enabled": True},
+        "encode": {"encoder": "efficientnet_lite0", "rotations": 1},
         "reduce": {"dims": 8, "n_epochs": 100},
         "cluster": {"k": 6},
         "measure": {"workers": 2},

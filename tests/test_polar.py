@@ -189,7 +189,7 @@ def test_stage_on_a_run_directory(cosmos_run, tmp_path):
     assert path.exists() and path.stat().st_size > 10_000
     # With denoise enabled, polar needs the denoise stage first.
     with pytest.raises(RunDirError, match="denoise"):
-        polar(run_path, Config(), progress=False)
+        polar(run_path, Config().update({"denoise": {"enabled": True}}), progress=False)
 
 
 def test_cli(cosmos_run, tmp_path):

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .config import PRESETS, Config, ConfigError, load_config
+from .config import PRESETS, Config, ConfigError, load_config, read_settings
 
 __all__ = ["main", "STAGES", "config_from_args"]
 
@@ -58,8 +58,9 @@ unchanged is skipped.  Settings come from a preset (--preset), a TOML file
 def _common(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings")
     group.add_argument("--config", metavar="FILE", help="TOML file of settings ([section] tables)")
-    group.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                       help="starting settings: 'default' (offline, CPU) or 'paper' (default: %(default)s)")
+    group.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                       help="'default' (offline, CPU, best measured) or 'paper' (CAE, APCT, ConvNeXt-XL); "
+                       "a new run starts from 'default', an existing one from its config.toml")
     group.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
                        help="override any setting, e.g. --set cluster.k=10 (repeatable)")
     group.add_argument("-v", "--verbose", action="store_true", help="log more detail")
@@ -73,8 +74,22 @@ def _parse_value(text: str) -> Any:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Preset, then ``--config`` file, then ``--set``, then the stage's own flags."""
-    config = load_config(getattr(args, "config", None), getattr(args, "preset", "default"))
+    """The settings of one command.
+
+    In order, each overriding the one before: the run directory's own
+    ``config.toml`` (so a stage run later uses the settings the run was made with;
+    the default preset for a new run), ``--preset`` when given, ``--config``,
+    ``--set``, and the stage's own flags.
+    """
+    from pathlib import Path
+
+    run_dir = getattr(args, "run_dir", None) or getattr(args, "out", None)
+    recorded = Path(run_dir) / "config.toml" if run_dir else None
+    config = load_config(recorded if recorded is not None and recorded.exists() else None)
+    if getattr(args, "preset", None):
+        config = config.update(PRESETS[args.preset])
+    if getattr(args, "config", None):
+        config = config.update(read_settings(args.config))
     updates: dict[str, dict[str, Any]] = {}
     for item in getattr(args, "set", []):
         key, sep, value = item.partition("=")

@@ -266,12 +266,10 @@ def denoise(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
         If a setting is invalid, or the checkpoint is not a skymorph CAE or was
         trained on another stamp size.
     """
-    config = config or Config()
+    # calling the stage asks for it: record it as on, so later stages read its output
+    config = (config or Config()).update({"denoise": {"enabled": True}})
     cfg = config.denoise
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    if not cfg.enabled:
-        log.info("denoise: disabled (denoise.enabled = false); later stages read the stamps")
-        return run
     _check(cfg)
     checkpoint = Path(cfg.checkpoint).expanduser() if cfg.checkpoint else None
     if checkpoint is not None and not checkpoint.is_file():
@@ -386,9 +384,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, config: Config) -> int:
     """Run ``skymorph denoise``."""
     run = denoise(args.run_dir, config)
-    if not config.denoise.enabled:
-        print("denoise is disabled (denoise.enabled = false): nothing to do")
-        return 0
     info = run.stage_info("denoise") or {}
     how = (f"trained a CAE ({info.get('n_train')} stamps, best epoch {info.get('best_epoch')} of "
            f"{info.get('epochs_run')}, {info.get('train_seconds')} s); checkpoint {info.get('checkpoint')}"

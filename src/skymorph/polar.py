@@ -299,12 +299,10 @@ def polar(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
 
     from ._cae import set_threads
 
-    config = config or Config()
+    # calling the stage asks for it: record it as on, so that encode reads its output
+    config = (config or Config()).update({"polar": {"enabled": True}})
     cfg = config.polar
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    if not cfg.enabled:
-        log.info("polar: disabled (polar.enabled = false); encode will read '%s'", _input_array(config))
-        return run
     _check(cfg)
     source = _input_array(config)
     upstream = ["denoise"] if source == "denoised" else ["ingest"]
@@ -461,11 +459,8 @@ def main(args: argparse.Namespace, config: Config) -> int:
     """Run ``skymorph polar``."""
     run = polar(args.run_dir, config)
     info = run.stage_info("polar") or {}
-    if config.polar.enabled:
-        print(f"{info.get('n_stamps', 0)} polar images ({info.get('rows')} x {info.get('cols')}, "
-              f"pole: {info.get('pole')}) written to {run.array_path('polar')}")
-    else:
-        print("polar is disabled (polar.enabled = false): nothing to do")
+    print(f"{info.get('n_stamps', 0)} polar images ({info.get('rows')} x {info.get('cols')}, "
+          f"pole: {info.get('pole')}) written to {run.array_path('polar')}")
     if args.figure:
         path = polar_figure(run, config)
         print(f"figure: {path}")

@@ -25,6 +25,7 @@ finished chunks of an interrupted encode so that it can resume.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -121,8 +122,6 @@ class RunDir:
                     f"{self.path}; run `skymorph {name} {self.path}` first"
                 )
             parts.append(info["fingerprint"])
-        import hashlib
-
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def is_current(self, stage: str, fingerprint: str) -> bool:

@@ -166,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
               f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
         for name in args.encoders.split(","):
-            config = Config().update({"encode": {
+            # one encoder pass per image on the polar images, as the plain loop does (the
+            # default 4-rotation averaging costs four passes by construction)
+            config = Config().update({"denoise": {"enabled": False}, "polar": {"enabled": True}, "encode": {
                 "encoder": name, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
-                "device": args.device, "random_init": args.random_init}})
+                "device": args.device, "random_init": args.random_init, "rotations": 1}})
             encoder = build_encoder(config.encode)
             stage_rates, plain_rates, walls, ratios, cpu_ratios = [], [], [], [], []
             stage_mem, plain_mem = [], []

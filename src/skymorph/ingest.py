@@ -31,12 +31,9 @@ import os
 import re
 import sys
 import warnings
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +43,7 @@ from astropy.io import fits
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from ._parallel import map_ordered, start_pool
 from .config import Config, IngestConfig
 from .rundir import RunDir
 
@@ -737,48 +735,6 @@ def _batches(tasks: list[_Task], size: int) -> Iterator[list[_Task]]:
         yield batch
 
 
-def _pool_context():
-    """``fork`` while this process has a single thread (workers start instantly);
-    otherwise ``forkserver`` with skymorph preloaded, since forking a process that
-    runs threads (Zarr's I/O loop, a notebook's) can deadlock."""
-    import multiprocessing
-    import threading
-
-    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
-        return get_context("fork")
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        return context
-    return get_context("spawn")
-
-
-def _start_pool(workers: int) -> ProcessPoolExecutor:
-    pool = ProcessPoolExecutor(workers, mp_context=_pool_context())
-    # fork-based pools start every worker on the first submit: do it now, before
-    # Zarr or tqdm start threads in this process
-    for future in [pool.submit(os.getpid) for _ in range(workers)]:
-        future.result()
-    return pool
-
-
-def _map_ordered(func, batches: Iterator[list[_Task]], cfg: IngestConfig,
-                 pool: ProcessPoolExecutor | None, workers: int) -> Iterator[list[tuple]]:
-    """``func(batch, cfg)`` over batches, in order, with at most ``2 * workers``
-    batches in flight so that memory does not grow with the number of inputs."""
-    if pool is None:
-        for batch in batches:
-            yield func(batch, cfg)
-        return
-    pending: deque = deque()
-    for batch in batches:
-        pending.append(pool.submit(func, batch, cfg))
-        if len(pending) >= 2 * workers:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
 def _run_batch(batch: list[_Task], config: IngestConfig) -> list[tuple]:
     return [result for task in batch for result in _process(task, config)]
 
@@ -831,12 +787,12 @@ def ingest(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
     seen: set[str] = set()
     rows: list[dict[str, Any]] = []
     n_rejected = len(early_rejects)
-    pool = _start_pool(workers) if workers > 1 and n_items > 200 else None
+    pool = start_pool(workers, [__name__]) if workers > 1 and n_items > 200 else None
     writer = run.writer("stamps", (size, size), cfg.chunk_size)
     batches = _batches(tasks, 64)
     with pool or nullcontext(), tqdm(total=n_items, desc="ingest", unit="stamp",
                                      disable=not progress) as bar:
-        for batch_results in _map_ordered(_run_batch, batches, cfg, pool, workers):
+        for batch_results in map_ordered(_run_batch, batches, cfg, pool=pool, workers=workers):
             rejects = []
             for result in batch_results:
                 if result[0] == "reject":

@@ -24,11 +24,8 @@ import argparse
 import dataclasses
 import logging
 import os
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ._parallel import map_ordered, start_pool
 from .config import Config, MeasureConfig
 from .rundir import RunDir
 
@@ -145,35 +143,17 @@ def _run_task(task: _Task, config: MeasureConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def _pool_context():
-    """``forkserver`` with statmorph preloaded: workers fork from a process that has
-    already paid the imports (seconds each with ``spawn``), and never from this
-    one, which may run threads (Zarr's I/O loop, a notebook's) that make ``fork`` unsafe."""
-    import multiprocessing
-
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = get_context("forkserver")
-        context.set_forkserver_preload(["skymorph.measure", "skymorph._morphometry", "statmorph",
-                                        "photutils.segmentation"])
-        return context
-    return get_context("spawn")
-
-
 def _map_ordered(tasks: list[_Task], config: MeasureConfig, workers: int
                  ) -> Iterator[list[dict[str, Any]]]:
-    """Results of every task in order, with at most ``2 * workers`` in flight."""
+    """Results of every task in order, with at most ``2 * workers`` in flight.
+    Workers that cannot fork from this process start from a forkserver that has
+    imported statmorph once (seconds per worker with ``spawn``)."""
     if workers <= 1:
-        for task in tasks:
-            yield _run_task(task, config)
+        yield from map_ordered(_run_task, tasks, config)
         return
-    pending: deque = deque()
-    with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
-        for task in tasks:
-            pending.append(pool.submit(_run_task, task, config))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    preload = ["skymorph.measure", "skymorph._morphometry", "statmorph", "photutils.segmentation"]
+    with start_pool(workers, preload) as pool:
+        yield from map_ordered(_run_task, tasks, config, pool=pool, workers=workers)
 
 
 def _schema(include_doublesersic: bool):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
-import shutil
 
 import pytest
 
 from skymorph import RunDir
-from test_inspection import Server, cluster_catalog
+from test_inspection import Server, clustered_run  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.browser
 
@@ -26,11 +25,8 @@ def browser():
 
 
 @pytest.fixture
-def run(cosmos_run, tmp_path) -> RunDir:
-    shutil.copytree(cosmos_run.path, tmp_path / "run")
-    run = RunDir(tmp_path / "run")
-    cluster_catalog(run)
-    return run
+def run(clustered_run) -> RunDir:  # noqa: F811 - the imported fixture, under this file's name
+    return clustered_run
 
 
 def file_votes(run: RunDir) -> dict[tuple[str, int], str]:

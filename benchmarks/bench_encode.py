@@ -7,7 +7,7 @@ to its polar image), stored as the ``polar`` array of a temporary run directory.
 
 For each encoder and repeat, in alternating order:
 
-* **stage**: ``skymorph.encode.encode`` end to end (zarr read, per-image scaling,
+* **stage**: ``skymorph.stages.encode.encode`` end to end (zarr read, per-image scaling,
   resize, normalisation, inference, chunked writes with the resume record).
   Images/s is counted over the encoding loop (the stage's own ``images_per_s``),
   and the wall time including the model build is printed too.
@@ -102,7 +102,7 @@ def make_polar_run(path: Path, n: int, seed: int = 0):
 
 def run_stage(run, config) -> tuple[float, float, float, PeakRSS]:
     """Images/s over the stage's encoding loop, CPU seconds per image there, wall time."""
-    from skymorph.encode import encode
+    from skymorph.stages.encode import encode
 
     run.invalidate("encode")
     with PeakRSS() as mem:
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from skymorph import Config
-    from skymorph._encoders import build_encoder
+    from skymorph.core.encoders import build_encoder
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_encode_"))
     try:

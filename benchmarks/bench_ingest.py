@@ -28,7 +28,7 @@ from astropy.io import fits
 
 
 def write_files(directory: Path, n: int, seed: int = 0) -> None:
-    from skymorph.datasets import cosmos_demo
+    from skymorph.io.datasets import cosmos_demo
 
     rng = np.random.default_rng(seed)
     with fits.open(cosmos_demo() / "real_galaxy_images_extension.fits") as hdul:

@@ -41,7 +41,7 @@ COSMOS = ROOT.parent / "shared" / "data" / "cosmos_f814w" / "stamps_100"
 def make_run(base: Path, n: int, seed: int = 0) -> Path:
     """A run directory of ``n`` stamps: the real ones, repeated with fresh noise."""
     from skymorph import Config, ingest
-    from skymorph.rundir import RunDir
+    from skymorph.io.rundir import RunDir
 
     src = ingest([COSMOS], base / "ingested", Config(), progress=False)
     stamps = np.asarray(src.open_array("stamps"))
@@ -65,11 +65,11 @@ def make_run(base: Path, n: int, seed: int = 0) -> Path:
 
 def child(mode: str, run_path: Path) -> dict:
     from skymorph import Config
-    from skymorph.rundir import RunDir
+    from skymorph.io.rundir import RunDir
 
     run = RunDir(run_path)
     if mode.startswith("measure"):
-        from skymorph.measure import measure
+        from skymorph.stages.measure import measure
 
         workers = int(mode.split("_")[1])
         (run.path / "measurements.parquet").unlink(missing_ok=True)
@@ -81,7 +81,7 @@ def child(mode: str, run_path: Path) -> dict:
     else:
         import statmorph
 
-        from skymorph._morphometry import make_segmap
+        from skymorph.core.morphometry import make_segmap
 
         stamps = np.asarray(run.open_array("stamps"), dtype=np.float64)
         sources = run.sources()

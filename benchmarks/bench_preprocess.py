@@ -8,9 +8,9 @@ Measured (medians of ``--repeats`` runs, in one process so ratios are fair):
 
 * CAE training throughput (stamps/s in an epoch, with augmentation) against a
   bare PyTorch loop (forward + MSE + backward + Adam on a ready tensor);
-* CAE inference throughput of :func:`skymorph.denoise.apply_cae` (numpy in and
+* CAE inference throughput of :func:`skymorph.stages.denoise.apply_cae` (numpy in and
   out, per-stamp normalisation included) against the bare model forward;
-* APCT throughput of :func:`skymorph.polar.apct` against a bare
+* APCT throughput of :func:`skymorph.stages.polar.apct` against a bare
   ``grid_sample`` with a precomputed grid;
 * the ``denoise`` (checkpoint given, so inference only) and ``polar`` stages
   end to end on run directories of ``--small`` and ``N`` stamps, each in a fresh
@@ -52,7 +52,7 @@ def make_run(base_stamps: np.ndarray, n: int, path: Path, seed: int = 0, chunk: 
     import pandas as pd
 
     from skymorph import Config, RunDir
-    from skymorph.denoise import border_sky
+    from skymorph.stages.denoise import border_sky
 
     _, sigma = border_sky(base_stamps)
     rng = np.random.default_rng(seed)
@@ -78,8 +78,8 @@ def make_run(base_stamps: np.ndarray, n: int, path: Path, seed: int = 0, chunk: 
 def child_stage(stage: str, run_dir: str, checkpoint: str) -> None:
     """Run one stage in this (fresh) process and print its time and peak RSS."""
     from skymorph import Config
-    from skymorph.denoise import denoise
-    from skymorph.polar import polar
+    from skymorph.stages.denoise import denoise
+    from skymorph.stages.polar import polar
 
     config = Config().update({"denoise": {"checkpoint": checkpoint}})
     t0 = time.perf_counter()
@@ -127,8 +127,8 @@ def main() -> None:
     import torch.nn.functional as F
 
     from skymorph import Config, _cae, ingest
-    from skymorph.denoise import apply_cae
-    from skymorph.polar import _apct_torch, apct
+    from skymorph.stages.denoise import apply_cae
+    from skymorph.stages.polar import _apct_torch, apct
 
     _cae.set_threads()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "

@@ -7,7 +7,7 @@ non-linear map (tanh layer) onto a curved 8-d manifold inside 2048-d, plus isotr
 Steps, each with wall time and peak resident memory:
 
 1. k-NN graph of all galaxies (built once);
-2. the d scan of ``skymorph.reduce.scan_dims`` (on ``scan_sample`` galaxies, its own graph
+2. the d scan of ``skymorph.stages.reduce.scan_dims`` (on ``scan_sample`` galaxies, its own graph
    built once), compared with one full UMAP fit at ``--dims`` (target: scan <= 3x one fit);
 3. one UMAP fit to ``--dims`` with the graph reused;
 4. K-means, BIRCH (auto threshold) and ward (the configured route) on that embedding, and
@@ -37,8 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-C = importlib.import_module("skymorph.cluster")  # noqa: E402
-R = importlib.import_module("skymorph.reduce")  # noqa: E402
+C = importlib.import_module("skymorph.stages.cluster")  # noqa: E402
+R = importlib.import_module("skymorph.stages.reduce")  # noqa: E402
 from skymorph.config import ClusterConfig, ReduceConfig  # noqa: E402
 
 

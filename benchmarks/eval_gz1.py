@@ -2,7 +2,7 @@
 
 Runs skymorph on the 700 labelled SDSS galaxies of ``../shared/data/gz1_sdss`` (k = 20,
 offline default encoder) in variants from the paper's chain to the default settings, plus a baseline
-(PCA of the raw stamp pixels + K-means), and scores each with ``skymorph.evaluate``'s
+(PCA of the raw stamp pixels + K-means), and scores each with ``skymorph.stages.evaluate``'s
 own code against ``labels.csv``. Classes: elliptical, spiral (cw + acw), edge_on;
 ``dont_know`` and ``merger`` count as unknown. The default settings are not tuned to
 these 700 galaxies (a larger set of the same kind is kept apart for that).
@@ -58,8 +58,8 @@ def main() -> None:
     from sklearn.decomposition import PCA
 
     import skymorph
-    from skymorph.evaluate import aligned_truth, evaluate, score_labels
-    from skymorph.pipeline import run
+    from skymorph.stages.evaluate import aligned_truth, evaluate, score_labels
+    from skymorph.stages.pipeline import run
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Tests of the consensus clustering stage (skymorph.cluster)."""
+"""Tests of the consensus clustering stage (skymorph.stages.cluster)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from sklearn.metrics import adjusted_rand_score
 
 from skymorph.cli import main as cli_main
 from skymorph.config import ClusterConfig, Config
-from skymorph.rundir import RunDir
+from skymorph.io.rundir import RunDir
 
-C = importlib.import_module("skymorph.cluster")
+C = importlib.import_module("skymorph.stages.cluster")
 
 
 def _blobs(n=600, k=5, dim=10, seed=0, spread=0.5):

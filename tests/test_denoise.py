@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from skymorph import Config, RunDir
-from skymorph.denoise import apply_cae, border_sky, denoise, load_cae
+from skymorph.stages.denoise import apply_cae, border_sky, denoise, load_cae
 
 # Small but real: at least 300 optimiser steps of 8 stamps (half the default), early stopping on.
 QUICK = {"enabled": True, "epochs": 15, "min_steps": 300, "patience": 3}
@@ -171,7 +171,7 @@ def test_switches_unpooling_and_odd_sizes():
 
 def test_disabled_stage_and_polar_after_denoise(trained):
     run, config = trained
-    from skymorph.polar import polar
+    from skymorph.stages.polar import polar
 
     polar(run.path, config, progress=False)
     assert run.stage_info("polar")["input"] == "denoised"

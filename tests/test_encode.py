@@ -17,11 +17,11 @@ import zarr
 
 from skymorph import Config
 from skymorph.config import EncodeConfig
-from skymorph.rundir import RunDir, RunDirError
+from skymorph.io.rundir import RunDir, RunDirError
 
 torch = pytest.importorskip("torch")
-encoders = pytest.importorskip("skymorph._encoders")
-from skymorph.encode import encode  # noqa: E402
+encoders = pytest.importorskip("skymorph.core.encoders")
+from skymorph.stages.encode import encode  # noqa: E402
 
 STAMPS_ONLY = {"polar": {"enabled": False}, "denoise": {"enabled": False}}
 
@@ -110,7 +110,7 @@ def test_pad_keeps_aspect_with_sky_borders():
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_convnext_xlarge_random_init_gives_2048(stamps, caplog):
     t0 = time.perf_counter()
-    with caplog.at_level(logging.WARNING, logger="skymorph._encoders"):
+    with caplog.at_level(logging.WARNING, logger="skymorph.core.encoders"):
         enc = encoders.build_encoder(EncodeConfig(encoder=encoders.PAPER_ENCODER, random_init=True))
     assert "RANDOM weights" in caplog.text
     assert enc.dim == 2048 and enc.input_size == (224, 224) and enc.weights_source == "random"
@@ -207,7 +207,7 @@ def test_cli_on_cosmos_stamps(run_copy, capsys, caplog):
     assert 'encoder = "efficientnet_lite0"' in (run_copy.path / "config.toml").read_text()
     assert not (run_copy.path / "stages" / "encode.partial.json").exists()
     # unchanged settings: reused, not recomputed; a bigger batch does not count as a change
-    with caplog.at_level(logging.INFO, logger="skymorph.encode"):
+    with caplog.at_level(logging.INFO, logger="skymorph.stages.encode"):
         assert cli.main(argv[:5] + ["64"] + argv[6:]) == 0
     assert "unchanged, reusing" in caplog.text
     # a bad name is reported by the CLI as an error, exit status 1
@@ -232,7 +232,7 @@ import importlib, os, signal, sys
 from skymorph import Config
 
 # the module, not the function skymorph/__init__ re-exports under the same name
-stage = importlib.import_module("skymorph.encode")
+stage = importlib.import_module("skymorph.stages.encode")
 
 write_json = stage._write_json
 
@@ -265,7 +265,7 @@ def test_killed_run_resumes_to_identical_features(cosmos_run, tmp_path, caplog):
 
     # the fourth chunk, written but not recorded, is redone
     config = _config(encoder="test_efficientnet", random_init=True, chunk_size=8, batch_size=4)
-    with caplog.at_level(logging.INFO, logger="skymorph.encode"):
+    with caplog.at_level(logging.INFO, logger="skymorph.stages.encode"):
         resumed = encode(killed, config, progress=False)
     assert "resuming, 3 of 13 chunks already done" in caplog.text
     assert resumed.stage_info("encode")["n_resumed"] == 24
@@ -276,7 +276,7 @@ def test_killed_run_resumes_to_identical_features(cosmos_run, tmp_path, caplog):
 
 
 def test_rotation_averaged_features_ignore_right_angle_rotations(cosmos_run):
-    from skymorph._encoders import build_encoder
+    from skymorph.core.encoders import build_encoder
 
     stamps = np.asarray(cosmos_run.open_array("stamps")[:4])
     encoder = build_encoder(EncodeConfig(encoder="efficientnet_lite0", rotations=4))

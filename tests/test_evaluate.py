@@ -11,7 +11,8 @@ import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from skymorph import Config, RunDir
-from skymorph.evaluate import (
+from skymorph.inspection import consensus_labels, load_manifest, montage, sample_members
+from skymorph.stages.evaluate import (
     EvaluateError,
     aligned_truth,
     evaluate,
@@ -20,7 +21,6 @@ from skymorph.evaluate import (
     read_truth,
     score_labels,
 )
-from skymorph.inspection import consensus_labels, load_manifest, montage, sample_members
 from test_inspection import cluster_catalog
 
 GZ1_N = 60

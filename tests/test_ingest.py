@@ -14,8 +14,8 @@ from PIL import Image
 
 from conftest import COSMOS_FIELDS, COSMOS_STAMPS, GZ1
 from skymorph import Config, RunDir, ingest
-from skymorph.ingest import IngestError, select_rows
-from skymorph.rundir import RunDirError
+from skymorph.io.rundir import RunDirError
+from skymorph.stages.ingest import IngestError, select_rows
 
 
 def _config(**ingest_settings) -> Config:

@@ -12,9 +12,9 @@ from astropy.io import fits
 from astropy.modeling.models import Gaussian2D, Sersic2D
 
 from skymorph import Config
-from skymorph._morphometry import gradient_asymmetry, morphology, multiplicity
-from skymorph.measure import CATALOG_COLUMNS, measure, measure_stamp, read_measurements
-from skymorph.rundir import RunDir
+from skymorph.core.morphometry import gradient_asymmetry, morphology, multiplicity
+from skymorph.io.rundir import RunDir
+from skymorph.stages.measure import CATALOG_COLUMNS, measure, measure_stamp, read_measurements
 
 # statmorph 0.7.2 itself, run here (astropy 8 fitting), reproduces the reference's
 # non-parametric values to 1e-6 but its Sersic fits only to ~1.3e-4 (single) and ~3e-4
@@ -99,7 +99,7 @@ def test_psi_matches_pairwise_sum():
     d = np.hypot(ys[:, None] - ys[None], xs[:, None] - xs[None])
     np.fill_diagonal(d, np.inf)
     actual = np.sum(v[:, None] * v[None] / d)
-    from skymorph._morphometry import _compact_arrangement, _potential
+    from skymorph.core.morphometry import _compact_arrangement, _potential
 
     assert _potential(image) == pytest.approx(actual, rel=1e-9)
     compact = _potential(_compact_arrangement(v))
@@ -178,7 +178,7 @@ def test_measure_reuses_and_cli(measured_run, capsys):
 
 
 def test_measure_errors(tmp_path):
-    from skymorph.rundir import RunDirError
+    from skymorph.io.rundir import RunDirError
 
     with pytest.raises(RunDirError, match="does not exist"):
         measure(tmp_path / "nope")

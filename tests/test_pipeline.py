@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import skymorph
-from skymorph.datasets import cosmos_demo
+from skymorph.io.datasets import cosmos_demo
 
 
 @pytest.fixture(scope="module")

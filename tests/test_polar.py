@@ -17,8 +17,8 @@ from scipy import ndimage
 
 from skymorph import Config, RunDir
 from skymorph.config import PolarConfig
-from skymorph.polar import apct, output_shape, polar, polar_figure
-from skymorph.rundir import RunDirError
+from skymorph.io.rundir import RunDirError
+from skymorph.stages.polar import apct, output_shape, polar, polar_figure
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests of the UMAP reduction stage (skymorph.reduce)."""
+"""Tests of the UMAP reduction stage (skymorph.stages.reduce)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from sklearn.datasets import make_blobs
 
 from skymorph.cli import main as cli_main
 from skymorph.config import Config, ReduceConfig
-from skymorph.rundir import RunDir
+from skymorph.io.rundir import RunDir
 
-R = importlib.import_module("skymorph.reduce")
+R = importlib.import_module("skymorph.stages.reduce")
 
 
 def _blobs(n=300, k=4, dim=20, seed=0):

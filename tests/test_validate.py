@@ -11,9 +11,9 @@ import pytest
 from scipy import stats as sps
 
 from skymorph import Config
-from skymorph.rundir import RunDir
-from skymorph.stats import binned_fraction, cliffs_delta, cohens_d, ks_test, wilson_interval
-from skymorph.validate import GZH_DEFAULT_COLUMNS, ValidateError, gzh_classes, validate
+from skymorph.core.stats import binned_fraction, cliffs_delta, cohens_d, ks_test, wilson_interval
+from skymorph.io.rundir import RunDir
+from skymorph.stages.validate import GZH_DEFAULT_COLUMNS, ValidateError, gzh_classes, validate
 
 COSMOS_FITS = "cosmos_f814w/stamps_100/real_galaxy_catalog_26_extension_example_fits.fits"
 
@@ -90,7 +90,7 @@ def test_gzh_mapping_thresholds():
 @pytest.fixture(scope="module")
 def typed_run(cosmos_run, tmp_path_factory):
     """The 100 COSMOS stamps, measured, with types given by a rule on the measured Sersic n."""
-    from skymorph.measure import measure
+    from skymorph.stages.measure import measure
 
     path = tmp_path_factory.mktemp("validate") / "run"
     shutil.copytree(cosmos_run.path, path)

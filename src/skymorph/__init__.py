@@ -1,39 +1,62 @@
 """skymorph: unsupervised galaxy morphology classification (the USmorph pipeline).
 
-Each pipeline stage is a function that takes a run directory and a
-:class:`~skymorph.config.Config`, and is also a ``skymorph`` sub-command::
+Each pipeline stage is a function that takes a run directory and is also a
+``skymorph`` sub-command; with no ``config`` a stage starts from the run's own
+``config.toml``, exactly like the command line::
 
     import skymorph
-    config = skymorph.load_config(preset="default")
-    run = skymorph.ingest(["cutouts/"], "myrun", config)
-    skymorph.denoise(run.path, config)
-    ...
+    run = skymorph.ingest(["cutouts/"], "myrun")
+    skymorph.cluster(run, k=10)       # the [cluster] settings of the run, with k = 10
+    skymorph.execute("reduce", run)    # any stage by name
 
-Stage modules import their heavy dependencies (PyTorch, UMAP, statmorph)
-inside the functions that need them, so ``import skymorph`` stays light.
+The public names are imported on first use (PEP 562), so ``import skymorph``
+and ``skymorph --help`` load neither PyTorch, Zarr, pandas nor scikit-learn.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
 
-from .cluster import cluster  # noqa: E402
-from .config import Config, load_config  # noqa: E402
-from .denoise import denoise  # noqa: E402
-from .encode import encode  # noqa: E402
-from .evaluate import aligned_truth, evaluate, score_labels  # noqa: E402
-from .ingest import ingest  # noqa: E402
-from .inspection import make_server, merge, montage, serve  # noqa: E402
-from .measure import measure  # noqa: E402
-from .pipeline import run  # noqa: E402
-from .polar import polar  # noqa: E402
-from .reduce import reduce  # noqa: E402
-from .rundir import RunDir  # noqa: E402
-from .validate import validate  # noqa: E402
+from ._version import __version__
 
-__all__ = [
-    "__version__", "Config", "load_config", "RunDir",
-    "ingest", "denoise", "polar", "encode", "reduce", "cluster", "run",
-    "montage", "serve", "make_server", "merge", "measure", "validate",
-    "evaluate", "score_labels", "aligned_truth",
-]
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "Config": "skymorph.config",
+    "ConfigError": "skymorph.config",
+    "load_config": "skymorph.config",
+    "RunDir": "skymorph.io.rundir",
+    "RunDirError": "skymorph.io.rundir",
+    "execute": "skymorph.stages",
+    "STAGES": "skymorph.stages",
+    "ingest": "skymorph.stages.ingest",
+    "denoise": "skymorph.stages.denoise",
+    "polar": "skymorph.stages.polar",
+    "encode": "skymorph.stages.encode",
+    "reduce": "skymorph.stages.reduce",
+    "cluster": "skymorph.stages.cluster",
+    "measure": "skymorph.stages.measure",
+    "validate": "skymorph.stages.validate",
+    "evaluate": "skymorph.stages.evaluate",
+    "score_labels": "skymorph.stages.evaluate",
+    "aligned_truth": "skymorph.stages.evaluate",
+    "run": "skymorph.stages.pipeline",
+    "montage": "skymorph.inspection",
+    "serve": "skymorph.inspection",
+    "make_server": "skymorph.inspection",
+    "merge": "skymorph.inspection",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'skymorph' has no attribute {name!r}") from None
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -23,23 +23,29 @@ import tomllib
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .config import PRESETS, Config, ConfigError, load_config, read_settings
 
 __all__ = ["main", "STAGES", "config_from_args"]
 
 STAGES: dict[str, tuple[str, str]] = {
-    "ingest": ("skymorph.ingest", "read cutouts (FITS, PNG/JPEG, NPY, collections, fields) into stamps"),
-    "denoise": ("skymorph.denoise", "train the convolutional autoencoder and denoise every stamp"),
-    "polar": ("skymorph.polar", "adaptive polar coordinate transform (rotation invariance)"),
-    "encode": ("skymorph.encode", "encode images with a pretrained network into feature vectors"),
-    "reduce": ("skymorph.reduce", "UMAP reduction of the features (optionally scanning the dimension)"),
-    "cluster": ("skymorph.cluster", "consensus of K-means, BIRCH and ward clustering -> catalog"),
+    "ingest": ("skymorph.stages.ingest",
+              "read cutouts (FITS, PNG/JPEG, NPY, collections, fields) into stamps"),
+    "denoise": ("skymorph.stages.denoise",
+              "train the convolutional autoencoder and denoise every stamp"),
+    "polar": ("skymorph.stages.polar",
+              "adaptive polar coordinate transform (rotation invariance)"),
+    "encode": ("skymorph.stages.encode",
+              "encode images with a pretrained network into feature vectors"),
+    "reduce": ("skymorph.stages.reduce",
+              "UMAP reduction of the features (optionally scanning the dimension)"),
+    "cluster": ("skymorph.stages.cluster",
+              "consensus of K-means, BIRCH and ward clustering -> catalog"),
     "inspect": ("skymorph.inspection", "montages, browser voting by experts, merge votes into types"),
-    "measure": ("skymorph.measure", "Sersic, Gini-M20, CAS, MID, Psi and G2 per galaxy"),
-    "validate": ("skymorph.validate", "statistics, plots and an HTML report of the morphology types"),
-    "evaluate": ("skymorph.evaluate", "score the clusters against known labels"),
-    "run": ("skymorph.pipeline", "ingest -> cluster and draw the montages in one go"),
+    "measure": ("skymorph.stages.measure", "Sersic, Gini-M20, CAS, MID, Psi and G2 per galaxy"),
+    "validate": ("skymorph.stages.validate", "statistics, plots and an HTML report of the morphology types"),
+    "evaluate": ("skymorph.stages.evaluate", "score the clusters against known labels"),
+    "run": ("skymorph.stages.pipeline", "ingest -> cluster and draw the montages in one go"),
 }
 
 EPILOG = """\
@@ -156,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _not_built(args.stage)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from .rundir import RunDirError
+    from .io.rundir import RunDirError
 
     try:
         config = config_from_args(args)

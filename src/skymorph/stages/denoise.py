@@ -1,7 +1,7 @@
 """Denoise: a convolutional autoencoder (CAE, paper Table 1) trained on the run's
 own stamps removes the pixel noise before the polar transform and the encoder.
 
-The CAE (``skymorph._cae``) is conv 5x5 -> max-pool 2 -> conv 5x5 -> max-pool 2
+The CAE (``skymorph.core.cae``) is conv 5x5 -> max-pool 2 -> conv 5x5 -> max-pool 2
 -> fully connected 40-d latent, and a mirrored decoder (fully connected ->
 unpooling -> deconvolution, twice).  Its 40 numbers per stamp cannot hold
 pixel noise, so the reconstruction keeps the galaxy and drops the noise.
@@ -36,10 +36,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .config import Config, DenoiseConfig
-from .rundir import RunDir, iter_chunks
+from ..config import Config, DenoiseConfig
+from ..core.sky import border_sky
+from ..io.rundir import RunDir, iter_chunks
 
-__all__ = ["denoise", "apply_cae", "load_cae", "border_sky", "CHECKPOINT_NAME"]
+__all__ = ["denoise", "apply_cae", "load_cae", "CHECKPOINT_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -50,35 +51,6 @@ _ARCH_FIELDS = ("channels", "kernel_size", "latent_dim", "unpool")
 _RESULT_FIELDS = ("channels", "kernel_size", "latent_dim", "unpool", "epochs", "batch_size",
                   "min_steps", "learning_rate", "augment", "train_sample", "validation_fraction",
                   "patience", "seed")
-
-
-def border_sky(stamps: np.ndarray, border: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sky level and noise of each stamp from its border frame.
-
-    Parameters
-    ----------
-    stamps : ndarray (N, S, S)
-    border : int, optional
-        Frame width in pixels; default ``max(2, S // 20)``.
-
-    Returns
-    -------
-    sky, sigma : ndarray (N,)
-        Median and robust standard deviation (1.4826 x MAD) of the frame,
-        ignoring non-finite pixels (0 when none is finite).
-    """
-    x = np.asarray(stamps)
-    n, h, w = x.shape
-    b = max(2, min(h, w) // 20) if border is None else int(border)
-    b = max(1, min(b, h // 2, w // 2))
-    frame = np.concatenate([x[:, :b].reshape(n, -1), x[:, -b:].reshape(n, -1),
-                            x[:, b:h - b, :b].reshape(n, -1), x[:, b:h - b, -b:].reshape(n, -1)],
-                           axis=1).astype(np.float64)
-    frame = np.where(np.isfinite(frame), frame, np.nan)
-    frame[~np.isfinite(frame).any(axis=1)] = 0.0
-    sky = np.nanmedian(frame, axis=1)
-    sigma = 1.4826 * np.nanmedian(np.abs(frame - sky[:, None]), axis=1)
-    return sky, sigma
 
 
 def _check(cfg: DenoiseConfig) -> None:
@@ -112,10 +84,10 @@ def load_cae(path: str | os.PathLike, device: str = "auto"):
 
     Returns
     -------
-    model : skymorph._cae.CAE
+    model : skymorph.core.cae.CAE
         In evaluation mode on ``device``; ``model.arch`` holds its settings.
     """
-    from . import _cae
+    from ..core import cae as _cae
 
     model, _ = _cae.load_checkpoint(Path(path), _cae.resolve_device(device))
     return model
@@ -128,7 +100,7 @@ def apply_cae(stamps: np.ndarray, model, batch_size: int = 32) -> np.ndarray:
     ----------
     stamps : ndarray (N, S, S)
         Stamps in their own units; S must be the model's stamp size.
-    model : skymorph._cae.CAE
+    model : skymorph.core.cae.CAE
         From :func:`load_cae` (or trained by :func:`denoise`).
     batch_size : int
         Stamps per forward pass.
@@ -138,7 +110,7 @@ def apply_cae(stamps: np.ndarray, model, batch_size: int = 32) -> np.ndarray:
     ndarray (N, S, S) float32
         Denoised stamps in the input's units (normalisation inverted).
     """
-    from . import _cae
+    from ..core import cae as _cae
 
     stamps = np.asarray(stamps)
     if stamps.ndim != 3 or stamps.shape[-1] != model.arch["stamp_size"]:
@@ -150,7 +122,7 @@ def apply_cae(stamps: np.ndarray, model, batch_size: int = 32) -> np.ndarray:
 
 def _training_sample(stamps, n: int, rng: np.random.Generator, progress: bool) -> np.ndarray:
     """Normalised float16 copies of ``n`` random stamps, read chunk by chunk."""
-    from . import _cae
+    from ..core import cae as _cae
 
     total = stamps.shape[0]
     pick = np.sort(rng.choice(total, size=n, replace=False)) if n < total else np.arange(total)
@@ -190,7 +162,7 @@ def _plot_history(history: dict[str, Any], path: Path) -> None:
 
 
 def _train(run: RunDir, stamps, cfg: DenoiseConfig, device, progress: bool):
-    from . import _cae
+    from ..core import cae as _cae
 
     rng = np.random.default_rng(cfg.seed)
     n = min(cfg.train_sample, stamps.shape[0])
@@ -283,7 +255,7 @@ def denoise(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
         return run
     stamps = run.open_array("stamps")
 
-    from . import _cae
+    from ..core import cae as _cae
 
     device = _cae.resolve_device(cfg.device)
     n, size = stamps.shape[0], stamps.shape[-1]

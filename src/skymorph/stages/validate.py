@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import Config, ValidateConfig
-from .rundir import RunDir, RunDirError
+from ..config import Config, ValidateConfig
+from ..io.rundir import RunDir, RunDirError
 
 __all__ = ["validate", "gzh_classes", "GZH_DEFAULT_COLUMNS", "TYPES", "ValidateError"]
 
@@ -324,7 +324,7 @@ def _part_per_type(table, cols, cfg, rng):
 
 
 def _fraction(k: int, n: int, cfg: ValidateConfig) -> dict[str, Any]:
-    from .stats import wilson_interval
+    from ..core.stats import wilson_interval
 
     low, high = wilson_interval(k, n, cfg.confidence)
     return {"k": int(k), "n": int(n), "fraction": (k / n) if n else None,
@@ -400,7 +400,7 @@ def _kept(table) -> np.ndarray | None:
 
 
 def _part_completeness(table, cols, cfg, rng):
-    from .stats import binned_fraction
+    from ..core.stats import binned_fraction
 
     kept = _kept(table)
     if kept is None:
@@ -431,7 +431,7 @@ def _part_completeness(table, cols, cfg, rng):
 
 
 def _part_kept_rejected(table, cols, cfg, rng):
-    from .stats import cliffs_delta, cohens_d, ks_test
+    from ..core.stats import cliffs_delta, cohens_d, ks_test
 
     kept = _kept(table)
     if kept is None:
@@ -687,7 +687,7 @@ th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%;display:
 
 
 def _html(run: RunDir, sections: list[tuple[str, Any, list, list[str]]], notes: list[str]) -> str:
-    from . import __version__
+    from .._version import __version__
 
     body = [f"<h1>skymorph validation report</h1><p>Run directory: <code>{html.escape(str(run.path))}"
             f"</code> · skymorph {__version__}</p>"]

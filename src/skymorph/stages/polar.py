@@ -50,8 +50,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .config import Config, PolarConfig
-from .rundir import RunDir, iter_chunks
+from ..config import Config, PolarConfig
+from ..io.rundir import RunDir, iter_chunks
 
 __all__ = ["polar", "apct", "polar_geometry", "polar_figure", "POLES", "output_shape"]
 
@@ -297,7 +297,7 @@ def polar(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
     """
     import torch
 
-    from ._cae import set_threads
+    from ..core.cae import set_threads
 
     # calling the stage asks for it: record it as on, so that encode reads its output
     config = (config or Config()).update({"polar": {"enabled": True}})

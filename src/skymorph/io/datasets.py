@@ -14,6 +14,6 @@ def cosmos_demo() -> Path:
     from LSSTDESC/BlendingToolKit (``data/cosmos/``, MIT licence); the pixels are
     public COSMOS HST data.  Ingest the directory as it is::
 
-        skymorph ingest "$(python -c 'import skymorph.datasets as d; print(d.cosmos_demo())')" --out demo
+        skymorph ingest "$(python -c 'import skymorph.io.datasets as d; print(d.cosmos_demo())')" --out demo
     """
     return Path(__file__).parent / "data" / "cosmos_f814w"

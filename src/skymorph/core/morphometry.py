@@ -1,6 +1,6 @@
 """Per-galaxy morphometry: statmorph's parameters plus multiplicity (Psi) and G2.
 
-Everything here works on one image at a time so that :mod:`skymorph.measure`
+Everything here works on one image at a time so that :mod:`skymorph.stages.measure`
 can map it over chunks of galaxies in worker processes (or Dask tasks).
 
 * :func:`make_segmap` - photutils detection and deblending on a stamp, keeping

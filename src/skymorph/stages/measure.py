@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ._parallel import map_ordered, start_pool
-from .config import Config, MeasureConfig
-from .rundir import RunDir
+from ..config import Config, MeasureConfig
+from ..core.parallel import map_ordered, start_pool
+from ..io.rundir import RunDir
 
 __all__ = ["measure", "measure_stamp", "measure_block", "CATALOG_COLUMNS", "MEASUREMENTS_FILE"]
 
@@ -73,9 +73,9 @@ def measure_stamp(stamp: np.ndarray, noise_sigma: float | None = None, backgroun
     Returns
     -------
     dict
-        The row of :func:`skymorph._morphometry.morphology`; never raises.
+        The row of :func:`skymorph.core.morphometry.morphology`; never raises.
     """
-    from . import _morphometry as mm
+    from ..core import morphometry as mm
 
     cfg = config or MeasureConfig()
     row = mm.empty_result(cfg.include_doublesersic)
@@ -151,7 +151,7 @@ def _map_ordered(tasks: list[_Task], config: MeasureConfig, workers: int
     if workers <= 1:
         yield from map_ordered(_run_task, tasks, config)
         return
-    preload = ["skymorph.measure", "skymorph._morphometry", "statmorph", "photutils.segmentation"]
+    preload = ["skymorph.stages.measure", "skymorph.core.morphometry", "statmorph", "photutils.segmentation"]
     with start_pool(workers, preload) as pool:
         yield from map_ordered(_run_task, tasks, config, pool=pool, workers=workers)
 
@@ -159,7 +159,7 @@ def _map_ordered(tasks: list[_Task], config: MeasureConfig, workers: int
 def _schema(include_doublesersic: bool):
     import pyarrow as pa
 
-    from . import _morphometry as mm
+    from ..core import morphometry as mm
 
     fields = [pa.field("id", pa.string()), pa.field("index", pa.int64())]
     for name, value in mm.empty_result(include_doublesersic).items():
@@ -279,7 +279,7 @@ def read_measurements(run_dir: str | os.PathLike | RunDir) -> pd.DataFrame:
     RunDirError
         If ``measure`` has not run.
     """
-    from .rundir import RunDirError
+    from ..io.rundir import RunDirError
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     path = run.path / MEASUREMENTS_FILE

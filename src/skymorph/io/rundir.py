@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from . import __version__
-from .config import Config
+from .._version import __version__
+from ..config import Config
 
 __all__ = ["RunDir", "RunDirError", "ArrayWriter", "REJECT_COLUMNS", "iter_chunks"]
 

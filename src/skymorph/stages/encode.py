@@ -3,7 +3,7 @@
 The stage reads the newest image array of the run (``polar`` when the polar stage
 is enabled, else ``denoised`` when the denoise stage is enabled, else
 ``stamps``), encodes it in batches with the chosen encoder (see
-:mod:`skymorph._encoders` for the registry and the preprocessing: per-image
+:mod:`skymorph.core.encoders` for the registry and the preprocessing: per-image
 intensity mapping, resize with the model's own size and interpolation,
 normalisation with the model's own statistics, single band replicated to three
 channels) and writes ``features`` (N x D float32, same order as the sources).
@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .config import Config
-from .rundir import RunDir, RunDirError
+from ..config import Config
+from ..io.rundir import RunDir, RunDirError
 
 __all__ = ["encode", "input_array"]
 
@@ -121,12 +121,12 @@ def encode(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
     ------
     RunDirError
         If the input array has not been written (the message names the stage to run).
-    skymorph._encoders.EncoderError
+    skymorph.core.encoders.EncoderError
         (a ``ValueError``) for an unknown encoder name (close names are listed),
         a missing or unfitting weights file, pretrained weights that can be neither
         downloaded nor found locally, or unusable settings.
     """
-    from . import _encoders
+    from ..core import encoders as _encoders
 
     config = config or Config()
     cfg = config.encode

@@ -1,7 +1,7 @@
 """The convolutional autoencoder (CAE) of the denoise stage: the PyTorch module,
 its training loop and batched inference.
 
-This module imports PyTorch at import time; :mod:`skymorph.denoise` imports it
+This module imports PyTorch at import time; :mod:`skymorph.stages.denoise` imports it
 only inside the functions that need it, so ``import skymorph`` stays light.
 
 Architecture (paper Table 1, channel counts configurable)::
@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .sky import border_sky
 
 __all__ = ["CAE", "train_cae", "predict", "resolve_device", "set_threads", "ARCH_KEYS"]
 
@@ -189,8 +191,6 @@ def normalisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``offset`` and ``scale`` of :func:`normalise`, and the stamps with any
     non-finite pixel replaced by its stamp's offset (the input itself when all
     are finite, so the common case costs no copy)."""
-    from .denoise import border_sky
-
     offset, sigma = border_sky(x)
     if not np.isfinite(x).all():
         x = np.where(np.isfinite(x), x, offset[:, None, None].astype(np.float32))

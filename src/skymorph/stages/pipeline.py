@@ -13,8 +13,8 @@ import logging
 import os
 from collections.abc import Sequence
 
-from .config import Config
-from .rundir import RunDir
+from ..config import Config
+from ..io.rundir import RunDir
 
 __all__ = ["run"]
 
@@ -28,7 +28,7 @@ def run(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: Con
     Parameters
     ----------
     inputs : sequence of str or Path
-        Cutouts, as for :func:`skymorph.ingest.ingest`.
+        Cutouts, as for :func:`skymorph.stages.ingest.ingest`.
     out : str or Path
         Run directory.
     config : Config, optional
@@ -43,11 +43,11 @@ def run(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: Con
         The run directory, with ``catalog.parquet`` / ``catalog.fits`` and the
         montages in ``inspection/``.
     """
+    from ..inspection import montage
     from .cluster import cluster
     from .denoise import denoise
     from .encode import encode
     from .ingest import ingest
-    from .inspection import montage
     from .polar import polar
     from .reduce import reduce
 
@@ -95,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace, config: Config) -> int:
     """Run ``skymorph run``."""
-    from .datasets import cosmos_demo
+    from ..io.datasets import cosmos_demo
 
     inputs = list(args.inputs) + ([str(cosmos_demo())] if args.demo else [])
     if not inputs:

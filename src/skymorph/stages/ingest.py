@@ -43,9 +43,10 @@ from astropy.io import fits
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from ._parallel import map_ordered, start_pool
-from .config import Config, IngestConfig
-from .rundir import RunDir
+from ..config import Config, IngestConfig
+from ..core.parallel import map_ordered, start_pool
+from ..core.sky import ring_background
+from ..io.rundir import RunDir
 
 __all__ = ["ingest", "IngestError", "read_image", "make_stamp", "select_rows", "read_table"]
 
@@ -256,32 +257,6 @@ def _require_column(table: pd.DataFrame, column: str | None, what: str, source: 
 # --- stamps ------------------------------------------------------------------------
 
 
-def _background(image: np.ndarray) -> tuple[float, float]:
-    """Sigma-clipped (3 sigma, 3 iterations) median and MAD sigma of the border ring."""
-    h, w = image.shape
-    width = max(2, min(h, w) // 8)
-    ring = np.concatenate([
-        image[:width].ravel(), image[-width:].ravel(),
-        image[width:-width, :width].ravel(), image[width:-width, -width:].ravel(),
-    ])
-    ring = ring[np.isfinite(ring)]
-    if ring.size < 10:
-        ring = image[np.isfinite(image)]
-    median, sigma = float(np.median(ring)), 0.0
-    for _ in range(3):
-        sigma = 1.4826 * float(np.median(np.abs(ring - median)))
-        if sigma == 0:
-            break
-        kept = ring[np.abs(ring - median) < 3 * sigma]
-        if kept.size == ring.size or kept.size < 10:
-            break
-        ring = kept
-        median = float(np.median(ring))
-    if sigma == 0:
-        sigma = float(np.std(ring))
-    return median, sigma
-
-
 def _peak_near_centre(image: np.ndarray) -> tuple[int, int]:
     h, w = image.shape
     radius = max(2, min(h, w) // 8)
@@ -335,7 +310,7 @@ def make_stamp(image: np.ndarray, config: IngestConfig, framing: str,
     values = image[finite]
     if values.min() == values.max():
         raise Reject(f"image is constant (every pixel = {values.min():g})")
-    background, sigma = _background(image)
+    background, sigma = ring_background(image)
     if n_bad:
         image = image.copy()
         image[~finite] = background + sigma * rng.standard_normal(n_bad)
@@ -355,7 +330,7 @@ def make_stamp(image: np.ndarray, config: IngestConfig, framing: str,
                 (size, size), Image.Resampling.LANCZOS if side < size else Image.Resampling.BOX
             )
         )
-        background, sigma = _background(stamp)
+        background, sigma = ring_background(stamp)
     stamp = stamp.astype(np.float32, copy=False)
     signal = (stamp - background) / sigma if sigma > 0 else np.zeros_like(stamp)
     footprint = signal > 2.0

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import EncodeConfig
+from ..config import EncodeConfig
 
 __all__ = ["Encoder", "EncoderError", "build_encoder", "resolve_device", "OFFLINE_ENCODERS",
            "PAPER_ENCODER", "close_names", "weights_identity"]

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import Config
-from .rundir import RunDir
+from ..config import Config
+from ..io.rundir import RunDir
 
 __all__ = [
     "evaluate", "score_labels", "aligned_truth", "purity", "read_truth", "format_report", "EvaluateError",
@@ -115,7 +115,7 @@ def score_labels(truth: Sequence[Any], clusters: Sequence[int],
         ``balanced_accuracy``, ``recall_by_class``, ``confusion_matrix`` with
         rows = true class, columns = predicted, and their ``labels``).
     """
-    from .inspection import sample_members
+    from ..inspection import sample_members
 
     truth_arr = np.array([_missing_to_empty(t) for t in truth], dtype=object)
     clusters_arr = np.asarray(clusters).astype(np.int64)
@@ -355,7 +355,7 @@ def evaluate(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | pd.
         raise EvaluateError(f"the catalog of {run.path} lacks {', '.join(missing)} (it has: "
                             f"{', '.join(catalog.columns)}); run `skymorph cluster {run.path}` first")
     aligned, info = _align(catalog["id"], truth, id_col, label_col, label_map, exclude)
-    from .inspection import consensus_labels
+    from ..inspection import consensus_labels
 
     result = score_labels(aligned, catalog["cluster_kmeans"].to_numpy(), consensus_labels(catalog),
                           config.inspect.per_cluster, config.inspect.seed)

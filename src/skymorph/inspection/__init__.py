@@ -57,8 +57,8 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pandas as pd
 
-from .config import Config, InspectConfig
-from .rundir import RunDir, RunDirError
+from ..config import Config, InspectConfig
+from ..io.rundir import RunDir, RunDirError
 
 __all__ = [
     "montage", "make_server", "serve", "merge", "sample_members", "consensus_labels",
@@ -124,7 +124,7 @@ def sample_members(labels: np.ndarray, per_cluster: int, seed: int) -> dict[int,
 
     Each cluster's draw uses its own generator seeded by ``(seed, cluster)``, so
     it does not change when other clusters do.  The montages and the simulated
-    inspection of :func:`skymorph.evaluate.score_labels` both use this function,
+    inspection of :func:`skymorph.stages.evaluate.score_labels` both use this function,
     so they look at the same galaxies.
 
     Parameters
@@ -394,7 +394,7 @@ def _gallery_html(run: RunDir, manifest: dict[str, Any]) -> str:
 
 
 def _template(name: str) -> str:
-    return resources.files("skymorph").joinpath("templates", name).read_text(encoding="utf-8")
+    return resources.files("skymorph.inspection").joinpath("templates", name).read_text(encoding="utf-8")
 
 
 # --- votes ------------------------------------------------------------------------------

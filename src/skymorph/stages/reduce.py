@@ -39,8 +39,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .config import Config, ReduceConfig
-from .rundir import RunDir
+from ..config import Config, ReduceConfig
+from ..io.rundir import RunDir
 
 __all__ = [
     "reduce",

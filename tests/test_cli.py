@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from conftest import COSMOS_STAMPS
-from skymorph.cli import COMMANDS as STAGES, config_from_args, main
+from skymorph.cli import COMMANDS as STAGES
+from skymorph.cli import config_from_args, main
 from skymorph.config import Config, ConfigError, load_config
 
 

@@ -9,7 +9,6 @@ import sys
 import textwrap
 import time
 
-import numpy as np
 import pytest
 
 import skymorph
@@ -17,19 +16,7 @@ from conftest import COSMOS_STAMPS, ROOT
 from skymorph.cli import main
 from skymorph.config import Config, ConfigError
 from skymorph.io.rundir import RunDir, RunDirError
-
-
-def _features_run(cosmos_run, tmp_path) -> RunDir:
-    """The COSMOS run with asinh-scaled pixels as features (a real encoder is not needed here)."""
-    path = tmp_path / "run"
-    shutil.copytree(cosmos_run.path, path)
-    run = RunDir(path)
-    stamps = np.asarray(run.open_array("stamps")[:])
-    features = np.arcsinh(stamps.reshape(len(stamps), -1) / np.median(np.abs(stamps)))
-    with run.writer("features", features.shape[1:], 64) as writer:
-        writer.extend(features.astype(np.float32))
-    run.mark_done("encode", run.fingerprint("encode", Config(), ["encode"], upstream=["ingest"]))
-    return run
+from test_cluster import _features_run
 
 
 @pytest.fixture
@@ -102,7 +89,8 @@ def test_stage_run_by_hand_is_switched_on_loudly(cosmos_run, tmp_path, caplog):
 def test_help_and_version_import_no_heavy_library():
     code = ("import sys; from skymorph.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('zarr', 'pandas', 'torch', 'sklearn', 'astropy', 'numpy') if m in sys.modules]\n"
+            "heavy = [m for m in ('zarr', 'pandas', 'torch', 'sklearn', 'astropy', 'numpy')\n"
+            "         if m in sys.modules]\n"
             "print('HEAVY', heavy)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in result.stdout

@@ -205,7 +205,8 @@ class DenoiseConfig:
     min_steps: int = setting(
         600,
         "Optimiser steps at least (over ``epochs``): small runs repeat their stamps within an epoch"
-        " so that 100 stamps still train properly.",
+        " so that 100 stamps still train properly (scaling the floor down for small runs made "
+        "the CAE of the 100 bundled stamps shift bright galaxies' centroids by more than 1 px).",
         min=0,
     )
     learning_rate: float = setting(1e-3, "Adam learning rate.", flag="--learning-rate", min=0)
@@ -398,6 +399,12 @@ class ReduceConfig:
         "UMAP optimisation epochs; ``None`` is UMAP's own choice (500 up to 10^4 galaxies, 200 above).",
         flag="--n-epochs",
         min=1,
+    )
+    exact_knn_below: int = setting(
+        4096,
+        "Runs of at most this many galaxies (and no fit_sample) get an exact, brute-force k-NN "
+        "graph: in small runs it is cheaper than compiling pynndescent's numba code.",
+        min=0,
     )
     scan_k: int = setting(
         20,

@@ -201,8 +201,14 @@ class Server:
         self.server.server_close()
         self.thread.join(5)
 
+    @property
+    def token(self) -> str:
+        return self.server.token
+
     def get(self, path: str):
-        with urllib.request.urlopen(self.url + path.lstrip("/"), timeout=10) as r:
+        request = urllib.request.Request(self.url + path.lstrip("/"),
+                                         headers={"X-Skymorph-Token": self.token})
+        with urllib.request.urlopen(request, timeout=10) as r:
             body = r.read()
             return r.status, (json.loads(body) if r.headers["Content-Type"].startswith("application/json")
                               else body)
@@ -210,7 +216,8 @@ class Server:
     def vote(self, expert: str, cluster, type_: str):
         data = json.dumps({"expert": expert, "cluster": cluster, "type": type_}).encode()
         request = urllib.request.Request(self.url + "api/vote", data=data,
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json",
+                                                  "X-Skymorph-Token": self.token})
         try:
             with urllib.request.urlopen(request, timeout=10) as r:
                 return r.status, json.loads(r.read())
@@ -275,7 +282,7 @@ def test_concurrent_votes_do_not_corrupt_the_file(clustered_run):
 
 
 def test_two_stores_on_one_file_do_not_lose_votes(tmp_path):
-    # two servers (or processes) on one run: the fcntl lock serialises them
+    # two servers (or processes) on one run: the file lock serialises them
     path = tmp_path / "votes.csv"
     a, b = VoteStore(path, "x"), VoteStore(path, "x")
 

@@ -327,7 +327,19 @@ class InspectConfig:
     grid_cols: int = setting(10, 'Thumbnails per montage row (10 x 10 for 100 members).')
     thumb_px: int = setting(100, 'Side of one thumbnail in the montage, in pixels (stamps are resampled to it).')
     array: str = setting("stamps", 'Image array shown to the experts: ``stamps`` (the ingested images) or ``denoised``.')
-    stretch_percentile: float = setting(99.5, 'Per-stamp scale: this percentile of the background-subtracted pixels maps to 1.')
+    stretch: str = setting(
+        "auto",
+        'Display of the stamps: ``asinh`` (Lupton-style asinh stretch, for linear FITS/NPY inputs), '
+        '``linear`` (min-max, for inputs that are already display-scaled) or ``auto`` (``linear`` for '
+        'stamps ingested from 8-bit JPEG/PNG files, ``asinh`` for the rest).',
+        choices=["auto", "asinh", "linear"]
+    )
+    stretch_percentile: float = setting(
+        99.5,
+        "asinh white point: this percentile of the central segment's background-subtracted pixels "
+        'maps to 1, so galaxy cores do not saturate.',
+        min=50, max=100
+    )
     asinh_softening: float = setting(
         0.05,
         'asinh stretch ``asinh(x / b) / asinh(s / b)`` with ``b = max(a s, k sigma)``: ``a``, the '

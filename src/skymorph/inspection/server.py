@@ -203,7 +203,8 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("%s %s", self.address_string(), format % args)
+        # the token is a secret: it stays out of the log
+        log.debug("%s %s", self.address_string(), (format % args).replace(self.server.token, "[token]"))
 
     # --- responses ---------------------------------------------------------------------------
 

@@ -172,3 +172,79 @@ def test_three_experts_vote_and_the_file_and_page_agree(browser, run, tmp_path):
         assert page.text_content("#all-done").startswith("Done: Carol has voted on every cluster")
     assert file_votes(run)[("Carol", clusters[-1])] == "UNC"
     assert len(file_votes(run)) == len(expected) + 1
+
+
+# --- cross-origin attacks from another page open in the same browser ----------------------------------
+
+
+ATTACK_FETCH = """<!doctype html><title>loading</title><script>
+const url = "{url}api/vote?token={token}";
+const vote = (expert, type) => JSON.stringify({{expert, cluster: {cluster}, type}});
+Promise.allSettled([
+  fetch(url, {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}},
+              body: vote("Mallory", "SPH")}}),
+  fetch(url, {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "application/json"}},
+              body: vote("Mallory", "IRR")}}),
+  fetch(url, {{method: "POST", mode: "no-cors", body: new Blob([vote("Mallory", "LTD")],
+              {{type: "application/json"}})}}),
+]).then(() => {{ document.title = "sent"; }});
+</script>"""
+
+ATTACK_FORM = """<!doctype html><title>form</title>
+<form id="f" method="POST" enctype="text/plain" action="{url}api/vote?token={token}">
+<input name='{{"expert": "Mallory", "cluster": {cluster}, "type": "SPH", "pad": "' value='"}}'>
+</form><script>document.getElementById("f").submit();</script>"""
+
+
+class AttackerSite:
+    """Another origin (another port) serving the given pages."""
+
+    def __init__(self, root) -> None:
+        import functools
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        class Quiet(SimpleHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = __import__("threading").Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> AttackerSite:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def test_cross_origin_pages_cannot_vote(browser, run, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="skymorph.inspection")
+    site = tmp_path / "attacker"
+    site.mkdir()
+    with Server(run) as server:
+        cluster = server.get("/api/state")[1]["clusters"][0]["cluster"]
+        # the attacker even knows the token: the Origin check and the JSON-only rule stop it alone
+        fill = {"url": server.url, "token": server.token, "cluster": cluster}
+        (site / "fetch.html").write_text(ATTACK_FETCH.format(**fill))
+        (site / "form.html").write_text(ATTACK_FORM.format(**fill))
+        with AttackerSite(site) as attacker:
+            assert attacker.url != server.url
+            page = browser.new_context().new_page()
+            page.goto(attacker.url + "fetch.html")
+            page.wait_for_function("document.title === 'sent'")
+            # the form navigates to the server's answer: a refusal
+            page.goto(attacker.url + "form.html")
+            page.wait_for_url(f"{server.url}api/vote*")
+            answer = page.text_content("body")
+            assert '"error"' in answer and "cross-origin" in answer
+        refused = [r.getMessage() for r in caplog.records if "POST /api/vote" in r.getMessage()]
+        assert len(refused) == 4 and all('" 403 ' in m for m in refused), refused
+        assert all(server.token not in m for m in refused)  # the token is kept out of the log
+    path = run.path / "inspection" / "votes.csv"
+    assert not path.exists() or "Mallory" not in path.read_text()

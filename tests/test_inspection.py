@@ -114,6 +114,7 @@ def test_stretch_maps_background_to_black_and_peak_to_white():
 
 def test_montage_draws_each_consensus_cluster(clustered_run):
     config = Config().update({"inspect": {"per_cluster": 12, "grid_cols": 5}})
+    cfg = config.inspect
     montage(clustered_run, config, progress=False)
     catalog = clustered_run.catalog()
     labels = consensus_labels(catalog)
@@ -139,7 +140,8 @@ def test_montage_draws_each_consensus_cluster(clustered_run):
             x0 = geom["gap"] + col * (geom["cell"] + geom["gap"])
             y0 = geom["header"] + geom["gap"] + row * (geom["cell"] + geom["gap"])
             cell = image[y0:y0 + geom["cell"], x0:x0 + geom["cell"]]
-            want = np.round(stretch(stamps[stamp], 99.5, 0.05, 2.0) * 255).astype(np.uint8)
+            want = np.round(stretch(stamps[stamp], cfg.stretch_percentile, cfg.asinh_softening,
+                                    cfg.stretch_noise_sigmas) * 255).astype(np.uint8)
             assert np.array_equal(cell, want)
     gallery = (clustered_run.path / "inspection" / "index.html").read_text()
     assert all(f"montages/cluster_{c:03d}.png" in gallery for c in clusters)

@@ -335,7 +335,7 @@ class InspectConfig:
         choices=["auto", "asinh", "linear"]
     )
     stretch_percentile: float = setting(
-        99.5,
+        99.9,
         "asinh white point: this percentile of the central segment's background-subtracted pixels "
         'maps to 1, so galaxy cores do not saturate.',
         min=50, max=100

@@ -34,6 +34,7 @@ def read_votes(paths: Sequence[str | os.PathLike], types: Sequence[str]) -> pd.D
         If a file is missing, lacks a column, or holds an unknown type or a
         non-integer cluster.
     """
+    codes = {t.casefold(): t for t in types}  # the settings' spelling, matched regardless of case
     frames = []
     for path in paths:
         path = Path(path)
@@ -49,7 +50,7 @@ def read_votes(paths: Sequence[str | os.PathLike], types: Sequence[str]) -> pd.D
                 table[col] = ""
         table = table[VOTE_COLUMNS].map(unescape_cell)
         table["expert"] = table["expert"].map(lambda s: " ".join(s.split()))
-        table["type"] = table["type"].str.strip().str.upper()
+        table["type"] = table["type"].map(lambda t: codes.get(t.strip().casefold(), t.strip()))
         bad = sorted(set(table["type"]) - set(types))
         if bad:
             raise InspectError(f"vote file {path} has unknown type(s) {', '.join(map(repr, bad))}; "

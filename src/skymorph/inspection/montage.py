@@ -9,14 +9,15 @@ Display of a stamp depends on what the input file held:
 * **linear inputs** (FITS, NPY) get a Lupton-style asinh stretch (:func:`stretch`):
   the median of the stamp is subtracted as the background, the white point ``s``
   is the ``stretch_percentile``-th percentile of the pixels of the *central
-  segment* (the connected region above 1.5 noise sigma, after a light smoothing,
-  that holds the stamp's centre), and pixels are shown as
+  segment* (the connected region, of at least 10 pixels, above 1.5 noise sigma of
+  the stamp smoothed by a 1.5-pixel Gaussian, that holds the stamp's centre; the
+  stamp's maximum where there is none), and pixels are shown as
   ``asinh(x / b) / asinh(s / b)`` clipped to [0, 1], with the softening
   ``b = max(asinh_softening * s, stretch_noise_sigmas * sigma)`` and ``sigma`` the
   stamp's noise (1.4826 x MAD).  Taking the white point from the galaxy's own
   pixels rather than from the whole stamp keeps its core from saturating (with the
-  default 99.5: under 5% of the central segment at the white point on the COSMOS
-  stamps, where a whole-stamp percentile whitened a quarter of it), and the
+  default 99.9: under 5% of the central segment at the white point on every COSMOS
+  stamp, where a whole-stamp 99.5th percentile whitened a quarter of it), and the
   asinh lifts the faint outskirts without turning the noise of faint stamps into
   white speckle.
 
@@ -125,16 +126,25 @@ def sample_members(labels: np.ndarray, per_cluster: int, seed: int) -> dict[int,
 # --- display ----------------------------------------------------------------------------------
 
 
-def central_segment(data: np.ndarray, sigma: float, nsigma: float = 1.5) -> np.ndarray | None:
-    """Mask of the connected region above ``nsigma * sigma`` (after a 1-pixel Gaussian
-    smoothing) that holds the stamp's centre, or the nearest one within a quarter of
-    the stamp; ``None`` when there is none.  ``data`` is background-subtracted and finite."""
+def central_segment(data: np.ndarray, nsigma: float = 1.5, smooth: float = 1.5,
+                    min_pixels: int = 10) -> np.ndarray | None:
+    """Mask of the galaxy at the stamp's centre: the connected region of the Gaussian-smoothed
+    (``smooth`` px) stamp above ``nsigma`` times the smoothed stamp's noise that holds the centre,
+    or else the nearest within a quarter of the stamp; ``None`` when no region of at least
+    ``min_pixels`` stands out.  ``data`` is background-subtracted and finite."""
     from scipy import ndimage
 
+    smoothed = ndimage.gaussian_filter(data, smooth)
+    sigma = 1.4826 * np.median(np.abs(smoothed - np.median(smoothed)))
     if not sigma > 0:
         return None
-    labels, n = ndimage.label(ndimage.gaussian_filter(data, 1.0) > nsigma * sigma)
+    labels, n = ndimage.label(smoothed > nsigma * sigma)
     if n == 0:
+        return None
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    labels[sizes[labels] < min_pixels] = 0
+    if not labels.any():
         return None
     cy, cx = data.shape[0] // 2, data.shape[1] // 2
     if labels[cy, cx]:
@@ -147,7 +157,7 @@ def central_segment(data: np.ndarray, sigma: float, nsigma: float = 1.5) -> np.n
     return labels == labels[yy[i], xx[i]]
 
 
-def stretch(image: np.ndarray, percentile: float = 99.5, softening: float = 0.05,
+def stretch(image: np.ndarray, percentile: float = 99.9, softening: float = 0.05,
             noise_sigmas: float = 2.0) -> np.ndarray:
     """Per-stamp Lupton-style asinh display stretch to [0, 1] (see the module docstring).
 
@@ -157,7 +167,7 @@ def stretch(image: np.ndarray, percentile: float = 99.5, softening: float = 0.05
         2-D image in linear flux units; NaNs are shown as the background.
     percentile : float
         Percentile ``s`` of the central segment's background-subtracted pixels that
-        maps to 1 (of all pixels when no segment stands out of the noise).
+        maps to 1 (the stamp's maximum when no segment stands out of the noise).
     softening : float
         ``a``: the stretch is linear below ``max(a s, noise_sigmas sigma)``, and
         logarithmic above; larger values are closer to a linear stretch.
@@ -177,9 +187,9 @@ def stretch(image: np.ndarray, percentile: float = 99.5, softening: float = 0.05
         return np.zeros(data.shape, np.float32)
     data = np.where(finite, data - np.median(data[finite]), 0.0)
     sigma = 1.4826 * np.median(np.abs(data[finite]))
-    segment = central_segment(data, sigma)
-    values = data[segment & finite] if segment is not None else data[finite]
-    scale = np.percentile(values, percentile) if values.size else 0.0
+    segment = central_segment(data)
+    values = data[segment & finite] if segment is not None else np.zeros(0)
+    scale = np.percentile(values, percentile) if values.size else np.max(data[finite])
     if not scale > 0:
         scale = np.max(data[finite])
     if not scale > 0:

@@ -126,6 +126,7 @@ class _App:
         self.config = config
         self.manifest = load_manifest(run)
         self.types = list(config.inspect.types)
+        self.codes = {t.casefold(): t for t in self.types}
         self.store = VoteStore(run.path / "inspection" / "votes.csv", self.manifest["clustering"])
         self.clusters = {c["cluster"]: c for c in self.manifest["clusters"]}
         self.images = run.open_array(self.manifest["array"])
@@ -171,9 +172,11 @@ class _App:
         if cluster not in self.clusters:
             raise InspectError(f"there is no consensus cluster {_short(cluster)} in this run")
         type_ = payload.get("type")
-        if not isinstance(type_, str) or type_.strip().upper() not in self.types:
+        # the configured spelling of the code, matched regardless of case and surrounding blanks
+        code = self.codes.get(type_.strip().casefold()) if isinstance(type_, str) else None
+        if code is None:
             raise InspectError(f"type must be one of {', '.join(self.types)} (got {_short(type_)})")
-        row = self.store.cast(expert, cluster, type_.strip().upper())
+        row = self.store.cast(expert, cluster, code)
         votes = self.store.votes_of(expert)
         return {"ok": True, "vote": row,
                 "votes": {str(k): v for k, v in votes.items() if k in self.clusters}}

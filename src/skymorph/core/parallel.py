@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -29,13 +32,48 @@ def _context(preload: Sequence[str]) -> BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+@contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Keep forkserver/spawn workers from re-running the user's script.
+
+    Those start methods import the parent's ``__main__`` file in every worker
+    (``multiprocessing.spawn.prepare``); a script without an
+    ``if __name__ == "__main__":`` guard would then run again in each worker,
+    against the same run directory.  The workers only run skymorph's own
+    functions, so they need nothing from ``__main__``: hide its file and spec
+    while the workers start.
+    """
+    main = sys.modules.get("__main__")
+    saved = {name: getattr(main, name) for name in ("__file__", "__spec__") if hasattr(main, name)}
+    try:
+        for name in saved:
+            setattr(main, name, None)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
+
+
 def start_pool(workers: int, preload: Sequence[str] = ()) -> ProcessPoolExecutor:
     """A pool of ``workers`` processes, all started before this function returns
     (fork-based pools start their workers on the first submit: do it now, before
-    Zarr or tqdm start threads here)."""
-    pool = ProcessPoolExecutor(workers, mp_context=_context(preload))
-    for future in [pool.submit(os.getpid) for _ in range(workers)]:
-        future.result()
+    Zarr or tqdm start threads here).
+
+    Raises
+    ------
+    RuntimeError
+        If the workers cannot start (the message says what to do).
+    """
+    context = _context(preload)
+    pool = ProcessPoolExecutor(workers, mp_context=context)
+    try:
+        with _main_module_hidden():
+            for future in [pool.submit(os.getpid) for _ in range(workers)]:
+                future.result()
+    except BrokenProcessPool as exc:
+        pool.shutdown(cancel_futures=True)
+        raise RuntimeError(f"the {workers} worker processes could not start ({exc}); "
+                           "run with --workers 1 to work in this process") from None
     return pool
 
 
@@ -49,9 +87,17 @@ def map_ordered(func: Callable[..., Any], items: Iterable[Any], *args: Any,
             yield func(item, *args)
         return
     pending: deque = deque()
-    for item in items:
-        pending.append(pool.submit(func, item, *args))
-        if len(pending) >= 2 * workers:
+    try:
+        for item in items:
+            pending.append(pool.submit(func, item, *args))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+    except BrokenProcessPool as exc:
+        raise RuntimeError(f"a worker process died ({exc}); nothing of this stage was recorded as "
+                           "finished: run the same command again, with --workers 1 if it repeats") from None
+    try:
+        while pending:
             yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    except BrokenProcessPool as exc:
+        raise RuntimeError(f"a worker process died ({exc}); nothing of this stage was recorded as "
+                           "finished: run the same command again, with --workers 1 if it repeats") from None

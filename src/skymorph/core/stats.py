@@ -70,21 +70,18 @@ def wilson_interval(k: int | np.ndarray, n: int | np.ndarray, confidence: float 
     -------
     low, high : ndarray (or float for scalar input)
     """
-    from scipy.stats import norm
+    from astropy.stats import binom_conf_interval
 
     k = np.asarray(k, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
-    z = norm.ppf(0.5 + confidence / 2.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = k / n
-        denom = 1.0 + z ** 2 / n
-        centre = (p + z ** 2 / (2 * n)) / denom
-        half = z * np.sqrt(p * (1 - p) / n + z ** 2 / (4 * n ** 2)) / denom
-        # k = 0 and k = n give exactly 0 and 1 (the formula leaves rounding residue)
-        low = np.where(k <= 0, 0.0, np.clip(centre - half, 0.0, 1.0))
-        high = np.where(k >= n, 1.0, np.clip(centre + half, 0.0, 1.0))
-        low = np.where(n > 0, low, np.nan)
-        high = np.where(n > 0, high, np.nan)
+    k, n = np.broadcast_arrays(k, n)
+    low = np.full(k.shape, np.nan)
+    high = np.full(k.shape, np.nan)
+    valid = n > 0
+    if valid.any():
+        bounds = binom_conf_interval(k[valid].astype(int), n[valid].astype(int),
+                                     confidence_level=confidence, interval="wilson")
+        low[valid], high[valid] = np.clip(bounds, 0.0, 1.0)
     if low.ndim == 0:
         return float(low), float(high)
     return low, high

@@ -16,4 +16,4 @@ def cosmos_demo() -> Path:
 
         skymorph ingest "$(python -c 'import skymorph.io.datasets as d; print(d.cosmos_demo())')" --out demo
     """
-    return Path(__file__).parent / "data" / "cosmos_f814w"
+    return Path(__file__).parent.parent / "data" / "cosmos_f814w"

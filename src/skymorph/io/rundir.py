@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ import pandas as pd
 import zarr
 
 from .._version import __version__
-from ..config import Config
+from ..config import Config, ConfigError, load_config
 
 __all__ = ["RunDir", "RunDirError", "ArrayWriter", "REJECT_COLUMNS", "iter_chunks"]
 
@@ -75,13 +76,8 @@ class RunDir:
                     f"run directory {self.path} does not exist; "
                     "create it with `skymorph ingest INPUT... --out RUN_DIR`"
                 )
-            self.path.mkdir(parents=True, exist_ok=True)
-            meta.write_text(
-                json.dumps(
-                    {"format_version": FORMAT_VERSION, "created_by": __version__}, indent=2
-                )
-            )
-        info = json.loads(meta.read_text())
+            self._make(meta)
+        info = _read_json(meta)
         found = info.get("format_version")
         if found != FORMAT_VERSION:
             raise RunDirError(
@@ -91,18 +87,117 @@ class RunDir:
                 "(`skymorph run INPUT... --out NEW_RUN_DIR`)."
             )
 
+    @classmethod
+    def create(cls, path: str | Path) -> RunDir:
+        """Open the run directory ``path``, making it when it does not exist.
+
+        Raises
+        ------
+        RunDirError
+            If ``path`` is a file, or a non-empty directory that is not a run
+            directory (skymorph never writes among a user's own files), or cannot
+            be created.
+        """
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"--out {path} is an existing file; give a directory for the run")
+        if path.is_dir() and not (path / "skymorph.json").exists() and any(path.iterdir()):
+            raise RunDirError(f"--out {path} is a non-empty directory that is not a skymorph run "
+                              "directory; give a new or empty directory")
+        return cls(path, create=True)
+
+    def _make(self, meta: Path) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            _atomic_write(meta, json.dumps({"format_version": FORMAT_VERSION, "created_by": __version__},
+                                           indent=2))
+        except OSError as exc:
+            raise RunDirError(f"cannot create the run directory {self.path}: {exc.strerror}; "
+                              "choose a writable place for --out") from None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def summary(self) -> str:
+        """A few lines on what the run holds: stages finished, arrays, catalog, rejects."""
+        lines = [f"run directory {self.path}"]
+        for path in sorted((self.path / "stages").glob("*.json")):
+            info = self.stage_info(path.stem) or {}
+            lines.append(f"  {path.stem:<9} finished {info.get('finished', '?')}")
+        for path in sorted(self.path.glob("*.zarr")):
+            array = self.open_array(path.stem, check=False)
+            lines.append(f"  {path.stem:<13} {' x '.join(map(str, array.shape))} {array.dtype}")
+        if (self.path / "catalog.parquet").exists():
+            lines.append(f"  catalog       {len(self.catalog())} rows")
+        lines.append(f"  rejects       {len(self.rejects())} inputs")
+        return "\n".join(lines)
+
+    def exists(self, relative: str) -> bool:
+        """Whether ``relative`` (a file, or an array as ``name.zarr``) exists in the run."""
+        if relative.endswith(".zarr"):
+            return self.has_array(relative[:-5])
+        return (self.path / relative).exists()
+
+    @contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """Hold the run's writer lock while the block runs.
+
+        One process at a time may write a run directory; readers (``inspect serve``,
+        ``evaluate``) do not take the lock.  The lock is an OS file lock
+        (``filelock``), released even when the process is killed.
+
+        Raises
+        ------
+        RunDirError
+            If another process holds it; the message names its pid and command.
+        """
+        from filelock import FileLock, Timeout
+
+        info = self.path / ".lock.json"
+        lock = FileLock(self.path / ".lock", timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            holder = _read_json(info, missing_ok=True)
+            raise RunDirError(
+                f"run directory {self.path} is busy (pid {holder.get('pid', '?')}, command "
+                f"{holder.get('command', '?')!r}); wait for it to finish or use another --out"
+            ) from None
+        try:
+            _atomic_write(info, json.dumps({"pid": os.getpid(), "command": command}))
+            yield
+        finally:
+            info.unlink(missing_ok=True)
+            lock.release()
+
+    def config(self) -> Config:
+        """The settings recorded in ``config.toml`` (the defaults when there is none).
+
+        Raises
+        ------
+        ConfigError
+            If the file is not valid TOML or holds an unknown or wrong-typed setting;
+            the message names the file.
+        """
+        path = self.path / "config.toml"
+        if not path.exists():
+            return Config()
+        try:
+            return load_config(path)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc} (fix the file or remove the line)") from None
+
     # -- settings and staleness ------------------------------------------------
 
     def record_config(self, config: Config) -> None:
         """Write every setting to ``config.toml``."""
-        (self.path / "config.toml").write_text(
-            f"# settings used by skymorph {__version__}\n" + config.to_toml()
-        )
+        _atomic_write(self.path / "config.toml",
+                      f"# settings used by skymorph {__version__}\n" + config.to_toml())
 
     def stage_info(self, stage: str) -> dict[str, Any] | None:
         """What a finished stage recorded, or ``None`` when it has not run."""
         path = self.path / "stages" / f"{stage}.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return _read_json(path) if path.exists() else None
 
     def fingerprint(self, stage: str, config: Config, sections: Iterable[str],
                     upstream: Iterable[str] = (), extra: Any = None) -> str:
@@ -139,9 +234,7 @@ class RunDir:
             "skymorph_version": __version__,
             **summary,
         }
-        tmp = self.path / "stages" / f".{stage}.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2, default=str))
-        os.replace(tmp, self.path / "stages" / f"{stage}.json")
+        _atomic_write(self.path / "stages" / f"{stage}.json", json.dumps(info, indent=2, default=str))
 
     def invalidate(self, stage: str) -> None:
         """Forget that ``stage`` finished (before rewriting its outputs)."""
@@ -155,17 +248,44 @@ class RunDir:
     def has_array(self, name: str) -> bool:
         return (self.array_path(name) / "zarr.json").exists()
 
-    def open_array(self, name: str) -> zarr.Array:
+    def open_array(self, name: str, check: bool = True) -> zarr.Array:
         """Open a stored array (read-only).
+
+        Parameters
+        ----------
+        name : str
+            Array name (``stamps``, ``features``...).
+        check : bool
+            Check that every chunk along the galaxy axis is on disk: a lost chunk
+            would otherwise read as fill values.
 
         Raises
         ------
         RunDirError
-            If the array has not been written.
+            If the array has not been written, or a chunk is missing (the message
+            names the stage to re-run with ``--force``).
         """
         if not self.has_array(name):
             raise RunDirError(f"{self.path} has no '{name}' array yet")
-        return zarr.open_array(store=str(self.array_path(name)), mode="r")
+        try:
+            array = zarr.open_array(store=str(self.array_path(name)), mode="r")
+        except (ValueError, OSError, KeyError) as exc:
+            raise RunDirError(f"the '{name}' array of {self.path} cannot be read ({exc}); "
+                              "re-run the stage that writes it with --force") from None
+        if check:
+            self._check_chunks(name, array)
+        return array
+
+    def _check_chunks(self, name: str, array: zarr.Array) -> None:
+        n_chunks = -(-array.shape[0] // array.chunks[0]) if array.shape[0] else 0
+        root = self.array_path(name) / "c"
+        present = {p.name for p in root.iterdir()} if root.is_dir() else set()
+        missing = [i for i in range(n_chunks) if str(i) not in present]
+        if missing:
+            raise RunDirError(
+                f"the '{name}' array of {self.path} has lost {len(missing)} of {n_chunks} chunks "
+                f"(first: chunk {missing[0]}, galaxies {missing[0] * array.chunks[0]}...); re-run the "
+                "stage that writes it with --force")
 
     def create_array(self, name: str, shape: tuple[int, ...], chunk: int,
                      dtype: str = "float32") -> zarr.Array:
@@ -255,6 +375,33 @@ class RunDir:
         return catalog
 
 
+def _read_json(path: Path, missing_ok: bool = False) -> dict[str, Any]:
+    """A JSON file of the run directory; a damaged one is an error naming it."""
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        if missing_ok:
+            return {}
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path} is damaged ({exc}); delete it and re-run the stage that wrote it "
+                          "(or start a new run directory)") from None
+    if not isinstance(value, dict):
+        raise RunDirError(f"{path} is damaged (not a JSON object); delete it and re-run the stage")
+    return value
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so that a
+    reader never sees half a file and a full disk leaves the old one in place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _fits_safe(table: pd.DataFrame) -> pd.DataFrame:
     """Copy with object/None columns turned into strings that FITS can store."""
     out = table.copy()
@@ -280,7 +427,8 @@ class ArrayWriter:
         self.dtype = np.dtype(dtype)
         self.array = zarr.create_array(
             store=str(path), shape=(0, *self.item_shape), chunks=(self.chunk, *self.item_shape),
-            dtype=self.dtype, fill_value=0, overwrite=True, compressors=None,
+            dtype=self.dtype, fill_value=np.nan if self.dtype.kind == "f" else 0, overwrite=True,
+            compressors=None,
         )
         self._buffer = np.empty((self.chunk, *self.item_shape), dtype=self.dtype)
         self._filled = 0

@@ -30,7 +30,6 @@ label: members of each method, kept galaxies and agreement rate).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 import warnings
@@ -43,6 +42,7 @@ import pandas as pd
 
 from ..config import ClusterConfig, Config
 from ..io.rundir import RunDir
+from . import Stage, StageContext, execute
 
 __all__ = [
     "cluster",
@@ -267,11 +267,10 @@ def _exact_ward(x: np.ndarray, k: int) -> np.ndarray:
     return AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(x).astype(np.int64)
 
 
-def _nearest_centroid(x: np.ndarray, centroids: np.ndarray, block: int = 20000) -> np.ndarray:
-    out = np.empty(x.shape[0], dtype=np.int64)
-    for start in range(0, x.shape[0], block):
-        out[start:start + block] = _sq_dists(x[start:start + block], centroids).argmin(axis=1)
-    return out
+def _nearest_centroid(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    from sklearn.metrics import pairwise_distances_argmin
+
+    return pairwise_distances_argmin(x, centroids).astype(np.int64)
 
 
 def ward_route(n: int, cfg: ClusterConfig) -> str:
@@ -413,40 +412,8 @@ def cluster_table(result: ClusterResult, k: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def cluster(run_dir: str | PathLike | RunDir, config: Config | None = None,
-            progress: bool = True) -> RunDir:
-    """Consensus-cluster the run's ``embedding`` and write the catalog.
-
-    Parameters
-    ----------
-    run_dir : str, Path or RunDir
-        A run directory where ``reduce`` has run.
-    config : Config, optional
-        Settings (the ``cluster`` section); defaults to ``Config()``.
-    progress : bool
-        Kept for the common stage signature (the three fits have no loop to show).
-
-    Returns
-    -------
-    RunDir
-        The run directory, with ``catalog.parquet``/``catalog.fits`` and ``cluster/clusters.csv``.
-
-    Raises
-    ------
-    ClusterError
-        Fewer galaxies than k, NaN in the embedding.
-    RunDirError
-        The run directory or its ``embedding`` are missing.
-    """
-    config = config or Config()
-    cfg = config.cluster
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    fingerprint = run.fingerprint("cluster", config, ["cluster"], upstream=["reduce"])
-    if run.is_current("cluster", fingerprint) and (run.path / "catalog.parquet").exists():
-        log.info("cluster: embedding and settings unchanged, reusing %s", run.path / "catalog.parquet")
-        return run
-    run.invalidate("cluster")
-    run.record_config(config)
+def _compute(ctx: StageContext) -> dict[str, Any]:
+    cfg, run = ctx.config.cluster, ctx.run
     x = np.asarray(run.open_array("embedding")[:], dtype=np.float32)
     sources = run.sources()
     if len(sources) != x.shape[0]:
@@ -466,49 +433,57 @@ def cluster(run_dir: str | PathLike | RunDir, config: Config | None = None,
     out = run.path / "cluster"
     out.mkdir(exist_ok=True)
     cluster_table(result, cfg.k).to_csv(out / "clusters.csv", index=False)
-    run.mark_done("cluster", fingerprint, n_galaxies=int(x.shape[0]), **result.info)
     log.info("cluster: %d of %d galaxies kept (%.0f%%)", result.info["n_kept"], x.shape[0],
              100 * result.info["kept_fraction"])
-    return run
+    return {"n_galaxies": int(x.shape[0]), **result.info}
 
 
-# --- command line ---------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``skymorph cluster``."""
-    s = argparse.SUPPRESS
-    parser.description = __doc__.split("\n\n")[0] + (
-        "\n\nExamples:\n"
-        "  skymorph cluster myrun            # k = 20, as in the paper\n"
-        "  skymorph cluster myrun --k 10 --ward-method connectivity"
-    )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory where `reduce` has run")
-    parser.add_argument("--k", dest="cluster.k", type=int, default=s, metavar="N",
-                        help="clusters of each method (default 20)")
-    parser.add_argument("--birch-threshold", dest="cluster.birch_threshold", default=s,
-                        type=lambda v: v if v == "auto" else float(v), metavar="R|auto",
-                        help="BIRCH subcluster radius, or 'auto' to scale it to the data (default auto)")
-    parser.add_argument("--ward-method", dest="cluster.ward_method", default=s,
-                        choices=["auto", "exact", "sample", "connectivity"],
-                        help="ward route: exact (O(N^2) memory), sample (exact on --ward-sample "
-                        "galaxies, the rest to the nearest centroid), connectivity (k-NN graph), "
-                        "auto = exact up to --ward-sample galaxies, sample above (default auto)")
-    parser.add_argument("--ward-sample", dest="cluster.ward_sample", type=int, default=s, metavar="N",
-                        help="galaxies of the exact ward in the sample route (default 20000)")
-    parser.add_argument("--ward-connectivity", dest="cluster.ward_connectivity", type=int, default=s,
-                        metavar="N",
-                        help="neighbours of the connectivity graph (default 10)")
-    parser.add_argument("--seed", dest="cluster.seed", type=int, default=s, metavar="N",
-                        help="random seed (default 42)")
-
-
-def main(args: argparse.Namespace, config: Config) -> int:
-    """Run ``skymorph cluster``."""
-    run = cluster(args.run_dir, config)
-    info = run.stage_info("cluster") or {}
+def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
     n = info.get("n_galaxies", 0)
-    print(f"{info.get('n_kept', 0)} of {n} galaxies kept by the vote "
-          f"({100 * info.get('kept_fraction', 0):.0f}%) in {config.cluster.k} clusters; catalog "
-          f"{run.path / 'catalog.parquet'}, per-cluster table {run.path / 'cluster' / 'clusters.csv'}")
-    return 0
+    return (f"{info.get('n_kept', 0)} of {n} galaxies kept by the vote "
+            f"({100 * info.get('kept_fraction', 0):.0f}%); catalog {run.path / 'catalog.parquet'}, "
+            f"per-cluster table {run.path / 'cluster' / 'clusters.csv'}")
+
+
+STAGE = Stage(
+    name="cluster",
+    summary="consensus of K-means, BIRCH and ward clustering -> catalog",
+    description=__doc__.split("\n\n")[0],
+    compute=_compute,
+    sections=("cluster",),
+    upstream=lambda config: ("reduce",),
+    outputs=("catalog.parquet", "cluster/clusters.csv"),
+    report=_report,
+)
+
+
+def cluster(run_dir: str | PathLike | RunDir, config: Config | None = None, *, force: bool = False,
+            progress: bool = True, **settings: Any) -> RunDir:
+    """Consensus-cluster the run's ``embedding`` and write the catalog.
+
+    Parameters
+    ----------
+    run_dir : str, Path or RunDir
+        A run directory where ``reduce`` has run.
+    config : Config, optional
+        All settings; by default the run's own ``config.toml``.
+    force : bool
+        Recompute even when the embedding and settings are unchanged.
+    progress : bool
+        Kept for the common stage signature (the three fits have no loop to show).
+    **settings
+        Overrides of the ``[cluster]`` settings, e.g. ``k=10``.
+
+    Returns
+    -------
+    RunDir
+        The run directory, with ``catalog.parquet``/``catalog.fits`` and ``cluster/clusters.csv``.
+
+    Raises
+    ------
+    ClusterError
+        Fewer galaxies than k, NaN in the embedding.
+    RunDirError
+        The run directory or its ``embedding`` are missing.
+    """
+    return execute("cluster", run_dir, config, force=force, progress=progress, **settings)

@@ -21,7 +21,6 @@ NaN feature row and a line in ``rejects.csv``; they never stop the run.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -36,50 +35,31 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..io.rundir import RunDir, RunDirError
+from . import Stage, StageContext, execute, image_source
 
-__all__ = ["encode", "input_array"]
+__all__ = ["encode"]
 
 log = logging.getLogger(__name__)
 
 PARTIAL = "encode.partial.json"
-# settings that change how the work is cut and run, not what it computes: they are
-# left out of the stage fingerprint (so a bigger batch does not recompute a finished
-# run) but are part of the resume key (so resumed chunks match bit for bit)
-_EXECUTION_KEYS = ("batch_size", "chunk_size", "device", "threads")
 
 
-def input_array(config: Config) -> tuple[str, str]:
-    """Array the encode stage reads and the stage that writes it.
-
-    ``polar`` (polar stage) when ``config.polar.enabled``, else ``denoised``
-    (denoise stage) when ``config.denoise.enabled``, else ``stamps`` (ingest).
-    """
-    if config.polar.enabled:
-        return "polar", "polar"
-    if config.denoise.enabled:
-        return "denoised", "denoise"
-    return "stamps", "ingest"
+def _source(config: Config) -> tuple[str, str]:
+    return image_source(config, "encode")
 
 
-def _check_input(run: RunDir, config: Config) -> tuple[str, str]:
-    name, stage = input_array(config)
-    why = {
-        "polar": "polar.enabled is true",
-        "denoised": "polar.enabled is false and denoise.enabled is true",
-        "stamps": "polar and denoise are disabled",
-    }[name]
-    if run.stage_info(stage) is None or not run.has_array(name):
-        hint = {
-            "polar": "or encode the stamps directly with --set polar.enabled=false "
-                     "(and --set denoise.enabled=false to skip denoising too)",
-            "denoised": "or encode the raw stamps with --set denoise.enabled=false",
-            "stamps": "",
-        }[name]
+def _extra(ctx: StageContext) -> dict[str, Any]:
+    from ..core import encoders as _encoders
+
+    source, stage = _source(ctx.config)
+    if ctx.run.stage_info(stage) is None or not ctx.run.has_array(source):
         raise RunDirError(
-            f"encode reads the '{name}' array ({why}), but {run.path} has none: run "
-            f"`skymorph {stage} {run.path}` first{', ' + hint if hint else ''}"
+            f"encode reads the '{source}' array (the newest image array of the settings: "
+            f"denoise.enabled = {ctx.config.denoise.enabled}, polar.enabled = {ctx.config.polar.enabled}), "
+            f"but {ctx.run.path} has none: run `skymorph {stage} {ctx.run.path}` first, or change "
+            "those settings with --set"
         )
-    return name, stage
+    return {"input": source, "weights": _encoders.weights_identity(ctx.config.encode)}
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -98,55 +78,17 @@ def _read_partial(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def encode(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
-           progress: bool = True) -> RunDir:
-    """Encode every image of a run into a feature vector.
-
-    Parameters
-    ----------
-    run_dir : str, Path or RunDir
-        Run directory holding the input array (see :func:`input_array`).
-    config : Config, optional
-        Settings (the ``encode`` section, and ``polar.enabled`` / ``denoise.enabled``
-        to choose the input); defaults to ``Config()``.
-    progress : bool
-        Show a progress bar.
-
-    Returns
-    -------
-    RunDir
-        The run directory, with ``features`` (N x D float32).
-
-    Raises
-    ------
-    RunDirError
-        If the input array has not been written (the message names the stage to run).
-    skymorph.core.encoders.EncoderError
-        (a ``ValueError``) for an unknown encoder name (close names are listed),
-        a missing or unfitting weights file, pretrained weights that can be neither
-        downloaded nor found locally, or unusable settings.
-    """
+def _compute(ctx: StageContext) -> dict[str, Any]:
     from ..core import encoders as _encoders
 
-    config = config or Config()
+    config, run, progress, fingerprint = ctx.config, ctx.run, ctx.progress, ctx.fingerprint
     cfg = config.encode
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    _encoders.check_settings(cfg)
-    source, upstream = _check_input(run, config)
-    settings = {k: v for k, v in vars(cfg).items() if k not in _EXECUTION_KEYS}
-    fingerprint = run.fingerprint(
-        "encode", config, [], upstream=[upstream],
-        extra={"input": source, "settings": settings, "weights": _encoders.weights_identity(cfg)},
-    )
-    if run.is_current("encode", fingerprint) and run.has_array("features"):
-        log.info("encode: input and settings unchanged, reusing %s", run.array_path("features"))
-        return run
-
+    source, _ = _source(config)
+    t0 = time.perf_counter()
     images = run.open_array(source)
     n = int(images.shape[0])
     if n == 0:
         raise RunDirError(f"the '{source}' array of {run.path} is empty; nothing to encode")
-    t0 = time.perf_counter()
     encoder = _encoders.build_encoder(cfg)
     threads = _threads(cfg.threads) if encoder.device.type == "cpu" else 0
     chunk = int(cfg.chunk_size)
@@ -158,9 +100,7 @@ def encode(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
     partial_path = run.path / "stages" / PARTIAL
     partial = _read_partial(partial_path)
     resumable = (partial is not None and partial.get("key") == key and run.has_array("features")
-                 and tuple(run.open_array("features").shape) == (n, encoder.dim))
-    run.invalidate("encode")
-    run.record_config(config)
+                 and tuple(run.open_array("features", check=False).shape) == (n, encoder.dim))
     if resumable:
         features = _open_writable(run, "features")
         log.info("encode: resuming, %d of %d chunks already done", len(partial["done"]), n_chunks)
@@ -219,16 +159,85 @@ def encode(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
                          "reason": f"image {j} of '{source}' has no finite pixel; its features are NaN"}
                         for j in empty_rows)
     n_new = n - n_done_before
-    run.mark_done("encode", fingerprint, n_images=n, dim=encoder.dim, encoder=encoder.name,
-                  weights=encoder.weights_source, input=source, device=str(encoder.device),
-                  precision=encoder.precision, n_rejected=len(empty_rows), n_resumed=n_done_before,
-                  seconds=round(time.perf_counter() - t0, 2),
-                  encode_seconds=round(elapsed, 3), encode_cpu_seconds=round(cpu_elapsed, 3),
-                  images_per_s=round(n_new / elapsed, 2) if elapsed > 0 and n_new else None)
     partial_path.unlink(missing_ok=True)
     log.info("encode: %d x %d features written (%d rejected, %d resumed)", n, encoder.dim,
              len(empty_rows), n_done_before)
-    return run
+    return dict(n_images=n, dim=encoder.dim, encoder=encoder.name,
+                weights=encoder.weights_source, input=source, device=str(encoder.device),
+                precision=encoder.precision, n_rejected=len(empty_rows), n_resumed=n_done_before,
+                seconds=round(time.perf_counter() - t0, 2),
+                encode_seconds=round(elapsed, 3), encode_cpu_seconds=round(cpu_elapsed, 3),
+                images_per_s=round(n_new / elapsed, 2) if elapsed > 0 and n_new else None)
+
+
+
+
+def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
+    speed = f", {info['images_per_s']} images/s" if info.get("images_per_s") else ""
+    return (f"{info.get('n_images', 0)} x {info.get('dim', 0)} features from '{info.get('input')}' "
+            f"with {info.get('encoder')} ({info.get('weights')} weights, {info.get('device')}{speed}) "
+            f"written to {run.array_path('features')}; {info.get('n_rejected', 0)} rejected"
+            + (f"; {info['n_resumed']} resumed from an interrupted run" if info.get("n_resumed") else ""))
+
+
+def _check(config: Config) -> None:
+    from ..core import encoders as _encoders
+
+    _encoders.check_settings(config.encode)
+
+
+STAGE = Stage(
+    name="encode",
+    summary="encode images with a pretrained network into feature vectors",
+    description=__doc__.split("\n\n")[0] + (
+        "\n\nInput: 'polar' if polar.enabled, else 'denoised' if denoise.enabled, else 'stamps'."
+        "\n\nExamples:\n"
+        "  skymorph encode myrun                                  # offline EfficientNet-Lite2\n"
+        "  skymorph encode myrun --encoder convnext_xlarge.fb_in22k   # the paper's (hub download)\n"
+        "  skymorph encode myrun --encoder convnext_xlarge.fb_in22k --weights convnext_xl_22k.safetensors"),
+    compute=_compute,
+    sections=("encode",),
+    upstream=lambda config: (_source(config)[1],),
+    outputs=("features.zarr",),
+    extra=_extra,
+    check=_check,
+    report=_report,
+)
+
+
+def encode(run_dir: str | os.PathLike | RunDir, config: Config | None = None, *,
+           force: bool = False, progress: bool = True, **settings: Any) -> RunDir:
+    """Encode every image of a run into a feature vector.
+
+    Parameters
+    ----------
+    run_dir : str, Path or RunDir
+        Run directory holding the input array (see :func:`input_array`).
+    config : Config, optional
+        All settings; by default the run's own ``config.toml``.
+    force : bool
+        Recompute even when the input and settings are unchanged.
+    progress : bool
+        Show a progress bar.
+
+    **settings
+        Overrides of the ``[encode]`` settings, e.g. ``encoder="efficientnet_lite0"``.
+
+    Returns
+    -------
+    RunDir
+        The run directory, with ``features`` (N x D float32).
+
+    Raises
+    ------
+    RunDirError
+        If the input array has not been written (the message names the stage to run).
+    skymorph.core.encoders.EncoderError
+        (a ``ValueError``) for an unknown encoder name (close names are listed),
+        a missing or unfitting weights file, pretrained weights that can be neither
+        downloaded nor found locally, or unusable settings.
+    """
+    return execute("encode", run_dir, config, force=force, progress=progress, **settings)
 
 
 def _threads(requested: int) -> int:
@@ -254,58 +263,3 @@ def _ids(run: RunDir, n: int) -> list[str]:
     return ids if len(ids) == n else [str(i) for i in range(n)]
 
 
-# --- command line ---------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``skymorph encode``."""
-    s = argparse.SUPPRESS
-    parser.description = __doc__.split("\n\n")[0] + (
-        "\n\nInput: 'polar' if polar.enabled, else 'denoised' if denoise.enabled, else 'stamps'."
-        "\n\nExamples:\n"
-        "  skymorph encode myrun                                  # offline EfficientNet-Lite2\n"
-        "  skymorph encode myrun --encoder convnext_xlarge.fb_in22k   # the paper's (hub download)\n"
-        "  skymorph encode myrun --encoder convnext_xlarge.fb_in22k --weights convnext_xl_22k.safetensors\n"
-        "  skymorph encode myrun --set polar.enabled=false --set denoise.enabled=false  # raw stamps"
-    )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
-    parser.add_argument("--encoder", dest="encode.encoder", default=s, metavar="NAME",
-                        help="efficientnet_lite2 or efficientnet_lite0 (offline ImageNet weights, "
-                        "1280-d), convnext_xlarge.fb_in22k (the paper's, 2048-d) or any timm model "
-                        "name (default efficientnet_lite2)")
-    parser.add_argument("--weights", dest="encode.weights", default=s, metavar="FILE",
-                        help="local weights (.safetensors or PyTorch state dict) instead of a hub "
-                        "download (default: none)")
-    parser.add_argument("--random-init", dest="encode.random_init", action="store_true", default=s,
-                        help="random weights, for tests and speed checks only (default off)")
-    parser.add_argument("--batch-size", dest="encode.batch_size", type=int, default=s, metavar="N",
-                        help="images per forward pass (default 64)")
-    parser.add_argument("--device", dest="encode.device", default=s, metavar="D",
-                        help="auto, cpu, cuda or cuda:N (default auto: the GPU when there is one)")
-    parser.add_argument("--precision", dest="encode.precision", choices=["auto", "fp32", "bf16", "fp16"],
-                        default=s, help="autocast precision (default auto: bf16 on GPU, fp32 on CPU)")
-    parser.add_argument("--threads", dest="encode.threads", type=int, default=s, metavar="N",
-                        help="CPU threads (default 0: every core)")
-    parser.add_argument("--chunk-size", dest="encode.chunk_size", type=int, default=s, metavar="N",
-                        help="images per written chunk, the unit of resuming (default 1024)")
-    parser.add_argument("--scaling", dest="encode.scaling", choices=["percentile", "minmax"], default=s,
-                        help="per-image mapping of float pixels to the 0..255 range (default "
-                        "percentile: encode.percentiles, 0.1 and 99.9, map to 0 and 255)")
-    parser.add_argument("--aspect", dest="encode.aspect", choices=["stretch", "pad"], default=s,
-                        help="stretch to the model's square input (default, the paper's) or pad "
-                        "the short axis with sky")
-    parser.add_argument("--rotations", dest="encode.rotations", type=int, choices=[1, 2, 4], default=s,
-                        help="average features over this many right-angle rotations (default 1; "
-                        "4 gives rotation invariance without the polar transform)")
-
-
-def main(args: argparse.Namespace, config: Config) -> int:
-    """Run ``skymorph encode``."""
-    run = encode(args.run_dir, config)
-    info = run.stage_info("encode") or {}
-    speed = f", {info['images_per_s']} images/s" if info.get("images_per_s") else ""
-    print(f"{info.get('n_images', 0)} x {info.get('dim', 0)} features from '{info.get('input')}' "
-          f"with {info.get('encoder')} ({info.get('weights')} weights, {info.get('device')}{speed}) "
-          f"written to {run.array_path('features')}; {info.get('n_rejected', 0)} rejected"
-          + (f"; {info['n_resumed']} resumed from an interrupted run" if info.get("n_resumed") else ""))
-    return 0

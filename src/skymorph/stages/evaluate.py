@@ -136,10 +136,13 @@ def score_labels(truth: Sequence[Any], clusters: Sequence[int],
     y_pred = np.array([names[c] for c in cons[sel]], dtype=object).astype(str)
     pred_labels = sorted(set(y_pred.tolist()) - set(classes))
     labels = classes + pred_labels
+    from sklearn.metrics import confusion_matrix
+
     index = {lab: i for i, lab in enumerate(labels)}
-    matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
-    for t, p in zip(y_true, y_pred, strict=True):
-        matrix[index[t], index[p]] += 1
+    matrix = (confusion_matrix(y_true, y_pred, labels=labels) if y_true.size
+              else np.zeros((len(labels), len(labels)), dtype=np.int64))
+    # recall per true class from the matrix: sklearn's balanced_accuracy_score would also
+    # average over cluster names that are no true class (e.g. "(unnamed)")
     recall = {c: (float(matrix[index[c], index[c]] / matrix[index[c]].sum()) if matrix[index[c]].sum()
                   else None) for c in classes}
     present = [r for r in recall.values() if r is not None]

@@ -22,14 +22,12 @@ never stop the run.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import glob
 import hashlib
 import logging
 import os
 import re
-import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -47,6 +45,7 @@ from ..config import Config, IngestConfig
 from ..core.parallel import map_ordered, start_pool
 from ..core.sky import ring_background
 from ..io.rundir import RunDir
+from . import Argument, Stage, StageContext, execute
 
 __all__ = ["ingest", "IngestError", "read_image", "make_stamp", "select_rows", "read_table"]
 
@@ -714,45 +713,18 @@ def _run_batch(batch: list[_Task], config: IngestConfig) -> list[tuple]:
     return [result for task in batch for result in _process(task, config)]
 
 
-def ingest(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
-           config: Config | None = None, progress: bool = True) -> RunDir:
-    """Read cutouts into the run directory ``out``.
-
-    Parameters
-    ----------
-    inputs : sequence of str or Path
-        Files, directories or glob patterns (see the module docstring).
-    out : str or Path
-        Run directory; created when it does not exist.
-    config : Config, optional
-        Settings (the ``ingest`` section is used); defaults to ``Config()``.
-    progress : bool
-        Show a progress bar.
-
-    Returns
-    -------
-    RunDir
-        The run directory, with ``stamps``, ``sources.parquet`` and ``rejects.csv``.
-
-    Raises
-    ------
-    IngestError
-        If an input path does not exist, a directory holds no images, a catalog
-        column is missing, or no input at all yields a usable stamp.
-    """
-    config = config or Config()
-    cfg = config.ingest
+def _extra(ctx: StageContext) -> str:
+    inputs = ctx.options.get("inputs")
     if not inputs:
         raise IngestError("no inputs given; name image files, directories or glob patterns")
     files, catalogs = _expand(inputs)
-    run = RunDir(out, create=True)
-    fingerprint = run.fingerprint("ingest", config, ["ingest"],
-                                  extra=_fingerprint_inputs(files, catalogs, cfg))
-    if run.is_current("ingest", fingerprint) and run.has_array("stamps"):
-        log.info("ingest: inputs and settings unchanged, reusing %s", run.array_path("stamps"))
-        return run
-    run.invalidate("ingest")
-    run.record_config(config)
+    ctx.state.update(files=files, catalogs=catalogs)
+    return _fingerprint_inputs(files, catalogs, ctx.config.ingest)
+
+
+def _compute(ctx: StageContext) -> dict[str, Any]:
+    run, cfg, progress = ctx.run, ctx.config.ingest, ctx.progress
+    files, catalogs = ctx.state["files"], ctx.state["catalogs"]
     tasks, meta, early_rejects, summary = _plan(files, catalogs, cfg)
     run.clear_rejects("ingest")
     run.add_rejects(early_rejects)
@@ -798,72 +770,64 @@ def ingest(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
     sources.insert(1, "index", np.arange(len(sources)))
     sources.to_parquet(run.path / "sources.parquet", index=False)
     summary.update(n_stamps=len(rows), n_rejected=n_rejected, stamp_size=size)
-    run.mark_done("ingest", fingerprint, **summary)
     log.info("ingest: %d stamps, %d rejected%s", len(rows), n_rejected,
              f", {summary['not_selected']} not selected" if summary.get("not_selected") else "")
-    return run
+    return summary
 
 
-# --- command line ---------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``skymorph ingest``."""
-    s = argparse.SUPPRESS
-    parser.description = __doc__.split("\n\n")[0] + (
-        "\n\nExamples:\n"
-        "  skymorph ingest stamps/*.fits --out myrun\n"
-        "  skymorph ingest cosmos_stamps_dir/ --out myrun --select 'MAG < 25'\n"
-        "  skymorph ingest cutouts/ --catalog cosmos2020.fits --id-col ID \\\n"
-        "      --select 'lp_type == 0' --select 'FLAG_COMBINED == 0' --select '0.2 < z < 1.2' "
-        "--select 'I < 25' --out myrun\n"
-        "  skymorph ingest field.fits --field --out myrun   # detect sources, cut stamps"
-    )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files, directories or glob patterns (quote globs)")
-    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
-    parser.add_argument("--stamp-size", dest="ingest.stamp_size", type=int, default=s,
-                        help="stamp side in pixels (default 100)")
-    parser.add_argument("--hdu", dest="ingest.hdu", type=int, default=s,
-                        help="FITS HDU to read (default: first image HDU)")
-    parser.add_argument("--framing", dest="ingest.framing", choices=["auto", "crop", "resample"],
-                        default=s, help="crop at native scale or resample a fraction of the "
-                        "frame (default auto: crop FITS/NPY, resample PNG/JPEG)")
-    parser.add_argument("--frame-fraction", dest="ingest.frame_fraction", type=float, default=s,
-                        help="central fraction of a JPEG/PNG frame to resample (default 0.5)")
-    parser.add_argument("--min-size", dest="ingest.min_size", type=int, default=s,
-                        help="reject inputs smaller than this (default 8 px)")
-    parser.add_argument("--no-recentre", dest="ingest.recentre", action="store_false", default=s,
-                        help="keep the image centre instead of the galaxy's peak")
-    parser.add_argument("--catalog", dest="ingest.catalog", default=s, metavar="FILE",
-                        help="catalog (FITS/CSV/Parquet) for selection or field positions")
-    parser.add_argument("--id-col", dest="ingest.id_col", default=s, metavar="COL",
-                        help="catalog column holding the galaxy id (matched to file stems)")
-    parser.add_argument("--select", dest="ingest.select", action="append", default=s,
-                        metavar="EXPR", help="keep rows where EXPR holds, e.g. '0.2 < z < 1.2' "
-                        "(repeatable; all must hold)")
-    parser.add_argument("--field", dest="ingest.field", action="store_true", default=s,
-                        help="inputs are large images: cut stamps at catalog positions, "
-                        "or around detected sources when no catalog is given")
-    for name, default in (("ra", "RA"), ("dec", "DEC")):
-        parser.add_argument(f"--{name}-col", dest=f"ingest.{name}_col", default=s, metavar="COL",
-                            help=f"catalog {name.upper()} column in degrees (default {default})")
-    parser.add_argument("--x-col", dest="ingest.x_col", default=s, metavar="COL",
-                        help="catalog x pixel column (0-based), instead of RA/Dec")
-    parser.add_argument("--y-col", dest="ingest.y_col", default=s, metavar="COL",
-                        help="catalog y pixel column (0-based), instead of RA/Dec")
-    parser.add_argument("--workers", dest="ingest.workers", type=int, default=s,
-                        help="reading processes (default: all cores)")
+def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
+    return (f"{info.get('n_stamps', 0)} stamps written to {run.path / 'stamps.zarr'}; "
+            f"{info.get('n_rejected', 0)} inputs rejected (see {run.rejects_path})")
 
 
-def main(args: argparse.Namespace, config: Config) -> int:
-    """Run ``skymorph ingest``."""
-    try:
-        run = ingest(args.inputs, args.out, config)
-    except IngestError as exc:
-        print(f"skymorph ingest: error: {exc}", file=sys.stderr)
-        return 1
-    info = run.stage_info("ingest") or {}
-    print(f"{info.get('n_stamps', 0)} stamps written to {run.path / 'stamps.zarr'}; "
-          f"{info.get('n_rejected', 0)} inputs rejected (see {run.rejects_path})")
-    return 0
+STAGE = Stage(
+    name="ingest",
+    summary="read cutouts (FITS, PNG/JPEG, NPY, collections, fields) into stamps",
+    description=__doc__.split("\n\n")[0],
+    compute=_compute,
+    sections=("ingest",),
+    outputs=("stamps.zarr", "sources.parquet"),
+    extra=_extra,
+    creates_run=True,
+    arguments=(Argument("inputs", "image files, directories (searched recursively) or glob patterns; "
+                        "a GalSim RealGalaxyCatalog FITS table reads its whole collection",
+                        nargs="+", metavar="INPUT"),),
+    report=_report,
+)
+
+
+def ingest(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: Config | None = None, *,
+           force: bool = False, progress: bool = True, **settings: Any) -> RunDir:
+    """Read cutouts into the run directory ``out``.
+
+    Parameters
+    ----------
+    inputs : sequence of str or Path
+        Files, directories or glob patterns (see the module docstring).
+    out : str or Path
+        Run directory; created when it does not exist.
+    config : Config, optional
+        All settings; by default the run's own ``config.toml`` (the defaults for a new run).
+    force : bool
+        Re-read the inputs even when they and the settings are unchanged.
+    progress : bool
+        Show a progress bar.
+
+    **settings
+        Overrides of the ``[ingest]`` settings, e.g. ``stamp_size=64``.
+
+    Returns
+    -------
+    RunDir
+        The run directory, with ``stamps``, ``sources.parquet`` and ``rejects.csv``.
+
+    Raises
+    ------
+    IngestError
+        If an input path does not exist, a directory holds no images, a catalog
+        column is missing, or no input at all yields a usable stamp.
+    """
+    return execute("ingest", out, config, force=force, progress=progress,
+                   options={"inputs": list(inputs)}, **settings)

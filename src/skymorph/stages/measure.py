@@ -20,8 +20,6 @@ When the run has a catalog, the main columns are joined onto it.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import os
 from collections.abc import Iterator
@@ -36,6 +34,7 @@ from tqdm.auto import tqdm
 from ..config import Config, MeasureConfig
 from ..core.parallel import map_ordered, start_pool
 from ..io.rundir import RunDir
+from . import Stage, StageContext, execute
 
 __all__ = ["measure", "measure_stamp", "measure_block", "CATALOG_COLUMNS", "MEASUREMENTS_FILE"]
 
@@ -175,45 +174,19 @@ def _schema(include_doublesersic: bool):
     return pa.schema(fields)
 
 
-def measure(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
-            progress: bool = True) -> RunDir:
-    """Measure every galaxy of a run directory.
-
-    Parameters
-    ----------
-    run_dir : str, Path or RunDir
-        A run directory with ``stamps`` (from ingest).
-    config : Config, optional
-        Settings (the ``measure`` section); defaults to ``Config()``.
-    progress : bool
-        Show a progress bar.
-
-    Returns
-    -------
-    RunDir
-        The run directory, with ``measurements.parquet`` (one row per stamp, in
-        stamp order: ``id``, ``index``, every statmorph scalar, ``flag``,
-        ``flag_sersic``, ``psi``, ``g2``, ``segment_area``, ``measure_ok``,
-        ``measure_reason``, ``measure_warnings``) and, when a catalog exists, the
-        :data:`CATALOG_COLUMNS` joined onto it.
-
-    Raises
-    ------
-    RunDirError
-        If the run directory, its stamps or the named weight array are missing.
-    ValueError
-        If a setting is unusable.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    config = config or Config()
+def _check(config: Config) -> None:
     cfg = config.measure
     if cfg.chunk_size < 1:
         raise ValueError(f"measure.chunk_size must be >= 1, got {cfg.chunk_size}")
     if cfg.gain is not None and cfg.gain <= 0:
         raise ValueError(f"measure.gain must be positive, got {cfg.gain}")
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+
+
+def _compute(ctx: StageContext) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run, cfg, progress = ctx.run, ctx.config.measure, ctx.progress
     stamps = run.open_array("stamps")
     if cfg.weight_array:
         weights = run.open_array(cfg.weight_array)
@@ -221,15 +194,6 @@ def measure(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
             raise ValueError(f"weight array '{cfg.weight_array}' has shape {weights.shape}; "
                              f"it must match the stamps {stamps.shape}")
     out = run.path / MEASUREMENTS_FILE
-    # Workers and chunking change how, not what, is measured: keep them out of the fingerprint.
-    same = dataclasses.replace(config, measure=dataclasses.replace(cfg, workers=0, chunk_size=1))
-    fingerprint = run.fingerprint("measure", same, ["measure"], upstream=["ingest"])
-    if run.is_current("measure", fingerprint) and out.exists():
-        log.info("measure: stamps and settings unchanged, reusing %s", out)
-        _join_catalog(run, out)
-        return run
-    run.invalidate("measure")
-    run.record_config(config)
     sources = run.sources()
     n = len(sources)
     if n != stamps.shape[0]:
@@ -257,11 +221,73 @@ def measure(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
             n_flagged += sum(r["measure_ok"] and r["flag"] >= 2 for r in rows)
             bar.update(len(rows))
     os.replace(tmp, out)
-    _join_catalog(run, out)
-    run.mark_done("measure", fingerprint, n_galaxies=n, n_measured=n_ok, n_failed=n - n_ok,
-                  n_flag_bad=n_flagged, workers=workers)
     log.info("measure: %d galaxies, %d measured, %d failed", n, n_ok, n - n_ok)
-    return run
+    return dict(n_galaxies=n, n_measured=n_ok, n_failed=n - n_ok, n_flag_bad=n_flagged, workers=workers)
+
+
+
+
+def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
+    return (f"{info.get('n_measured', 0)} of {info.get('n_galaxies', 0)} galaxies measured "
+            f"({info.get('n_failed', 0)} failed, {info.get('n_flag_bad', 0)} with statmorph flag >= 2): "
+            f"{run.path / MEASUREMENTS_FILE}")
+
+
+STAGE = Stage(
+    name="measure",
+    summary="Sersic, Gini-M20, CAS, MID, Psi and G2 per galaxy",
+    description=__doc__.split("\n\n")[0] + (
+        "\n\nstatmorph (Gini, M20, C, A, S, M, I, D, Sersic n and r_e), Psi and G2 for every "
+        "stamp, written to RUN_DIR/measurements.parquet and joined onto the catalog.\n\n"
+        "Examples:\n"
+        "  skymorph measure myrun\n"
+        "  skymorph measure myrun --workers 4 --gain 2.0\n"
+        "  skymorph measure myrun --no-sersic     # non-parametric only, ~fast"),
+    compute=_compute,
+    sections=("measure",),
+    upstream=lambda config: ("ingest",),
+    outputs=(MEASUREMENTS_FILE,),
+    check=_check,
+    finish=lambda ctx: _join_catalog(ctx.run, ctx.run.path / MEASUREMENTS_FILE),
+    report=_report,
+)
+
+
+def measure(run_dir: str | os.PathLike | RunDir, config: Config | None = None, *,
+            force: bool = False, progress: bool = True, **settings: Any) -> RunDir:
+    """Measure every galaxy of a run directory.
+
+    Parameters
+    ----------
+    run_dir : str, Path or RunDir
+        A run directory with ``stamps`` (from ingest).
+    config : Config, optional
+        All settings; by default the run's own ``config.toml``.
+    force : bool
+        Re-measure even when the stamps and settings are unchanged.
+    progress : bool
+        Show a progress bar.
+
+    **settings
+        Overrides of the ``[measure]`` settings, e.g. ``workers=4``.
+
+    Returns
+    -------
+    RunDir
+        The run directory, with ``measurements.parquet`` (one row per stamp, in
+        stamp order: ``id``, ``index``, every statmorph scalar, ``flag``,
+        ``flag_sersic``, ``psi``, ``g2``, ``segment_area``, ``measure_ok``,
+        ``measure_reason``, ``measure_warnings``) and, when a catalog exists, the
+        :data:`CATALOG_COLUMNS` joined onto it.
+
+    Raises
+    ------
+    RunDirError
+        If the run directory, its stamps or the named weight array are missing.
+    ValueError
+        If a setting is unusable.
+    """
+    return execute("measure", run_dir, config, force=force, progress=progress, **settings)
 
 
 def _join_catalog(run: RunDir, path: Path) -> None:
@@ -288,48 +314,3 @@ def read_measurements(run_dir: str | os.PathLike | RunDir) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-# --- command line -----------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``skymorph measure``."""
-    s = argparse.SUPPRESS
-    parser.description = __doc__.split("\n\n")[0] + (
-        "\n\nstatmorph (Gini, M20, C, A, S, M, I, D, Sersic n and r_e), Psi and G2 for every "
-        "stamp, written to RUN_DIR/measurements.parquet and joined onto the catalog.\n\n"
-        "Examples:\n"
-        "  skymorph measure myrun\n"
-        "  skymorph measure myrun --workers 4 --gain 2.0\n"
-        "  skymorph measure myrun --no-sersic     # non-parametric only, ~fast")
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory (after ingest)")
-    parser.add_argument("--workers", dest="measure.workers", type=int, default=s, metavar="N",
-                        help="worker processes (default 0 = every core)")
-    parser.add_argument("--gain", dest="measure.gain", type=float, default=s, metavar="G",
-                        help="detector gain: statmorph derives the pixel errors from it "
-                        "(default: the stamp's background sigma as a constant error)")
-    parser.add_argument("--weight-array", dest="measure.weight_array", default=s, metavar="NAME",
-                        help="run-directory array of per-pixel 1-sigma errors (default: none)")
-    parser.add_argument("--chunk-size", dest="measure.chunk_size", type=int, default=s, metavar="N",
-                        help="galaxies per worker task (default 32)")
-    parser.add_argument("--no-sersic", dest="measure.include_sersic", action="store_false", default=s,
-                        help="skip the single Sersic fit (default: fit it)")
-    parser.add_argument("--doublesersic", dest="measure.include_doublesersic", action="store_true",
-                        default=s, help="also fit a double Sersic model (default: off)")
-    parser.add_argument("--detect-nsigma", dest="measure.detect_nsigma", type=float, default=s, metavar="K",
-                        help="segmentation threshold in background sigma (default 1.5)")
-    parser.add_argument("--g2-noise-tolerance", dest="measure.g2_noise_tolerance", type=float,
-                        default=s, metavar="K",
-                        help="G2: also treat gradient pairs that cancel to within K noise sigmas as "
-                        "symmetric (not in Rosa et al. 2018; e.g. 2.45; default 0 = the paper's definition)")
-    parser.add_argument("--detect-npixels", dest="measure.detect_npixels", type=int, default=s, metavar="N",
-                        help="minimum pixels of a segment (default 10)")
-
-
-def main(args: argparse.Namespace, config: Config) -> int:
-    """Run ``skymorph measure``."""
-    run = measure(args.run_dir, config)
-    info = run.stage_info("measure") or {}
-    print(f"{info.get('n_measured', 0)} of {info.get('n_galaxies', 0)} galaxies measured "
-          f"({info.get('n_failed', 0)} failed, {info.get('n_flag_bad', 0)} with statmorph flag >= 2) "
-          f"-> {run.path / MEASUREMENTS_FILE}")
-    return 0

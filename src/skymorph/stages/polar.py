@@ -41,17 +41,18 @@ notebooks and tests, :func:`polar` on a run directory.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import Config, PolarConfig
 from ..io.rundir import RunDir, iter_chunks
+from . import Argument, Stage, StageContext, execute, image_source
 
 __all__ = ["polar", "apct", "polar_geometry", "polar_figure", "POLES", "output_shape"]
 
@@ -263,78 +264,6 @@ def apct(stamps: np.ndarray, config: Config | PolarConfig | None = None, *,
     return out
 
 
-def _input_array(config: Config) -> str:
-    return "denoised" if config.denoise.enabled else "stamps"
-
-
-def polar(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
-          progress: bool = True) -> RunDir:
-    """Apply the APCT to every stamp of a run directory.
-
-    Reads ``denoised`` (or ``stamps`` when ``config.denoise.enabled`` is off)
-    and writes ``polar`` (N x rows x cols float32, same order), streaming
-    ``config.polar.batch_size`` stamps at a time so memory does not grow with N.
-
-    Parameters
-    ----------
-    run_dir : str, Path or RunDir
-        A run directory after ``ingest`` (and ``denoise`` when enabled).
-    config : Config, optional
-        Settings; ``Config()`` when omitted.
-    progress : bool
-        Show a progress bar.
-
-    Returns
-    -------
-    RunDir
-
-    Raises
-    ------
-    RunDirError
-        If the run directory or the input array is missing.
-    ValueError
-        If a polar setting is invalid.
-    """
-    import torch
-
-    from ..core.cae import set_threads
-
-    # calling the stage asks for it: record it as on, so that encode reads its output
-    config = (config or Config()).update({"polar": {"enabled": True}})
-    cfg = config.polar
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    _check(cfg)
-    source = _input_array(config)
-    upstream = ["denoise"] if source == "denoised" else ["ingest"]
-    fingerprint = run.fingerprint("polar", config, ["polar"], upstream=upstream,
-                                  extra={"input": source})
-    if run.is_current("polar", fingerprint) and run.has_array("polar"):
-        log.info("polar: inputs and settings unchanged, reusing %s", run.array_path("polar"))
-        return run
-    images = run.open_array(source)
-    run.invalidate("polar")
-    run.record_config(config)
-    set_threads()
-    n, s = images.shape[0], images.shape[-1]
-    rows, cols = output_shape(s, cfg)
-    chunk = images.chunks[0]
-    n_nonfinite = 0
-    with run.writer("polar", (rows, cols), chunk) as writer, \
-            tqdm(total=n, desc="polar", unit="stamp", disable=not progress) as bar:
-        for start in range(0, n, cfg.batch_size):
-            block = np.asarray(images[start:start + cfg.batch_size], dtype=np.float32)
-            n_nonfinite += int((~np.isfinite(block)).any(axis=(1, 2)).sum())
-            with torch.inference_mode():
-                out = _apct_torch(torch.from_numpy(block), cfg, owned=True).numpy()
-            writer.extend(out)
-            bar.update(len(block))
-    run.mark_done("polar", fingerprint, n_stamps=n, input=source, rows=rows, cols=cols,
-                  pole=cfg.pole, n_nonfinite_stamps=n_nonfinite)
-    log.info("polar: %d stamps -> %d x %d polar images from '%s' (pole: %s)",
-             n, rows, cols, source, cfg.pole)
-    return run
-
-
 # --- figure ----------------------------------------------------------------------------
 
 
@@ -428,40 +357,90 @@ def polar_figure(run_dir: str | os.PathLike | RunDir, config: Config | None = No
     return out
 
 
-# --- command line ----------------------------------------------------------------------
+def _compute(ctx: StageContext) -> dict[str, Any]:
+    import torch
+
+    from ..core.cae import set_threads
+
+    cfg, run = ctx.config.polar, ctx.run
+    source, _ = image_source(ctx.config, "polar")
+    images = run.open_array(source)
+    set_threads()
+    n, s = images.shape[0], images.shape[-1]
+    rows, cols = output_shape(s, cfg)
+    chunk = images.chunks[0]
+    n_nonfinite = 0
+    with run.writer("polar", (rows, cols), chunk) as writer, \
+            tqdm(total=n, desc="polar", unit="stamp", disable=not ctx.progress) as bar:
+        for start in range(0, n, cfg.batch_size):
+            block = np.asarray(images[start:start + cfg.batch_size], dtype=np.float32)
+            n_nonfinite += int((~np.isfinite(block)).any(axis=(1, 2)).sum())
+            with torch.inference_mode():
+                out = _apct_torch(torch.from_numpy(block), cfg, owned=True).numpy()
+            writer.extend(out)
+            bar.update(len(block))
+    log.info("polar: %d stamps -> %d x %d polar images from '%s' (pole: %s)",
+             n, rows, cols, source, cfg.pole)
+    return dict(n_stamps=n, input=source, rows=rows, cols=cols, pole=cfg.pole,
+                n_nonfinite_stamps=n_nonfinite)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``skymorph polar``."""
-    s = argparse.SUPPRESS
-    parser.description = (__doc__.split("\n\n")[0] + "\n\nReads 'denoised' (or 'stamps' when "
-                          "denoise is disabled) and writes RUN_DIR/polar.zarr.\n\n"
-                          "Examples:\n  skymorph polar myrun\n  skymorph polar myrun --figure\n"
-                          "  skymorph polar myrun --pole peak-near-centre")
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory (after ingest and denoise)")
-    parser.add_argument("--figure", action="store_true",
-                        help=f"also draw the paper's Fig. 2 for six galaxies (original | denoised | "
-                             f"polar) to RUN_DIR/figures/{FIGURE_NAME}")
-    parser.add_argument("--pole", dest="polar.pole", choices=POLES, default=s,
-                        help="pole choice: brightest pixel (paper), stamp centre, or smoothed peak "
-                             "near the centre (default: brightest)")
-    parser.add_argument("--angle-step", dest="polar.angle_step", type=float, default=s,
-                        help="radians between rays (default 0.05, giving 125 rays)")
-    parser.add_argument("--n-radii", dest="polar.n_radii", type=int, default=s,
-                        help="samples per ray (default: half the stamp width)")
-    parser.add_argument("--no-mirror", dest="polar.mirror", action="store_false", default=s,
-                        help="output the profile only, without the mirrored half (default: mirror)")
-    parser.add_argument("--batch-size", dest="polar.batch_size", type=int, default=s,
-                        help="stamps transformed at a time (default 1024)")
+def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
+    text = (f"{info.get('n_stamps', 0)} polar images ({info.get('rows')} x {info.get('cols')}, "
+            f"pole: {info.get('pole')}) written to {run.array_path('polar')}")
+    if options.get("figure"):
+        text += f"\nfigure: {polar_figure(run, run.config())}"
+    return text
 
 
-def main(args: argparse.Namespace, config: Config) -> int:
-    """Run ``skymorph polar``."""
-    run = polar(args.run_dir, config)
-    info = run.stage_info("polar") or {}
-    print(f"{info.get('n_stamps', 0)} polar images ({info.get('rows')} x {info.get('cols')}, "
-          f"pole: {info.get('pole')}) written to {run.array_path('polar')}")
-    if args.figure:
-        path = polar_figure(run, config)
-        print(f"figure: {path}")
-    return 0
+STAGE = Stage(
+    name="polar",
+    summary="adaptive polar coordinate transform (rotation invariance)",
+    description=__doc__.split("\n\n")[0],
+    compute=_compute,
+    sections=("polar",),
+    upstream=lambda config: (image_source(config, "polar")[1],),
+    outputs=("polar.zarr",),
+    extra=lambda ctx: {"input": image_source(ctx.config, "polar")[0]},
+    switch="polar.enabled",
+    check=lambda config: _check(config.polar),
+    arguments=(Argument("--figure", "also draw the paper's Fig. 2 (stamps, denoised, polar) for a few "
+                        "bright galaxies into RUN_DIR/figures/", action="store_true"),),
+    report=_report,
+)
+
+
+def polar(run_dir: str | os.PathLike | RunDir, config: Config | None = None, *,
+          force: bool = False, progress: bool = True, **settings: Any) -> RunDir:
+    """Apply the APCT to every stamp of a run directory.
+
+    Reads ``denoised`` (or ``stamps`` when ``config.denoise.enabled`` is off)
+    and writes ``polar`` (N x rows x cols float32, same order), streaming
+    ``config.polar.batch_size`` stamps at a time so memory does not grow with N.
+
+    Parameters
+    ----------
+    run_dir : str, Path or RunDir
+        A run directory after ``ingest`` (and ``denoise`` when enabled).
+    config : Config, optional
+        All settings; by default the run's own ``config.toml``.
+    force : bool
+        Recompute even when the inputs and settings are unchanged.
+    progress : bool
+        Show a progress bar.
+
+    **settings
+        Overrides of the ``[polar]`` settings.
+
+    Returns
+    -------
+    RunDir
+
+    Raises
+    ------
+    RunDirError
+        If the run directory or the input array is missing.
+    ValueError
+        If a polar setting is invalid.
+    """
+    return execute("polar", run_dir, config, force=force, progress=progress, **settings)

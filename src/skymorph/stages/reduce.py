@@ -24,9 +24,9 @@ Everything is seeded: the same features and settings give the same embedding.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ReduceConfig
 from ..io.rundir import RunDir
+from . import Stage, StageContext, execute
 
 __all__ = [
     "reduce",
@@ -402,8 +403,58 @@ def _write(run: RunDir, name: str, data: np.ndarray, chunk: int) -> None:
         array[start:start + chunk] = data[start:start + chunk]
 
 
-def reduce(run_dir: str | PathLike | RunDir, config: Config | None = None,
-           progress: bool = True) -> RunDir:
+def _compute(ctx: StageContext) -> dict[str, Any]:
+    cfg, run = ctx.config.reduce, ctx.run
+    features = np.asarray(run.open_array("features")[:], dtype=np.float32)
+    try:
+        ids = run.sources()["id"].tolist()
+        ids = ids if len(ids) == features.shape[0] else None
+    except Exception:  # the ids only improve an error message
+        ids = None
+    result = reduce_array(features, cfg, ids=ids, progress=ctx.progress)
+    chunk = cfg.chunk_size
+    _write(run, "embedding", result.embedding, chunk)
+    if result.embedding_2d is not None:
+        _write(run, "embedding_2d", result.embedding_2d, chunk)
+    summary: dict[str, Any] = {"n_galaxies": features.shape[0], "n_features": features.shape[1],
+                               "dims": result.dims, "seconds": result.timings}
+    if result.scan is not None:
+        out = run.path / "reduce"
+        out.mkdir(exist_ok=True)
+        result.scan.to_csv(out / "dims_scan.csv", index=False)
+        plot_scan(result.scan, out / "dims_scan.png", best=result.dims)
+        summary["scan"] = result.scan[["dims", "davies_bouldin"]].to_dict("records")
+    log.info("reduce: %d galaxies -> %d-d in %.0f s", features.shape[0], result.dims,
+             sum(result.timings.values()))
+    return summary
+
+
+def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
+    line = (f"{info.get('n_galaxies', '?')} galaxies reduced from {info.get('n_features', '?')} to "
+            f"{info.get('dims', '?')} dimensions -> {run.array_path('embedding')}")
+    if "scan" in info:
+        line += f"; scan table and plot in {run.path / 'reduce'}"
+    return line
+
+
+STAGE = Stage(
+    name="reduce",
+    summary="UMAP reduction of the features (optionally scanning the dimension)",
+    description=__doc__.split("\n\n")[0] + (
+        "\n\nExamples:\n"
+        "  skymorph reduce myrun                 # 300-d UMAP (the paper's d) + 2-D map\n"
+        "  skymorph reduce myrun --dims auto     # scan d = 50..500 by Davies-Bouldin\n"
+        "  skymorph reduce myrun --fit-sample 20000   # fit on a sample, transform the rest"),
+    compute=_compute,
+    sections=("reduce",),
+    upstream=lambda config: ("encode",),
+    outputs=("embedding.zarr",),
+    report=_report,
+)
+
+
+def reduce(run_dir: str | os.PathLike | RunDir, config: Config | None = None, *,
+           force: bool = False, progress: bool = True, **settings: Any) -> RunDir:
     """UMAP-reduce the run's ``features`` into ``embedding`` (and ``embedding_2d``).
 
     Parameters
@@ -411,9 +462,14 @@ def reduce(run_dir: str | PathLike | RunDir, config: Config | None = None,
     run_dir : str, Path or RunDir
         A run directory where ``encode`` has run.
     config : Config, optional
-        Settings (the ``reduce`` section); defaults to ``Config()``.
+        All settings; by default the run's own ``config.toml``.
+    force : bool
+        Recompute even when the inputs and settings are unchanged.
     progress : bool
         Show progress bars.
+
+    **settings
+        Overrides of the ``[reduce]`` settings.
 
     Returns
     -------
@@ -428,106 +484,4 @@ def reduce(run_dir: str | PathLike | RunDir, config: Config | None = None,
     RunDirError
         The run directory or its ``features`` are missing.
     """
-    config = config or Config()
-    cfg = config.reduce
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    fingerprint = run.fingerprint("reduce", config, ["reduce"], upstream=["encode"])
-    outputs = ["embedding"] + (["embedding_2d"] if cfg.map_2d else [])
-    if run.is_current("reduce", fingerprint) and all(run.has_array(a) for a in outputs):
-        log.info("reduce: features and settings unchanged, reusing %s", run.array_path("embedding"))
-        return run
-    run.invalidate("reduce")
-    run.record_config(config)
-    features = np.asarray(run.open_array("features")[:], dtype=np.float32)
-    try:
-        ids = run.sources()["id"].tolist()
-        ids = ids if len(ids) == features.shape[0] else None
-    except Exception:  # the ids only improve an error message
-        ids = None
-    result = reduce_array(features, cfg, ids=ids, progress=progress)
-    chunk = cfg.chunk_size
-    _write(run, "embedding", result.embedding, chunk)
-    if result.embedding_2d is not None:
-        _write(run, "embedding_2d", result.embedding_2d, chunk)
-    summary: dict[str, Any] = {"n_galaxies": features.shape[0], "n_features": features.shape[1],
-                               "dims": result.dims, "seconds": result.timings}
-    if result.scan is not None:
-        out = run.path / "reduce"
-        out.mkdir(exist_ok=True)
-        result.scan.to_csv(out / "dims_scan.csv", index=False)
-        plot_scan(result.scan, out / "dims_scan.png", best=result.dims)
-        summary["scan"] = result.scan[["dims", "davies_bouldin"]].to_dict("records")
-    run.mark_done("reduce", fingerprint, **summary)
-    log.info("reduce: %d galaxies -> %d-d in %.0f s", features.shape[0], result.dims,
-             sum(result.timings.values()))
-    return run
-
-
-# --- command line ---------------------------------------------------------------------
-
-
-def _dims(text: str) -> int | str:
-    if text == "auto":
-        return "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--dims takes an integer or 'auto', not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("--dims must be at least 1")
-    return value
-
-
-def _grid(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--dims-grid takes integers separated by commas, not {text!r}") \
-            from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``skymorph reduce``."""
-    s = argparse.SUPPRESS
-    parser.description = __doc__.split("\n\n")[0] + (
-        "\n\nExamples:\n"
-        "  skymorph reduce myrun                 # 300-d UMAP (the paper's d) + 2-D map\n"
-        "  skymorph reduce myrun --dims auto     # scan d = 50..500 by Davies-Bouldin\n"
-        "  skymorph reduce myrun --fit-sample 20000   # fit on a sample, transform the rest"
-    )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory where `encode` has run")
-    parser.add_argument("--dims", dest="reduce.dims", type=_dims, default=s, metavar="N|auto",
-                        help="output dimension, or 'auto' to scan --dims-grid and keep the lowest "
-                        "Davies-Bouldin index of K-means (default 300)")
-    parser.add_argument("--dims-grid", dest="reduce.dims_grid", type=_grid, default=s, metavar="D1,D2,...",
-                        help="dimensions scanned by --dims auto (default 50,100,...,500)")
-    parser.add_argument("--scan-k", dest="reduce.scan_k", type=int, default=s, metavar="N",
-                        help="K-means clusters of the scan (default 20)")
-    parser.add_argument("--scan-sample", dest="reduce.scan_sample", type=int, default=s, metavar="N",
-                        help="galaxies embedded by the scan (default 20000; all when fewer)")
-    parser.add_argument("--n-neighbors", dest="reduce.n_neighbors", type=int, default=s, metavar="N",
-                        help="UMAP neighbours (default 15)")
-    parser.add_argument("--min-dist", dest="reduce.min_dist", type=float, default=s, metavar="X",
-                        help="UMAP min_dist (default 0.1)")
-    parser.add_argument("--metric", dest="reduce.metric", default=s, metavar="NAME",
-                        help="feature-space metric, e.g. euclidean or cosine (default euclidean)")
-    parser.add_argument("--n-epochs", dest="reduce.n_epochs", type=int, default=s, metavar="N",
-                        help="UMAP epochs (default: UMAP's, 500 up to 10^4 galaxies, 200 above)")
-    parser.add_argument("--fit-sample", dest="reduce.fit_sample", type=int, default=s, metavar="N",
-                        help="fit on this many galaxies and transform the rest (default: fit on all)")
-    parser.add_argument("--no-map", dest="reduce.map_2d", action="store_false", default=s,
-                        help="skip the 2-D UMAP used for maps")
-    parser.add_argument("--seed", dest="reduce.seed", type=int, default=s, metavar="N",
-                        help="random seed (default 42)")
-
-
-def main(args: argparse.Namespace, config: Config) -> int:
-    """Run ``skymorph reduce``."""
-    run = reduce(args.run_dir, config)
-    info = run.stage_info("reduce") or {}
-    line = (f"{info.get('n_galaxies', '?')} galaxies reduced from {info.get('n_features', '?')} to "
-            f"{info.get('dims', '?')} dimensions -> {run.array_path('embedding')}")
-    if "scan" in info:
-        line += f"; scan table and plot in {run.path / 'reduce'}"
-    print(line)
-    return 0
+    return execute("reduce", run_dir, config, force=force, progress=progress, **settings)

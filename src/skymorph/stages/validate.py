@@ -16,7 +16,6 @@ A part whose inputs are missing is skipped with a note in the report.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -33,6 +32,7 @@ import pandas as pd
 
 from ..config import Config, ValidateConfig
 from ..io.rundir import RunDir, RunDirError
+from . import Argument, Stage, StageContext, execute
 
 __all__ = ["validate", "gzh_classes", "GZH_DEFAULT_COLUMNS", "TYPES", "ValidateError"]
 
@@ -707,50 +707,16 @@ def _html(run: RunDir, sections: list[tuple[str, Any, list, list[str]]], notes: 
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
 
 
-def validate(run_dir: str | os.PathLike | RunDir, physical: str | os.PathLike | pd.DataFrame | None = None,
-             id_col: str | None = None, gzh: str | os.PathLike | pd.DataFrame | None = None,
-             config: Config | None = None, progress: bool = True) -> dict[str, Any]:
-    """Validate the morphology types of a run and write the report.
-
-    Parameters
-    ----------
-    run_dir : str, Path or RunDir
-        A run directory whose catalog has ``morph_type``.
-    physical : str, Path or DataFrame, optional
-        Catalog of physical quantities (stellar mass, redshift, magnitude),
-        joined on ``id_col``.
-    id_col : str, optional
-        Identifier column of ``physical`` (default ``id``).
-    gzh : str, Path or DataFrame, optional
-        Galaxy Zoo: Hubble table with vote fractions (see :func:`gzh_classes`).
-    config : Config, optional
-        Settings (the ``validate`` section).
-    progress : bool
-        Log each part as it runs.
-
-    Returns
-    -------
-    dict
-        Every number of the report (also in ``RUN_DIR/report/validation.json``),
-        with ``report`` the path of ``RUN_DIR/report/report.html``.
-
-    Raises
-    ------
-    ValidateError
-        If the catalog is missing or has no morphology types, or an input
-        table lacks its id column.
-    """
-    config = config or Config()
-    cfg = config.validate
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+def _compute(ctx: StageContext) -> dict[str, Any]:
+    run, cfg, progress = ctx.run, ctx.config.validate, ctx.progress
     notes: list[str] = []
-    table, cols = _assemble(run, physical, id_col, cfg, notes)
+    table, cols = _assemble(run, ctx.options.get("physical"), ctx.options.get("id_col"), cfg, notes)
     rng = np.random.default_rng(cfg.seed)
     parts: list[tuple[str, Callable]] = [
         ("types", _part_types), ("per_type", _part_per_type), ("etg_ltg", _part_etg_ltg),
         ("completeness", _part_completeness), ("kept_rejected", _part_kept_rejected),
         ("maps", lambda t, c, g, r: _part_maps(t, c, g, r, run)),
-        ("gzh", lambda t, c, g, r: _part_gzh(t, c, g, r, gzh)),
+        ("gzh", lambda t, c, g, r: _part_gzh(t, c, g, r, ctx.options.get("gzh"))),
     ]
     sections = []
     results: dict[str, Any] = {}
@@ -773,54 +739,79 @@ def validate(run_dir: str | os.PathLike | RunDir, physical: str | os.PathLike | 
     summary = _jsonable({"run_dir": str(run.path), "notes": notes, "columns": cols, "parts": results,
                          "settings": dict(vars(cfg))})
     (out_dir / "validation.json").write_text(json.dumps(summary, indent=2))
-    summary["report"] = str(report)
+    return {"report": str(report), "skipped": [k for k, v in results.items() if v["result"] is None]}
+
+
+
+
+def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
+    text = f"report: {info['report']}\nnumbers: {Path(info['report']).with_name('validation.json')}"
+    if info.get("skipped"):
+        text += "\nskipped (see the report's notes): " + ", ".join(info["skipped"])
+    return text
+
+
+STAGE = Stage(
+    name="validate",
+    summary="statistics, plots and an HTML report of the morphology types",
+    description=__doc__.split("\n\n")[0] + (
+        "\n\nExamples:\n"
+        "  skymorph validate myrun\n"
+        "  skymorph validate myrun --physical cosmos2020.fits --id-col ID\n"
+        "  skymorph validate myrun --gzh gz_hubble.csv --gzh-id-col OBJNO"),
+    compute=_compute,
+    sections=("validate",),
+    always=True,
+    arguments=(
+        Argument("--physical", "catalog (FITS, CSV, Parquet) of physical quantities: stellar mass, "
+                 "redshift, magnitude", metavar="CATALOG"),
+        Argument("--id-col", "id column of --physical matching the run's ids (default: id)", metavar="COL"),
+        Argument("--gzh", "Galaxy Zoo: Hubble table of vote fractions", metavar="TABLE"),
+    ),
+    report=_report,
+)
+
+
+def validate(run_dir: str | os.PathLike | RunDir, physical: str | os.PathLike | pd.DataFrame | None = None,
+             id_col: str | None = None, gzh: str | os.PathLike | pd.DataFrame | None = None,
+             config: Config | None = None, *, progress: bool = True, **settings: Any) -> dict[str, Any]:
+    """Validate the morphology types of a run and write the report.
+
+    Parameters
+    ----------
+    run_dir : str, Path or RunDir
+        A run directory whose catalog has ``morph_type``.
+    physical : str, Path or DataFrame, optional
+        Catalog of physical quantities (stellar mass, redshift, magnitude),
+        joined on ``id_col``.
+    id_col : str, optional
+        Identifier column of ``physical`` (default ``id``).
+    gzh : str, Path or DataFrame, optional
+        Galaxy Zoo: Hubble table with vote fractions (see :func:`gzh_classes`).
+    config : Config, optional
+        All settings; by default the run's own ``config.toml``.
+    progress : bool
+        Log each part as it runs.
+
+    **settings
+        Overrides of the ``[validate]`` settings, e.g. ``confidence=0.68``.
+
+    Returns
+    -------
+    dict
+        Every number of the report (also in ``RUN_DIR/report/validation.json``),
+        with ``report`` the path of ``RUN_DIR/report/report.html``.
+
+    Raises
+    ------
+    ValidateError
+        If the catalog is missing or has no morphology types, or an input
+        table lacks its id column.
+    """
+    run = execute("validate", run_dir, config, progress=progress,
+                  options={"physical": physical, "id_col": id_col, "gzh": gzh}, **settings)
+    summary = json.loads((run.path / "report" / "validation.json").read_text())
+    summary["report"] = str(run.path / "report" / "report.html")
     return summary
 
 
-# --- command line ----------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``skymorph validate``."""
-    s = argparse.SUPPRESS
-    parser.description = __doc__.split("\n\n")[0] + (
-        "\n\nWrites RUN_DIR/report/report.html (self-contained) and RUN_DIR/report/validation.json.\n\n"
-        "Examples:\n"
-        "  skymorph validate myrun\n"
-        "  skymorph validate myrun --physical cosmos2020.fits --id-col ID\n"
-        "  skymorph validate myrun --gzh gz_hubble.csv --gzh-id-col OBJNO")
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory whose catalog has morph_type")
-    parser.add_argument("--physical", metavar="CATALOG", default=None,
-                        help="FITS/CSV/Parquet catalog with stellar mass, redshift, magnitude "
-                        "(default: none; those parts are skipped)")
-    parser.add_argument("--id-col", metavar="COL", default=None,
-                        help="id column of --physical matching the run's ids (default: id)")
-    parser.add_argument("--gzh", metavar="TABLE", default=None,
-                        help="Galaxy Zoo: Hubble table of vote fractions (default: none)")
-    parser.add_argument("--gzh-id-col", dest="validate.gzh_id_col", metavar="COL", default=s,
-                        help="id column of --gzh (default: id, OBJNO or objid)")
-    parser.add_argument("--gzh-column", dest="validate.gzh_columns", action="append", default=s,
-                        metavar="ROLE=COLUMN", help="GZH vote-fraction column of a role, e.g. "
-                        "f_smooth=t01_smooth_or_features_a01_smooth_fraction (repeatable; default: "
-                        "the GZH *_weighted_fraction names)")
-    parser.add_argument("--mass-col", dest="validate.mass_col", metavar="COL", default=s,
-                        help="stellar-mass column, log10 or linear (default: found by name)")
-    parser.add_argument("--z-col", dest="validate.z_col", metavar="COL", default=s,
-                        help="redshift column (default: found by name, e.g. z, ZPHOT)")
-    parser.add_argument("--mag-col", dest="validate.mag_col", metavar="COL", default=s,
-                        help="magnitude column (default: found by name, e.g. MAG)")
-    parser.add_argument("--min-mass", dest="validate.min_mass", type=float, metavar="MSUN", default=s,
-                        help="per-type statistics only above this stellar mass (default 1e9)")
-    parser.add_argument("--pixel-scale", dest="validate.pixel_scale", type=float, metavar="ARCSEC",
-                        default=s, help="arcsec per pixel for r_e in kpc (default: sources' PIXEL_SCALE)")
-
-
-def main(args: argparse.Namespace, config: Config) -> int:
-    """Run ``skymorph validate``."""
-    summary = validate(args.run_dir, args.physical, args.id_col, args.gzh, config)
-    skipped = [k for k, v in summary["parts"].items() if v["result"] is None]
-    print(f"report: {summary['report']}")
-    print(f"numbers: {Path(summary['report']).with_name('validation.json')}")
-    if skipped:
-        print("skipped (see the report's notes): " + ", ".join(skipped))
-    return 0

@@ -1,0 +1,235 @@
+"""The stage registry and the one executor that every stage runs through.
+
+A stage declares what it is (:class:`Stage`): its name, the config sections whose
+settings change its result, the stages whose outputs it reads (resolved from the
+settings, so the pipeline graph is defined here once), the files it writes and a
+``compute`` function that knows nothing of the command line.  :func:`execute` runs
+the prologue that every stage shares:
+
+1. settings: the given ``Config``, or else the run's own ``config.toml`` (exactly
+   what the command line does), with keyword overrides of the stage's section,
+   all checked before anything is recorded;
+2. a stage that is switched off in the settings (``denoise.enabled``) but run by
+   hand is switched on, and the change is printed and recorded in ``config.toml``
+   so that the stages after it read its output;
+3. the run directory is locked against a second writer;
+4. fingerprint of the result-changing settings, the upstream fingerprints and the
+   stage's own extra inputs; when it matches and the outputs exist (and no
+   ``force``), the stage is skipped;
+5. otherwise: forget the old result, record the settings, compute, record the
+   fingerprint and the summary.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import Config, ConfigError
+from ..io.rundir import RunDir
+
+__all__ = ["Stage", "Argument", "StageContext", "STAGES", "PIPELINE", "get_stage", "execute",
+           "image_source"]
+
+log = logging.getLogger(__name__)
+
+STAGES: dict[str, str] = {
+    "ingest": "skymorph.stages.ingest:STAGE",
+    "denoise": "skymorph.stages.denoise:STAGE",
+    "polar": "skymorph.stages.polar:STAGE",
+    "encode": "skymorph.stages.encode:STAGE",
+    "reduce": "skymorph.stages.reduce:STAGE",
+    "cluster": "skymorph.stages.cluster:STAGE",
+    "montage": "skymorph.stages.inspect:MONTAGE",
+    "merge": "skymorph.stages.inspect:MERGE",
+    "measure": "skymorph.stages.measure:STAGE",
+    "validate": "skymorph.stages.validate:STAGE",
+}
+"""Every stage, in pipeline order, and the ``module:name`` of its declaration (imported on use)."""
+
+PIPELINE = ("ingest", "denoise", "polar", "encode", "reduce", "cluster", "montage")
+"""What ``skymorph run`` executes, in order (stages switched off are skipped)."""
+
+
+@dataclass(frozen=True)
+class Argument:
+    """An input of a stage that is not a setting (input files, a truth table...).
+
+    The command line turns it into an argparse argument (``name`` starting with
+    ``--`` is an option, else a positional); the Python API takes it as a keyword.
+    """
+
+    name: str
+    help: str
+    nargs: str | None = None
+    metavar: str | None = None
+    required: bool = False
+    action: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.name.lstrip("-").replace("-", "_")
+
+
+@dataclass
+class StageContext:
+    """What ``compute`` gets: the run, the final settings and the non-setting inputs."""
+
+    run: RunDir
+    config: Config
+    options: dict[str, Any]
+    progress: bool = True
+    fingerprint: str = ""
+    """The stage's fingerprint (set before ``compute`` runs; e.g. a resume key)."""
+    state: dict[str, Any] = field(default_factory=dict)
+    """Scratch space shared by ``extra`` and ``compute`` (e.g. the expanded input list)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Declaration of one pipeline stage."""
+
+    name: str
+    summary: str
+    """One line for ``skymorph --help``."""
+    compute: Callable[[StageContext], dict[str, Any]]
+    """Does the work; returns the summary recorded in ``stages/<name>.json``."""
+    sections: tuple[str, ...] = ()
+    """Config sections whose result-changing settings are part of the fingerprint;
+    the first is the stage's own (keyword overrides and command-line flags)."""
+    upstream: Callable[[Config], tuple[str, ...]] = lambda config: ()
+    """Stages whose outputs this one reads, resolved from the settings."""
+    outputs: tuple[str, ...] = ()
+    """Paths in the run directory that must exist for the stage to be reused."""
+    extra: Callable[[StageContext], Any] | None = None
+    """Other inputs that change the result (input files, a checkpoint's hash)."""
+    switch: str | None = None
+    """``section.key`` of a boolean that turns the stage on in the pipeline."""
+    check: Callable[[Config], None] | None = None
+    """Checks across settings, run before anything is written."""
+    finish: Callable[[StageContext], None] | None = None
+    """Runs after the stage, whether it computed or reused its output (e.g. joining
+    its columns onto a catalog that a later ``cluster`` rewrote)."""
+    always: bool = False
+    """Recompute on every call (inputs that cannot be fingerprinted, e.g. tables
+    given as DataFrames)."""
+    creates_run: bool = False
+    """The stage makes the run directory (``--out``) instead of reading one."""
+    arguments: tuple[Argument, ...] = ()
+    report: Callable[[RunDir, dict[str, Any], dict[str, Any]], str] | None = None
+    """``report(run, summary, options)``: what the command line prints once the
+    stage has run (or was reused)."""
+    description: str = ""
+    """Longer text for ``skymorph STAGE --help``."""
+
+
+def get_stage(name: str) -> Stage:
+    """The declaration of stage ``name``.
+
+    Raises
+    ------
+    KeyError
+        If there is no such stage.
+    """
+    if name not in STAGES:
+        raise KeyError(f"no stage {name!r}; stages are: {', '.join(STAGES)}")
+    module, _, attribute = STAGES[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def image_source(config: Config, before: str) -> tuple[str, str]:
+    """Array that stage ``before`` reads its images from, and the stage that writes it.
+
+    The images flow stamps (ingest) -> denoised (denoise, when on) -> polar (polar,
+    when on) -> encode.
+    """
+    chain = [("stamps", "ingest")]
+    if config.denoise.enabled:
+        chain.append(("denoised", "denoise"))
+    if config.polar.enabled:
+        chain.append(("polar", "polar"))
+    if before == "polar":
+        chain = [c for c in chain if c[1] != "polar"]
+    return chain[-1]
+
+
+def run_config(run: RunDir | None) -> Config:
+    """The settings a stage starts from: the run's ``config.toml``, else the defaults."""
+    return run.config() if run is not None else Config()
+
+
+def execute(name: str, run_dir: str | os.PathLike | RunDir, config: Config | None = None, *,
+            force: bool = False, progress: bool = True, options: dict[str, Any] | None = None,
+            **settings: Any) -> RunDir:
+    """Run stage ``name`` on a run directory, or reuse its output when it is current.
+
+    Parameters
+    ----------
+    name : str
+        A stage of :data:`STAGES`.
+    run_dir : str, Path or RunDir
+        The run directory (made by the stage when it ``creates_run``).
+    config : Config, optional
+        All settings.  By default the run's own ``config.toml`` (the defaults for a
+        new run), exactly as the command line starts.
+    force : bool
+        Recompute even when inputs and settings are unchanged.
+    progress : bool
+        Show progress bars.
+    options : dict, optional
+        The stage's non-setting inputs (:attr:`Stage.arguments`).
+    **settings
+        Overrides of the stage's own config section, e.g. ``k=10`` for ``cluster``.
+
+    Returns
+    -------
+    RunDir
+
+    Raises
+    ------
+    ConfigError
+        A setting is unknown or not allowed (nothing was written).
+    RunDirError
+        The run directory is missing, busy with another writer, from another format
+        version, or lacks an upstream stage's output.
+    """
+    stage = get_stage(name)
+    if stage.creates_run:
+        run = run_dir if isinstance(run_dir, RunDir) else RunDir.create(run_dir)
+    else:
+        run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    config = config if config is not None else run_config(run)
+    if settings:
+        if not stage.sections:
+            raise ConfigError(f"stage {name} has no settings of its own; got {', '.join(settings)}")
+        config = config.update({stage.sections[0]: settings})
+    if stage.switch is not None:
+        section, key = stage.switch.split(".")
+        if not getattr(config.section(section), key):
+            log.warning("%s: %s was false; running the stage by hand switches it on (recorded in "
+                        "config.toml), so the stages after it read its output. Undo with "
+                        "--set %s=false and re-run them.", name, stage.switch, stage.switch)
+            config = config.update({section: {key: True}})
+    if stage.check is not None:
+        stage.check(config)
+    ctx = StageContext(run=run, config=config, options=dict(options or {}), progress=progress)
+    with run.lock(f"skymorph {name}"):
+        extra = stage.extra(ctx) if stage.extra is not None else None
+        fingerprint = run.fingerprint(name, config, stage.sections, upstream=stage.upstream(config),
+                                      extra=extra)
+        if not (force or stage.always) and run.is_current(name, fingerprint) and all(
+                run.exists(path) for path in stage.outputs):
+            log.info("%s: inputs and settings unchanged, reusing the output in %s", name, run.path)
+        else:
+            ctx.fingerprint = fingerprint
+            run.invalidate(name)
+            run.record_config(config)
+            summary = stage.compute(ctx) or {}
+            run.mark_done(name, fingerprint, **summary)
+        if stage.finish is not None:
+            stage.finish(ctx)
+    return run

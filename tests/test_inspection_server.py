@@ -344,6 +344,7 @@ def test_other_malformed_requests_get_json_answers(served, no_tracebacks):
     for value in ("abc", "1e400", "nan", "-1", "0", "100", "inf", "1;2"):
         assert_json_error(*http(served, "GET", f"/galaxy/{stamp}.png?softening={value}"), 400)
     assert http(served, "GET", f"/galaxy/{stamp}.png?softening=0.5")[0] == 200
+    assert http(served, "GET", "//api/state")[0] == 200  # server.url + "/api/state"
     assert_json_error(*http(served, "DELETE", "/api/vote"), 405)
     assert_json_error(*http(served, "PUT", "/api/vote", b"{}"), 405)
     # what the stdlib parser refuses is answered in JSON too

@@ -32,8 +32,9 @@ import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs
 
 import numpy as np
 
@@ -303,7 +304,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True  # one request per connection: an unread body is never parsed
         try:
             self._check_host_and_origin()
-            url = urlparse(self.path)
+            # origin-form target; "//api/vote" (a base URL with a trailing slash plus "/api/vote")
+            # is the same path, not a host name as urlparse would read it
+            target, _, query = self.path.partition("?")
+            url = SimpleNamespace(path=re.sub(r"/{2,}", "/", target), query=query.partition("#")[0])
             if method in ("GET", "HEAD"):
                 self._get(url)
             elif method == "POST":

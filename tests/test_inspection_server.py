@@ -400,3 +400,23 @@ def test_a_formula_name_sent_to_the_server_is_stored_quoted(served):
     assert ["'" + name, str(cluster), "IRR"] in [r[:3] for r in rows]
     state = json.loads(http(served, "GET", "/api/state?expert=" + urllib.parse.quote(name))[2])
     assert state["votes"][str(cluster)] == "IRR"
+
+
+def test_host_check_of_a_wildcard_bind():
+    """Bound to 0.0.0.0 (colleagues vote over the network): any IP address of the machine or its
+    own name, with the right port; never another domain name (DNS rebinding)."""
+    from skymorph.inspection.server import _Handler
+
+    server = InspectionServer(("127.0.0.1", 0), _Handler)  # the check only, without opening the network
+    try:
+        server.bind_host = "0.0.0.0"
+        port = port_of(server)
+        for host in (f"127.0.0.1:{port}", f"192.168.1.5:{port}", f"[::1]:{port}", f"localhost:{port}",
+                     f"{socket.gethostname()}:{port}"):
+            assert server.host_allowed(host), host
+        for host in (f"evil.example:{port}", f"192.168.1.5:{port + 1}", "192.168.1.5", f"a b:{port}",
+                     f"127.0.0.1:{port}@evil.example", ""):
+            assert not server.host_allowed(host), host
+        assert server.url == f"http://127.0.0.1:{port}/"
+    finally:
+        server.server_close()

@@ -21,6 +21,7 @@ opens in the same browser can send requests to it):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -432,6 +433,11 @@ class InspectionServer(ThreadingHTTPServer):
     def token_url(self) -> str:
         return f"{self.url}?token={self.token}"
 
+    @functools.cached_property
+    def _own_names(self) -> frozenset[str]:
+        """This machine's names (looked up once: getfqdn may ask the DNS)."""
+        return frozenset({"localhost", socket.gethostname().lower(), socket.getfqdn().lower()})
+
     def host_allowed(self, host: str) -> bool:
         """Whether a ``Host`` header names this server (bound address or name, and port)."""
         m = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]]+)(?::([0-9]{1,5}))?", host)
@@ -449,8 +455,7 @@ class InspectionServer(ThreadingHTTPServer):
             return True
         if self.bind_host in _WILDCARD:
             # any address of this machine; names only where they are this machine's own
-            return ip is not None or name in ("localhost", socket.gethostname().lower(),
-                                              socket.getfqdn().lower())
+            return ip is not None or name in self._own_names
         loopback = any(_is_loopback(b) for b in bound)
         return loopback and (name == "localhost" or (ip is not None and ip.is_loopback))
 

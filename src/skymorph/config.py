@@ -517,9 +517,17 @@ class InspectConfig:
         flag="--array",
         choices=("stamps", "denoised"),
     )
+    stretch: str = setting(
+        "auto",
+        "Display of the stamps: ``asinh`` (Lupton-style asinh stretch, for linear FITS/NPY inputs), "
+        "``linear`` (min-max, for inputs that are already display-scaled) or ``auto`` (``linear`` for "
+        "stamps ingested from 8-bit JPEG/PNG files, ``asinh`` for the rest).",
+        choices=("auto", "asinh", "linear"),
+    )
     stretch_percentile: float = setting(
-        99.5,
-        "Per-stamp scale: this percentile of the background-subtracted pixels maps to 1.",
+        99.9,
+        "asinh white point: this percentile of the central segment's background-subtracted pixels "
+        "maps to 1, so galaxy cores do not saturate.",
         min=50,
         max=100,
     )

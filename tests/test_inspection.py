@@ -24,11 +24,10 @@ from skymorph.inspection import (
     consensus_labels,
     load_manifest,
     make_server,
-    merge,
-    montage,
     sample_members,
     stretch,
 )
+from skymorph.stages.inspect import merge, montage
 
 
 def cluster_catalog(run: RunDir, k: int = 4, seed: int = 0) -> pd.DataFrame:

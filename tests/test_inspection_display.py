@@ -20,11 +20,10 @@ from skymorph.inspection import (
     linear,
     load_manifest,
     make_server,
-    merge,
-    montage,
     stretch,
 )
 from skymorph.inspection.montage import display_scaled_stamps, stamp_pixel_scales
+from skymorph.stages.inspect import merge, montage
 from test_inspection import cluster_catalog
 
 GZ1_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz1_sdss" / "images"

@@ -19,21 +19,22 @@ agree.  The package holds the three steps of that work:
     Votes -> one type per cluster -> ``morph_type`` in the catalog, and the
     number of galaxies per type (the paper's Table 2).
 
-The command line (``skymorph inspect ACTION``) is in :mod:`._cli`.
+The montage and merge stages that run these through the executor, with their
+public functions :func:`skymorph.montage` and :func:`skymorph.merge`, are in
+:mod:`skymorph.stages.inspect`; the command line is in :mod:`skymorph.cli`.
 """
 
 from __future__ import annotations
 
-from ._cli import add_arguments, main
-from .merge import format_counts, merge, read_votes, type_counts
+from .merge import format_counts, merge_votes, read_votes, type_counts
 from .montage import (
     InspectError,
     clustering_fingerprint,
     consensus_labels,
     display,
+    draw_montages,
     linear,
     load_manifest,
-    montage,
     sample_members,
     stretch,
 )
@@ -41,8 +42,8 @@ from .server import TYPE_NAMES, InspectionServer, make_server, serve
 from .votes import VOTE_COLUMNS, VoteStore
 
 __all__ = [
-    "montage", "make_server", "serve", "merge", "sample_members", "consensus_labels",
+    "draw_montages", "make_server", "serve", "merge_votes", "sample_members", "consensus_labels",
     "clustering_fingerprint", "stretch", "linear", "display", "read_votes", "type_counts",
     "format_counts", "load_manifest", "VoteStore", "InspectionServer", "InspectError", "TYPE_NAMES",
-    "VOTE_COLUMNS", "add_arguments", "main",
+    "VOTE_COLUMNS",
 ]

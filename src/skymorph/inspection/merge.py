@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -103,8 +102,7 @@ def type_counts(catalog: pd.DataFrame, types: Sequence[str]) -> pd.DataFrame:
     return table
 
 
-def merge(run_dir: str | os.PathLike | RunDir, votes: Sequence[str | os.PathLike] | None = None,
-          config: Config | None = None, min_agree: int | None = None) -> pd.DataFrame:
+def merge_votes(run: RunDir, votes: Sequence[str | os.PathLike] | None, config: Config) -> pd.DataFrame:
     """Turn the experts' votes into one type per cluster and write ``morph_type``.
 
     A cluster takes the type named by at least ``min_agree`` experts (and by more
@@ -123,14 +121,12 @@ def merge(run_dir: str | os.PathLike | RunDir, votes: Sequence[str | os.PathLike
 
     Parameters
     ----------
-    run_dir : str, Path or RunDir
+    run : RunDir
         Run directory with a catalog.
-    votes : sequence of paths, optional
-        Vote files; ``RUN_DIR/inspection/votes.csv`` by default.
-    config : Config, optional
+    votes : sequence of paths or None
+        Vote files; ``RUN_DIR/inspection/votes.csv`` when None.
+    config : Config
         Settings (``inspect.min_agree``, ``inspect.types``).
-    min_agree : int, optional
-        Overrides ``inspect.min_agree``.
 
     Returns
     -------
@@ -138,14 +134,10 @@ def merge(run_dir: str | os.PathLike | RunDir, votes: Sequence[str | os.PathLike
         One row per consensus cluster: ``cluster``, ``n_galaxies``, ``morph_type``,
         ``type_flag``, ``n_experts``, ``n_agree``, ``type_agreement``, ``votes``.
     """
-    config = config or Config()
     cfg = config.inspect
-    min_agree = cfg.min_agree if min_agree is None else int(min_agree)
-    if min_agree < 1:
-        raise InspectError(f"min_agree must be at least 1 (got {min_agree})")
+    min_agree = cfg.min_agree
     types = list(cfg.types)
     fallback = types[-1]
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     catalog = run.catalog()
     labels = consensus_labels(catalog)
     clustering = clustering_fingerprint(catalog)
@@ -200,11 +192,6 @@ def merge(run_dir: str | os.PathLike | RunDir, votes: Sequence[str | os.PathLike
         "clustering": clustering, "counts": counts.to_dict(orient="records"),
         "clusters": json.loads(result.to_json(orient="records")),
     }, indent=2))
-    fp = run.fingerprint("inspect", config, [], upstream=[], extra={
-        "clustering": clustering, "min_agree": min_agree,
-        "votes": hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()[:16]})
-    run.mark_done("inspect", fp, n_votes=len(table),
-                  **{f"n_{r['type']}": int(r["n_galaxies"]) for r in counts.to_dict(orient="records")})
     return result
 
 

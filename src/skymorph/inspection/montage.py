@@ -373,28 +373,34 @@ MONTAGE_SETTINGS = ("per_cluster", "seed", "grid_cols", "thumb_px", "array", "st
                     "stretch_percentile", "asinh_softening", "stretch_noise_sigmas")
 
 
-def montage(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
-            progress: bool = True) -> RunDir:
+def montage_settings(config: Config) -> dict[str, Any]:
+    """The settings that change the montages (part of the montage stage's fingerprint)."""
+    return {k: getattr(config.inspect, k) for k in MONTAGE_SETTINGS}
+
+
+def draw_montages(run: RunDir, config: Config, progress: bool = True) -> dict[str, Any]:
     """Draw one montage per consensus cluster and an HTML gallery of them.
 
     Writes ``RUN_DIR/inspection/montages/cluster_NNN.png`` (a ``grid_cols``-wide
     grid of up to ``per_cluster`` members drawn by :func:`sample_members`, each
     shown by :func:`display`), ``montages.json`` (which galaxy is in which cell)
-    and ``index.html`` (the gallery).  Nothing is redrawn when the clustering and
-    the montage settings are unchanged.
+    and ``index.html`` (the gallery).  The montage stage
+    (:func:`skymorph.stages.inspect.montage`) calls this when the clustering or the
+    montage settings changed.
 
     Parameters
     ----------
-    run_dir : str, Path or RunDir
+    run : RunDir
         Run directory with a catalog (``skymorph cluster``).
-    config : Config, optional
-        Settings (the ``inspect`` section); defaults to ``Config()``.
+    config : Config
+        Settings (the ``inspect`` section).
     progress : bool
         Show a progress bar.
 
     Returns
     -------
-    RunDir
+    dict
+        ``n_clusters`` and ``n_consensus``.
 
     Raises
     ------
@@ -405,22 +411,12 @@ def montage(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
     """
     from tqdm.auto import tqdm
 
-    config = config or Config()
     cfg = config.inspect
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     catalog = run.catalog()
     labels = consensus_labels(catalog)
     clustering = clustering_fingerprint(catalog)
-    settings = {k: getattr(cfg, k) for k in MONTAGE_SETTINGS}
-    upstream = ["ingest"] + (["denoise"] if cfg.array == "denoised" else [])
-    fp = run.fingerprint("montage", config, [], upstream=upstream,
-                         extra={"clustering": clustering, **settings})
+    settings = montage_settings(config)
     out = inspection_dir(run)
-    if run.is_current("montage", fp) and _manifest_path(run).exists():
-        manifest = load_manifest(run)
-        if all((out / c["png"]).exists() for c in manifest["clusters"]):
-            log.info("montage: clustering and settings unchanged, reusing %s", out)
-            return run
     if not (labels >= 0).any():
         raise InspectError(
             f"no galaxy of {run.path} is in a consensus cluster (all {len(labels)} have cluster = -1); "
@@ -429,8 +425,6 @@ def montage(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
     if cfg.array not in ("stamps", "denoised"):
         raise InspectError(f"inspect.array must be 'stamps' or 'denoised' (got {cfg.array!r})")
     uses_asinh(cfg, False)  # checks inspect.stretch before anything is drawn
-    run.invalidate("montage")
-    run.record_config(config)
     images = run.open_array(cfg.array)
     stamp_index = _stamp_index(catalog)
     if stamp_index.size and stamp_index.max() >= images.shape[0]:
@@ -471,8 +465,9 @@ def montage(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, _manifest_path(run))
     (out / "index.html").write_text(gallery_html(run, manifest, int(scaled[stamp_index].sum())))
-    run.mark_done("montage", fp, n_clusters=len(entries), n_consensus=manifest["n_consensus"])
-    return run
+    return {"n_clusters": len(entries), "n_consensus": manifest["n_consensus"]}
+
+
 
 
 def gallery_html(run: RunDir, manifest: dict[str, Any], n_display_scaled: int = 0) -> str:

@@ -47,7 +47,6 @@ from .montage import (
     display,
     display_scaled_stamps,
     load_manifest,
-    montage,
     stamp_pixel_scales,
     to_png,
     uses_asinh,
@@ -483,7 +482,7 @@ def make_server(run_dir: str | os.PathLike | RunDir, config: Config | None = Non
     run_dir : str, Path or RunDir
         Run directory with a catalog.
     config : Config, optional
-        Settings (the ``inspect`` section).
+        All settings; by default the run's own ``config.toml``.
     host, port : optional
         Override ``inspect.host`` / ``inspect.port``; port 0 picks a free port.
     progress : bool
@@ -495,8 +494,11 @@ def make_server(run_dir: str | os.PathLike | RunDir, config: Config | None = Non
     -------
     InspectionServer
     """
-    config = config or Config()
-    run = montage(run_dir, config, progress=progress)
+    from ..stages.inspect import montage  # the montage stage: drawn only when missing or stale
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    config = config if config is not None else run.config()
+    montage(run, config, progress=progress)
     bind = host or config.inspect.host
     server = InspectionServer((bind, config.inspect.port if port is None else port), _Handler)
     server.bind_host = bind

@@ -179,7 +179,7 @@ def test_montage_cli(clustered_run, capsys):
     with pytest.raises(SystemExit):
         cli.main(["inspect", "montage", "--help"])
     helptext = capsys.readouterr().out
-    assert "--per-cluster" in helptext and "default 100" in helptext
+    assert "--per-cluster" in helptext and "default: 100" in helptext
 
 
 # --- the voting server ----------------------------------------------------------------------------

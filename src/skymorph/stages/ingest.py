@@ -726,8 +726,8 @@ def _walk(root: Path, found: _Found) -> int:
             st = os.stat(directory)
             key = (st.st_dev, st.st_ino)
             if key in seen:
-                found.reject(directory, "symbolic link to a directory already searched (a loop); "
-                             "not searched again")
+                found.reject(directory, "directory already searched through another path (a "
+                             "symbolic link loop, or a second link to it); not searched again")
                 continue
             seen.add(key)
             with os.scandir(directory) as listing:

@@ -307,3 +307,23 @@ def test_companion_error_maps_by_pattern(tmp_path):
     rms = np.asarray(run.open_array("rms"))
     assert np.nanmax(np.where(np.isinf(rms[0]), np.nan, rms[0])) == pytest.approx(0.1)
     assert np.nanmax(np.where(np.isinf(rms[1]), np.nan, rms[1])) == pytest.approx(0.2)
+
+
+def test_resampled_stamp_rms_and_psf_follow_the_pixel_scale():
+    rng = np.random.default_rng(4)
+    image = rng.normal(0, 1, (200, 200))
+    image[90:110, 90:110] += 10
+    rms_map = np.ones_like(image)
+    rms_map[:, :20] = np.inf  # unmeasured columns stay unmeasured after resampling
+    config = IngestConfig(frame_fraction=1.0, recentre=False)
+    stamp, info, rms = make_stamp(image, config, "resample", rng, rms=rms_map)
+    assert info["frame_side"] == 200 and stamp.shape == rms.shape == (100, 100)
+    # 2 x 2 pixels averaged: the noise halves, as the stamp's own noise does
+    assert np.allclose(rms[:, 12:], 0.5) and np.isinf(rms[:, :10]).all()
+    assert info["noise_sigma"] == pytest.approx(0.5, rel=0.1)
+    # a PSF 8 pixels wide becomes 4 pixels wide
+    y, x = np.mgrid[:41, :41] - 20
+    wide = np.exp(-(x**2 + y**2) / (2 * 8.0**2))
+    kernel, _ = prepare_psf(wide, 41, zoom=0.5)
+    profile = kernel[20] / kernel[20, 20]
+    assert np.interp(np.exp(-0.5), profile[20:][::-1], np.arange(21)[::-1]) == pytest.approx(4, abs=0.3)

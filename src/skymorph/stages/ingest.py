@@ -369,7 +369,8 @@ def prepare_psf(psf: np.ndarray, size: int, zoom: float = 1.0) -> tuple[np.ndarr
         Odd side of the result.
     zoom : float
         Pixel-scale change of the stamp (stamp_size / frame side of a resampled
-        stamp); the PSF is resampled by the same factor (linear interpolation).
+        stamp); the PSF is resampled by the same factor, each new pixel averaging
+        bilinear samples over its footprint.
 
     Returns
     -------
@@ -388,17 +389,26 @@ def prepare_psf(psf: np.ndarray, size: int, zoom: float = 1.0) -> tuple[np.ndarr
         raise Reject(f"PSF is {psf.ndim}-dimensional")
     if not np.isfinite(psf).all():
         raise Reject("PSF has NaN/inf pixels")
-    if zoom != 1.0:
-        psf = ndimage.zoom(psf, zoom, order=1)
     total = psf.sum()
     if not total > 0:
         raise Reject("PSF has no positive flux")
     py, px = np.unravel_index(np.argmax(psf), psf.shape)
-    kernel = _cut_plain(psf, int(py), int(px), size, 0.0)
-    inside = kernel.sum()
+    if zoom == 1.0:
+        kernel = _cut_plain(psf, int(py), int(px), size, 0.0)
+        inside = kernel.sum()
+    else:
+        # each new pixel averages n x n bilinear samples across its footprint of
+        # 1/zoom old pixels (the stamp's BOX/LANCZOS resampling integrates the same way)
+        n = max(1, int(np.ceil(1 / zoom)))
+        sub = (np.arange(n) + 0.5) / n - 0.5
+        offsets = ((np.arange(size) - size // 2)[:, None] + sub[None, :]).ravel() / zoom
+        yy, xx = np.meshgrid(py + offsets, px + offsets, indexing="ij")
+        samples = ndimage.map_coordinates(psf, [yy, xx], order=1, mode="constant", cval=0.0)
+        kernel = samples.reshape(size, n, size, n).mean(axis=(1, 3))
+        inside = kernel.sum() / zoom**2
     if not inside > 0:
         raise Reject("PSF has no positive flux near its peak")
-    return (kernel / inside).astype(np.float32), float(inside / total)
+    return (kernel / kernel.sum()).astype(np.float32), float(min(1.0, inside / total))
 
 
 # --- work items ----------------------------------------------------------------------

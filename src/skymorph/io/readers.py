@@ -105,6 +105,8 @@ def check_pixels(shape: tuple[int, ...], max_pixels: float, what: str) -> None:
 
 def _hdu_shape(hdu: fits.hdu.base._BaseHDU) -> tuple[int, ...]:
     """Shape (numpy order) that an HDU's header promises, read without touching the data."""
+    if hdu.is_image:
+        return tuple(int(n) for n in hdu.shape)  # parsed with the header, no card lookups
     header = hdu.header
     naxis = int(header.get("NAXIS", 0))
     return tuple(int(header.get(f"NAXIS{i}", 0)) for i in range(naxis, 0, -1))
@@ -112,14 +114,16 @@ def _hdu_shape(hdu: fits.hdu.base._BaseHDU) -> tuple[int, ...]:
 
 def _check_hdu(hdul: fits.HDUList, index: int, max_pixels: float, file_size: int | None) -> None:
     """Size checks of one HDU from its header: pixel count, and (uncompressed files)
-    whether the file is long enough to hold the data the header announces."""
+    whether the whole file could hold the data the header announces."""
     hdu = hdul[index]
     shape = _hdu_shape(hdu)
     check_pixels(shape, max_pixels, f"HDU {index}'s header")
-    if file_size is None or isinstance(hdu, fits.CompImageHDU) or not shape:
+    n = math.prod(shape) if shape else 0
+    # a header that promises more bytes than the file holds is a lie told before any
+    # allocation; near misses are caught by astropy's truncation warning when read
+    if file_size is None or isinstance(hdu, fits.CompImageHDU) or n * 8 <= file_size:
         return
-    nbytes = math.prod(shape) * abs(int(hdu.header.get("BITPIX", 8))) // 8
-    if hdul.fileinfo(index)["datLoc"] + nbytes > file_size:
+    if n * abs(int(hdu.header.get("BITPIX", 8))) // 8 > file_size:
         raise Reject("truncated FITS file (data shorter than its header says)")
 
 
@@ -161,11 +165,11 @@ def fits_image(hdul: fits.HDUList, hdu: int | None, max_pixels: float = DEFAULT_
             raise Reject(f"has no HDU {hdu} (it has {len(hdul)}); choose another --hdu")
         index = hdu
     else:
-        candidates = [i for i, h in enumerate(hdul) if h.is_image and h.header.get("NAXIS", 0) >= 2
-                      and str(h.name).strip().upper() not in _AUX_HDU_NAMES]
-        if not candidates:
+        single = len(hdul) == 1  # the usual case: no EXTNAME to look at
+        index = next((i for i, h in enumerate(hdul) if h.is_image and len(h.shape) >= 2
+                      and (single or str(h.name).strip().upper() not in _AUX_HDU_NAMES)), None)
+        if index is None:
             raise Reject("no image HDU (only tables or empty HDUs); is it a catalog?")
-        index = candidates[0]
     _check_hdu(hdul, index, max_pixels, file_size)
     data = hdul[index].data
     if data is None:

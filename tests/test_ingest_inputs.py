@@ -232,6 +232,7 @@ def test_cosmos_collection_gives_rms_and_psf_in_stamp_order(cosmos_run):
     info = cosmos_run.stage_info("ingest")
     assert info["n_rms"] == info["n_psf"] == 100
     assert info["rms_sources"] == {"catalog NOISE_VARIANCE": 100}
+    assert info["psf_sources"] == {"real_galaxy_PSF_images_extension.fits": 100}
     # each stamp's own noise: sqrt(NOISE_VARIANCE) of its catalog row over its own pixels,
     # inf over the padding
     for i in range(100):
@@ -270,6 +271,9 @@ def test_wht_extension_becomes_rms_cut_like_the_stamp(tmp_path):
     assert list(sources.index) == ["a_plain", "b_wht", "c_var"]
     assert sources["has_rms"].tolist() == [False, True, True]
     assert sources.loc["b_wht", "rms_source"] == "HDU 1 WHT (weight)"
+    info = run.stage_info("ingest")
+    assert info["rms_sources"] == {"HDU WHT (weight)": 1, "HDU VAR (variance)": 1}
+    assert info["psf_sources"] == {"HDU PSF": 1} and info["n_psf"] == 1
     rms = np.asarray(run.open_array("rms"))
     stamps = np.asarray(run.open_array("stamps"))
     assert rms.shape == (3, 64, 64) and np.isnan(rms[0]).all()

@@ -389,7 +389,7 @@ def _read_fits(path: Path, hdu: int | None, max_pixels: float, with_extras: bool
                     try:
                         _check_hdu(hdul, psfs[0], max_pixels, size)
                         image.psf = np.squeeze(np.array(hdul[psfs[0]].data, dtype=np.float64))
-                        image.psf_source = f"{path}[{psfs[0]}]"
+                        image.psf_source = f"HDU {psfs[0]} PSF"
                     except (Reject, OSError, ValueError, TypeError) as exc:
                         psf_note = f"PSF HDU {psfs[0]} unreadable: {exc}"
                 image.note = "; ".join(n for n in (note, psf_note) if n)

@@ -1177,9 +1177,17 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
 
 def _kinds(sources: pd.Series) -> dict[str, int]:
     """Counts of where error maps / PSFs came from, by kind rather than by file."""
-    kinds = sources.map(lambda s: re.sub(r"^(file|HDU) \S+", r"\1", s) if not s.startswith("/")
-                        else Path(s.rsplit("[", 1)[0]).name)
-    return {str(k): int(v) for k, v in kinds.value_counts().items()}
+
+    def kind(source: str) -> str:
+        if m := re.fullmatch(r"HDU \d+ (.*)", source):
+            return f"HDU {m[1]}"
+        if m := re.fullmatch(r"file .* \((\w+)\)", source):
+            return f"companion file ({m[1]})"
+        if m := re.fullmatch(r"(.*)\[-?\d+\]", source):
+            return Path(m[1]).name
+        return source
+
+    return {str(k): int(v) for k, v in sources.map(kind).value_counts().items()}
 
 
 def _check(config: Config) -> None:

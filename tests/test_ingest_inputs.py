@@ -331,3 +331,17 @@ def test_resampled_stamp_rms_and_psf_follow_the_pixel_scale():
     kernel, _ = prepare_psf(wide, 41, zoom=0.5)
     profile = kernel[20] / kernel[20, 20]
     assert np.interp(np.exp(-0.5), profile[20:][::-1], np.arange(21)[::-1]) == pytest.approx(4, abs=0.3)
+
+
+def test_collection_without_its_psf_file_keeps_stamps_and_says_why(tmp_path):
+    collection = tmp_path / "collection"
+    collection.mkdir()
+    for path in COSMOS_STAMPS.iterdir():
+        if "PSF" not in path.name:
+            os.symlink(path, collection / path.name)
+    run = ingest([collection], tmp_path / "run", _config(select=["MAG < 22.5"]), progress=False)
+    sources = run.sources()
+    assert len(sources) == 5 and sources["has_rms"].all() and not sources["has_psf"].any()
+    assert sources["note"].str.contains("real_galaxy_PSF_images_extension.fits").all()
+    assert run.has_array("rms") and not run.has_array("psf")
+    assert run.stage_info("ingest")["n_psf"] == 0 and len(run.rejects("ingest")) == 0

@@ -115,6 +115,46 @@ class IngestConfig:
     min_size: int = setting(
         8, "Inputs smaller than this on either axis are rejected.", flag="--min-size", min=1
     )
+    max_pixels: int = setting(
+        100_000_000,
+        "Largest input image, in pixels, read from its header before any pixel is decoded (FITS "
+        "NAXISn, PNG/JPEG size, NPY shape); larger ones are rejected with the size they claim. "
+        "Applies to per-galaxy files, collection HDUs and fields alike (10^8 float64 pixels: 0.8 GB "
+        "per worker).",
+        flag="--max-pixels",
+        min=1,
+    )
+    max_nonfinite_fraction: float = setting(
+        0.5,
+        "Largest share of NaN/inf pixels among the survey pixels that land in a stamp; a stamp that "
+        "would be mostly noise filling is rejected instead.",
+        flag="--max-nonfinite-fraction",
+        min=0,
+        max=1,
+    )
+    error_maps: str | None = setting(
+        None,
+        "Companion error maps of image files: a directory holding a file of each image's name (or "
+        "its stem with a FITS/NPY suffix), or a pattern with ``{stem}`` (wildcards allowed), e.g. "
+        "``rms/{stem}_rms.fits``. Error-map HDUs in the image's own FITS file (WHT, RMS, ERR, ...) "
+        "and a collection catalog's NOISE_VARIANCE are read without it. Written to the ``rms`` array "
+        "(1-sigma per pixel).",
+        flag="--error-maps",
+    )
+    error_map_kind: str = setting(
+        "auto",
+        "What the companion error maps hold: ``rms`` (1-sigma), ``variance``, ``weight`` (inverse "
+        "variance), or ``auto`` (the HDU's EXTNAME, else a word of the file name: wht/weight/ivar, "
+        "var, rms/err/sigma/noise).",
+        flag="--error-map-kind",
+        choices=("auto", "rms", "variance", "weight"),
+    )
+    psf_size: int = setting(
+        41,
+        "Side (odd) of the PSF images written to the ``psf`` array, peak on the central pixel, "
+        "each normalised to sum 1. 41 keeps 98% of a COSMOS F814W PSF's flux (25: 96%).",
+        min=3,
+    )
     recentre: bool = setting(
         True,
         "Shift each stamp so that the galaxy's smoothed peak, searched near the centre, lands on "

@@ -107,13 +107,13 @@ def type_counts(table: pd.DataFrame, types: Sequence[str]) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``counts`` (type -> galaxies, in ``types`` order, then any other value seen),
+        ``counts`` (type -> galaxies: every one of ``types``, then any other value seen),
         ``n_no_consensus``, ``n_catalog`` and, when the catalog has it, ``n_kept``.
     """
     seen = table["morph_type"].value_counts()
-    order = [t for t in types if t in seen.index]
+    order = list(types)  # every type, a zero count included, so UNC always shows beside no consensus
     order += sorted(t for t in seen.index if t not in order and t != NO_CONSENSUS)
-    out: dict[str, Any] = {"counts": {t: int(seen[t]) for t in order},
+    out: dict[str, Any] = {"counts": {t: int(seen.get(t, 0)) for t in order},
                            "n_no_consensus": int(seen.get(NO_CONSENSUS, 0)), "n_catalog": int(len(table))}
     if "consensus" in table.columns:
         out["n_kept"] = int(table["consensus"].fillna(False).astype(bool).sum())
@@ -454,8 +454,8 @@ def g2_reliability(sample: pd.DataFrame, noise_tolerance: float | None, saturate
                   f"{definition}: G2 still spans the range that separates types")
     else:
         reason = (f"{share:.0%} of the measured galaxies have G2 > {saturated_g2:g}{sn_text} with "
-                  f"{definition}: noise breaks the symmetric gradient pairs, G2 is saturated near 2 for "
-                  "every type and does not measure morphology here")
+                  f"{definition}: G2 is saturated near 2 for every type and does not measure morphology "
+                  "here")
     return {"reliable": bool(reliable), "share_saturated": share, "median_g2": float(np.median(g2[ok])),
             "median_sn": median_sn, "noise_tolerance": noise_tolerance, "n": int(ok.sum()),
             "threshold": saturated_g2, "reason": reason}

@@ -66,17 +66,15 @@ def _subplots(ncols: int, nrows: int = 1, height: float = 4.0, width: float = WI
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height * nrows), squeeze=False)
+    # constrained layout keeps labels clear of the next panel without tight_layout's warnings
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height * nrows), squeeze=False,
+                             layout="constrained")
     return fig, axes.ravel()
 
 
 def _finish(fig, key: str, title: str, note: str = "") -> Figure:
     import matplotlib.pyplot as plt
 
-    try:
-        fig.tight_layout()
-    except (ValueError, RuntimeError):  # a degenerate axis must not lose the figure
-        pass
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     plt.close(fig)
@@ -173,6 +171,14 @@ def gini_m20_figure(etg: pd.DataFrame, ltg: pd.DataFrame, etg_name: str, ltg_nam
                    "ETG versus LTG")
 
 
+def _type_label(t: str, labels: dict[str, str]) -> str:
+    """'SPH: spheroid'; the no-consensus value by its words alone."""
+    words = labels.get(t, "")
+    if t == "NOCONS":
+        return words or "no consensus"
+    return f"{t}: {words}" if words and words != t else t
+
+
 def _finite_values(frame: pd.DataFrame, col: str) -> np.ndarray:
     if col not in frame.columns:
         return np.array([])
@@ -224,9 +230,10 @@ def kept_rejected_figure(table: pd.DataFrame, kept: np.ndarray, columns: Sequenc
         ax.set_ylabel("probability density")
         t = tests.get(col, {})
         nan = float("nan")
-        ax.text(0.02, 0.97, f"KS p = {t.get('ks_pvalue', nan):.2g}\nd = {t.get('cohens_d', nan):.2f}, "
-                f"δ = {t.get('cliffs_delta', nan):.2f}", transform=ax.transAxes, va="top", fontsize=9)
-        ax.legend(fontsize=9, loc="upper right")
+        # the tests as the panel's heading, clear of the histograms
+        ax.set_title(f"KS p = {t.get('ks_pvalue', nan):.2g}, d = {t.get('cohens_d', nan):.2f}, "
+                     f"δ = {t.get('cliffs_delta', nan):.2f}", fontsize=10)
+        ax.legend(fontsize=9)
     for ax in axes[len(columns):]:
         ax.set_visible(False)
     return _finish(fig, "fig14", "Fig. 14: kept versus rejected galaxies (KS p-value, Cohen's d, Cliff's δ)")
@@ -241,7 +248,7 @@ def maps_figure(maps: dict[str, np.ndarray], types: np.ndarray, order: Sequence[
             sel = types == t
             if sel.any():
                 ax.scatter(xy[sel, 0], xy[sel, 1], s=12, alpha=0.8, color=colours.get(t, "#444444"),
-                           label=f"{labels.get(t, t)} ({int(sel.sum())})")
+                           label=_type_label(t, labels) + f" ({int(sel.sum())})")
         ax.set_xlabel(f"{name} 1")
         ax.set_ylabel(f"{name} 2")
         ax.set_xticks([])
@@ -270,5 +277,5 @@ def stamps_figure(images: dict[str, list[tuple[str, np.ndarray]]], labels: dict[
             else:
                 ax.set_axis_off()
             if c == 0:
-                ax.set_ylabel(labels.get(t, t), fontsize=11)
+                ax.set_ylabel(_type_label(t, labels).replace(": ", "\n"), fontsize=11)
     return _finish(fig, "stamps", "Example stamps of each type (asinh stretch, random members)")

@@ -86,6 +86,9 @@ def wilson_interval(k: int | np.ndarray, n: int | np.ndarray, confidence: float 
         bounds = binom_conf_interval(k[valid].astype(int), n[valid].astype(int),
                                      confidence_level=confidence, interval="wilson")
         low[valid], high[valid] = np.clip(bounds, 0.0, 1.0)
+        # astropy's rounding leaves ~1e-17 where the exact bound is 0 (k = 0) or 1 (k = n)
+        low[valid & (k == 0)] = 0.0
+        high[valid & (k == n)] = 1.0
     if low.ndim == 0:
         return float(low), float(high)
     return low, high

@@ -414,7 +414,8 @@ def nonlinear_inputs(table: pd.DataFrame) -> dict[str, Any]:
         ``examples`` (a few origins).
     """
     nonlinear, known, source = nonlinear_mask(table)
-    examples = (table.loc[nonlinear, "origin"].astype(str).head(3).tolist()
+    # distinct files: a multi-image file would otherwise fill the examples with one name
+    examples = (list(dict.fromkeys(table.loc[nonlinear, "origin"].astype(str)))[:3]
                 if "origin" in table.columns else [])
     return {"n_nonlinear": int(nonlinear.sum()), "n": int(known.sum()), "source": source,
             "examples": examples}

@@ -153,7 +153,7 @@ def gini_m20_figure(etg: pd.DataFrame, ltg: pd.DataFrame, etg_name: str, ltg_nam
         ax.set_xlim(min(-0.5, np.nanmax(m20) + 0.1), max(-3.0, np.nanmin(m20) - 0.1))
     else:
         ax.invert_xaxis()  # M20 grows to the left by convention (Lotz et al. 2004)
-    ax.set_xlabel("M20 (decreasing: more concentrated)")
+    ax.set_xlabel("M20 (more concentrated to the right)")
     ax.set_ylabel("Gini G")
     ax.legend(fontsize=9, loc="lower left")
     if has_n:
@@ -167,8 +167,8 @@ def gini_m20_figure(etg: pd.DataFrame, ltg: pd.DataFrame, etg_name: str, ltg_nam
         ax.set_xlabel("Sersic n")
         ax.set_ylabel("probability density")
         ax.legend(fontsize=9)
-    return _finish(fig, "fig12", "Fig. 12: Gini-M20 plane with the Lotz et al. (2008) lines, and Sersic n, "
-                   "ETG versus LTG")
+    title = "Fig. 12: ETG versus LTG on the Gini-M20 plane with the Lotz et al. (2008) lines"
+    return _finish(fig, "fig12", title + (", and their Sersic n" if has_n else ""))
 
 
 def _type_label(t: str, labels: dict[str, str]) -> str:

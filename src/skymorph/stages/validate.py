@@ -323,9 +323,10 @@ def _part_stamps(inp: _Inputs, section) -> None:
     section.figures.append(stamps_figure(images, inp.labels, per_type))
 
 
-G2_CAVEAT = ("Caveat: noise breaks the symmetric gradient pairs that G2 counts, so on faint stamps G2 is "
-             "close to 1.9 for every type under the paper's definition (measure.g2_noise_tolerance = 0); "
-             "compare types on G2 only where the stamps' S/N is high or the noise-tolerant pairs are used.")
+G2_CAVEAT = ("Noise breaks the symmetric gradient pairs that G2 counts, so on faint stamps G2 is close to "
+             "1.9 for every type under the paper's definition: compare types on G2 only where the stamps' "
+             "S/N is high, or measure with noise-tolerant pairs (e.g. "
+             "--set measure.g2_noise_tolerance=2.45).")
 
 
 def _part_per_type(inp: _Inputs, section) -> None:

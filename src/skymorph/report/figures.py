@@ -278,4 +278,4 @@ def stamps_figure(images: dict[str, list[tuple[str, np.ndarray]]], labels: dict[
                 ax.set_axis_off()
             if c == 0:
                 ax.set_ylabel(_type_label(t, labels).replace(": ", "\n"), fontsize=11)
-    return _finish(fig, "stamps", "Example stamps of each type (asinh stretch, random members)")
+    return _finish(fig, "stamps", "Example stamps of each type (random members, shown as in the montages)")

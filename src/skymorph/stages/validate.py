@@ -285,7 +285,7 @@ def _part_agreement(inp: _Inputs, section) -> None:
 
 
 def _part_stamps(inp: _Inputs, section) -> None:
-    from ..inspection import stretch
+    from ..inspection import display
     from ..report.figures import stamps_figure
 
     per_type = inp.cfg.stamps_per_type
@@ -308,15 +308,10 @@ def _part_stamps(inp: _Inputs, section) -> None:
         order = np.argsort(rows[pick])  # zarr reads rows in increasing order
         pick = pick[order]
         data = np.asarray(array.get_orthogonal_selection(rows[pick]), dtype=np.float32)
-        shown = []
-        for i, img in zip(pick, data, strict=True):
-            if nonlinear[i]:  # display-scaled pixels are already stretched: only rescale them
-                finite = img[np.isfinite(img)]
-                low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
-                img = np.clip((img - low) / max(high - low, 1e-12), 0, 1)
-            else:
-                img = stretch(img, icfg.stretch_percentile, icfg.asinh_softening, icfg.stretch_noise_sigmas)
-            shown.append((str(inp.table["id"].iloc[i]), img))
+        # shown as the experts saw them in the montages: asinh for linear inputs, linear for
+        # display-scaled (JPEG/PNG) ones, by inspect.stretch
+        shown = [(str(inp.table["id"].iloc[i]), display(img, icfg, display_scaled=bool(nonlinear[i])))
+                 for i, img in zip(pick, data, strict=True)]
         images[t] = shown
     section.result = {"per_type": per_type, "array": "stamps",
                       "types": {t: len(v) for t, v in images.items()}}

@@ -686,6 +686,20 @@ class ValidateConfig:
         0.14, "Slope of the ETG/LTG line G = slope * M20 + intercept (Lotz et al. 2008)."
     )
     gini_m20_intercept: float = setting(0.80, "Intercept of that line.")
+    merger_slope: float = setting(
+        -0.14,
+        "Slope of the Lotz et al. (2008) merger line G = slope * M20 + intercept on the Gini-M20 "
+        "plane; galaxies above it are counted as mergers (drawn beside the ETG/LTG line).",
+    )
+    merger_intercept: float = setting(0.33, "Intercept of the merger line.")
+    etg_types: list[str] = setting(
+        ["SPH"],
+        "Types counted as early-type galaxies (ETG) in the ETG/LTG tests; the other types of "
+        "``inspect.types`` except the last (unclassified) one are the late types (LTG).  The paper: "
+        "ETG = SPH (spheroids), LTG = ETD + LTD + IRR: the early-type disks are disks.  Must be types "
+        "of ``inspect.types``.",
+        flag="--etg-type",
+    )
     min_mass: float | None = setting(
         1e9,
         "Keep galaxies above this stellar mass (Msun) when a mass column is known (the paper: "
@@ -708,7 +722,17 @@ class ValidateConfig:
         True, "Leave UNC galaxies out of the per-type statistics (as the paper does)."
     )
     n_bins: int = setting(8, "Quantile bins of the completeness curves.", min=1)
-    confidence: float = setting(0.95, "Confidence level of the Wilson intervals.", min=0.5, max=0.9999)
+    confidence: float = setting(
+        0.95,
+        "Confidence level of every interval in the report: the Wilson intervals of fractions and the "
+        "bootstrap interval of the experts' kappa.",
+        flag="--confidence",
+        min=0.5,
+        max=0.9999,
+    )
+    stamps_per_type: int = setting(
+        8, "Example stamps shown per type in the report (random members, seeded by ``seed``).", min=0, max=40
+    )
     max_map_points: int = setting(
         20000, "Galaxies drawn for the UMAP / t-SNE maps (t-SNE is O(N log N) but slow).", min=10
     )

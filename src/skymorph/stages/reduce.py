@@ -387,11 +387,16 @@ def reduce_array(features: np.ndarray, cfg: ReduceConfig, ids: Sequence[Any] | N
              *(["2-D map"] if cfg.map_2d else [])]
     bar = tqdm(total=len(steps), desc="reduce", unit="step", disable=not progress)
     bar.set_postfix_str(steps[0])
+
+    def advance() -> None:
+        bar.update()
+        if bar.n < len(steps):
+            bar.set_postfix_str(steps[bar.n])
     start = time.perf_counter()
     knn = knn_graph(features[fit_rows], cfg)
     timings["knn"] = time.perf_counter() - start
     log.info("reduce: k-NN graph of %d galaxies in %.1f s", fit_rows.size, timings["knn"])
-    bar.update()
+    advance()
 
     scan = None
     dims = cfg.dims
@@ -405,18 +410,18 @@ def reduce_array(features: np.ndarray, cfg: ReduceConfig, ids: Sequence[Any] | N
         timings["scan"] = time.perf_counter() - start
         log.info("reduce: lowest Davies-Bouldin at d=%d (scan %.1f s)", dims, timings["scan"])
         _check_sizes(fit_rows.size, [dims], cfg, "the fit sample")
-        bar.update()
+        advance()
 
     start = time.perf_counter()
     embedding = _embed_all(features, fit_rows, int(dims), cfg, knn, progress=progress)
     timings["umap"] = time.perf_counter() - start
-    bar.update()
+    advance()
     embedding_2d = None
     if cfg.map_2d:
         start = time.perf_counter()
         embedding_2d = _embed_all(features, fit_rows, 2, cfg, knn, progress=progress)
         timings["umap_2d"] = time.perf_counter() - start
-        bar.update()
+        advance()
     bar.close()
     return ReduceResult(embedding=embedding, dims=int(dims), embedding_2d=embedding_2d,
                         scan=scan, timings=timings)

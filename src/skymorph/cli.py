@@ -43,6 +43,7 @@ STAGES: dict[str, tuple[str, str]] = {
               "consensus of K-means, BIRCH and ward clustering -> catalog"),
     "inspect": ("skymorph.inspection", "montages, browser voting by experts, merge votes into types"),
     "measure": ("skymorph.stages.measure", "Sersic, Gini-M20, CAS, MID, Psi and G2 per galaxy"),
+    "extend": ("skymorph.stages.extend", "a classifier trained on the expert-typed clusters types the rest"),
     "validate": ("skymorph.stages.validate", "statistics, plots and an HTML report of the morphology types"),
     "evaluate": ("skymorph.stages.evaluate", "score the clusters against known labels"),
     "run": ("skymorph.stages.pipeline", "ingest -> cluster and draw the montages in one go"),

@@ -964,6 +964,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="experts who must agree on a type (default 2)")
     _settings_flags(p)
 
+    from .auto import add_auto_parser  # `skymorph inspect auto` (automatic voter, inspection/auto.py)
+    add_auto_parser(actions, _settings_flags)
+
 
 def main(args: argparse.Namespace, config: Config) -> int:
     """Run ``skymorph inspect ACTION``."""
@@ -987,6 +990,9 @@ def main(args: argparse.Namespace, config: Config) -> int:
             print(format_counts(counts))
             print(f"morph_type written to {run.path / 'catalog.parquet'}; counts in "
                   f"{run.path / 'inspection' / 'type_counts.csv'}")
+        elif args.action == "auto":
+            from .auto import main_auto
+            return main_auto(args, config)
     except InspectError as exc:
         print(f"skymorph inspect {args.action}: error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,541 @@
+"""Extend the experts' types to every galaxy: the USmorph framework's supervised step.
+
+The consensus vote keeps 50-80% of the galaxies and the experts name only those.
+The kept, expert-typed galaxies are a training set: a calibrated classifier trained
+on their features gives every galaxy per-type probabilities and a type (Song et al.
+2024; Dai et al. 2023).  This module works on plain arrays; the stage
+(:mod:`skymorph.stages.extend`) reads and writes the run directory.
+
+What :func:`extend_labels` does
+-------------------------------
+
+1. Standardise the input (mean and standard deviation of the training galaxies).
+2. ``cv_folds``-fold stratified cross-validation on the training galaxies (seeded):
+   out-of-fold probabilities give the cross-validated accuracy, balanced accuracy,
+   confusion matrix (rows: the experts' type, columns: predicted), the reliability
+   diagram (10 equal-width bins of the top probability) and the expected calibration
+   error (ECE, the count-weighted mean of |accuracy - confidence| over the bins).
+3. Calibration (``calibration = "temperature"``): one temperature ``T`` divides the
+   model's log-probabilities; it minimises the negative log-likelihood of the
+   out-of-fold predictions (Guo et al. 2017).  It does not change the predicted type,
+   only how far the probabilities are trusted.  The ECE is reported before and after.
+4. The final model is fitted on every training galaxy and predicts every galaxy.
+   ``confident`` is ``p >= confidence_threshold`` (default 0.7).
+5. Out-of-distribution flag: the mean distance of a galaxy to its ``ood_neighbors``
+   (5) nearest training galaxies in the standardised space, against the
+   ``ood_quantile`` (0.99) quantile of the training galaxies' own leave-one-out
+   distances: a galaxy farther from every training galaxy than 99% of the training
+   galaxies are from their neighbours is flagged (a blank stamp, a lone star, an
+   artefact).  In more than ``ood_dims`` (64) dimensions the distance is taken in the
+   training galaxies' first ``ood_dims`` principal components plus one coordinate, the
+   norm of the residual off that subspace, so an input that is foreign along the
+   discarded directions is still far; this keeps 10^5 x 5 x 10^4 neighbour searches
+   within seconds.  Training galaxies are flagged on their leave-one-out distance, so
+   about ``1 - ood_quantile`` of them are flagged by construction.
+
+Measured choices (``benchmarks/eval_extend.py``, clusters named by ``inspect auto``,
+three seeds; the full tables are in the README): see :data:`MEASURED`.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ExtendError",
+    "ExtendResult",
+    "extend_labels",
+    "fit_model",
+    "stratified_folds",
+    "reliability",
+    "ood_distances",
+    "split_scores",
+    "MEASURED",
+]
+
+MEASURED = """\
+Input and model, measured on the development sets (mean of 3 seeds of reduce/cluster;
+balanced accuracy against the true classes of the galaxies the vote rejected, whose
+types come from the classifier; EfficientNet-Lite2 features averaged over 4 rotations,
+clusters named by `inspect auto`):
+
+                                 gz1_sdss   ceers_f200w
+  logistic, features, balanced     see README / benchmarks/eval_extend.py
+"""
+"""Placeholder replaced by the measured table (see the stage docstring)."""
+
+
+class ExtendError(ValueError):
+    """The training set cannot train a classifier (too few galaxies or types, bad input)."""
+
+
+@dataclass
+class ExtendResult:
+    """Output of :func:`extend_labels`.
+
+    Attributes
+    ----------
+    classes : list of str
+        Types the classifier learnt (columns of ``proba``), sorted.
+    proba : ndarray, shape (N, C)
+        Calibrated per-type probabilities of every galaxy (training galaxies included:
+        their out-of-fold probabilities are in ``cv["proba_oof"]``, these are the final
+        model's).
+    predicted : ndarray of str, shape (N,)
+        Most probable type.
+    p_predicted : ndarray, shape (N,)
+        Its probability.
+    confident : ndarray of bool
+        ``p_predicted >= confidence_threshold``.
+    ood : ndarray of bool
+        Out of the training distribution (see the module docstring).
+    ood_distance : ndarray, shape (N,)
+        Mean distance to the ``ood_neighbors`` nearest training galaxies (leave-one-out
+        for the training galaxies themselves).
+    ood_threshold : float
+        The ``ood_quantile`` quantile of the training galaxies' distances.
+    cv : dict
+        Cross-validation figures: ``accuracy``, ``balanced_accuracy``, ``labels``,
+        ``confusion_matrix``, ``reliability`` (bins), ``ece``, ``ece_uncalibrated``,
+        ``n_folds``, ``accuracy_confident``, ``fraction_confident``.
+    temperature : float
+        Calibration temperature (1 without calibration).
+    info : dict
+        Timings, sizes and settings.
+    """
+
+    classes: list[str]
+    proba: np.ndarray
+    predicted: np.ndarray
+    p_predicted: np.ndarray
+    confident: np.ndarray
+    ood: np.ndarray
+    ood_distance: np.ndarray
+    ood_threshold: float
+    cv: dict[str, Any]
+    temperature: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# --- the model ------------------------------------------------------------------------------
+
+
+class _Standardiser:
+    """Mean / standard deviation of the training rows (constant columns scaled by 1)."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        x64 = x.astype(np.float64)
+        self.mean = x64.mean(axis=0).astype(np.float32)
+        sd = x64.std(axis=0)
+        sd[~(sd > 1e-12)] = 1.0
+        self.scale = (1.0 / sd).astype(np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float32) - self.mean) * self.scale
+
+
+def fit_model(x: np.ndarray, y: np.ndarray, *, model: str = "logistic", c: float = 0.1,
+              class_weight: str = "balanced", max_iter: int = 300, seed: int = 0) -> Any:
+    """Fit the classifier on standardised rows ``x`` with types ``y``.
+
+    ``model``: ``logistic`` (multinomial logistic regression, L2 penalty ``1 / c``,
+    lbfgs) or ``hgb`` (scikit-learn's HistGradientBoostingClassifier, early stopping
+    off, 200 iterations).  ``class_weight = "balanced"`` weights each type by the
+    inverse of its frequency.  Returns the fitted scikit-learn estimator.
+    """
+    weight = "balanced" if class_weight == "balanced" else None
+    if model == "logistic":
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+
+        est = LogisticRegression(C=c, class_weight=weight, max_iter=max_iter, tol=1e-4)
+        with warnings.catch_warnings():
+            # A cap on iterations is a speed setting: the fit is used as it stands.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(x, y)
+        return est
+    if model == "hgb":
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        est = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, early_stopping=False,
+                                             class_weight=weight, random_state=seed)
+        return est.fit(x, y)
+    raise ExtendError(f"extend.model must be 'logistic' or 'hgb', got {model!r}")
+
+
+def _log_proba(est: Any, x: np.ndarray, classes: list[str], block: int = 20000) -> np.ndarray:
+    """Log-probabilities of every class in ``classes`` (-inf for a class the model never saw)."""
+    out = np.full((x.shape[0], len(classes)), -np.inf, dtype=np.float64)
+    cols = [classes.index(str(c)) for c in est.classes_]
+    for start in range(0, x.shape[0], block):
+        part = x[start:start + block]
+        if hasattr(est, "decision_function") and est.__class__.__name__ == "LogisticRegression":
+            scores = est.decision_function(part)
+            if scores.ndim == 1:  # two classes: one logit
+                scores = np.stack([np.zeros_like(scores), scores], axis=1)
+            scores = scores - scores.max(axis=1, keepdims=True)
+            logp = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+        else:
+            with np.errstate(divide="ignore"):
+                logp = np.log(np.clip(est.predict_proba(part), 1e-300, None))
+        out[start:start + block, cols] = logp
+    return out
+
+
+def _softmax(logp: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logp / temperature
+    z = np.where(np.isfinite(z), z, -np.inf)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _fit_temperature(logp: np.ndarray, y_index: np.ndarray) -> float:
+    """Temperature minimising the negative log-likelihood of ``logp`` (out-of-fold)."""
+    from scipy.optimize import minimize_scalar
+
+    finite = np.where(np.isfinite(logp), logp, -1e4)
+
+    def nll(log_t: float) -> float:
+        p = _softmax(finite, float(np.exp(log_t)))
+        return float(-np.log(np.clip(p[np.arange(len(y_index)), y_index], 1e-12, None)).mean())
+
+    best = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded",
+                           options={"xatol": 1e-3})
+    return float(np.exp(best.x))
+
+
+# --- cross-validation and calibration figures ------------------------------------------------
+
+
+def stratified_folds(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Fold (0..n_folds-1) of every training galaxy: each type's members are shuffled
+    (seeded) and dealt round the folds, so every fold holds each type in proportion.
+    A type with fewer members than folds is simply absent from some folds."""
+    y = np.asarray(y)
+    folds = np.empty(y.size, dtype=np.int64)
+    rng = np.random.default_rng([int(seed), 13])
+    offset = 0
+    for label in sorted(set(y.tolist())):
+        members = np.flatnonzero(y == label)
+        members = members[rng.permutation(members.size)]
+        folds[members] = (np.arange(members.size) + offset) % n_folds
+        offset += members.size
+    return folds
+
+
+def reliability(proba: np.ndarray, y_index: np.ndarray, n_bins: int = 10) -> tuple[list[dict], float]:
+    """Reliability-diagram bins of the top probability and the expected calibration error.
+
+    Returns
+    -------
+    bins : list of dict
+        Per equal-width bin of the top probability: ``lo``, ``hi``, ``n``,
+        ``confidence`` (mean top probability) and ``accuracy`` (fraction whose top type
+        is right); empty bins have ``None``.
+    ece : float
+        ``sum_b n_b / N * |accuracy_b - confidence_b|``.
+    """
+    top = proba.max(axis=1)
+    right = proba.argmax(axis=1) == y_index
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(top, edges[1:-1], right=True), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        sel = which == b
+        n = int(sel.sum())
+        conf = float(top[sel].mean()) if n else None
+        acc = float(right[sel].mean()) if n else None
+        if n:
+            ece += n / max(top.size, 1) * abs(acc - conf)
+        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": n,
+                     "confidence": conf, "accuracy": acc})
+    return bins, float(ece)
+
+
+def _confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
+    matrix = np.zeros((n, n), dtype=np.int64)
+    np.add.at(matrix, (y_true, y_pred), 1)
+    return matrix
+
+
+def _balanced_accuracy(matrix: np.ndarray) -> float:
+    rows = matrix.sum(axis=1)
+    recall = [matrix[i, i] / rows[i] for i in range(len(rows)) if rows[i]]
+    return float(np.mean(recall)) if recall else float("nan")
+
+
+# --- out-of-distribution ----------------------------------------------------------------------
+
+
+def _ood_space(z_train: np.ndarray, dims: int, seed: int):
+    """A map from standardised rows to the space the neighbour distances are taken in."""
+    if not dims or z_train.shape[1] <= dims + 1:
+        return lambda z: np.concatenate([np.asarray(z[s:s + 20000], dtype=np.float32)
+                                         for s in range(0, z.shape[0], 20000)])
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=min(dims, z_train.shape[0] - 1, z_train.shape[1]),
+              svd_solver="randomized", random_state=seed).fit(z_train)
+    mean = pca.mean_.astype(np.float32)
+    comps = pca.components_.astype(np.float32)
+
+    def project(z: np.ndarray) -> np.ndarray:
+        out = np.empty((z.shape[0], comps.shape[0] + 1), dtype=np.float32)
+        for start in range(0, z.shape[0], 20000):
+            c = np.asarray(z[start:start + 20000], dtype=np.float32) - mean
+            p = c @ comps.T
+            resid = (c * c).sum(axis=1) - (p * p).sum(axis=1)
+            out[start:start + 20000, :-1] = p
+            out[start:start + 20000, -1] = np.sqrt(np.clip(resid, 0, None))
+        return out
+
+    return project
+
+
+def _knn_mean_distance(query: np.ndarray, ref: np.ndarray, k: int, skip_self: bool,
+                       block: int = 4096) -> np.ndarray:
+    """Mean Euclidean distance of each query row to its k nearest ``ref`` rows (brute force,
+    blocked GEMM; ``skip_self`` drops the nearest one, the row itself, for queries = ref)."""
+    ref = np.ascontiguousarray(ref, dtype=np.float32)
+    ref_sq = (ref.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
+    kk = k + (1 if skip_self else 0)
+    kk = min(kk, ref.shape[0])
+    out = np.empty(query.shape[0], dtype=np.float64)
+    for start in range(0, query.shape[0], block):
+        q = np.ascontiguousarray(query[start:start + block], dtype=np.float32)
+        d2 = (q * q).sum(axis=1)[:, None] - 2.0 * (q @ ref.T) + ref_sq[None, :]
+        part = np.partition(d2, kk - 1, axis=1)[:, :kk]
+        part.sort(axis=1)
+        if skip_self:
+            part = part[:, 1:]
+        out[start:start + block] = np.sqrt(np.clip(part, 0, None)).mean(axis=1)
+    return out
+
+
+def ood_distances(z_train: np.ndarray, z_all: np.ndarray, train_rows: np.ndarray, *, k: int = 5,
+                  dims: int = 64, quantile: float = 0.99, seed: int = 0
+                  ) -> tuple[np.ndarray, float]:
+    """k-NN distance of every galaxy to the training set, and the OOD threshold.
+
+    Parameters
+    ----------
+    z_train : ndarray (n, D)
+        Standardised training rows.
+    z_all : ndarray (N, D)
+        Standardised rows of every galaxy.
+    train_rows : ndarray of int
+        Positions of the training rows in ``z_all`` (they get leave-one-out distances).
+    k, dims, quantile, seed
+        See the module docstring.
+
+    Returns
+    -------
+    distance : ndarray (N,)
+    threshold : float
+    """
+    if z_train.shape[0] < 2:
+        raise ExtendError("the OOD flag needs at least 2 training galaxies")
+    k = max(1, min(int(k), z_train.shape[0] - 1))
+    project = _ood_space(z_train, dims, seed)
+    ref = project(z_train)
+    loo = _knn_mean_distance(ref, ref, k, skip_self=True)
+    threshold = float(np.quantile(loo, quantile))
+    distance = _knn_mean_distance(project(z_all), ref, k, skip_self=False)
+    distance[train_rows] = loo
+    return distance, threshold
+
+
+# --- the whole step -----------------------------------------------------------------------------
+
+
+def extend_labels(x: np.ndarray, train: np.ndarray, y: np.ndarray, *, model: str = "logistic",
+                  c: float = 0.1, class_weight: str = "balanced", calibration: str = "temperature",
+                  cv_folds: int = 5, confidence_threshold: float = 0.7, ood_neighbors: int = 5,
+                  ood_quantile: float = 0.99, ood_dims: int = 64, max_iter: int = 300,
+                  seed: int = 0) -> ExtendResult:
+    """Train on the expert-typed galaxies and type every galaxy.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, D)
+        Input of every galaxy (encoder features or UMAP embedding).
+    train : ndarray of bool, shape (N,)
+        The training galaxies (kept by the consensus vote and typed by the experts).
+    y : sequence of str, shape (N,) or (n_train,)
+        Their types: one per galaxy (only ``y[train]`` is read) or one per training galaxy.
+    model, c, class_weight, max_iter
+        See :func:`fit_model`.
+    calibration : str
+        ``temperature`` or ``none``.
+    cv_folds : int
+        Folds of the cross-validation (at least 2).
+    confidence_threshold, ood_neighbors, ood_quantile, ood_dims, seed
+        See the module docstring.
+
+    Returns
+    -------
+    ExtendResult
+
+    Raises
+    ------
+    ExtendError
+        Fewer than two types or fewer than ``cv_folds`` training galaxies, NaN input,
+        or shapes that do not match.
+    """
+    start_all = time.perf_counter()
+    x = np.asarray(x)
+    train = np.asarray(train, dtype=bool)
+    if x.ndim != 2 or train.shape != (x.shape[0],):
+        raise ExtendError(f"x must be N x D and train a boolean mask of N galaxies; got {x.shape} "
+                          f"and {train.shape}")
+    y = np.asarray(y, dtype=object)
+    y_train = (y[train] if y.shape[0] == x.shape[0] else y).astype(str)
+    if y_train.shape[0] != int(train.sum()):
+        raise ExtendError(f"{int(train.sum())} training galaxies but {y_train.shape[0]} types")
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if bad.size:
+        raise ExtendError(f"{bad.size} galaxies have NaN or infinite input values (rows "
+                          f"{', '.join(map(str, bad[:10]))}); re-run the stage that wrote the input")
+    classes = sorted(set(y_train.tolist()))
+    if len(classes) < 2:
+        raise ExtendError(f"the training set holds {len(classes)} type(s) ({', '.join(classes)}); "
+                          "a classifier needs at least two typed clusters")
+    if cv_folds < 2:
+        raise ExtendError(f"extend.cv_folds must be at least 2, got {cv_folds}")
+    n_train = y_train.size
+    if n_train < cv_folds:
+        raise ExtendError(f"{n_train} training galaxies are fewer than the {cv_folds} folds")
+    if calibration not in ("temperature", "none"):
+        raise ExtendError(f"extend.calibration must be 'temperature' or 'none', got {calibration!r}")
+    y_index = np.array([classes.index(v) for v in y_train])
+    train_rows = np.flatnonzero(train)
+
+    scaler = _Standardiser(x[train])
+    z_train = scaler(x[train])
+    kwargs = {"model": model, "c": c, "class_weight": class_weight, "max_iter": max_iter, "seed": seed}
+
+    # cross-validation: out-of-fold log-probabilities
+    t0 = time.perf_counter()
+    folds = stratified_folds(y_train, cv_folds, seed)
+    logp_oof = np.empty((n_train, len(classes)))
+    for f in range(cv_folds):
+        test = folds == f
+        if not test.any():
+            continue
+        est = fit_model(z_train[~test], y_train[~test], **kwargs)
+        logp_oof[test] = _log_proba(est, z_train[test], classes)
+    seconds_cv = time.perf_counter() - t0
+    temperature = _fit_temperature(logp_oof, y_index) if calibration == "temperature" else 1.0
+    p_raw = _softmax(logp_oof)
+    p_oof = _softmax(logp_oof, temperature)
+    pred_oof = p_oof.argmax(axis=1)
+    matrix = _confusion(y_index, pred_oof, len(classes))
+    bins, ece = reliability(p_oof, y_index)
+    _, ece_raw = reliability(p_raw, y_index)
+    conf_oof = p_oof.max(axis=1) >= confidence_threshold
+    cv = {
+        "n_folds": int(cv_folds),
+        "n_train": int(n_train),
+        "accuracy": float((pred_oof == y_index).mean()),
+        "balanced_accuracy": _balanced_accuracy(matrix),
+        "labels": classes,
+        "confusion_matrix": matrix.tolist(),
+        "reliability": bins,
+        "ece": ece,
+        "ece_uncalibrated": ece_raw,
+        "fraction_confident": float(conf_oof.mean()),
+        "accuracy_confident": float((pred_oof == y_index)[conf_oof].mean()) if conf_oof.any() else None,
+        "proba_oof": p_oof,
+    }
+
+    # final model, every galaxy
+    t0 = time.perf_counter()
+    est = fit_model(z_train, y_train, **kwargs)
+    seconds_fit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    n = x.shape[0]
+    proba = np.empty((n, len(classes)), dtype=np.float32)
+    for s in range(0, n, 20000):
+        proba[s:s + 20000] = _softmax(_log_proba(est, scaler(x[s:s + 20000]), classes), temperature)
+    seconds_predict = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    distance, threshold = ood_distances(z_train, _Lazy(x, scaler), train_rows, k=ood_neighbors,
+                                        dims=ood_dims, quantile=ood_quantile, seed=seed)
+    seconds_ood = time.perf_counter() - t0
+    top = proba.argmax(axis=1)
+    p_top = proba[np.arange(n), top].astype(np.float64)
+    info = {
+        "n_galaxies": int(n), "n_train": int(n_train), "n_features": int(x.shape[1]),
+        "classes": classes, "train_counts": {c_: int((y_train == c_).sum()) for c_ in classes},
+        "temperature": temperature, "ood_threshold": threshold,
+        "seconds_cv": seconds_cv, "seconds_fit": seconds_fit, "seconds_predict": seconds_predict,
+        "seconds_ood": seconds_ood, "seconds_total": time.perf_counter() - start_all,
+        "settings": {"model": model, "c": c, "class_weight": class_weight, "calibration": calibration,
+                     "cv_folds": cv_folds, "confidence_threshold": confidence_threshold,
+                     "ood_neighbors": ood_neighbors, "ood_quantile": ood_quantile, "ood_dims": ood_dims,
+                     "max_iter": max_iter, "seed": seed},
+    }
+    return ExtendResult(
+        classes=classes, proba=proba, predicted=np.array(classes, dtype=object)[top],
+        p_predicted=p_top, confident=p_top >= confidence_threshold, ood=distance > threshold,
+        ood_distance=distance, ood_threshold=threshold, cv=cv, temperature=temperature, info=info)
+
+
+class _Lazy:
+    """Standardised view of ``x`` whose slices are computed on demand (no N x D copy)."""
+
+    def __init__(self, x: np.ndarray, scaler: _Standardiser) -> None:
+        self.x, self.scaler = x, scaler
+        self.shape = x.shape
+
+    def __getitem__(self, item: slice) -> np.ndarray:
+        return self.scaler(self.x[item])
+
+
+# --- scoring final types against a truth ---------------------------------------------------------
+
+
+def split_scores(truth: np.ndarray, final: np.ndarray, source: np.ndarray) -> dict[str, Any]:
+    """Accuracy and balanced accuracy of final types against true classes, per source.
+
+    Types and classes are compared case-insensitively (``inspect auto`` names types after
+    the labels; ``inspect merge`` holds them in upper case).  Galaxies without a true
+    class (``""``) are left out; a type that is no true class (e.g. UNC) counts as wrong.
+
+    Parameters
+    ----------
+    truth : array of str
+        True class of every galaxy (after the label map), ``""`` where unknown.
+    final : array of str
+        ``morph_type_final``.
+    source : array of str
+        ``type_source``: ``experts`` or ``extended``.
+
+    Returns
+    -------
+    dict
+        ``kept`` (experts), ``extended`` and ``all``: each ``n``, ``accuracy``,
+        ``balanced_accuracy`` (mean recall over the true classes present) and
+        ``recall_by_class``.
+    """
+    truth = np.array([str(t).strip().casefold() for t in truth], dtype=object)
+    final = np.array([str(t).strip().casefold() for t in final], dtype=object)
+    source = np.asarray(source).astype(str)
+    out = {}
+    for name, sel in (("kept", source == "experts"), ("extended", source == "extended"),
+                      ("all", np.ones(truth.size, bool))):
+        sel = sel & (truth != "")
+        t, p = truth[sel], final[sel]
+        classes = sorted(set(t.tolist()))
+        recall = {c: float((p[t == c] == c).mean()) for c in classes}
+        out[name] = {"n": int(sel.sum()),
+                     "accuracy": float((t == p).mean()) if sel.any() else None,
+                     "balanced_accuracy": float(np.mean(list(recall.values()))) if recall else None,
+                     "recall_by_class": recall}
+    return out

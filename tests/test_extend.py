@@ -89,10 +89,10 @@ def test_class_weight_balanced_helps_a_minority_type():
 
 
 def test_hgb_model_and_embedding_sized_input():
-    x, y = blobs(n=300, d=10, seed=2, sep=2.0)
-    train = np.arange(300) < 200
-    r = extend_labels(x, train, y, model="hgb", cv_folds=3, ood_dims=0)
-    assert (r.predicted[200:] == y[200:]).mean() > 0.85
+    x, y = blobs(n=150, d=6, seed=2, sep=2.5)
+    train = np.arange(150) < 100
+    r = extend_labels(x, train, y, model="hgb", cv_folds=2, ood_dims=0)
+    assert (r.predicted[100:] == y[100:]).mean() > 0.8
 
 
 def test_stratified_folds_and_reliability_by_hand():

@@ -29,8 +29,9 @@ What :func:`extend_labels` does
    artefact).  In more than ``ood_dims`` (64) dimensions the distance is taken in the
    training galaxies' first ``ood_dims`` principal components plus one coordinate, the
    norm of the residual off that subspace, so an input that is foreign along the
-   discarded directions is still far; this keeps 10^5 x 5 x 10^4 neighbour searches
-   within seconds.  Training galaxies are flagged on their leave-one-out distance, so
+   discarded directions is still far; and the neighbours are searched among at most
+   ``ood_reference`` (20,000) training galaxies (a seeded sample), so typing 10^5
+   galaxies costs seconds, not minutes.  Training galaxies are flagged on their leave-one-out distance, so
    about ``1 - ood_quantile`` of them are flagged by construction.
 
 Measured choices (``benchmarks/eval_extend.py``, clusters named by ``inspect auto``,
@@ -50,6 +51,7 @@ __all__ = [
     "ExtendError",
     "ExtendResult",
     "extend_labels",
+    "ExtendModel",
     "fit_model",
     "stratified_folds",
     "reliability",
@@ -145,7 +147,7 @@ def fit_model(x: np.ndarray, y: np.ndarray, *, model: str = "logistic", c: float
 
     ``model``: ``logistic`` (multinomial logistic regression, L2 penalty ``1 / c``,
     lbfgs) or ``hgb`` (scikit-learn's HistGradientBoostingClassifier, early stopping
-    off, 200 iterations).  ``class_weight = "balanced"`` weights each type by the
+    off, 100 iterations).  ``class_weight = "balanced"`` weights each type by the
     inverse of its frequency.  Returns the fitted scikit-learn estimator.
     """
     weight = "balanced" if class_weight == "balanced" else None
@@ -162,7 +164,7 @@ def fit_model(x: np.ndarray, y: np.ndarray, *, model: str = "logistic", c: float
     if model == "hgb":
         from sklearn.ensemble import HistGradientBoostingClassifier
 
-        est = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, early_stopping=False,
+        est = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, early_stopping=False,
                                              class_weight=weight, random_state=seed)
         return est.fit(x, y)
     raise ExtendError(f"extend.model must be 'logistic' or 'hgb', got {model!r}")
@@ -299,7 +301,7 @@ def _ood_space(z_train: np.ndarray, dims: int, seed: int):
 
 
 def _knn_mean_distance(query: np.ndarray, ref: np.ndarray, k: int, skip_self: bool,
-                       block: int = 4096) -> np.ndarray:
+                       block: int = 2048) -> np.ndarray:
     """Mean Euclidean distance of each query row to its k nearest ``ref`` rows (brute force,
     blocked GEMM; ``skip_self`` drops the nearest one, the row itself, for queries = ref)."""
     ref = np.ascontiguousarray(ref, dtype=np.float32)
@@ -318,8 +320,31 @@ def _knn_mean_distance(query: np.ndarray, ref: np.ndarray, k: int, skip_self: bo
     return out
 
 
+class _OODReference:
+    """The training galaxies (at most ``reference`` of them, a seeded sample) in the space
+    the neighbour distances are taken in, and the threshold on those distances."""
+
+    def __init__(self, z_train: np.ndarray, *, k: int, dims: int, quantile: float, reference: int,
+                 seed: int) -> None:
+        n = z_train.shape[0]
+        if n < 2:
+            raise ExtendError("the OOD flag needs at least 2 training galaxies")
+        rows = np.arange(n)
+        if reference and n > reference:
+            rows = np.sort(np.random.default_rng([int(seed), 17]).choice(n, size=reference, replace=False))
+        self.rows = rows
+        self.k = max(1, min(int(k), rows.size - 1))
+        self.project = _ood_space(z_train[rows], dims, seed)
+        self.ref = self.project(z_train[rows])
+        self.loo = _knn_mean_distance(self.ref, self.ref, self.k, skip_self=True)
+        self.threshold = float(np.quantile(self.loo, quantile))
+
+    def distance(self, z: Any) -> np.ndarray:
+        return _knn_mean_distance(self.project(z), self.ref, self.k, skip_self=False)
+
+
 def ood_distances(z_train: np.ndarray, z_all: np.ndarray, train_rows: np.ndarray, *, k: int = 5,
-                  dims: int = 64, quantile: float = 0.99, seed: int = 0
+                  dims: int = 64, quantile: float = 0.99, reference: int = 20000, seed: int = 0
                   ) -> tuple[np.ndarray, float]:
     """k-NN distance of every galaxy to the training set, and the OOD threshold.
 
@@ -330,35 +355,134 @@ def ood_distances(z_train: np.ndarray, z_all: np.ndarray, train_rows: np.ndarray
     z_all : ndarray (N, D)
         Standardised rows of every galaxy.
     train_rows : ndarray of int
-        Positions of the training rows in ``z_all`` (they get leave-one-out distances).
-    k, dims, quantile, seed
-        See the module docstring.
+        Positions of the training rows in ``z_all``; those in the reference sample get
+        their leave-one-out distances.
+    k, dims, quantile, reference, seed
+        See :class:`ExtendModel`.
 
     Returns
     -------
     distance : ndarray (N,)
     threshold : float
     """
-    if z_train.shape[0] < 2:
-        raise ExtendError("the OOD flag needs at least 2 training galaxies")
-    k = max(1, min(int(k), z_train.shape[0] - 1))
-    project = _ood_space(z_train, dims, seed)
-    ref = project(z_train)
-    loo = _knn_mean_distance(ref, ref, k, skip_self=True)
-    threshold = float(np.quantile(loo, quantile))
-    distance = _knn_mean_distance(project(z_all), ref, k, skip_self=False)
-    distance[train_rows] = loo
-    return distance, threshold
+    ref = _OODReference(z_train, k=k, dims=dims, quantile=quantile, reference=reference, seed=seed)
+    distance = ref.distance(z_all)
+    distance[np.asarray(train_rows)[ref.rows]] = ref.loo
+    return distance, ref.threshold
 
 
 # --- the whole step -----------------------------------------------------------------------------
 
 
+class ExtendModel:
+    """The calibrated classifier and the OOD reference, fitted once, applied to any rows.
+
+    :meth:`fit` runs the cross-validation, the calibration, the final fit and the OOD
+    reference on the training galaxies; :meth:`predict` is a pure function of a block
+    of rows, so every chunk of a large run (or every Dask task) can be typed
+    independently.  Parameters are those of :func:`extend_labels`.
+    """
+
+    def __init__(self, *, model: str = "logistic", c: float = 0.1, class_weight: str = "balanced",
+                 calibration: str = "temperature", cv_folds: int = 5, confidence_threshold: float = 0.7,
+                 ood_neighbors: int = 5, ood_quantile: float = 0.99, ood_dims: int = 64,
+                 ood_reference: int = 20000, max_iter: int = 300, seed: int = 0) -> None:
+        if calibration not in ("temperature", "none"):
+            raise ExtendError(f"extend.calibration must be 'temperature' or 'none', got {calibration!r}")
+        if cv_folds < 2:
+            raise ExtendError(f"extend.cv_folds must be at least 2, got {cv_folds}")
+        self.settings = {"model": model, "c": c, "class_weight": class_weight, "calibration": calibration,
+                         "cv_folds": cv_folds, "confidence_threshold": confidence_threshold,
+                         "ood_neighbors": ood_neighbors, "ood_quantile": ood_quantile, "ood_dims": ood_dims,
+                         "ood_reference": ood_reference, "max_iter": max_iter, "seed": seed}
+
+    def fit(self, x: np.ndarray, y: Any) -> ExtendModel:
+        """Fit on the training rows ``x`` (n x D) with types ``y`` (n)."""
+        st = self.settings
+        x = np.asarray(x)
+        y_train = np.asarray(y, dtype=object).astype(str)
+        if x.ndim != 2 or y_train.shape != (x.shape[0],):
+            raise ExtendError(f"training input must be n x D with n types; got {x.shape} and {y_train.shape}")
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        if bad.size:
+            raise ExtendError(f"{bad.size} training galaxies have NaN or infinite input values (rows "
+                              f"{', '.join(map(str, bad[:10]))}); re-run the stage that wrote the input")
+        classes = sorted(set(y_train.tolist()))
+        if len(classes) < 2:
+            raise ExtendError(f"the training set holds {len(classes)} type(s) ({', '.join(classes)}); "
+                              "a classifier needs at least two typed clusters")
+        n_train = y_train.size
+        if n_train < st["cv_folds"]:
+            raise ExtendError(f"{n_train} training galaxies are fewer than the {st['cv_folds']} folds")
+        y_index = np.array([classes.index(v) for v in y_train])
+        self.classes = classes
+        self.scaler = _Standardiser(x)
+        z_train = self.scaler(x)
+        kwargs = {k: st[k] for k in ("model", "c", "class_weight", "max_iter", "seed")}
+
+        t0 = time.perf_counter()
+        folds = stratified_folds(y_train, st["cv_folds"], st["seed"])
+        logp_oof = np.empty((n_train, len(classes)))
+        for f in range(st["cv_folds"]):
+            test = folds == f
+            if test.any():
+                est = fit_model(z_train[~test], y_train[~test], **kwargs)
+                logp_oof[test] = _log_proba(est, z_train[test], classes)
+        self.seconds_cv = time.perf_counter() - t0
+        self.temperature = (_fit_temperature(logp_oof, y_index) if st["calibration"] == "temperature"
+                            else 1.0)
+        p_oof = _softmax(logp_oof, self.temperature)
+        pred_oof = p_oof.argmax(axis=1)
+        matrix = _confusion(y_index, pred_oof, len(classes))
+        bins, ece = reliability(p_oof, y_index)
+        _, ece_raw = reliability(_softmax(logp_oof), y_index)
+        conf_oof = p_oof.max(axis=1) >= st["confidence_threshold"]
+        self.cv = {
+            "n_folds": int(st["cv_folds"]), "n_train": int(n_train),
+            "accuracy": float((pred_oof == y_index).mean()),
+            "balanced_accuracy": _balanced_accuracy(matrix),
+            "labels": classes, "confusion_matrix": matrix.tolist(),
+            "reliability": bins, "ece": ece, "ece_uncalibrated": ece_raw,
+            "fraction_confident": float(conf_oof.mean()),
+            "accuracy_confident": (float((pred_oof == y_index)[conf_oof].mean()) if conf_oof.any()
+                                   else None),
+            "proba_oof": p_oof,
+        }
+        t0 = time.perf_counter()
+        self.estimator = fit_model(z_train, y_train, **kwargs)
+        self.seconds_fit = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.ood = _OODReference(z_train, k=st["ood_neighbors"], dims=st["ood_dims"],
+                                 quantile=st["ood_quantile"], reference=st["ood_reference"], seed=st["seed"])
+        self.seconds_ood_fit = time.perf_counter() - t0
+        self.train_counts = {c_: int((y_train == c_).sum()) for c_ in classes}
+        return self
+
+    def predict(self, x: np.ndarray, block: int = 20000) -> dict[str, np.ndarray]:
+        """Type the rows ``x``: ``proba`` (N x C, float32), ``predicted``, ``p_predicted``,
+        ``confident``, ``ood`` and ``ood_distance``."""
+        x = np.asarray(x)
+        n = x.shape[0]
+        if x.ndim != 2 or x.shape[1] != self.scaler.mean.size:
+            raise ExtendError(f"rows to type must be N x {self.scaler.mean.size}, got {x.shape}")
+        proba = np.empty((n, len(self.classes)), dtype=np.float32)
+        distance = np.empty(n)
+        for s in range(0, n, block):
+            z = self.scaler(x[s:s + block])
+            proba[s:s + block] = _softmax(_log_proba(self.estimator, z, self.classes), self.temperature)
+            distance[s:s + block] = self.ood.distance(z)
+        top = proba.argmax(axis=1)
+        p_top = proba[np.arange(n), top].astype(np.float64)
+        return {"proba": proba, "predicted": np.array(self.classes, dtype=object)[top],
+                "p_predicted": p_top, "confident": p_top >= self.settings["confidence_threshold"],
+                "ood": distance > self.ood.threshold, "ood_distance": distance}
+
+
 def extend_labels(x: np.ndarray, train: np.ndarray, y: np.ndarray, *, model: str = "logistic",
                   c: float = 0.1, class_weight: str = "balanced", calibration: str = "temperature",
                   cv_folds: int = 5, confidence_threshold: float = 0.7, ood_neighbors: int = 5,
-                  ood_quantile: float = 0.99, ood_dims: int = 64, max_iter: int = 300,
-                  seed: int = 0) -> ExtendResult:
+                  ood_quantile: float = 0.99, ood_dims: int = 64, ood_reference: int = 20000,
+                  max_iter: int = 300, seed: int = 0) -> ExtendResult:
     """Train on the expert-typed galaxies and type every galaxy.
 
     Parameters
@@ -377,6 +501,9 @@ def extend_labels(x: np.ndarray, train: np.ndarray, y: np.ndarray, *, model: str
         Folds of the cross-validation (at least 2).
     confidence_threshold, ood_neighbors, ood_quantile, ood_dims, seed
         See the module docstring.
+    ood_reference : int
+        Most training galaxies (a seeded sample) the neighbour distances are taken to;
+        0 uses all of them.
 
     Returns
     -------
@@ -388,114 +515,43 @@ def extend_labels(x: np.ndarray, train: np.ndarray, y: np.ndarray, *, model: str
         Fewer than two types or fewer than ``cv_folds`` training galaxies, NaN input,
         or shapes that do not match.
     """
-    start_all = time.perf_counter()
+    start = time.perf_counter()
     x = np.asarray(x)
     train = np.asarray(train, dtype=bool)
     if x.ndim != 2 or train.shape != (x.shape[0],):
         raise ExtendError(f"x must be N x D and train a boolean mask of N galaxies; got {x.shape} "
                           f"and {train.shape}")
-    y = np.asarray(y, dtype=object)
-    y_train = (y[train] if y.shape[0] == x.shape[0] else y).astype(str)
-    if y_train.shape[0] != int(train.sum()):
-        raise ExtendError(f"{int(train.sum())} training galaxies but {y_train.shape[0]} types")
     bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
     if bad.size:
         raise ExtendError(f"{bad.size} galaxies have NaN or infinite input values (rows "
                           f"{', '.join(map(str, bad[:10]))}); re-run the stage that wrote the input")
-    classes = sorted(set(y_train.tolist()))
-    if len(classes) < 2:
-        raise ExtendError(f"the training set holds {len(classes)} type(s) ({', '.join(classes)}); "
-                          "a classifier needs at least two typed clusters")
-    if cv_folds < 2:
-        raise ExtendError(f"extend.cv_folds must be at least 2, got {cv_folds}")
-    n_train = y_train.size
-    if n_train < cv_folds:
-        raise ExtendError(f"{n_train} training galaxies are fewer than the {cv_folds} folds")
-    if calibration not in ("temperature", "none"):
-        raise ExtendError(f"extend.calibration must be 'temperature' or 'none', got {calibration!r}")
-    y_index = np.array([classes.index(v) for v in y_train])
+    y = np.asarray(y, dtype=object)
+    y_train = y[train] if y.shape[0] == x.shape[0] else y
+    if y_train.shape[0] != int(train.sum()):
+        raise ExtendError(f"{int(train.sum())} training galaxies but {y_train.shape[0]} types")
+    est = ExtendModel(model=model, c=c, class_weight=class_weight, calibration=calibration,
+                      cv_folds=cv_folds, confidence_threshold=confidence_threshold,
+                      ood_neighbors=ood_neighbors, ood_quantile=ood_quantile, ood_dims=ood_dims,
+                      ood_reference=ood_reference, max_iter=max_iter, seed=seed)
     train_rows = np.flatnonzero(train)
-
-    scaler = _Standardiser(x[train])
-    z_train = scaler(x[train])
-    kwargs = {"model": model, "c": c, "class_weight": class_weight, "max_iter": max_iter, "seed": seed}
-
-    # cross-validation: out-of-fold log-probabilities
+    est.fit(x[train_rows], y_train)
     t0 = time.perf_counter()
-    folds = stratified_folds(y_train, cv_folds, seed)
-    logp_oof = np.empty((n_train, len(classes)))
-    for f in range(cv_folds):
-        test = folds == f
-        if not test.any():
-            continue
-        est = fit_model(z_train[~test], y_train[~test], **kwargs)
-        logp_oof[test] = _log_proba(est, z_train[test], classes)
-    seconds_cv = time.perf_counter() - t0
-    temperature = _fit_temperature(logp_oof, y_index) if calibration == "temperature" else 1.0
-    p_raw = _softmax(logp_oof)
-    p_oof = _softmax(logp_oof, temperature)
-    pred_oof = p_oof.argmax(axis=1)
-    matrix = _confusion(y_index, pred_oof, len(classes))
-    bins, ece = reliability(p_oof, y_index)
-    _, ece_raw = reliability(p_raw, y_index)
-    conf_oof = p_oof.max(axis=1) >= confidence_threshold
-    cv = {
-        "n_folds": int(cv_folds),
-        "n_train": int(n_train),
-        "accuracy": float((pred_oof == y_index).mean()),
-        "balanced_accuracy": _balanced_accuracy(matrix),
-        "labels": classes,
-        "confusion_matrix": matrix.tolist(),
-        "reliability": bins,
-        "ece": ece,
-        "ece_uncalibrated": ece_raw,
-        "fraction_confident": float(conf_oof.mean()),
-        "accuracy_confident": float((pred_oof == y_index)[conf_oof].mean()) if conf_oof.any() else None,
-        "proba_oof": p_oof,
-    }
-
-    # final model, every galaxy
-    t0 = time.perf_counter()
-    est = fit_model(z_train, y_train, **kwargs)
-    seconds_fit = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    n = x.shape[0]
-    proba = np.empty((n, len(classes)), dtype=np.float32)
-    for s in range(0, n, 20000):
-        proba[s:s + 20000] = _softmax(_log_proba(est, scaler(x[s:s + 20000]), classes), temperature)
+    out = est.predict(x)
     seconds_predict = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    distance, threshold = ood_distances(z_train, _Lazy(x, scaler), train_rows, k=ood_neighbors,
-                                        dims=ood_dims, quantile=ood_quantile, seed=seed)
-    seconds_ood = time.perf_counter() - t0
-    top = proba.argmax(axis=1)
-    p_top = proba[np.arange(n), top].astype(np.float64)
+    distance = out["ood_distance"]
+    distance[train_rows[est.ood.rows]] = est.ood.loo  # training galaxies: leave-one-out
+    ood = distance > est.ood.threshold
     info = {
-        "n_galaxies": int(n), "n_train": int(n_train), "n_features": int(x.shape[1]),
-        "classes": classes, "train_counts": {c_: int((y_train == c_).sum()) for c_ in classes},
-        "temperature": temperature, "ood_threshold": threshold,
-        "seconds_cv": seconds_cv, "seconds_fit": seconds_fit, "seconds_predict": seconds_predict,
-        "seconds_ood": seconds_ood, "seconds_total": time.perf_counter() - start_all,
-        "settings": {"model": model, "c": c, "class_weight": class_weight, "calibration": calibration,
-                     "cv_folds": cv_folds, "confidence_threshold": confidence_threshold,
-                     "ood_neighbors": ood_neighbors, "ood_quantile": ood_quantile, "ood_dims": ood_dims,
-                     "max_iter": max_iter, "seed": seed},
+        "n_galaxies": int(x.shape[0]), "n_train": int(train_rows.size), "n_features": int(x.shape[1]),
+        "classes": est.classes, "train_counts": est.train_counts, "temperature": est.temperature,
+        "ood_threshold": est.ood.threshold, "seconds_cv": est.seconds_cv, "seconds_fit": est.seconds_fit,
+        "seconds_ood_fit": est.seconds_ood_fit, "seconds_predict": seconds_predict,
+        "seconds_total": time.perf_counter() - start, "settings": dict(est.settings),
     }
     return ExtendResult(
-        classes=classes, proba=proba, predicted=np.array(classes, dtype=object)[top],
-        p_predicted=p_top, confident=p_top >= confidence_threshold, ood=distance > threshold,
-        ood_distance=distance, ood_threshold=threshold, cv=cv, temperature=temperature, info=info)
-
-
-class _Lazy:
-    """Standardised view of ``x`` whose slices are computed on demand (no N x D copy)."""
-
-    def __init__(self, x: np.ndarray, scaler: _Standardiser) -> None:
-        self.x, self.scaler = x, scaler
-        self.shape = x.shape
-
-    def __getitem__(self, item: slice) -> np.ndarray:
-        return self.scaler(self.x[item])
+        classes=est.classes, proba=out["proba"], predicted=out["predicted"], p_predicted=out["p_predicted"],
+        confident=out["confident"], ood=ood, ood_distance=distance, ood_threshold=est.ood.threshold,
+        cv=est.cv, temperature=est.temperature, info=info)
 
 
 # --- scoring final types against a truth ---------------------------------------------------------

@@ -136,7 +136,8 @@ def extend(run_dir: str | PathLike | RunDir, config: Config | None = None, *,
             x, learn, mtype, model=cfg.model, c=cfg.c, class_weight=cfg.class_weight,
             calibration=cfg.calibration, cv_folds=cfg.cv_folds,
             confidence_threshold=cfg.confidence_threshold, ood_neighbors=cfg.ood_neighbors,
-            ood_quantile=cfg.ood_quantile, ood_dims=cfg.ood_dims, max_iter=cfg.max_iter, seed=cfg.seed)
+            ood_quantile=cfg.ood_quantile, ood_dims=cfg.ood_dims, ood_reference=cfg.ood_reference,
+            max_iter=cfg.max_iter, seed=cfg.seed)
     except ExtendError as exc:
         raise ExtendStageError(str(exc)) from None
 

@@ -116,8 +116,8 @@ def main() -> None:
 
         t0 = time.perf_counter()
         scaler = StandardScaler().fit(x_train)
-        bare = LogisticRegression(C=cfg.c, class_weight="balanced" if cfg.class_weight == "balanced" else None,
-                                  max_iter=cfg.max_iter)
+        weight = "balanced" if cfg.class_weight == "balanced" else None
+        bare = LogisticRegression(C=cfg.c, class_weight=weight, max_iter=cfg.max_iter)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             bare.fit(scaler.transform(x_train), y_train)

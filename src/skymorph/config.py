@@ -423,7 +423,7 @@ class ExtendConfig:
         'Principal components (plus the residual norm) the neighbour distances are taken in; 0 '
         'uses the full standardised space.', min=0)
     ood_reference: int = setting(
-        20000, 'Most training galaxies (a seeded sample) the neighbour distances are taken to; 0: all.',
+        10000, 'Most training galaxies (a seeded sample) the neighbour distances are taken to; 0: all.',
         min=0)
     ood_final: str = setting(
         "fallback",

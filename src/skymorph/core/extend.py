@@ -54,8 +54,9 @@ lie between the tight consensus clusters, so 54% (gz1) / 29% (ceers) of them are
 out of distribution (0.7% / 1.8% in the feature space), and even typed anyway they score
 0.03-0.05 below the features.  Giving the flagged galaxies the fallback type (UNC, the
 default ``ood_final``) rather than their predicted type costs 0.002 (gz1) / 0.014 (ceers)
-of extended balanced accuracy: the price of not forcing a blank or a star into a type.  ``class_weight``: balanced and unweighted within 0.01 on both sets
-(within the seed spread, 0.01-0.07); balanced stays the default for natural-mix samples
+of extended balanced accuracy: the price of not forcing a blank or a star into a type.
+``class_weight``: balanced and unweighted within 0.01 on both sets (within the seed
+spread, 0.01-0.07); balanced stays the default for natural-mix samples
 (not measured here: gz1_sdss_natural was not encoded in this round).  The inverse penalty
 ``c`` (0.001 to 1) changed the extended balanced accuracy by at most 0.016.  The ``hgb``
 model is available but was not measured: one fit on 1280-d features took over 4 minutes

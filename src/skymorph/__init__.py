@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "encode": "skymorph.stages.encode",
     "reduce": "skymorph.stages.reduce",
     "cluster": "skymorph.stages.cluster",
+    "extend": "skymorph.stages.extend",
     "measure": "skymorph.stages.measure",
     "validate": "skymorph.stages.validate",
     "evaluate": "skymorph.stages.evaluate",

@@ -34,7 +34,8 @@ COMMANDS: dict[str, str] = {
     "encode": "encode images with a pretrained network into feature vectors",
     "reduce": "UMAP reduction of the features (optionally scanning the dimension)",
     "cluster": "consensus of K-means, BIRCH and ward clustering -> catalog",
-    "inspect": "montages, browser voting by experts, merge votes into types",
+    "inspect": "montages, browser voting by experts (or labels you have), merge votes into types",
+    "extend": "a classifier trained on the experts' types gives every galaxy a type",
     "measure": "Sersic, Gini-M20, CAS, MID, Psi and G2 per galaxy",
     "validate": "statistics, plots and an HTML report of the morphology types",
     "evaluate": "score the clusters against known labels",
@@ -244,6 +245,7 @@ Visual classification of the consensus clusters (the paper's expert step):
   montage  draw a grid of random members per cluster + an HTML gallery
   serve    web application where experts name each cluster with one of inspect.types
   merge    votes -> one type per cluster -> morph_type in the catalog
+  auto     name each cluster by the majority of labels you already have (an automatic voter)
 
 Examples:
   skymorph inspect montage myrun
@@ -269,6 +271,81 @@ def _inspect_parser(sub: Any) -> None:
     _common(serve, force=False)
     serve.set_defaults(handler=_serve)
     _stage_parser(actions, "merge")
+    _auto_parser(actions)
+
+
+def _auto_parser(actions: Any) -> None:
+    p = actions.add_parser(
+        "auto", help="name each cluster by the majority of known labels (an automatic voter)",
+        description="Name every consensus cluster by the majority label of its montage members, as an "
+        "automatic voter (expert 'auto:<file>') in RUN_DIR/inspection/votes.csv: for labelled subsets "
+        "and benchmarks without people.\n\nExample:\n"
+        "  skymorph inspect auto myrun --truth labels.csv --id-col objid --label-col gz1_name \\\n"
+        "      --set 'inspect.types=[\"ELLIPTICAL\",\"SPIRAL\",\"EDGE_ON\",\"UNC\"]' \\\n"
+        "      --map spiral_cw=SPIRAL --map spiral_acw=SPIRAL --exclude dont_know --exclude merger --merge",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory with a catalog")
+    _truth_arguments(p, "label")
+    p.add_argument("--expert", default=None, metavar="NAME",
+                   help="voter name (must start with 'auto:'; default auto:<truth file name>)")
+    p.add_argument("--merge", action="store_true",
+                   help="merge the votes at once; with no human voter, with min_agree 1")
+    group = p.add_argument_group("settings of this command")
+    for spec in _settings(("inspect.per_cluster", "inspect.seed")):
+        add_setting_flag(group, spec)
+    _common(p, force=False)
+    p.set_defaults(handler=_auto)
+
+
+def _truth_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--truth", required=True, metavar="FILE",
+                        help=f"table of known {what}s (CSV, TSV, Parquet or FITS)")
+    parser.add_argument("--id-col", required=True, metavar="COL",
+                        help="truth column matched (as text) to the catalog's id")
+    parser.add_argument("--label-col", required=True, metavar="COL", help=f"truth column of the {what}")
+    parser.add_argument("--map", action="append", metavar="OLD=NEW", default=None,
+                        help=f"rename a {what} first, e.g. spiral_cw=spiral (repeatable)")
+    parser.add_argument("--exclude", action="append", metavar="LABEL", default=None,
+                        help=f"treat a {what} as unknown, e.g. dont_know (repeatable)")
+
+
+def _pairs(items: Sequence[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        old, sep, new = item.partition("=")
+        if not sep or not old:
+            raise ConfigError(f"--map expects OLD=NEW, got {item!r}")
+        out[old] = new
+    return out
+
+
+def _auto(args: argparse.Namespace, config: Config) -> int:
+    import pandas as pd
+
+    from .inspection.auto import auto_votes, human_voters
+    from .inspection.merge import format_counts
+    from .io.rundir import RunDir
+    from .stages.inspect import merge
+
+    result = auto_votes(args.run_dir, args.truth, args.id_col, args.label_col, config,
+                        label_map=_pairs(args.map), exclude=args.exclude or (), expert=args.expert)
+    run = RunDir(args.run_dir)
+    voted = result[result["type"] != ""]
+    print(f"{len(voted)} of {len(result)} consensus clusters named automatically "
+          f"(majority label of the sampled members) in {run.path / 'inspection' / 'votes.csv'}:")
+    for row in result.itertuples():
+        print(f"  cluster {row.cluster:>3}: {row.type or '(no labelled member: no vote)':<12} "
+              f"{row.n_majority}/{row.n_labelled} labelled  [{row.labels}]")
+    min_agree = config.inspect.min_agree if human_voters(run) else 1
+    if args.merge:
+        merged = merge(run, config=config, min_agree=min_agree)
+        counts = pd.read_csv(run.path / "inspection" / "type_counts.csv")
+        print(f"merged with min_agree {min_agree} ({len(merged)} clusters):")
+        print(format_counts(counts))
+    else:
+        print(f"next: skymorph inspect merge {run.path} --min-agree {min_agree}"
+              + ("" if human_voters(run) else "   (one automatic voter: agreement of 1 is all there can be)"))
+    return 0
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:

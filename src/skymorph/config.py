@@ -29,6 +29,7 @@ __all__ = [
     "ClusterConfig",
     "InspectConfig",
     "MeasureConfig",
+    "ExtendConfig",
     "ValidateConfig",
     "PRESETS",
     "load_config",
@@ -678,6 +679,80 @@ class MeasureConfig:
 
 
 @dataclass
+class ExtendConfig:
+    """The supervised step: the expert-typed consensus galaxies train a classifier that
+    types every galaxy (see ``skymorph.core.extend`` for the measured choices)."""
+
+    input: str = setting(
+        "features",
+        "What the classifier reads: ``features`` (the encoder features, N x D) or ``embedding`` "
+        "(the UMAP embedding the clusters were drawn in).",
+        choices=["features", "embedding"],
+        flag="--input",
+    )
+    model: str = setting(
+        "logistic",
+        "``logistic`` (multinomial logistic regression on standardised inputs) or ``hgb`` "
+        "(scikit-learn's histogram gradient boosting).",
+        choices=["logistic", "hgb"],
+        flag="--model",
+    )
+    c: float = setting(0.1, "Inverse L2 penalty of the logistic regression.", min=1e-6)
+    class_weight: str = setting(
+        "balanced",
+        "``balanced`` (each type weighted by the inverse of its frequency, so that a 73% majority"
+        " type does not absorb the rest) or ``none``.",
+        choices=["balanced", "none"],
+    )
+    calibration: str = setting(
+        "temperature",
+        "``temperature`` (one temperature fitted to the cross-validated predictions) or ``none``.",
+        choices=["temperature", "none"],
+    )
+    cv_folds: int = setting(5, "Folds of the cross-validation that measures accuracy and calibration.", min=2)
+    max_iter: int = setting(300, "Most lbfgs iterations of the logistic regression.", min=1)
+    confidence_threshold: float = setting(
+        0.7,
+        "``ml_confident`` is true where the top probability is at least this.",
+        min=0,
+        max=1,
+        flag="--confidence",
+    )
+    ood_neighbors: int = setting(
+        5, "Nearest training galaxies whose mean distance measures how foreign a galaxy is.", min=1
+    )
+    ood_quantile: float = setting(
+        0.99,
+        "``ml_ood`` is true where that distance exceeds this quantile of the training galaxies' "
+        "own leave-one-out distances.",
+        min=0.5,
+        max=1,
+        flag="--ood-quantile",
+    )
+    ood_dims: int = setting(
+        64,
+        "Principal components (plus the residual norm) the neighbour distances are taken in; 0 "
+        "uses the full standardised space.",
+        min=0,
+    )
+    ood_reference: int = setting(
+        10000, "Most training galaxies (a seeded sample) the neighbour distances are taken to; 0: all.", min=0
+    )
+    ood_final: str = setting(
+        "fallback",
+        "Final type of an extended galaxy flagged out of distribution: ``fallback`` (the last of "
+        "``inspect.types``, UNC: it is not forced into a type) or ``predicted``.",
+        choices=["fallback", "predicted"],
+    )
+    exclude_types: list[str] = setting(
+        list(),
+        'Expert types the classifier does not learn (e.g. ``["UNC"]``); galaxies of those types '
+        "keep them, and no other galaxy is given them.",
+    )
+    seed: int = setting(0, "Seed of the folds, the PCA of the OOD distance and the model.", flag="--seed")
+
+
+@dataclass
 class ValidateConfig:
     """Validation statistics and report."""
 
@@ -760,6 +835,7 @@ _SECTIONS = {
     "cluster": ClusterConfig,
     "inspect": InspectConfig,
     "measure": MeasureConfig,
+    "extend": ExtendConfig,
     "validate": ValidateConfig,
 }
 
@@ -776,6 +852,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    extend: ExtendConfig = field(default_factory=ExtendConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -46,6 +46,7 @@ STAGES: dict[str, str] = {
     "cluster": "skymorph.stages.cluster:STAGE",
     "montage": "skymorph.stages.inspect:MONTAGE",
     "merge": "skymorph.stages.inspect:MERGE",
+    "extend": "skymorph.stages.extend:STAGE",
     "measure": "skymorph.stages.measure:STAGE",
     "validate": "skymorph.stages.validate:STAGE",
 }

@@ -361,6 +361,11 @@ def evaluate(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | pd.
 
     result = score_labels(aligned, catalog["cluster_kmeans"].to_numpy(), consensus_labels(catalog),
                           config.inspect.per_cluster, config.inspect.seed)
+    if "morph_type_final" in catalog.columns:  # after `skymorph extend`: every galaxy has a type
+        from ..core.extend import split_scores
+
+        result["final_types"] = split_scores(aligned, catalog["morph_type_final"].fillna("").to_numpy(),
+                                             catalog["type_source"].fillna("").to_numpy())
     out_path = Path(out) if out is not None else run.path / "evaluation" / "evaluation.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     result = {
@@ -412,6 +417,13 @@ def format_report(result: Mapping[str, Any]) -> str:
         lines.append(f"  {lab:<{width}}" + "".join(f"{v:>10}" for v in row)
                      + f"  {_fmt(insp['recall_by_class'].get(lab)):>6}"
                      + f"  {_fmt(result['kept_by_class'].get(lab), True):>6}")
+    if "final_types" in result:
+        lines.append("")
+        lines.append("final types (morph_type_final, after `skymorph extend`) against the true classes:")
+        for key, title in (("kept", "experts (kept)"), ("extended", "extended (rejected)"), ("all", "all")):
+            f = result["final_types"][key]
+            lines.append(f"  {title:<22}{f['n']:>7}  accuracy {_fmt(f['accuracy'])}, "
+                         f"balanced accuracy {_fmt(f['balanced_accuracy'])}")
     if "output" in result:
         lines.append("")
         lines.append(f"written to {result['output']}")

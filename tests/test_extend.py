@@ -14,10 +14,10 @@ from skymorph import Config, RunDir
 from skymorph.cli import main as cli_main
 from skymorph.core.extend import extend_labels, reliability, split_scores, stratified_folds
 from skymorph.inspection import InspectError, clustering_fingerprint, consensus_labels, sample_members
-from skymorph.stages.inspect import merge
 from skymorph.inspection.auto import auto_votes, is_automatic
 from skymorph.stages.evaluate import EvaluateError, evaluate
 from skymorph.stages.extend import ExtendStageError, extend
+from skymorph.stages.inspect import merge
 from test_inspection import cluster_catalog
 
 GZ1_N = 90

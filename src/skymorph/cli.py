@@ -368,16 +368,33 @@ def _open_run(path: str) -> Any:
     return RunDir(path)
 
 
-def _module_parser(sub: Any, name: str, module: str) -> None:
-    """Commands whose flags live with their code (evaluate) for now."""
-    import importlib
-
-    mod = importlib.import_module(module)
-    parser = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name],
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    mod.add_arguments(parser)
+def _evaluate_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "evaluate", help=COMMANDS["evaluate"], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score a run's clusters against labels known for part of the sample: purity, NMI and "
+        "ARI of the K-means and consensus clusters; a simulated inspection (each cluster named by the "
+        "majority class of its sampled montage members) with its accuracy, balanced accuracy and "
+        "confusion matrix; the fraction kept; and, after `extend`, the final types on the kept, extended "
+        "and all galaxies.\n\nExample:\n"
+        "  skymorph evaluate myrun --truth labels.csv --id-col objid --label-col gz1_name \\\n"
+        "      --map spiral_cw=spiral --map spiral_acw=spiral --exclude dont_know")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory with a catalog")
+    _truth_arguments(parser, "class")
+    parser.add_argument("--out", metavar="FILE", default=None,
+                        help="JSON output (default RUN_DIR/evaluation/evaluation.json)")
+    group = parser.add_argument_group("settings of the simulated inspection (as in the montages)")
+    for spec in _settings(("inspect.per_cluster", "inspect.seed")):
+        add_setting_flag(group, spec)
     _common(parser, force=False)
-    parser.set_defaults(handler=mod.main)
+    parser.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace, config: Config) -> int:
+    from .stages.evaluate import evaluate, format_report
+
+    print(format_report(evaluate(args.run_dir, args.truth, args.id_col, args.label_col, config,
+                                 label_map=_pairs(args.map), exclude=args.exclude or (), out=args.out)))
+    return 0
 
 
 # --- settings ------------------------------------------------------------------------------------
@@ -440,7 +457,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         elif name == "info":
             _info_parser(sub)
         elif name == "evaluate":
-            _module_parser(sub, name, "skymorph.stages.evaluate")
+            _evaluate_parser(sub)
         elif name == "inspect":
             _inspect_parser(sub)
         else:

@@ -21,10 +21,8 @@ code; :func:`evaluate` reads a run directory and a truth table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -348,8 +346,8 @@ def evaluate(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | pd.
         For a missing column (the message lists the columns) or when no truth id
         matches a catalog id (the message shows examples of both).
     """
-    config = config or Config()
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    config = config if config is not None else run.config()
     catalog = run.catalog()
     needed = ["id", "cluster_kmeans", "cluster", "consensus"]
     missing = [c for c in needed if c not in catalog.columns]
@@ -431,55 +429,3 @@ def format_report(result: Mapping[str, Any]) -> str:
 
 
 # --- command line ---------------------------------------------------------------------------------
-
-
-def _pairs(items: Sequence[str] | None) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        old, sep, new = item.partition("=")
-        if not sep or not old:
-            raise EvaluateError(f"--map expects OLD=NEW, got {item!r}")
-        out[old] = new
-    return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``skymorph evaluate``."""
-    s = argparse.SUPPRESS
-    parser.description = __doc__.split("\n\n")[0] + (
-        "\n\nPurity, NMI and ARI of the K-means and consensus clusters against known classes; "
-        "a simulated\ninspection (each cluster named by the majority class of its sampled montage "
-        "members) with its\naccuracy, balanced accuracy and confusion matrix; the fraction kept.\n\n"
-        "Example:\n"
-        "  skymorph evaluate myrun --truth labels.csv --id-col objid --label-col gz1_name \\\n"
-        "      --map spiral_cw=spiral --map spiral_acw=spiral --exclude dont_know"
-    )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory with a catalog")
-    parser.add_argument("--truth", required=True, metavar="FILE",
-                        help="table of known classes (CSV, TSV, Parquet or FITS)")
-    parser.add_argument("--id-col", required=True, metavar="COL",
-                        help="truth column matched (as text) to the catalog's id")
-    parser.add_argument("--label-col", required=True, metavar="COL", help="truth column of the class")
-    parser.add_argument("--map", action="append", metavar="OLD=NEW", default=None,
-                        help="rename a class before scoring, e.g. spiral_cw=spiral (repeatable)")
-    parser.add_argument("--exclude", action="append", metavar="CLASS", default=None,
-                        help="treat a class as unknown, e.g. dont_know (repeatable)")
-    parser.add_argument("--out", metavar="FILE", default=None,
-                        help="JSON output (default RUN_DIR/evaluation/evaluation.json)")
-    parser.add_argument("--per-cluster", dest="inspect.per_cluster", type=int, default=s, metavar="N",
-                        help="members sampled per cluster in the simulated inspection (default 100, "
-                             "as in the montages)")
-    parser.add_argument("--seed", dest="inspect.seed", type=int, default=s, metavar="N",
-                        help="seed of that draw (default 0, as in the montages)")
-
-
-def main(args: argparse.Namespace, config: Config) -> int:
-    """Run ``skymorph evaluate``."""
-    try:
-        result = evaluate(args.run_dir, args.truth, args.id_col, args.label_col, config,
-                          label_map=_pairs(args.map), exclude=args.exclude or (), out=args.out)
-    except EvaluateError as exc:
-        print(f"skymorph evaluate: error: {exc}", file=sys.stderr)
-        return 1
-    print(format_report(result))
-    return 0

@@ -353,20 +353,20 @@ def _primary_header(record: dict[str, Any], n_rows: int):
     from astropy.io import fits
 
     header = fits.Header()
-    header["ORIGIN"] = ("skymorph", "software that wrote this file")
-    header["CREATOR"] = (f"skymorph {record.get('version', __version__)}", "and its version")
-    header["SKYMVER"] = (record.get("version", __version__), "skymorph version")
-    header["DATE"] = (record.get("written", ""), "UTC date and time the file was written")
-    header["RUNDIR"] = (record.get("run", ""), "run directory (name)")
-    header["NGALAXY"] = (n_rows, "rows of the CATALOG table")
+    _set(header, "ORIGIN", "skymorph", "software that wrote this file")
+    _set(header, "CREATOR", f"skymorph {record.get('version', __version__)}", "and its version")
+    _set(header, "SKYMVER", record.get("version", __version__), "skymorph version")
+    _set(header, "DATE", record.get("written", ""), "UTC date and time the file was written")
+    _set(header, "RUNDIR", record.get("run", ""), "run directory (name)")
+    _set(header, "NGALAXY", n_rows, "rows of the CATALOG table")
     inputs = record.get("inputs") or {}
     if inputs:
-        header["NINFILES"] = (inputs.get("n_files", 0), "distinct input files")
-        header["INKINDS"] = (_json(inputs.get("kinds", {})), "input files by suffix")
+        _set(header, "NINFILES", inputs.get("n_files", 0), "distinct input files")
+        _set(header, "INKINDS", _json(inputs.get("kinds", {})), "input files by suffix")
         for i, name in enumerate(inputs.get("files", [])[:_MAX_INPUT_CARDS], start=1):
-            header[f"INFILE{i}"] = (Path(name).name, "input file (first ones)")
-    header["STAGES"] = (_json(record.get("stages", {})), "fingerprint of each stage that ran")
-    header["SETTINGS"] = (_json(record.get("settings", {})), "every setting (config.toml) as JSON")
+            _set(header, f"INFILE{i}", Path(name).name, "input file (first ones)")
+    _set(header, "STAGES", _json(record.get("stages", {})), "fingerprint of each stage that ran")
+    _set(header, "SETTINGS", _json(record.get("settings", {})), "every setting (config.toml) as JSON")
     header.add_comment("Provenance written by skymorph. SETTINGS and STAGES are JSON strings continued "
                        "over CONTINUE cards; astropy joins them: json.loads(header['SETTINGS']).")
     header.add_comment("Columns: units in TUNITn, descriptions in TCOMMn. morph_type: SPH/ETD/LTD/IRR/UNC "
@@ -374,11 +374,22 @@ def _primary_header(record: dict[str, Any], n_rows: int):
     return header
 
 
-def _card_comment(keyword: str, value: str, text: str) -> str:
-    """``text`` cut to what fits on the card after ``keyword = 'value'`` (80 characters)."""
-    quoted = len(value.replace("'", "''")) + 2
-    room = 80 - (10 + max(20, max(quoted, 10)) + 3)
-    return text[: max(room, 0)]
+def _card_comment(value: Any, text: str) -> str:
+    """``text`` cut to what fits on one 80-character card after ``KEYWORD = value``
+    (a string value too long for one card continues over CONTINUE cards, which
+    carry the comment whole)."""
+    if isinstance(value, str):
+        quoted = len(value.replace("'", "''").ljust(8)) + 2
+        if quoted > 70:
+            return text
+        width = max(20, quoted)
+    else:
+        width = 20
+    return text[: max(80 - (10 + width + 3), 0)]
+
+
+def _set(header, keyword: str, value: Any, comment: str) -> None:
+    header[keyword] = (value, _card_comment(value, comment))
 
 
 def _write_fits(path: Path, table: pd.DataFrame, record: dict[str, Any]) -> None:
@@ -404,9 +415,9 @@ def _write_fits(path: Path, table: pd.DataFrame, record: dict[str, Any]) -> None
         description = astropy_table[name].description
         # TCOMMn (long-string convention where needed) is the column comment TOPCAT and
         # fitsio show; the TTYPEn card's comment is what a plain header listing shows.
-        hdu.header[f"TTYPE{i}"] = (name, _card_comment(f"TTYPE{i}", name, description))
+        _set(hdu.header, f"TTYPE{i}", name, description)
         hdu.header.insert(f"TTYPE{i}", (f"TCOMM{i}", description), after=True)
-    hdu.header["SKYMVER"] = (record.get("version", __version__), "skymorph version")
+    _set(hdu.header, "SKYMVER", record.get("version", __version__), "skymorph version")
     hdul = fits.HDUList([fits.PrimaryHDU(header=_primary_header(record, len(table))), hdu])
     tmp = path.with_name(f".{path.name}.tmp")
     try:

@@ -551,7 +551,7 @@ class InspectConfig:
     )
 
 
-G2_MIN_SN = 2.5
+G2_MIN_SN = 3.5
 """Default ``measure.g2_min_sn``: measured on the bundled COSMOS stamps (docs/measure.md)."""
 
 

@@ -323,7 +323,7 @@ def test_merge_types_clusters_by_majority(clustered_run, tmp_path):
     assert (typed["id"] == catalog["id"]).all()
     assert (typed.loc[labels == c[0], "morph_type"] == "SPH").all()
     assert (typed.loc[labels == c[1], "morph_type"] == "UNC").all()
-    assert (typed.loc[labels < 0, "morph_type"] == "").all()
+    assert (typed.loc[labels < 0, "morph_type"] == "NOCONS").all()
     assert (typed.loc[labels < 0, "type_flag"] == "").all()
     counts = pd.read_csv(clustered_run.path / "inspection" / "type_counts.csv").set_index("type")
     assert counts.loc["SPH", "n_galaxies"] == (labels == c[0]).sum()

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 
+from conftest import COSMOS_FIELDS, COSMOS_STAMPS, GZ1
 from skymorph import Config, ingest
 from skymorph.io.rundir import RunDir
 from skymorph.stages.measure import (
@@ -20,8 +21,6 @@ from skymorph.stages.measure import (
     measure_stamp,
     read_measurements,
 )
-
-from conftest import COSMOS_FIELDS, COSMOS_STAMPS, GZ1
 
 PSF_FILE = COSMOS_STAMPS / "real_galaxy_PSF_images_extension.fits"
 FIELD_PSF = COSMOS_FIELDS / "PSF_HST.fits"

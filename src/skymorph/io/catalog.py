@@ -295,8 +295,8 @@ def unique_names(table: pd.DataFrame) -> pd.DataFrame:
 
 def normalise_types(table: pd.DataFrame) -> pd.DataFrame:
     """``morph_type`` as the catalog contract has it: :data:`NOCONS` where the
-    clusterings disagree (``consensus`` false), missing where a consensus galaxy
-    has no type yet; never an empty string."""
+    clusterings disagree (``consensus`` false, else ``cluster`` < 0), missing
+    where a consensus galaxy has no type yet; never an empty string."""
     if "morph_type" not in table.columns:
         return table
     types = table["morph_type"].astype(object)
@@ -306,6 +306,8 @@ def normalise_types(table: pd.DataFrame) -> pd.DataFrame:
         consensus = table["consensus"].astype(object).map(
             lambda v: bool(v) if v is not None and not (isinstance(v, float) and np.isnan(v)) else True)
         text = text.mask(~consensus.astype(bool), NOCONS)
+    elif "cluster" in table.columns:  # the consensus label is -1 where the clusterings disagree
+        text = text.mask(pd.to_numeric(table["cluster"], errors="coerce").lt(0).to_numpy(), NOCONS)
     out = table.copy()
     out["morph_type"] = pd.Series(text.to_numpy(dtype=object), index=table.index, dtype=object)
     return out

@@ -79,9 +79,10 @@ def plain_montage(run, per_cluster: int, seed: int) -> None:
         Image.fromarray(grid).save(io.BytesIO(), format="PNG")
 
 
-def post(url: str, expert: str, cluster: int, type_: str) -> float:
+def post(url: str, token: str, expert: str, cluster: int, type_: str) -> float:
     data = json.dumps({"expert": expert, "cluster": cluster, "type": type_}).encode()
-    req = urllib.request.Request(url + "api/vote", data=data, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url + "api/vote", data=data,
+                                 headers={"Content-Type": "application/json", "X-Skymorph-Token": token})
     t0 = time.perf_counter()
     with urllib.request.urlopen(req, timeout=30) as r:
         r.read()
@@ -99,7 +100,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from skymorph import Config
-    from skymorph.inspection import make_server, montage
+    from skymorph.inspection import make_server
+    from skymorph.stages.inspect import montage
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_inspection_"))
     try:
@@ -129,13 +131,13 @@ def main() -> None:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
-            seq = [post(server.url, "solo", c % args.k, "SPH") for c in range(100)]
+            seq = [post(server.url, server.token, "solo", c % args.k, "SPH") for c in range(100)]
             print("vote latency (one expert, sequential, 100 votes): "
                   f"median {statistics.median(seq) * 1000:.1f} ms, max {max(seq) * 1000:.1f} ms")
             jobs = [(f"e{e}", c, "ETD") for e in range(args.experts) for c in range(args.k)] * 5
             t0 = time.perf_counter()
             with ThreadPoolExecutor(args.experts * 2) as pool:
-                lat = list(pool.map(lambda j: post(server.url, *j), jobs))
+                lat = list(pool.map(lambda j: post(server.url, server.token, *j), jobs))
             wall = time.perf_counter() - t0
             print(f"concurrent votes: {len(jobs)} from {args.experts} experts in {wall:.2f} s "
                   f"({len(jobs) / wall:.0f} votes/s), median latency {statistics.median(lat) * 1000:.1f} ms")

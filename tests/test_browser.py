@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
@@ -29,13 +30,26 @@ def run(clustered_run) -> RunDir:  # noqa: F811 - the imported fixture, under th
     return clustered_run
 
 
+PIXELS_JS = """() => {
+  const img = document.getElementById('zoom-img');
+  const c = document.createElement('canvas');
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const ctx = c.getContext('2d');
+  ctx.drawImage(img, 0, 0);
+  const d = ctx.getImageData(0, 0, c.width, c.height).data;
+  const out = [];
+  for (let i = 0; i < d.length; i += 4) out.push(d[i]);
+  return out;
+}"""
+
+
 def file_votes(run: RunDir) -> dict[tuple[str, int], str]:
     with open(run.path / "inspection" / "votes.csv", newline="") as fh:
         return {(r["expert"], int(r["cluster"])): r["type"] for r in csv.DictReader(fh)}
 
 
 def login(page, url: str, name: str, n_clusters: int) -> None:
-    page.goto(url)
+    page.goto(url)  # the address with ?token=, as printed by `skymorph inspect serve`
     assert page.locator("#workspace").is_hidden() and page.locator("#login").is_visible()
     page.fill("#expert-name", name)
     page.click("#start")
@@ -60,7 +74,8 @@ def page_votes(page) -> dict[int, str]:
 
 def test_three_experts_vote_and_the_file_and_page_agree(browser, run, tmp_path):
     with Server(run) as server:
-        clusters = [c["cluster"] for c in server.get("/api/state")[1]["clusters"]]
+        state = server.get("/api/state")[1]
+        clusters = [c["cluster"] for c in state["clusters"]]
         n = len(clusters)
         assert n >= 2
         plans = {
@@ -70,8 +85,10 @@ def test_three_experts_vote_and_the_file_and_page_agree(browser, run, tmp_path):
         }
         pages = {}
         for name in plans:
-            pages[name] = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-            login(pages[name], server.url, name, n)
+            # bypass_csp: Playwright's wait_for_function evaluates strings, which the page's CSP forbids
+            context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+            pages[name] = context.new_page()
+            login(pages[name], server.server.token_url, name, n)
         # the experts take turns cluster by cluster, as they would when working side by side
         for c in clusters:
             for name, plan in plans.items():
@@ -92,19 +109,49 @@ def test_three_experts_vote_and_the_file_and_page_agree(browser, run, tmp_path):
             shown = page_votes(page)
             assert shown == {c: plan.get(c, "\u2013") for c in clusters}
             assert page.text_content("#progress-text") == f"{len(plan)} / {n} clusters voted"
+            # the page says clearly when the expert has voted on every cluster
+            done = page.locator("#all-done")
+            if len(plan) == n:
+                assert done.is_visible() and "voted on every cluster" in done.text_content()
+                assert f"({n} of {n})" in done.text_content()
+            else:
+                assert done.is_hidden()
         # the type of the cluster on screen is highlighted
         ann = pages["Ann Expert"]
         ann.click(f"#cluster-list li[data-cluster='{clusters[1]}'] button")
         assert ann.eval_on_selector_all(".type.selected", "els => els.map(e => e.dataset.type)") == ["SPH"]
 
         # a click on a thumbnail shows that galaxy larger
-        cell = ann.locator("#cells .cell").nth(3)
+        big = max(state["clusters"], key=lambda c: c["n_shown"])
+        ann.click(f"#cluster-list li[data-cluster='{big['cluster']}'] button")
+        cell = ann.locator("#cells .cell").nth(min(3, big["n_shown"] - 1))
         stamp = cell.get_attribute("data-stamp")
         cell.click()
         ann.wait_for_selector("#zoom:not([hidden])")
         ann.wait_for_function("document.getElementById('zoom-img').naturalWidth === 100")
-        assert ann.get_attribute("#zoom-img", "src") == f"/galaxy/{stamp}.png"
-        assert ann.text_content("#zoom-caption").startswith("galaxy ")
+        src = ann.get_attribute("#zoom-img", "src")
+        assert src.startswith(f"/galaxy/{stamp}.png?") and f"token={server.token}" in src
+        # the zoomed view names the galaxy and has a scale bar, in arcsec (COSMOS has PIXEL_SCALE 0.03")
+        ids = {str(c["stamp"]): c["id"] for cl in state["clusters"] for c in cl["cells"]}
+        assert ann.text_content("#zoom-id") == f"galaxy {ids[stamp]}"
+        bar = ann.text_content("#scale-bar-label")
+        px = float(ann.get_attribute("#scale-bar-line", "data-px"))
+        arcsec = float(bar.split("\u2033")[0])
+        assert arcsec == pytest.approx(px * 0.03) and f"({round(px)} px)" in bar
+        bar_width = ann.eval_on_selector("#scale-bar-line", "e => e.getBoundingClientRect().width")
+        img_width = ann.eval_on_selector("#zoom-img", "e => e.getBoundingClientRect().width")
+        assert bar_width == pytest.approx(img_width * px / 100, rel=0.02)
+        # the live stretch control redraws the galaxy with another asinh softening
+        before = ann.evaluate(PIXELS_JS)
+        ann.locator("#zoom-stretch").fill("5")
+        ann.wait_for_function(f"document.querySelector('#zoom-img').getAttribute('src') != {json.dumps(src)}")
+        ann.wait_for_function("document.getElementById('zoom-img').complete && "
+                              "document.getElementById('zoom-img').naturalWidth === 100")
+        assert "softening=" in ann.get_attribute("#zoom-img", "src")
+        after = ann.evaluate(PIXELS_JS)
+        assert sum(after) < sum(before)  # nearly linear: the faint outskirts darken
+        ann.click("#zoom-stretch")  # a click on the control does not close the view
+        assert ann.locator("#zoom").is_visible()
         ann.screenshot(path=str(tmp_path / "zoom.png"))
         ann.keyboard.press("Escape")
         assert ann.locator("#zoom").is_hidden()
@@ -113,14 +160,93 @@ def test_three_experts_vote_and_the_file_and_page_agree(browser, run, tmp_path):
 
     # after a restart the page shows each expert's earlier choices, read back from the file
     with Server(run) as server:
-        page = browser.new_context().new_page()
-        login(page, server.url, "bob", n)  # names are matched case-insensitively
+        page = browser.new_context(bypass_csp=True).new_page()
+        login(page, server.server.token_url, "bob", n)  # names are matched case-insensitively
         assert page_votes(page) == {c: plans["Bob"][c] for c in clusters}
-        login(page, server.url, "Carol", n)
+        login(page, server.server.token_url, "Carol", n)
         assert page_votes(page) == {c: plans["Carol"].get(c, "\u2013") for c in clusters}
         # Carol's page opens on the one cluster she has not named yet
         assert page.get_attribute("#montage", "data-cluster") == str(clusters[-1])
+        assert page.locator("#all-done").is_hidden()
         vote(page, clusters[-1], "UNC")
         assert page.text_content("#progress-text") == f"{n} / {n} clusters voted"
+        assert page.locator("#all-done").is_visible()
+        assert page.text_content("#all-done").startswith("Done: Carol has voted on every cluster")
     assert file_votes(run)[("Carol", clusters[-1])] == "UNC"
     assert len(file_votes(run)) == len(expected) + 1
+
+
+# --- cross-origin attacks from another page open in the same browser ----------------------------------
+
+
+ATTACK_FETCH = """<!doctype html><title>loading</title><script>
+const url = "{url}api/vote?token={token}";
+const vote = (expert, type) => JSON.stringify({{expert, cluster: {cluster}, type}});
+Promise.allSettled([
+  fetch(url, {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}},
+              body: vote("Mallory", "SPH")}}),
+  fetch(url, {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "application/json"}},
+              body: vote("Mallory", "IRR")}}),
+  fetch(url, {{method: "POST", mode: "no-cors", body: new Blob([vote("Mallory", "LTD")],
+              {{type: "application/json"}})}}),
+]).then(() => {{ document.title = "sent"; }});
+</script>"""
+
+ATTACK_FORM = """<!doctype html><title>form</title>
+<form id="f" method="POST" enctype="text/plain" action="{url}api/vote?token={token}">
+<input name='{{"expert": "Mallory", "cluster": {cluster}, "type": "SPH", "pad": "' value='"}}'>
+</form><script>document.getElementById("f").submit();</script>"""
+
+
+class AttackerSite:
+    """Another origin (another port) serving the given pages."""
+
+    def __init__(self, root) -> None:
+        import functools
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        class Quiet(SimpleHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = __import__("threading").Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> AttackerSite:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def test_cross_origin_pages_cannot_vote(browser, run, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="skymorph.inspection")
+    site = tmp_path / "attacker"
+    site.mkdir()
+    with Server(run) as server:
+        cluster = server.get("/api/state")[1]["clusters"][0]["cluster"]
+        # the attacker even knows the token: the Origin check and the JSON-only rule stop it alone
+        fill = {"url": server.url, "token": server.token, "cluster": cluster}
+        (site / "fetch.html").write_text(ATTACK_FETCH.format(**fill))
+        (site / "form.html").write_text(ATTACK_FORM.format(**fill))
+        with AttackerSite(site) as attacker:
+            assert attacker.url != server.url
+            page = browser.new_context().new_page()
+            page.goto(attacker.url + "fetch.html")
+            page.wait_for_function("document.title === 'sent'")
+            # the form navigates to the server's answer: a refusal
+            page.goto(attacker.url + "form.html")
+            page.wait_for_url(f"{server.url}api/vote*")
+            answer = page.text_content("body")
+            assert '"error"' in answer and "cross-origin" in answer
+        refused = [r.getMessage() for r in caplog.records if "POST /api/vote" in r.getMessage()]
+        assert len(refused) == 4 and all('" 403 ' in m for m in refused), refused
+        assert all(server.token not in m for m in refused)  # the token is kept out of the log
+    path = run.path / "inspection" / "votes.csv"
+    assert not path.exists() or "Mallory" not in path.read_text()

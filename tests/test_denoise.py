@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from skymorph import Config, RunDir
-from skymorph.stages.denoise import apply_cae, border_sky, denoise, load_cae
+from skymorph.core.sky import border_sky
+from skymorph.stages.denoise import apply_cae, denoise, load_cae
 
 # Small but real: at least 300 optimiser steps of 8 stamps (half the default), early stopping on.
 QUICK = {"enabled": True, "epochs": 15, "min_steps": 300, "patience": 3}
@@ -144,7 +145,7 @@ def test_bad_checkpoints_and_settings(trained, tmp_path):
 
 
 def test_normalisation_round_trip_and_edge_cases():
-    from skymorph import _cae
+    from skymorph.core import cae as _cae
 
     rng = np.random.default_rng(1)
     x = rng.normal(5.0, 0.1, (3, 100, 100)).astype(np.float32)
@@ -163,7 +164,7 @@ def test_switches_unpooling_and_odd_sizes():
     is not a multiple of 4, three levels."""
     import torch
 
-    from skymorph import _cae
+    from skymorph.core import cae as _cae
 
     for arch in ({"stamp_size": 100, "channels": [16, 8], "unpool": "switches"},
                  {"stamp_size": 66, "channels": [8, 8, 4], "latent_dim": 10}):

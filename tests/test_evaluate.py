@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from skymorph import Config, RunDir
-from skymorph.inspection import consensus_labels, load_manifest, montage, sample_members
+from skymorph.inspection import consensus_labels, load_manifest, sample_members
 from skymorph.stages.evaluate import (
     EvaluateError,
     aligned_truth,
@@ -21,6 +21,7 @@ from skymorph.stages.evaluate import (
     read_truth,
     score_labels,
 )
+from skymorph.stages.inspect import montage
 from test_inspection import cluster_catalog
 
 GZ1_N = 60

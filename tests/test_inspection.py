@@ -24,11 +24,10 @@ from skymorph.inspection import (
     consensus_labels,
     load_manifest,
     make_server,
-    merge,
-    montage,
     sample_members,
     stretch,
 )
+from skymorph.stages.inspect import merge, montage
 
 
 def cluster_catalog(run: RunDir, k: int = 4, seed: int = 0) -> pd.DataFrame:
@@ -114,6 +113,7 @@ def test_stretch_maps_background_to_black_and_peak_to_white():
 
 def test_montage_draws_each_consensus_cluster(clustered_run):
     config = Config().update({"inspect": {"per_cluster": 12, "grid_cols": 5}})
+    cfg = config.inspect
     montage(clustered_run, config, progress=False)
     catalog = clustered_run.catalog()
     labels = consensus_labels(catalog)
@@ -139,7 +139,8 @@ def test_montage_draws_each_consensus_cluster(clustered_run):
             x0 = geom["gap"] + col * (geom["cell"] + geom["gap"])
             y0 = geom["header"] + geom["gap"] + row * (geom["cell"] + geom["gap"])
             cell = image[y0:y0 + geom["cell"], x0:x0 + geom["cell"]]
-            want = np.round(stretch(stamps[stamp], 99.5, 0.05, 2.0) * 255).astype(np.uint8)
+            want = np.round(stretch(stamps[stamp], cfg.stretch_percentile, cfg.asinh_softening,
+                                    cfg.stretch_noise_sigmas) * 255).astype(np.uint8)
             assert np.array_equal(cell, want)
     gallery = (clustered_run.path / "inspection" / "index.html").read_text()
     assert all(f"montages/cluster_{c:03d}.png" in gallery for c in clusters)
@@ -178,7 +179,7 @@ def test_montage_cli(clustered_run, capsys):
     with pytest.raises(SystemExit):
         cli.main(["inspect", "montage", "--help"])
     helptext = capsys.readouterr().out
-    assert "--per-cluster" in helptext and "default 100" in helptext
+    assert "--per-cluster" in helptext and "default: 100" in helptext
 
 
 # --- the voting server ----------------------------------------------------------------------------
@@ -201,8 +202,14 @@ class Server:
         self.server.server_close()
         self.thread.join(5)
 
+    @property
+    def token(self) -> str:
+        return self.server.token
+
     def get(self, path: str):
-        with urllib.request.urlopen(self.url + path.lstrip("/"), timeout=10) as r:
+        request = urllib.request.Request(self.url + path.lstrip("/"),
+                                         headers={"X-Skymorph-Token": self.token})
+        with urllib.request.urlopen(request, timeout=10) as r:
             body = r.read()
             return r.status, (json.loads(body) if r.headers["Content-Type"].startswith("application/json")
                               else body)
@@ -210,7 +217,8 @@ class Server:
     def vote(self, expert: str, cluster, type_: str):
         data = json.dumps({"expert": expert, "cluster": cluster, "type": type_}).encode()
         request = urllib.request.Request(self.url + "api/vote", data=data,
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json",
+                                                  "X-Skymorph-Token": self.token})
         try:
             with urllib.request.urlopen(request, timeout=10) as r:
                 return r.status, json.loads(r.read())
@@ -275,7 +283,7 @@ def test_concurrent_votes_do_not_corrupt_the_file(clustered_run):
 
 
 def test_two_stores_on_one_file_do_not_lose_votes(tmp_path):
-    # two servers (or processes) on one run: the fcntl lock serialises them
+    # two servers (or processes) on one run: the file lock serialises them
     path = tmp_path / "votes.csv"
     a, b = VoteStore(path, "x"), VoteStore(path, "x")
 

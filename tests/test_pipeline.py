@@ -38,7 +38,8 @@ def typed_run(tmp_path_factory):
             for cluster in clusters:
                 body = json.dumps({"expert": expert, "cluster": cluster, "type": kind}).encode()
                 request = urllib.request.Request(f"{server.url}/api/vote", body,
-                                                 {"Content-Type": "application/json"})
+                                                 {"Content-Type": "application/json",
+                                                  "X-Skymorph-Token": server.token})
                 with urllib.request.urlopen(request) as response:
                     assert response.status == 200
     finally:

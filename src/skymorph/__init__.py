@@ -41,10 +41,10 @@ _EXPORTS: dict[str, str] = {
     "score_labels": "skymorph.stages.evaluate",
     "aligned_truth": "skymorph.stages.evaluate",
     "run": "skymorph.stages.pipeline",
-    "montage": "skymorph.inspection",
+    "montage": "skymorph.stages.inspect",
+    "merge": "skymorph.stages.inspect",
     "serve": "skymorph.inspection",
     "make_server": "skymorph.inspection",
-    "merge": "skymorph.inspection",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -131,6 +131,10 @@ def _common(parser: argparse.ArgumentParser, *, force: bool = True) -> None:
     verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no bars")
 
 
+def _settings(keys: Sequence[str]) -> list[SettingSpec]:
+    return [section_settings(key.split(".")[0])[key.split(".")[1]] for key in keys]
+
+
 def _stage_parser(sub: Any, name: str) -> argparse.ArgumentParser:
     from .stages import get_stage
 
@@ -145,11 +149,16 @@ def _stage_parser(sub: Any, name: str) -> argparse.ArgumentParser:
         parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
         for argument in stage.arguments:
             _add_argument(parser, argument)
-    if stage.sections:
-        group = parser.add_argument_group(f"[{stage.sections[0]}] settings")
-        for spec in section_settings(stage.sections[0]).values():
-            if spec.flag:
-                add_setting_flag(group, spec)
+    if stage.flags is not None:
+        specs = _settings(stage.flags)
+    elif stage.sections:
+        specs = [spec for spec in section_settings(stage.sections[0]).values() if spec.flag]
+    else:
+        specs = []
+    if specs:
+        group = parser.add_argument_group("settings of this stage")
+        for spec in specs:
+            add_setting_flag(group, spec)
     _common(parser)
     parser.set_defaults(handler=_run_stage(name))
     return parser
@@ -230,6 +239,45 @@ def _run_pipeline(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+INSPECT_DESCRIPTION = """\
+Visual classification of the consensus clusters (the paper's expert step):
+  montage  draw a grid of random members per cluster + an HTML gallery
+  serve    web application where experts name each cluster with one of inspect.types
+  merge    votes -> one type per cluster -> morph_type in the catalog
+
+Examples:
+  skymorph inspect montage myrun
+  skymorph inspect serve myrun --port 8765   # then open the printed http://127.0.0.1:8765/?token=...
+  skymorph inspect merge myrun --min-agree 2
+  skymorph inspect merge myrun --votes alice.csv --votes bob.csv --votes carol.csv"""
+
+
+def _inspect_parser(sub: Any) -> None:
+    parser = sub.add_parser("inspect", help=COMMANDS["inspect"], description=INSPECT_DESCRIPTION,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _stage_parser(actions, "montage")
+    serve = actions.add_parser("serve", help="browser application for the experts' votes",
+                               description="Serve the voting application; every vote goes to "
+                               "RUN_DIR/inspection/votes.csv at once. Draws the montages first if needed.")
+    serve.add_argument("run_dir", metavar="RUN_DIR", help="run directory with a catalog")
+    group = serve.add_argument_group("settings of this command")
+    for spec in _settings(("inspect.host", "inspect.port")):
+        add_setting_flag(group, spec)
+    serve.add_argument("--open", dest="open_browser", action="store_true",
+                       help="open the page in the default web browser")
+    _common(serve, force=False)
+    serve.set_defaults(handler=_serve)
+    _stage_parser(actions, "merge")
+
+
+def _serve(args: argparse.Namespace, config: Config) -> int:
+    from .inspection import serve
+
+    serve(args.run_dir, config, open_browser=args.open_browser)
+    return 0
+
+
 def _info_parser(sub: Any) -> None:
     parser = sub.add_parser("info", help=COMMANDS["info"], description=COMMANDS["info"])
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
@@ -244,15 +292,14 @@ def _open_run(path: str) -> Any:
 
 
 def _module_parser(sub: Any, name: str, module: str) -> None:
-    """Commands whose flags live with their code (evaluate, inspect) for now."""
+    """Commands whose flags live with their code (evaluate) for now."""
     import importlib
 
     mod = importlib.import_module(module)
     parser = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     mod.add_arguments(parser)
-    if name != "inspect":
-        _common(parser, force=False)
+    _common(parser, force=False)
     parser.set_defaults(handler=mod.main)
 
 
@@ -318,7 +365,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         elif name == "evaluate":
             _module_parser(sub, name, "skymorph.stages.evaluate")
         elif name == "inspect":
-            _module_parser(sub, name, "skymorph.inspection")
+            _inspect_parser(sub)
         else:
             _stage_parser(sub, name)
     return parser

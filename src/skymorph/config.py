@@ -205,7 +205,8 @@ class DenoiseConfig:
     min_steps: int = setting(
         600,
         "Optimiser steps at least (over ``epochs``): small runs repeat their stamps within an epoch"
-        " so that 100 stamps still train properly.",
+        " so that 100 stamps still train properly (scaling the floor down for small runs made "
+        "the CAE of the 100 bundled stamps shift bright galaxies' centroids by more than 1 px).",
         min=0,
     )
     learning_rate: float = setting(1e-3, "Adam learning rate.", flag="--learning-rate", min=0)
@@ -399,6 +400,12 @@ class ReduceConfig:
         flag="--n-epochs",
         min=1,
     )
+    exact_knn_below: int = setting(
+        4096,
+        "Runs of at most this many galaxies (and no fit_sample) get an exact, brute-force k-NN "
+        "graph: in small runs it is cheaper than compiling pynndescent's numba code.",
+        min=0,
+    )
     scan_k: int = setting(
         20,
         "K-means clusters whose Davies-Bouldin index ranks the dimensions (the paper: 20).",
@@ -510,9 +517,17 @@ class InspectConfig:
         flag="--array",
         choices=("stamps", "denoised"),
     )
+    stretch: str = setting(
+        "auto",
+        "Display of the stamps: ``asinh`` (Lupton-style asinh stretch, for linear FITS/NPY inputs), "
+        "``linear`` (min-max, for inputs that are already display-scaled) or ``auto`` (``linear`` for "
+        "stamps ingested from 8-bit JPEG/PNG files, ``asinh`` for the rest).",
+        choices=("auto", "asinh", "linear"),
+    )
     stretch_percentile: float = setting(
-        99.5,
-        "Per-stamp scale: this percentile of the background-subtracted pixels maps to 1.",
+        99.9,
+        "asinh white point: this percentile of the central segment's background-subtracted pixels "
+        "maps to 1, so galaxy cores do not saturate.",
         min=50,
         max=100,
     )

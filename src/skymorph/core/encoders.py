@@ -205,9 +205,18 @@ class Encoder:
             out[empty] = torch.nan
         return out, empty
 
-    def encode(self, images: np.ndarray, batch_size: int = 64
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, images: np.ndarray, batch_size: int = 64,
+               on_batch: Callable[[int], object] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Features of ``N x H x W`` images, ``batch_size`` at a time.
+
+        Parameters
+        ----------
+        images : numpy.ndarray
+            ``N x H x W`` float images.
+        batch_size : int
+            Images per forward pass.
+        on_batch : callable, optional
+            Called with the number of images after each batch (a progress bar's ``update``).
 
         Returns
         -------
@@ -222,6 +231,8 @@ class Encoder:
             feats, bad = self.features(images[start : start + batch_size])
             out[start : start + len(feats)] = feats.cpu().numpy()
             empty[start : start + len(feats)] = bad.cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(feats))
         return out, empty
 
 

@@ -120,6 +120,9 @@ class Stage:
     creates_run: bool = False
     """The stage makes the run directory (``--out``) instead of reading one."""
     arguments: tuple[Argument, ...] = ()
+    flags: tuple[str, ...] | None = None
+    """``section.key`` of the settings the sub-command offers as flags; by default
+    every setting of the stage's own section that declares a ``flag``."""
     report: Callable[[RunDir, dict[str, Any], dict[str, Any]], str] | None = None
     """``report(run, summary, options)``: what the command line prints once the
     stage has run (or was reused)."""

@@ -212,14 +212,13 @@ def _checkpoint(cfg: DenoiseConfig) -> Path | None:
     return checkpoint
 
 
-def _extra(ctx: StageContext) -> dict[str, Any]:
-    """The checkpoint's hash when one is given (then the training settings do not
-    matter), else the training settings.  The checkpoint is loaded and checked here,
-    before the run's current outputs are touched."""
+def _extra(ctx: StageContext) -> dict[str, Any] | None:
+    """The checkpoint's hash when one is given.  The checkpoint is loaded and
+    checked here, before the run's current outputs are touched."""
     cfg = ctx.config.denoise
     checkpoint = _checkpoint(cfg)
     if checkpoint is None:
-        return ctx.config.result_settings("denoise")
+        return None
     from ..core import cae as _cae
 
     model, _ = _cae.load_checkpoint(checkpoint, _cae.resolve_device(cfg.device))
@@ -296,6 +295,7 @@ STAGE = Stage(
                  "  skymorph denoise otherrun --cae-checkpoint myrun/cae/checkpoint.pt\n"
                  "  skymorph denoise myrun --epochs 60 --train-sample 20000"),
     compute=_compute,
+    sections=("denoise",),
     upstream=lambda config: ("ingest",),
     outputs=("denoised.zarr",),
     extra=_extra,
@@ -327,7 +327,6 @@ def denoise(run_dir: str | os.PathLike | RunDir, config: Config | None = None, *
         Recompute even when the stamps and settings are unchanged.
     progress : bool
         Show progress bars.
-
     **settings
         Overrides of the ``[denoise]`` settings, e.g. ``epochs=60``.
 

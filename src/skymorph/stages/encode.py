@@ -56,8 +56,9 @@ def _extra(ctx: StageContext) -> dict[str, Any]:
         raise RunDirError(
             f"encode reads the '{source}' array (the newest image array of the settings: "
             f"denoise.enabled = {ctx.config.denoise.enabled}, polar.enabled = {ctx.config.polar.enabled}), "
-            f"but {ctx.run.path} has none: run `skymorph {stage} {ctx.run.path}` first, or change "
-            "those settings with --set"
+            f"but {ctx.run.path} has none: run `skymorph {stage} {ctx.run.path}` first, or encode "
+            "another array with --set polar.enabled=false (and --set denoise.enabled=false for the "
+            "ingested stamps)"
         )
     return {"input": source, "weights": _encoders.weights_identity(ctx.config.encode)}
 
@@ -136,14 +137,13 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
                 block = pending.result()
                 if pos + 1 < len(todo):
                     pending = pool.submit(read, todo[pos + 1])
-                feats, empty = encoder.encode(block, int(cfg.batch_size))
+                feats, empty = encoder.encode(block, int(cfg.batch_size), on_batch=bar.update)
                 features[i * chunk : i * chunk + len(block)] = feats
                 # recorded only once the chunk is on disk: a kill in between redoes it
                 partial["done"].append(i)
                 if empty.any():
                     partial["empty"][str(i)] = (np.flatnonzero(empty) + i * chunk).tolist()
                 _write_json(partial_path, partial)
-                bar.update(len(block))
     finally:
         if previous_threads is not None:
             import torch
@@ -212,14 +212,13 @@ def encode(run_dir: str | os.PathLike | RunDir, config: Config | None = None, *,
     Parameters
     ----------
     run_dir : str, Path or RunDir
-        Run directory holding the input array (see :func:`input_array`).
+        Run directory holding the input array (see :func:`skymorph.stages.image_source`).
     config : Config, optional
         All settings; by default the run's own ``config.toml``.
     force : bool
         Recompute even when the input and settings are unchanged.
     progress : bool
         Show a progress bar.
-
     **settings
         Overrides of the ``[encode]`` settings, e.g. ``encoder="efficientnet_lite0"``.
 

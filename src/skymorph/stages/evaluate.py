@@ -136,11 +136,10 @@ def score_labels(truth: Sequence[Any], clusters: Sequence[int],
     y_pred = np.array([names[c] for c in cons[sel]], dtype=object).astype(str)
     pred_labels = sorted(set(y_pred.tolist()) - set(classes))
     labels = classes + pred_labels
-    from sklearn.metrics import confusion_matrix
-
+    # counted here: sklearn's confusion_matrix warns on a single class even with labels=
     index = {lab: i for i, lab in enumerate(labels)}
-    matrix = (confusion_matrix(y_true, y_pred, labels=labels) if y_true.size
-              else np.zeros((len(labels), len(labels)), dtype=np.int64))
+    matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    np.add.at(matrix, ([index[t] for t in y_true], [index[p] for p in y_pred]), 1)
     # recall per true class from the matrix: sklearn's balanced_accuracy_score would also
     # average over cluster names that are no true class (e.g. "(unnamed)")
     recall = {c: (float(matrix[index[c], index[c]] / matrix[index[c]].sum()) if matrix[index[c]].sum()

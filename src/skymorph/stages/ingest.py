@@ -814,7 +814,6 @@ def ingest(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: 
         Re-read the inputs even when they and the settings are unchanged.
     progress : bool
         Show a progress bar.
-
     **settings
         Overrides of the ``[ingest]`` settings, e.g. ``stamp_size=64``.
 

@@ -494,7 +494,6 @@ def measure(run_dir: str | os.PathLike | RunDir, config: Config | None = None, *
         Re-measure even when the stamps and settings are unchanged.
     progress : bool
         Show a progress bar.
-
     **settings
         Overrides of the ``[measure]`` settings, e.g. ``workers=4``.
 

@@ -42,15 +42,11 @@ def run(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: Con
         The run directory, with ``catalog.parquet`` / ``catalog.fits`` and the
         montages in ``inspection/``.
     """
-    from ..inspection import montage
     from . import get_stage
 
     run_dir = RunDir.create(out)
     config = config if config is not None else run_dir.config()
     for name in PIPELINE:
-        if name == "montage":
-            montage(run_dir.path, config)
-            continue
         switch = get_stage(name).switch
         if switch is not None and not getattr(config.section(switch.split(".")[0]), switch.split(".")[1]):
             continue

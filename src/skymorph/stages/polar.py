@@ -428,7 +428,6 @@ def polar(run_dir: str | os.PathLike | RunDir, config: Config | None = None, *,
         Recompute even when the inputs and settings are unchanged.
     progress : bool
         Show a progress bar.
-
     **settings
         Overrides of the ``[polar]`` settings.
 

@@ -173,6 +173,8 @@ def knn_graph(features: np.ndarray, cfg: ReduceConfig) -> tuple[np.ndarray, np.n
         ``(indices, distances, search_index)``, to pass as UMAP's ``precomputed_knn``;
         the search index lets ``UMAP.transform`` place new galaxies.
     """
+    if features.shape[0] <= cfg.exact_knn_below and not cfg.fit_sample:
+        return _exact_knn(features, cfg)
     umap = _umap_module()
     with _umap_warnings():
         indices, dists, index = umap.umap_.nearest_neighbors(
@@ -181,6 +183,19 @@ def knn_graph(features: np.ndarray, cfg: ReduceConfig) -> tuple[np.ndarray, np.n
             use_pynndescent=True, n_jobs=1, verbose=False,
         )
     return indices, dists, index
+
+
+def _exact_knn(features: np.ndarray, cfg: ReduceConfig) -> tuple[np.ndarray, np.ndarray, None]:
+    """Brute-force k-NN (scikit-learn): exact, and in small runs far cheaper than
+    compiling pynndescent's numba code (about a minute, once per process).  Each
+    galaxy is its own first neighbour, as in UMAP's own graphs.  No search index:
+    ``UMAP.transform`` is not needed without ``fit_sample``."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(cfg.n_neighbors, features.shape[0])
+    search = NearestNeighbors(n_neighbors=k, metric=cfg.metric, algorithm="brute").fit(features)
+    dists, indices = search.kneighbors(features)
+    return indices.astype(np.int32), dists.astype(np.float32), None
 
 
 def fit_umap(features: np.ndarray, n_components: int, cfg: ReduceConfig,
@@ -367,10 +382,16 @@ def reduce_array(features: np.ndarray, cfg: ReduceConfig, ids: Sequence[Any] | N
     if cfg.dims != "auto":
         _check_sizes(fit_rows.size, [int(cfg.dims)], cfg, "the fit sample")
 
+    # one bar over the steps: UMAP's optimiser has no per-epoch callback to hook a finer one
+    steps = ["k-NN graph", *(["dimension scan"] if cfg.dims == "auto" else []), "UMAP",
+             *(["2-D map"] if cfg.map_2d else [])]
+    bar = tqdm(total=len(steps), desc="reduce", unit="step", disable=not progress)
+    bar.set_postfix_str(steps[0])
     start = time.perf_counter()
     knn = knn_graph(features[fit_rows], cfg)
     timings["knn"] = time.perf_counter() - start
     log.info("reduce: k-NN graph of %d galaxies in %.1f s", fit_rows.size, timings["knn"])
+    bar.update()
 
     scan = None
     dims = cfg.dims
@@ -384,15 +405,19 @@ def reduce_array(features: np.ndarray, cfg: ReduceConfig, ids: Sequence[Any] | N
         timings["scan"] = time.perf_counter() - start
         log.info("reduce: lowest Davies-Bouldin at d=%d (scan %.1f s)", dims, timings["scan"])
         _check_sizes(fit_rows.size, [dims], cfg, "the fit sample")
+        bar.update()
 
     start = time.perf_counter()
     embedding = _embed_all(features, fit_rows, int(dims), cfg, knn, progress=progress)
     timings["umap"] = time.perf_counter() - start
+    bar.update()
     embedding_2d = None
     if cfg.map_2d:
         start = time.perf_counter()
         embedding_2d = _embed_all(features, fit_rows, 2, cfg, knn, progress=progress)
         timings["umap_2d"] = time.perf_counter() - start
+        bar.update()
+    bar.close()
     return ReduceResult(embedding=embedding, dims=int(dims), embedding_2d=embedding_2d,
                         scan=scan, timings=timings)
 
@@ -467,7 +492,6 @@ def reduce(run_dir: str | os.PathLike | RunDir, config: Config | None = None, *,
         Recompute even when the inputs and settings are unchanged.
     progress : bool
         Show progress bars.
-
     **settings
         Overrides of the ``[reduce]`` settings.
 

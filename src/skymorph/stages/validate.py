@@ -792,7 +792,6 @@ def validate(run_dir: str | os.PathLike | RunDir, physical: str | os.PathLike | 
         All settings; by default the run's own ``config.toml``.
     progress : bool
         Log each part as it runs.
-
     **settings
         Overrides of the ``[validate]`` settings, e.g. ``confidence=0.68``.
 

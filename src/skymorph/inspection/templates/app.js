@@ -1,13 +1,32 @@
 // skymorph voting application: one expert names each consensus cluster.
 // The server is the only source of truth: the page shows what votes.csv holds for this
 // expert, and a choice is marked only once the server has confirmed it was written.
+// Every request carries the session's token (from the ?token= of the address the server printed).
 "use strict";
 
-const state = { expert: null, clusters: [], types: [], votes: {}, index: 0 };
+const state = { expert: null, clusters: [], types: [], votes: {}, index: 0, softening: null, cell: null };
 const $ = (id) => document.getElementById(id);
 
+const token = (() => {
+  const fromUrl = new URLSearchParams(window.location.search).get("token");
+  if (fromUrl) {
+    sessionStorage.setItem("skymorph-token", fromUrl);
+    // keep the secret out of the address bar (and of screenshots and bookmarks)
+    window.history.replaceState(null, "", window.location.pathname);
+    return fromUrl;
+  }
+  return sessionStorage.getItem("skymorph-token") || "";
+})();
+
+function withToken(path) {
+  return `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
+}
+
 async function api(path, options) {
-  const response = await fetch(path, options);
+  const opts = Object.assign({}, options || {});
+  opts.headers = Object.assign({ "X-Skymorph-Token": token }, opts.headers || {});
+  opts.credentials = "same-origin";
+  const response = await fetch(path, opts);
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
   if (!response.ok) {
@@ -25,18 +44,25 @@ function setStatus(text, isError) {
 async function login(name) {
   name = name.replace(/\s+/g, " ").trim();
   if (!name) { $("login-error").textContent = "Enter your name."; return; }
+  if (!token) {
+    $("login-error").textContent =
+      "This page needs the address printed by `skymorph inspect serve` (it ends in ?token=\u2026).";
+    return;
+  }
   try {
     const data = await api(`/api/state?expert=${encodeURIComponent(name)}`);
     state.expert = name;
     state.clusters = data.clusters;
     state.types = data.types;
     state.votes = data.votes;
+    state.softening = data.softening;
     localStorage.setItem("skymorph-expert", name);
     $("run-name").textContent = data.run;
     $("expert-label").textContent = name;
     $("login").hidden = true;
     $("who").hidden = false;
     $("workspace").hidden = false;
+    $("login-error").textContent = "";
     buildTypes();
     buildList();
     const firstOpen = state.clusters.findIndex((c) => !state.votes[c.cluster]);
@@ -47,22 +73,26 @@ async function login(name) {
   }
 }
 
+function typeIndex(code) { return state.types.findIndex((t) => t.code === code); }
+
 function buildTypes() {
   const box = $("types");
   box.replaceChildren();
   state.types.forEach((t, i) => {
     const b = document.createElement("button");
     b.type = "button";
-    b.className = `type ${t.code}`;
+    b.className = `type t${i}`;
     b.dataset.type = t.code;
     const kbd = document.createElement("kbd");
-    kbd.textContent = String(i + 1);
+    if (i < 9) kbd.textContent = String(i + 1);
     const small = document.createElement("small");
     small.textContent = t.name;
     b.append(kbd, document.createTextNode(t.code), small);
     b.addEventListener("click", () => vote(t.code));
     box.append(b);
   });
+  const n = Math.min(state.types.length, 9);
+  $("type-keys").textContent = n > 1 ? `1\u2013${n}` : "1";
 }
 
 function buildList() {
@@ -91,7 +121,7 @@ function refreshList() {
     const v = state.votes[li.dataset.cluster];
     const badge = li.querySelector(".badge");
     badge.textContent = v || "\u2013";
-    badge.className = `badge ${v || "none"}`;
+    badge.className = v ? `badge t${typeIndex(v)}` : "badge none";
     li.classList.toggle("current", Number(li.dataset.cluster) === state.clusters[state.index]?.cluster);
     if (v) done += 1;
   }
@@ -99,6 +129,12 @@ function refreshList() {
   $("progress").max = total;
   $("progress").value = done;
   $("progress-text").textContent = `${done} / ${total} clusters voted`;
+  const allDone = total > 0 && done === total;
+  $("all-done").hidden = !allDone;
+  $("all-done").textContent = allDone
+    ? `Done: ${state.expert} has voted on every cluster (${total} of ${total}). ` +
+      "All votes are saved; you can still change any of them."
+    : "";
 }
 
 function show(i) {
@@ -108,7 +144,7 @@ function show(i) {
   $("cluster-title").textContent =
     `Cluster ${c.cluster} \u00b7 ${c.size} galaxies \u00b7 ${c.n_shown} shown`;
   const img = $("montage");
-  img.src = c.png;
+  img.src = withToken(c.png);
   img.dataset.cluster = c.cluster;
   const g = c.geometry;
   const cells = $("cells");
@@ -163,13 +199,73 @@ async function vote(code) {
   }
 }
 
+// --- zoomed view: galaxy id, scale bar, live stretch --------------------------------------------
+
+// slider position 0..100 <-> asinh softening, log scale from the largest (nearly linear)
+// to the smallest (strongest asinh) the server accepts
+function softeningAt(pos) {
+  const lo = Math.log10(state.softening.min), hi = Math.log10(state.softening.max);
+  return Math.pow(10, hi - (pos / 100) * (hi - lo));
+}
+
+function positionOf(softening) {
+  const lo = Math.log10(state.softening.min), hi = Math.log10(state.softening.max);
+  return Math.round((100 * (hi - Math.log10(softening))) / (hi - lo));
+}
+
+function niceLength(target) {
+  const p = Math.pow(10, Math.floor(Math.log10(target)));
+  for (const m of [5, 2, 1]) if (m * p <= target) return m * p;
+  return p;
+}
+
+function drawScaleBar(cell) {
+  // about a quarter of the stamp, in arcsec where the pixel scale is known, else in pixels
+  const side = cell.side;
+  let px, label;
+  if (cell.arcsec_per_px) {
+    const arcsec = niceLength((side / 4) * cell.arcsec_per_px);
+    px = arcsec / cell.arcsec_per_px;
+    label = `${arcsec}\u2033 (${Math.round(px)} px)`;
+  } else {
+    px = niceLength(side / 4);
+    label = `${px} px`;
+  }
+  $("scale-bar-line").style.width = `${(100 * px) / side}%`;
+  $("scale-bar-line").dataset.px = String(px);
+  $("scale-bar-label").textContent = label;
+}
+
+function zoomSrc(cell) {
+  let path = `/galaxy/${cell.stamp}.png`;
+  if (cell.stretch === "asinh") path += `?softening=${softeningAt(Number($("zoom-stretch").value)).toPrecision(3)}`;
+  return withToken(path);
+}
+
+let stretchTimer = null;
+function onStretch() {
+  clearTimeout(stretchTimer);
+  stretchTimer = setTimeout(() => { if (state.cell) $("zoom-img").src = zoomSrc(state.cell); }, 60);
+}
+
 function zoom(cell) {
-  $("zoom-img").src = `/galaxy/${cell.stamp}.png`;
-  $("zoom-caption").textContent = `galaxy ${cell.id}`;
+  state.cell = cell;
+  const slider = $("zoom-stretch");
+  const adjustable = cell.stretch === "asinh";
+  slider.disabled = !adjustable;
+  $("zoom-stretch-reset").disabled = !adjustable;
+  if (slider.dataset.touched !== "1") slider.value = String(positionOf(state.softening.default));
+  $("stretch-note").textContent = adjustable
+    ? ""
+    : "This image was display-scaled (JPEG/PNG) before ingest: shown as it is.";
+  $("zoom-img").src = zoomSrc(cell);
+  $("zoom-id").textContent = `galaxy ${cell.id}`;
+  $("zoom-caption").textContent = `(stamp ${cell.stamp}, ${cell.side} \u00d7 ${cell.side} px)`;
+  drawScaleBar(cell);
   $("zoom").hidden = false;
 }
 
-function closeZoom() { $("zoom").hidden = true; }
+function closeZoom() { $("zoom").hidden = true; state.cell = null; }
 
 $("login-form").addEventListener("submit", (e) => { e.preventDefault(); login($("expert-name").value); });
 $("switch-expert").addEventListener("click", () => {
@@ -182,9 +278,19 @@ $("switch-expert").addEventListener("click", () => {
 });
 $("prev").addEventListener("click", () => show(state.index - 1));
 $("next").addEventListener("click", () => show(state.index + 1));
-$("zoom").addEventListener("click", closeZoom);
+$("zoom").addEventListener("click", (e) => { if (e.target === $("zoom")) closeZoom(); });
+$("zoom-close").addEventListener("click", closeZoom);
+$("zoom-stretch").addEventListener("input", () => { $("zoom-stretch").dataset.touched = "1"; onStretch(); });
+$("zoom-stretch-reset").addEventListener("click", () => {
+  $("zoom-stretch").value = String(positionOf(state.softening.default));
+  $("zoom-stretch").dataset.touched = "0";
+  onStretch();
+});
 document.addEventListener("keydown", (e) => {
-  if (!state.expert || e.target.tagName === "INPUT") return;
+  if (!state.expert || e.target.tagName === "INPUT") {
+    if (e.key === "Escape") closeZoom();
+    return;
+  }
   if (e.key === "Escape") { closeZoom(); return; }
   if (!$("zoom").hidden) return;
   if (e.key === "ArrowLeft") show(state.index - 1);

@@ -7,7 +7,7 @@ noise-aware one, and how G2 falls as the same galaxies are re-observed at lower 
    correlations with the asymmetry A, Gini and S/N.
 2. The brightest stamps get extra Gaussian noise (sigma x 1.5 ... 6, three draws each)
    and are measured again; printed: median G2(noisy) / G2(original) per S/N bin.  The
-   S/N below which the median keeps less than 2/3 of the value is ``measure.g2_min_sn``.
+   S/N below which the median falls steeply (under ~2/3) is ``measure.g2_min_sn``.
 
     python benchmarks/bench_g2.py             # ~1-2 min on 2 cores
     python benchmarks/bench_g2.py --bright 8  # fewer stamps in part 2

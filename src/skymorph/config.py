@@ -566,7 +566,7 @@ class InspectConfig:
     )
 
 
-G2_MIN_SN = 3.5
+G2_MIN_SN = 3.0
 """Default ``measure.g2_min_sn``: measured on the bundled COSMOS stamps (docs/measure.md)."""
 
 

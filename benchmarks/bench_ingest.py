@@ -9,6 +9,7 @@ one process, no stamp making, no writing) measured in the same run.
 
     python benchmarks/bench_ingest.py                 # N = 1,000 and 10,000, 3 repeats
     python benchmarks/bench_ingest.py --sizes 1000 --repeats 1
+    python benchmarks/bench_ingest.py --sizes 1000 --weight   # each file also has a WHT HDU (-> rms)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from astropy.io import fits
 
 
-def write_files(directory: Path, n: int, seed: int = 0) -> None:
+def write_files(directory: Path, n: int, seed: int = 0, weight: bool = False) -> None:
     from skymorph.io.datasets import cosmos_demo
 
     rng = np.random.default_rng(seed)
@@ -38,7 +39,10 @@ def write_files(directory: Path, n: int, seed: int = 0) -> None:
     for i in range(n):
         j = i % len(stamps)
         image = stamps[j] + rng.normal(0, noise[j], stamps[j].shape).astype(np.float32)
-        fits.writeto(directory / f"gal{i:06d}.fits", image, overwrite=True)
+        hdus = [fits.PrimaryHDU(image)]
+        if weight:  # inverse variance, as drizzle writes it
+            hdus.append(fits.ImageHDU(np.full(image.shape, noise[j] ** -2, np.float32), name="WHT"))
+        fits.HDUList(hdus).writeto(directory / f"gal{i:06d}.fits", overwrite=True)
 
 
 def child(mode: str, directory: Path, out: Path) -> dict:
@@ -48,6 +52,8 @@ def child(mode: str, directory: Path, out: Path) -> dict:
     if mode == "skymorph":
         run = ingest([directory], out, Config(), progress=False)
         n = run.open_array("stamps").shape[0]
+        if run.has_array("rms"):
+            assert run.open_array("rms").shape[0] == n
     else:
         n = 0
         for path in sorted(directory.glob("*.fits")):
@@ -70,6 +76,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--weight", action="store_true",
+                        help="give every file a WHT HDU, so that ingest also writes the rms array")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -82,7 +90,7 @@ def main() -> None:
         workdir = Path(tmp)
         for n in args.sizes:
             files = workdir / f"files{n}"
-            write_files(files, n)
+            write_files(files, n, weight=args.weight)
             ours = [measure("skymorph", files, workdir) for _ in range(args.repeats)]
             plain = [measure("getdata", files, workdir) for _ in range(args.repeats)]
             t_ours = statistics.median(r["seconds"] for r in ours)

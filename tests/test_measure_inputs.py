@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import zarr
 from astropy.io import fits
 
 from conftest import COSMOS_FIELDS, COSMOS_STAMPS, GZ1
@@ -22,7 +23,6 @@ from skymorph.stages.measure import (
     read_measurements,
 )
 
-PSF_FILE = COSMOS_STAMPS / "real_galaxy_PSF_images_extension.fits"
 FIELD_PSF = COSMOS_FIELDS / "PSF_HST.fits"
 GALAXY_FITS = COSMOS_FIELDS / "147246.0_150.416558_1.998697_masknoise.fits"
 QUICK = {"workers": 1, "include_sersic": False}
@@ -100,15 +100,6 @@ def bright_run(tmp_path_factory, shared_data):
                   progress=False)
 
 
-def _cosmos_psfs(sources: pd.DataFrame) -> np.ndarray:
-    """Each stamp's own PSF from the collection (65 x 51), padded square as the ``psf`` array
-    contract has it (N x P x P)."""
-    with fits.open(PSF_FILE) as hdul:
-        psfs = [np.pad(np.asarray(hdul[int(k)].data, dtype=np.float64), ((0, 0), (7, 7)))
-                for k in sources["PSF_HDU"]]
-    return np.stack(psfs)
-
-
 def _rms(stamps: np.ndarray, sources: pd.DataFrame, gain: float = 2000.0) -> np.ndarray:
     """A per-pixel 1-sigma map: background noise plus the galaxy's Poisson noise."""
     sky = sources["noise_sigma"].to_numpy()[:, None, None]
@@ -137,15 +128,14 @@ KEYS = ("sersic_n", "sersic_rhalf", "sersic_amplitude", "sersic_ellip", "gini", 
 
 @pytest.fixture(scope="module")
 def psf_rms_run(bright_run, tmp_path_factory):
+    """The bright stamps measured with what ingest wrote for the GalSim collection: each
+    stamp's own PSF (``psf``, N x P x P) and per-pixel errors (``rms``)."""
+    assert bright_run.has_array("psf") and bright_run.has_array("rms")  # ingest's contract
     path = tmp_path_factory.mktemp("psf") / "run"
     shutil.copytree(bright_run.path, path)
     run = RunDir(path)
-    sources, stamps = run.sources(), np.asarray(run.open_array("stamps"))
-    psfs = _cosmos_psfs(sources)
-    run.create_array("psf", psfs.shape, 8)[:] = psfs
-    run.create_array("rms", stamps.shape, 8)[:] = _rms(stamps, sources)
     measure(run, progress=False, workers=1)
-    return run, psfs
+    return run, np.asarray(run.open_array("psf"), dtype=np.float64)
 
 
 def test_psf_and_rms_arrays_as_statmorph(psf_rms_run):
@@ -225,3 +215,28 @@ def test_r_e_in_arcsec(psf_rms_run):
     table = read_measurements(run)
     assert (table["stamp_pixel_scale"] == 0.03).all()  # COSMOS ACS, cropped at native scale
     np.testing.assert_allclose(table["sersic_rhalf_arcsec"], 0.03 * table["sersic_rhalf"])
+
+
+def test_stamps_without_psf_or_rms_fall_back(bright_run, tmp_path):
+    """ingest writes NaN for a stamp of ``psf`` / ``rms`` that has none: that stamp is
+    measured without a PSF / with its constant noise, and its row says so."""
+    path = tmp_path / "run"
+    shutil.copytree(bright_run.path, path)
+    run = RunDir(path)
+    psf = zarr.open_array(str(run.array_path("psf")), mode="r+")
+    rms = zarr.open_array(str(run.array_path("rms")), mode="r+")
+    psf[1] = np.nan
+    rms[2] = np.nan
+    measure(run, progress=False, workers=1)
+    table = read_measurements(run)
+    assert table["measure_psf"].tolist() == ["array", "none", "array", "array", "array"]
+    assert table["measure_weights"].tolist() == ["rms", "rms", "noise_sigma", "rms", "rms"]
+    assert table["measure_ok"].all()
+    sources, stamps = run.sources(), np.asarray(run.open_array("stamps"))
+    weights = np.asarray(run.open_array("rms")[1], dtype=np.float64)
+    alone = measure_stamp(stamps[1], sources["noise_sigma"][1], sources["background"][1], weights)
+    assert table["sersic_n"][1] == pytest.approx(alone["sersic_n"], rel=1e-10)  # no PSF
+    alone = measure_stamp(stamps[2], sources["noise_sigma"][2], sources["background"][2],
+                          psf=np.asarray(run.open_array("psf")[2], dtype=np.float64))
+    assert table["gini"][2] == pytest.approx(alone["gini"], rel=1e-12)  # constant noise
+    assert table["sersic_n"][2] == pytest.approx(alone["sersic_n"], rel=1e-10)

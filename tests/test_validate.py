@@ -138,10 +138,10 @@ def test_validate_full_report(typed_run, shared_data):
     numbers = json.loads((run.path / "report" / "validation.json").read_text())
     assert summary["report"] == str(report)
     text = report.read_text()
-    for caption in ("Fig. 8", "Fig. 9", "Fig. 10", "Fig. 11", "Fig. 12", "Fig. 13", "Fig. 14",
-                    "Figs. 5f, 7: UMAP and t-SNE"):
-        assert f"alt='{caption}" in text, caption
-    assert text.count("data:image/png;base64,") == 8
+    for caption in ("Example stamps", "Fig. 8", "Fig. 9", "Fig. 10", "Fig. 11", "Fig. 12", "Fig. 13",
+                    "Fig. 14", "Figs. 5f, 7: UMAP and t-SNE"):
+        assert f'alt="{caption}' in text, caption
+    assert text.count("data:image/png;base64,") == 9
     assert "src='http" not in text and "<script" not in text  # self-contained
     parts = numbers["parts"]
     assert numbers["columns"]["z"] == "ZPHOT" and numbers["columns"]["r_e_unit"] == "kpc"
@@ -156,11 +156,19 @@ def test_validate_full_report(typed_run, shared_data):
     assert parts["per_type"]["result"]["n"]["SPH"] == len(sph)
     ltg = ok[ok["morph_type"] != "SPH"]
     etg_ltg = parts["etg_ltg"]["result"]
-    assert etg_ltg["P(n<split|LTG)"]["fraction"] == pytest.approx((ltg["sersic_n"] < 2.5).mean())
+    assert etg_ltg["tests"]["P(n < split | LTG)"]["fraction"] == pytest.approx((ltg["sersic_n"] < 2.5).mean())
     above = sph["gini"] > 0.14 * sph["m20"] + 0.80
-    assert etg_ltg["P(above line|ETG)"]["k"] == int(above.sum())
+    assert etg_ltg["tests"]["P(above line | ETG)"]["k"] == int(above.sum())
+    merger = ltg["gini"] > -0.14 * ltg["m20"] + 0.33
+    assert etg_ltg["tests"]["P(merger region | LTG)"]["k"] == int(merger.sum())
+    # the no-consensus galaxies (NOCONS, and untyped ones) are counted apart from UNC
+    types = parts["types"]["result"]
+    assert types["n_no_consensus"] == int(catalog["morph_type"].fillna("NOCONS").eq("NOCONS").sum())
+    assert types["counts"]["UNC"] == int((catalog["morph_type"] == "UNC").sum())
+    assert numbers["warnings"] == []  # FITS stamps: no non-linear warning
+    assert parts["agreement"]["result"] is None and "no votes" in parts["agreement"]["notes"][0]
     # kept vs rejected: same numbers as scipy on the same columns
-    kr = parts["kept_rejected"]["result"]
+    kr = parts["kept_rejected"]["result"]["tests"]
     kept = m["consensus"].to_numpy()
     gini = m["gini"].to_numpy()
     ref = sps.ks_2samp(gini[kept & np.isfinite(gini)], gini[~kept & np.isfinite(gini)])

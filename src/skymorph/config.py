@@ -115,6 +115,46 @@ class IngestConfig:
     min_size: int = setting(
         8, "Inputs smaller than this on either axis are rejected.", flag="--min-size", min=1
     )
+    max_pixels: int = setting(
+        100_000_000,
+        "Largest input image, in pixels, read from its header before any pixel is decoded (FITS "
+        "NAXISn, PNG/JPEG size, NPY shape); larger ones are rejected with the size they claim. "
+        "Applies to per-galaxy files, collection HDUs and fields alike (10^8 float64 pixels: 0.8 GB "
+        "per worker).",
+        flag="--max-pixels",
+        min=1,
+    )
+    max_nonfinite_fraction: float = setting(
+        0.5,
+        "Largest share of NaN/inf pixels among the survey pixels that land in a stamp; a stamp that "
+        "would be mostly noise filling is rejected instead.",
+        flag="--max-nonfinite-fraction",
+        min=0,
+        max=1,
+    )
+    error_maps: str | None = setting(
+        None,
+        "Companion error maps of image files: a directory holding a file of each image's name (or "
+        "its stem with a FITS/NPY suffix), or a pattern with ``{stem}`` (wildcards allowed), e.g. "
+        "``rms/{stem}_rms.fits``. Error-map HDUs in the image's own FITS file (WHT, RMS, ERR, ...) "
+        "and a collection catalog's NOISE_VARIANCE are read without it. Written to the ``rms`` array "
+        "(1-sigma per pixel).",
+        flag="--error-maps",
+    )
+    error_map_kind: str = setting(
+        "auto",
+        "What the companion error maps hold: ``rms`` (1-sigma), ``variance``, ``weight`` (inverse "
+        "variance), or ``auto`` (the HDU's EXTNAME, else a word of the file name: wht/weight/ivar, "
+        "var, rms/err/sigma/noise).",
+        flag="--error-map-kind",
+        choices=("auto", "rms", "variance", "weight"),
+    )
+    psf_size: int = setting(
+        41,
+        "Side (odd) of the PSF images written to the ``psf`` array, peak on the central pixel, "
+        "each normalised to sum 1. 41 keeps 98% of a COSMOS F814W PSF's flux (25: 96%).",
+        min=3,
+    )
     recentre: bool = setting(
         True,
         "Shift each stamp so that the galaxy's smoothed peak, searched near the centre, lands on "
@@ -691,6 +731,20 @@ class ValidateConfig:
         0.14, "Slope of the ETG/LTG line G = slope * M20 + intercept (Lotz et al. 2008)."
     )
     gini_m20_intercept: float = setting(0.80, "Intercept of that line.")
+    merger_slope: float = setting(
+        -0.14,
+        "Slope of the Lotz et al. (2008) merger line G = slope * M20 + intercept on the Gini-M20 "
+        "plane; galaxies above it are counted as mergers (drawn beside the ETG/LTG line).",
+    )
+    merger_intercept: float = setting(0.33, "Intercept of the merger line.")
+    etg_types: list[str] = setting(
+        ["SPH"],
+        "Types counted as early-type galaxies (ETG) in the ETG/LTG tests; the other types of "
+        "``inspect.types`` except the last (unclassified) one are the late types (LTG).  The paper: "
+        "ETG = SPH (spheroids), LTG = ETD + LTD + IRR: the early-type disks are disks.  Must be types "
+        "of ``inspect.types``.",
+        flag="--etg-type",
+    )
     min_mass: float | None = setting(
         1e9,
         "Keep galaxies above this stellar mass (Msun) when a mass column is known (the paper: "
@@ -713,7 +767,17 @@ class ValidateConfig:
         True, "Leave UNC galaxies out of the per-type statistics (as the paper does)."
     )
     n_bins: int = setting(8, "Quantile bins of the completeness curves.", min=1)
-    confidence: float = setting(0.95, "Confidence level of the Wilson intervals.", min=0.5, max=0.9999)
+    confidence: float = setting(
+        0.95,
+        "Confidence level of every interval in the report: the Wilson intervals of fractions and the "
+        "bootstrap interval of the experts' kappa.",
+        flag="--confidence",
+        min=0.5,
+        max=0.9999,
+    )
+    stamps_per_type: int = setting(
+        8, "Example stamps shown per type in the report (random members, seeded by ``seed``).", min=0, max=40
+    )
     max_map_points: int = setting(
         20000, "Galaxies drawn for the UMAP / t-SNE maps (t-SNE is O(N log N) but slow).", min=10
     )

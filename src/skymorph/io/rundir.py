@@ -53,6 +53,9 @@ __all__ = ["RunDir", "RunDirError", "ArrayWriter", "REJECT_COLUMNS", "iter_chunk
 
 FORMAT_VERSION = 1
 REJECT_COLUMNS = ["id", "origin", "stage", "reason"]
+# Zarr skips writing a chunk whose every value is the fill value (NaN); a chunk of
+# all-NaN items (e.g. error maps of stamps that have none) would then read as lost.
+_KEEP_EMPTY_CHUNKS = {"write_empty_chunks": True}
 
 
 class RunDirError(RuntimeError):
@@ -308,7 +311,7 @@ class RunDir:
         return zarr.create_array(
             store=str(self.array_path(name)), shape=shape, chunks=chunks, dtype=dtype,
             fill_value=np.nan if np.dtype(dtype).kind == "f" else 0, overwrite=True,
-            compressors=None, attributes=self._attributes(attributes),
+            compressors=None, config=_KEEP_EMPTY_CHUNKS, attributes=self._attributes(attributes),
         )
 
     def writer(self, name: str, item_shape: tuple[int, ...], chunk: int,
@@ -434,7 +437,7 @@ class ArrayWriter:
         self.array = zarr.create_array(
             store=str(path), shape=(0, *self.item_shape), chunks=(self.chunk, *self.item_shape),
             dtype=self.dtype, fill_value=np.nan if self.dtype.kind == "f" else 0, overwrite=True,
-            compressors=None, attributes=attributes,
+            compressors=None, config=_KEEP_EMPTY_CHUNKS, attributes=attributes,
         )
         self._buffer = np.empty((self.chunk, *self.item_shape), dtype=self.dtype)
         self._filled = 0

@@ -17,18 +17,45 @@ Padding is Gaussian noise with the stamp's own background level and sigma
 (sigma-clipped median and MAD of the stamp's border), never zeros, and is
 flagged in the ``sources`` table; NaN pixels inside a usable stamp are filled
 the same way and counted.  Unusable inputs are listed in ``rejects.csv`` and
-never stop the run.
+never stop the run: every path given or found in a directory is either a stamp
+or a row there (dangling links, link loops, FIFOs, directories that cannot be
+listed, images larger than ``max_pixels``, complex or boolean arrays, stamps
+mostly NaN/inf).
+
+Besides ``stamps`` the run gets, in the same order:
+
+* ``sources.parquet`` column ``linear``: ``True`` where pixels are proportional to
+  flux (FITS, NPY, collections), ``False`` for PNG/JPEG (display-scaled, clipped);
+* array ``rms`` (N x S x S float32): the 1-sigma error of every stamp pixel, cut
+  and padded exactly like the stamp, from an error-map HDU of the same FITS file
+  (EXTNAME WHT/WEIGHT/IVAR as inverse variance, RMS/ERR/SIGMA/NOISE, VAR/VARIANCE),
+  from companion files (``error_maps``), or, for collections, the catalog's
+  ``NOISE_VARIANCE``.  A stamp without any error map is NaN throughout; inside a
+  map, pixels that carry no measurement (padding, NaN-filled pixels, zero weight)
+  are ``inf``;
+* array ``psf`` (N x P x P float32, P = ``psf_size``, odd): each stamp's PSF with
+  its peak on the central pixel, cropped or zero-padded and normalised to sum 1,
+  from a collection's ``PSF_FILENAME`` / ``PSF_HDU`` columns or a ``PSF`` HDU of
+  the galaxy's own FITS file; NaN for stamps without one.
+
+``rms`` and ``psf`` are written only when at least one stamp has one; the
+``sources`` columns ``has_rms``, ``rms_source``, ``has_psf``, ``psf_source`` and
+``psf_flux_fraction`` say which stamps have them and where they came from.
 """
 
 from __future__ import annotations
 
 import ast
+import errno
 import glob
 import hashlib
 import logging
 import os
 import re
+import shutil
+import stat
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -41,135 +68,37 @@ from astropy.io import fits
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from ..config import Config, IngestConfig
+from ..config import Config, ConfigError, IngestConfig
 from ..core.parallel import map_ordered, start_pool
 from ..core.sky import ring_background
+from ..io.readers import (
+    FITS_SUFFIXES,
+    IMAGE_SUFFIXES,
+    NPY_SUFFIXES,
+    RASTER_SUFFIXES,
+    GalaxyImage,
+    Reject,
+    error_hdu,
+    fits_image,
+    read_error_map,
+    read_galaxy,
+    read_image,
+)
+from ..io.readers import stem_of as _stem
+from ..io.readers import suffix_of as _suffix
 from ..io.rundir import RunDir
 from . import Argument, Stage, StageContext, execute
 
-__all__ = ["ingest", "IngestError", "read_image", "make_stamp", "select_rows", "read_table"]
+__all__ = ["ingest", "IngestError", "Reject", "read_image", "make_stamp", "prepare_psf", "select_rows",
+           "read_table"]
 
 log = logging.getLogger(__name__)
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.fz")
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
-NPY_SUFFIXES = (".npy",)
-IMAGE_SUFFIXES = FITS_SUFFIXES + RASTER_SUFFIXES + NPY_SUFFIXES
 COLLECTION_COLUMNS = {"IDENT", "GAL_FILENAME", "GAL_HDU"}
 
 
 class IngestError(ValueError):
     """The inputs cannot be ingested at all (as opposed to one bad galaxy)."""
-
-
-class Reject(Exception):
-    """One input is unusable; the message is the reason written to rejects.csv."""
-
-
-# --- reading ---------------------------------------------------------------------
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return path.suffix.lower()
-
-
-def _stem(path: Path) -> str:
-    suffix = _suffix(path)
-    return path.name[: -len(suffix)] if suffix else path.stem
-
-
-def _fits_image(hdul: fits.HDUList, hdu: int | None) -> tuple[np.ndarray, int]:
-    if hdu is not None:
-        if hdu >= len(hdul):
-            raise Reject(f"has no HDU {hdu} (it has {len(hdul)}); choose another --hdu")
-        candidates = [hdu]
-    else:
-        candidates = [i for i, h in enumerate(hdul) if h.is_image and h.header.get("NAXIS", 0) >= 2]
-        if not candidates:
-            raise Reject("no image HDU (only tables or empty HDUs); is it a catalog?")
-    index = candidates[0]
-    data = hdul[index].data
-    if data is None:
-        raise Reject(f"HDU {index} holds no data")
-    data = np.squeeze(np.asarray(data))
-    if data.ndim != 2:
-        raise Reject(f"HDU {index} is {data.ndim}-dimensional; give a 2-D image or choose --hdu")
-    return data, index
-
-
-def read_image(path: str | Path, hdu: int | None = None) -> tuple[np.ndarray, int]:
-    """Read one galaxy image as a 2-D float array.
-
-    Parameters
-    ----------
-    path : str or Path
-        FITS, PNG, JPEG or NPY file.
-    hdu : int, optional
-        FITS HDU to read; the first image HDU by default.
-
-    Returns
-    -------
-    image : ndarray
-        2-D float64 image (colour images reduced to luminance).
-    hdu : int
-        The HDU read (-1 for non-FITS files).
-
-    Raises
-    ------
-    Reject
-        If the file is unreadable, truncated or holds no 2-D image.
-    """
-    path = Path(path)
-    suffix = _suffix(path)
-    if path.stat().st_size == 0:
-        raise Reject("empty (zero-byte) file")
-    try:
-        if suffix in FITS_SUFFIXES:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                with fits.open(path, memmap=False) as hdul:
-                    data, index = _fits_image(hdul, hdu)
-                    data = np.array(data, dtype=np.float64)
-            for w in caught:
-                if "truncat" in str(w.message).lower():
-                    raise Reject("truncated FITS file (data shorter than its header says)")
-            return data, index
-        if suffix in RASTER_SUFFIXES:
-            return _read_raster(path), -1
-        if suffix in NPY_SUFFIXES:
-            data = np.squeeze(np.load(path, allow_pickle=False))
-            if data.ndim == 3 and data.shape[-1] in (3, 4):
-                data = _luminance(data[..., :3])
-            if data.ndim != 2:
-                raise Reject(f"NPY array has shape {data.shape}; expected a 2-D image")
-            return np.asarray(data, dtype=np.float64), -1
-    except Reject:
-        raise
-    except (OSError, ValueError, TypeError, IndexError, EOFError, KeyError) as exc:
-        if suffix in FITS_SUFFIXES and "reshape" in str(exc):
-            raise Reject("truncated FITS file (data shorter than its header says)") from None
-        kind = {**dict.fromkeys(FITS_SUFFIXES, "FITS"), ".npy": "NPY"}.get(suffix, "image")
-        raise Reject(f"unreadable {kind} file: {exc}") from None
-    raise Reject(f"unsupported file type {suffix!r}; use FITS, PNG, JPEG or NPY")
-
-
-def _luminance(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.float64)
-    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-
-
-def _read_raster(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img.load()
-        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
-            return np.asarray(img, dtype=np.float64)
-        return _luminance(np.asarray(img.convert("RGB")))
 
 
 # --- catalogs ----------------------------------------------------------------------
@@ -267,9 +196,17 @@ def _peak_near_centre(image: np.ndarray) -> tuple[int, int]:
     return int(y0 + py), int(x0 + px)
 
 
+def _region(shape: tuple[int, int], cy: int, cx: int, side: int) -> tuple[int, int, int, int, int, int]:
+    """Corner of a ``side`` square centred on (cy, cx) and the part of it inside the image."""
+    h, w = shape
+    y0, x0 = cy - side // 2, cx - side // 2
+    return y0, x0, max(0, y0), min(h, y0 + side), max(0, x0), min(w, x0 + side)
+
+
 def make_stamp(image: np.ndarray, config: IngestConfig, framing: str,
-               rng: np.random.Generator, centre: tuple[float, float] | None = None
-               ) -> tuple[np.ndarray, dict[str, Any]]:
+               rng: np.random.Generator, centre: tuple[float, float] | None = None,
+               rms: np.ndarray | None = None, valid: np.ndarray | None = None,
+               ) -> tuple[np.ndarray, dict[str, Any], np.ndarray | None]:
     """Centre, crop or pad (or resample) one image to a square float32 stamp.
 
     Parameters
@@ -277,13 +214,19 @@ def make_stamp(image: np.ndarray, config: IngestConfig, framing: str,
     image : ndarray
         2-D image; NaN/inf pixels are allowed and get filled.
     config : IngestConfig
-        ``stamp_size``, ``min_size``, ``recentre``, ``frame_fraction``.
+        ``stamp_size``, ``min_size``, ``recentre``, ``frame_fraction``,
+        ``max_nonfinite_fraction``.
     framing : {"crop", "resample"}
         Cut at native scale, or cut ``frame_fraction`` of the frame and resample.
     rng : numpy.random.Generator
         Source of the padding / filling noise.
     centre : (y, x), optional
         Galaxy position in pixels; found from the image when not given.
+    rms : ndarray, optional
+        1-sigma error map of ``image`` (same shape); cut exactly like the stamp.
+    valid : ndarray of bool, optional
+        Pixels that belong to the survey image (``False``: outside a field's edge);
+        they count as padding, not as NaN pixels of the galaxy.
 
     Returns
     -------
@@ -291,12 +234,17 @@ def make_stamp(image: np.ndarray, config: IngestConfig, framing: str,
         ``stamp_size`` x ``stamp_size`` float32.
     info : dict
         ``y``, ``x`` (centre used), ``orig_height``, ``orig_width``, ``padded``,
-        ``framing``, ``background``, ``noise_sigma``, ``snr_pixel``, ``nan_filled``.
+        ``framing``, ``background``, ``noise_sigma``, ``snr_pixel``, ``nan_filled``,
+        ``nonfinite_fraction``.
+    rms_stamp : ndarray or None
+        The error map cut like the stamp (float32), ``inf`` where the stamp holds no
+        measurement (padding, filled NaN pixels); ``None`` without ``rms``.
 
     Raises
     ------
     Reject
-        All-NaN, constant or too small images.
+        All-NaN, constant or too small images, or a stamp whose share of NaN/inf
+        pixels exceeds ``max_nonfinite_fraction``.
     """
     size = config.stamp_size
     h, w = image.shape
@@ -320,15 +268,34 @@ def make_stamp(image: np.ndarray, config: IngestConfig, framing: str,
     side = size
     if framing == "resample":
         side = max(config.min_size, int(round(config.frame_fraction * min(h, w))))
+    # The share of NaN/inf among the survey pixels that land in the stamp: filling
+    # most of a stamp with noise would hand the later stages a made-up galaxy.
+    _, _, ys, ye, xs, xe = _region((h, w), cy, cx, side)
+    bad_in = ~finite[ys:ye, xs:xe]
+    outside = None
+    if valid is not None:
+        outside = ~valid[ys:ye, xs:xe]
+        bad_in = bad_in & ~outside
+        n_real = int(outside.size - np.count_nonzero(outside))
+    else:
+        n_real = bad_in.size
+    fraction = np.count_nonzero(bad_in) / n_real if n_real else 1.0
+    if fraction > config.max_nonfinite_fraction:
+        raise Reject(f"{fraction:.0%} of the stamp's pixels are NaN/inf, more than "
+                     f"ingest.max_nonfinite_fraction = {config.max_nonfinite_fraction:g}")
     stamp, padded = _cut(image, cy, cx, side, background, sigma, rng)
+    padded = padded or bool(outside is not None and outside.any())
+    rms_stamp = None
+    if rms is not None:
+        rms = np.array(rms, dtype=np.float64)
+        rms[~finite] = np.inf
+        if valid is not None:
+            rms[~valid] = np.inf
+        rms_stamp = _cut_plain(rms, cy, cx, side, np.inf)
     if framing == "resample" and side != size:
-        from PIL import Image
-
-        stamp = np.asarray(
-            Image.fromarray(stamp.astype(np.float32), mode="F").resize(
-                (size, size), Image.Resampling.LANCZOS if side < size else Image.Resampling.BOX
-            )
-        )
+        stamp = _resize(stamp, size)
+        if rms_stamp is not None:
+            rms_stamp = _resample_rms(rms_stamp, size)
         background, sigma = ring_background(stamp)
     stamp = stamp.astype(np.float32, copy=False)
     signal = (stamp - background) / sigma if sigma > 0 else np.zeros_like(stamp)
@@ -338,16 +305,41 @@ def make_stamp(image: np.ndarray, config: IngestConfig, framing: str,
         "framing": framing, "frame_side": side, "background": background,
         "noise_sigma": sigma,
         "snr_pixel": float(signal[footprint].mean()) if footprint.any() else 0.0,
-        "nan_filled": n_bad,
+        "nan_filled": n_bad, "nonfinite_fraction": float(fraction),
     }
-    return stamp, info
+    return stamp, info, None if rms_stamp is None else rms_stamp.astype(np.float32)
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    side = image.shape[0]
+    return np.asarray(
+        Image.fromarray(image.astype(np.float32), mode="F").resize(
+            (size, size), Image.Resampling.LANCZOS if side < size else Image.Resampling.BOX
+        )
+    )
+
+
+def _resample_rms(rms: np.ndarray, size: int) -> np.ndarray:
+    """The error map of a resampled stamp: variances resampled like the pixels and,
+    when ``side`` > ``size`` pixels are averaged (BOX), divided by the number averaged
+    (independent noise assumed; the resampled noise is correlated either way).
+    Output pixels touched by an unmeasured input pixel stay ``inf``."""
+    side = rms.shape[0]
+    unknown = ~np.isfinite(rms)
+    variance = np.where(unknown, 0.0, rms) ** 2
+    out = _resize(variance, size).astype(np.float64)
+    if side > size:
+        out /= (side / size) ** 2
+    out = np.sqrt(np.clip(out, 0, None))
+    out[_resize(unknown.astype(np.float32), size) > 1e-3] = np.inf
+    return out
 
 
 def _cut(image: np.ndarray, cy: int, cx: int, side: int, background: float, sigma: float,
          rng: np.random.Generator) -> tuple[np.ndarray, bool]:
-    h, w = image.shape
-    y0, x0 = cy - side // 2, cx - side // 2
-    ys, ye, xs, xe = max(0, y0), min(h, y0 + side), max(0, x0), min(w, x0 + side)
+    y0, x0, ys, ye, xs, xe = _region(image.shape, cy, cx, side)
     if ys == y0 and xs == x0 and ye == y0 + side and xe == x0 + side:
         return image[ys:ye, xs:xe].copy(), False
     out = rng.standard_normal((side, side), dtype=np.float32)
@@ -355,6 +347,68 @@ def _cut(image: np.ndarray, cy: int, cx: int, side: int, background: float, sigm
     out += background
     out[ys - y0 : ye - y0, xs - x0 : xe - x0] = image[ys:ye, xs:xe]
     return out, True
+
+
+def _cut_plain(image: np.ndarray, cy: int, cx: int, side: int, fill: float) -> np.ndarray:
+    """The same square as :func:`_cut`, padded with a constant."""
+    y0, x0, ys, ye, xs, xe = _region(image.shape, cy, cx, side)
+    out = np.full((side, side), fill, dtype=image.dtype)
+    out[ys - y0 : ye - y0, xs - x0 : xe - x0] = image[ys:ye, xs:xe]
+    return out
+
+
+def prepare_psf(psf: np.ndarray, size: int, zoom: float = 1.0) -> tuple[np.ndarray, float]:
+    """A PSF image as a ``size`` x ``size`` kernel: peak on the central pixel, cropped
+    or zero-padded, normalised to sum 1.
+
+    Parameters
+    ----------
+    psf : ndarray
+        2-D PSF image at the galaxy image's pixel scale.
+    size : int
+        Odd side of the result.
+    zoom : float
+        Pixel-scale change of the stamp (stamp_size / frame side of a resampled
+        stamp); the PSF is resampled by the same factor, each new pixel averaging
+        bilinear samples over its footprint.
+
+    Returns
+    -------
+    kernel : ndarray
+        float32, sums to 1.
+    flux_fraction : float
+        Share of the PSF's flux inside the ``size`` square (before normalising).
+
+    Raises
+    ------
+    Reject
+        Not 2-D, non-finite pixels, or no positive flux.
+    """
+    psf = np.squeeze(np.asarray(psf, dtype=np.float64))
+    if psf.ndim != 2:
+        raise Reject(f"PSF is {psf.ndim}-dimensional")
+    if not np.isfinite(psf).all():
+        raise Reject("PSF has NaN/inf pixels")
+    total = psf.sum()
+    if not total > 0:
+        raise Reject("PSF has no positive flux")
+    py, px = np.unravel_index(np.argmax(psf), psf.shape)
+    if zoom == 1.0:
+        kernel = _cut_plain(psf, int(py), int(px), size, 0.0)
+        inside = kernel.sum()
+    else:
+        # each new pixel averages n x n bilinear samples across its footprint of
+        # 1/zoom old pixels (the stamp's BOX/LANCZOS resampling integrates the same way)
+        n = max(1, int(np.ceil(1 / zoom)))
+        sub = (np.arange(n) + 0.5) / n - 0.5
+        offsets = ((np.arange(size) - size // 2)[:, None] + sub[None, :]).ravel() / zoom
+        yy, xx = np.meshgrid(py + offsets, px + offsets, indexing="ij")
+        samples = ndimage.map_coordinates(psf, [yy, xx], order=1, mode="constant", cval=0.0)
+        kernel = samples.reshape(size, n, size, n).mean(axis=(1, 3))
+        inside = kernel.sum() / zoom**2
+    if not inside > 0:
+        raise Reject("PSF has no positive flux near its peak")
+    return (kernel / kernel.sum()).astype(np.float32), float(min(1.0, inside / total))
 
 
 # --- work items ----------------------------------------------------------------------
@@ -369,6 +423,12 @@ class _Item:
     hdu: int | None = None
     centre: tuple[float, float] | None = None
     sky: tuple[float, float] | None = None
+    noise_variance: float | None = None
+    """A collection catalog's NOISE_VARIANCE (one value for the whole stamp)."""
+    psf: tuple[str, int] | None = None
+    """A collection catalog's PSF file and HDU."""
+    error_map: str | None = None
+    """Companion error-map file (``error_maps``); ``""``: asked for, none found."""
 
 
 @dataclass
@@ -378,6 +438,7 @@ class _Task:
     kind: str  # "file", "collection", "field", "detect"
     path: str
     items: list[_Item] = field(default_factory=list)
+    error_map: str | None = None
 
 
 def _framing(config: IngestConfig, path: str) -> str:
@@ -393,60 +454,153 @@ def _rng(config: IngestConfig, gid: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
+def _fits_size(path: str) -> int | None:
+    return None if path.lower().endswith((".gz", ".fz")) else os.stat(path).st_size
+
+
+class _Reader:
+    """Reads the images of one task, keeping open files and whole fields for its items."""
+
+    def __init__(self, task: _Task, config: IngestConfig) -> None:
+        self.task, self.config = task, config
+        self.files: dict[str, tuple[fits.HDUList, int | None]] = {}
+        self.cache: dict[Any, Any] = {}
+
+    def close(self) -> None:
+        for hdul, _ in self.files.values():
+            hdul.close()
+
+    def _open(self, path: str) -> tuple[fits.HDUList, int | None]:
+        if path not in self.files:
+            self.files[path] = (fits.open(path, memmap=True), _fits_size(path))
+        return self.files[path]
+
+    def read(self, item: _Item) -> GalaxyImage:
+        config = self.config
+        if self.task.kind == "file":
+            image = read_galaxy(item.path, config.hdu, max_pixels=config.max_pixels)
+        else:
+            key = ("image", item.hdu)
+            if key not in self.cache:
+                hdul, size = self._open(self.task.path)
+                data, index = fits_image(hdul, item.hdu, config.max_pixels, size)
+                image = GalaxyImage(np.array(data, dtype=np.float64), index, linear=True)
+                if self.task.kind != "collection" and len(hdul) > 1:
+                    image.rms, image.rms_source, image.note = error_hdu(
+                        hdul, index, image.data.shape, config.max_pixels)
+                self.cache[key] = image
+            cached = self.cache[key]
+            image = GalaxyImage(cached.data, cached.hdu, cached.linear, cached.rms, cached.rms_source,
+                                note=cached.note)
+        notes = [image.note] if image.note else []
+        if item.error_map:
+            if item.error_map not in self.cache:
+                try:
+                    self.cache[item.error_map] = read_error_map(
+                        item.error_map, config.error_map_kind, image.data.shape, config.max_pixels)
+                except Reject as exc:
+                    self.cache[item.error_map] = str(exc)
+                except (OSError, ValueError, TypeError, MemoryError) as exc:
+                    self.cache[item.error_map] = f"error map {item.error_map} unreadable: {exc}"
+            found = self.cache[item.error_map]
+            if isinstance(found, str):
+                notes.append(found)
+            else:
+                image.rms, image.rms_source = found
+        elif item.error_map == "" and image.rms is None:
+            notes.append("no file matches ingest.error_maps")
+        if item.noise_variance is not None:
+            if np.isfinite(item.noise_variance) and item.noise_variance > 0:
+                image.rms = np.full(image.data.shape, np.sqrt(item.noise_variance))
+                image.rms_source = "catalog NOISE_VARIANCE"
+            else:
+                notes.append(f"catalog NOISE_VARIANCE is {item.noise_variance:g}")
+        if item.psf is not None:
+            psf_path, psf_hdu = item.psf
+            key = ("psf", psf_path, psf_hdu)
+            if key not in self.cache:
+                try:
+                    hdul, size = self._open(psf_path)
+                    data, _ = fits_image(hdul, psf_hdu, config.max_pixels, size)
+                    self.cache[key] = np.array(data, dtype=np.float64)
+                except Reject as exc:
+                    self.cache[key] = f"PSF {psf_path}[{psf_hdu}]: {exc}"
+                except (OSError, ValueError, TypeError, IndexError, MemoryError) as exc:
+                    self.cache[key] = f"PSF {psf_path}[{psf_hdu}] unreadable: {exc}"
+            found = self.cache[key]
+            if isinstance(found, str):
+                notes.append(found)
+            else:
+                image.psf, image.psf_source = found, f"{psf_path}[{psf_hdu}]"
+        image.note = "; ".join(notes)
+        return image
+
+
 def _process(task: _Task, config: IngestConfig) -> list[tuple]:
-    """Worker: returns ``("ok", id, stamp, row)`` or ``("reject", id, origin, reason)``."""
+    """Worker: returns ``("ok", id, stamp, row, rms, psf)`` or ``("reject", id, origin, reason)``."""
     if task.kind == "detect":
         try:
             task = _detect(task, config)
         except Reject as exc:
-            return [("reject", Path(task.path).stem, task.path, str(exc))]
+            return [("reject", _stem(Path(task.path)), task.path, str(exc))]
+        except MemoryError:
+            return [("reject", _stem(Path(task.path)), task.path,
+                     "ran out of memory detecting sources; lower ingest.max_pixels or --workers")]
+        except (OSError, ValueError) as exc:
+            return [("reject", _stem(Path(task.path)), task.path, f"unreadable field: {exc}")]
     results: list[tuple] = []
-    cache: dict[int | None, tuple[np.ndarray, int]] = {}
-    hdul = None
+    reader = _Reader(task, config)
     try:
-        if task.kind in ("collection", "field", "detect"):
-            try:
-                hdul = fits.open(task.path, memmap=True)
-            except (OSError, ValueError) as exc:
-                reason = f"unreadable FITS file: {exc}"
-                return [("reject", it.id, task.path, reason) for it in task.items]
         for item in task.items:
             origin = f"{item.path}[{item.hdu}]" if item.hdu is not None else item.path
             try:
-                if hdul is None:
-                    image, hdu = read_image(item.path, config.hdu)
-                else:
-                    if item.hdu not in cache:
-                        data, hdu = _fits_image(hdul, item.hdu)
-                        cache[item.hdu] = (np.array(data, dtype=np.float64), hdu)
-                    image, hdu = cache[item.hdu]
-                centre = item.centre
-                if centre is not None:
-                    image, centre = _window(image, centre, config.stamp_size)
-                stamp, info = make_stamp(image, config, _framing(config, item.path),
-                                         _rng(config, item.id), centre)
-                if centre is not None:
-                    info["y"], info["x"] = item.centre
-                ra, dec = item.sky if item.sky is not None else (np.nan, np.nan)
-                row = {"id": item.id, "origin": item.path, "hdu": hdu, "ra": ra, "dec": dec, **info}
-                results.append(("ok", item.id, stamp, row))
+                results.append(_one(reader, item, config))
             except Reject as exc:
                 results.append(("reject", item.id, origin, str(exc)))
-            except (OSError, ValueError) as exc:
+            except MemoryError:
+                results.append(("reject", item.id, origin, "ran out of memory reading it; lower "
+                                "ingest.max_pixels or --workers"))
+            except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError) as exc:
                 results.append(("reject", item.id, origin, f"unreadable: {exc}"))
     finally:
-        if hdul is not None:
-            hdul.close()
+        reader.close()
     return results
 
 
-def _window(image: np.ndarray, centre: tuple[float, float], size: int
-            ) -> tuple[np.ndarray, tuple[float, float]]:
+def _one(reader: _Reader, item: _Item, config: IngestConfig) -> tuple:
+    image = reader.read(item)
+    data, rms, valid = image.data, image.rms, None
+    centre = item.centre
+    if centre is not None:
+        data, rms, valid, centre = _window(data, rms, centre, config.stamp_size)
+    framing = _framing(config, item.path)
+    stamp, info, rms_stamp = make_stamp(data, config, framing, _rng(config, item.id), centre,
+                                        rms=rms, valid=valid)
+    if centre is not None:
+        info["y"], info["x"] = item.centre
+    psf, flux_fraction, note = None, np.nan, image.note
+    if image.psf is not None:
+        zoom = config.stamp_size / info["frame_side"] if framing == "resample" else 1.0
+        try:
+            psf, flux_fraction = prepare_psf(image.psf, config.psf_size, zoom)
+        except Reject as exc:
+            note = "; ".join(n for n in (note, f"PSF {image.psf_source} unusable: {exc}") if n)
+    ra, dec = item.sky if item.sky is not None else (np.nan, np.nan)
+    row = {"id": item.id, "origin": item.path, "hdu": image.hdu, "ra": ra, "dec": dec, **info,
+           "linear": image.linear,
+           "has_rms": rms_stamp is not None, "rms_source": image.rms_source if rms_stamp is not None else "",
+           "has_psf": psf is not None, "psf_source": image.psf_source if psf is not None else "",
+           "psf_flux_fraction": flux_fraction, "note": note}
+    return ("ok", item.id, stamp, row, rms_stamp, psf)
+
+
+def _window(image: np.ndarray, rms: np.ndarray | None, centre: tuple[float, float], size: int
+            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, tuple[float, float]]:
     """A Cutout2D around a field position, with its centre in the cutout's pixels.
 
     The cutout is twice the stamp size so that the background is measured on
-    sky rather than on the galaxy; parts outside the field are NaN and become
-    noise padding.
+    sky rather than on the galaxy; parts outside the field are NaN (marked in the
+    returned ``valid`` mask) and become noise padding.
     """
     from astropy.nddata import Cutout2D, NoOverlapError
 
@@ -455,8 +609,15 @@ def _window(image: np.ndarray, centre: tuple[float, float], size: int
                        fill_value=np.nan, copy=True)
     except NoOverlapError:
         raise Reject(f"position x={centre[1]:.1f}, y={centre[0]:.1f} is outside the image") from None
+    (ys, ye), (xs, xe) = [(s.start, s.stop) for s in cut.slices_cutout]
+    valid = np.zeros(cut.data.shape, dtype=bool)
+    valid[ys:ye, xs:xe] = True
+    rms_cut = None
+    if rms is not None:
+        rms_cut = np.full(cut.data.shape, np.inf)
+        rms_cut[ys:ye, xs:xe] = rms[cut.slices_original]
     x, y = cut.to_cutout_position((centre[1], centre[0]))
-    return cut.data, (y, x)
+    return cut.data, rms_cut, valid, (y, x)
 
 
 def _detect(task: _Task, config: IngestConfig) -> _Task:
@@ -470,7 +631,7 @@ def _detect(task: _Task, config: IngestConfig) -> _Task:
         make_2dgaussian_kernel,
     )
 
-    image, hdu = read_image(task.path, config.hdu)
+    image, hdu = read_image(task.path, config.hdu, config.max_pixels)
     finite = np.isfinite(image)
     if not finite.any():
         raise Reject("field is entirely NaN/inf")
@@ -496,8 +657,8 @@ def _detect(task: _Task, config: IngestConfig) -> _Task:
             ra, dec = wcs.pixel_to_world_values(x, y)
             sky = (float(ra), float(dec))
         items.append(_Item(f"{_stem(Path(task.path))}_{label}", task.path, hdu,
-                           (float(y), float(x)), sky))
-    return _Task("field", task.path, items)
+                           (float(y), float(x)), sky, error_map=task.error_map))
+    return _Task("field", task.path, items, task.error_map)
 
 
 def _wcs(path: str, hdu: int | None):
@@ -513,42 +674,147 @@ def _wcs(path: str, hdu: int | None):
 # --- discovery -------------------------------------------------------------------------
 
 
-def _expand(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
-    """Split inputs into image files and collection catalogs; directories are
-    searched recursively.  Missing paths and empty directories raise."""
-    files: list[Path] = []
-    catalogs: list[Path] = []
+@dataclass
+class _Found:
+    """What the inputs hold: image files, collection catalogs, files beside a catalog
+    (its own images, PSFs... or strays), inputs that cannot be read, and what was skipped."""
+
+    files: list[Path] = field(default_factory=list)
+    catalogs: list[Path] = field(default_factory=list)
+    beside: list[Path] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+    companions: dict[str, str] = field(default_factory=dict)
+
+    def reject(self, path: Path, reason: str) -> None:
+        self.rejects.append({"id": _stem(path), "origin": str(path), "stage": "ingest", "reason": reason})
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _classify(path: Path) -> tuple[str, os.stat_result | None]:
+    """``("file", stat)``, ``("dir", stat)`` or ``("reject", reason)`` for one path
+    (symbolic links followed)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "reject", f"symbolic link loop ({path.name} -> {_readlink(path)})"
+        if os.path.islink(path):
+            return "reject", (f"dangling symbolic link: its target {_readlink(path)!r} does not exist "
+                              f"({exc.strerror})")
+        return "reject", f"cannot be read: {exc.strerror or exc}"
+    if stat.S_ISDIR(st.st_mode):
+        return "dir", st
+    if stat.S_ISREG(st.st_mode):
+        return "file", st
+    kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a plain file")
+    return "reject", f"{kind}, not a regular file; ingest reads image files"
+
+
+def _readlink(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
+def _walk(root: Path, found: _Found) -> int:
+    """Every image file under ``root`` (links followed, each directory once); what
+    cannot be listed or read becomes a reject.  Returns how many paths it added."""
+    def count() -> int:
+        return len(found.files) + len(found.rejects) + len(found.catalogs) + len(found.beside)
+
+    before = count()
+    seen: set[tuple[int, int]] = set()
+    stack, files = [root], []
+    while stack:
+        directory = stack.pop()
+        try:
+            st = os.stat(directory)
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                found.reject(directory, "directory already searched through another path (a "
+                             "symbolic link loop, or a second link to it); not searched again")
+                continue
+            seen.add(key)
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            found.reject(directory, f"directory cannot be listed ({exc.strerror or exc}); the files "
+                         "in it were not read")
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.startswith("."):
+                found.skipped["hidden"] += 1
+                continue
+            image = _suffix(path) in IMAGE_SUFFIXES
+            if entry.is_symlink():
+                kind, info = _classify(path)
+            else:
+                try:
+                    kind = ("dir" if entry.is_dir(follow_symlinks=False)
+                            else "file" if entry.is_file(follow_symlinks=False) else None)
+                except OSError:
+                    kind = None
+                if kind is None:
+                    kind, info = _classify(path)
+            if kind == "dir":
+                stack.append(path)
+            elif not image:
+                found.skipped["not an image (" + (_suffix(path) or "no suffix") + ")"] += 1
+            elif kind == "file":
+                files.append(path)
+            else:
+                found.reject(path, info)
+    files.sort()
+    by_directory: dict[Path, list[Path]] = {}
+    for path in files:
+        by_directory.setdefault(path.parent, []).append(path)
+    for paths in by_directory.values():
+        catalogs = [p for p in paths if _is_collection(p)]
+        found.catalogs += catalogs
+        # a collection's directory holds its image and PSF files: they are read through
+        # its catalog, and anything else there is checked against it in _plan
+        (found.beside if catalogs else found.files).extend(p for p in paths if p not in catalogs)
+    return count() - before
+
+
+def _expand(inputs: Sequence[str | os.PathLike]) -> _Found:
+    """Find the image files, collection catalogs and unreadable paths of the inputs;
+    directories are searched recursively.  Missing paths and directories without
+    any image raise."""
+    found = _Found()
     for raw in inputs:
         text = str(raw)
         if any(ch in text for ch in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
+            matches = sorted(glob.glob(text, recursive=True))
             if not matches:
                 raise IngestError(f"the pattern {text!r} matches no files; check the path")
         else:
-            path = Path(text)
-            if not path.exists():
+            if not os.path.lexists(text):
                 raise IngestError(f"input {text!r} does not exist; check the path")
-            matches = [path]
-        for path in matches:
-            if path.is_dir():
-                found = sorted(p for p in path.rglob("*") if p.is_file()
-                               and _suffix(p) in IMAGE_SUFFIXES and not p.name.startswith("."))
-                dir_catalogs = [p for p in found if _is_collection(p)]
-                if dir_catalogs:
-                    catalogs += dir_catalogs
-                elif not found:
+            matches = [text]
+        for match in matches:
+            path = Path(match)
+            kind, info = _classify(path)
+            if kind == "reject":
+                found.reject(path, info)
+            elif kind == "dir":
+                if not _walk(path, found):
                     raise IngestError(
                         f"directory {path} contains no image files "
                         f"({', '.join(sorted(set(IMAGE_SUFFIXES)))}); point at the files themselves "
                         "or at a directory that holds them"
                     )
-                else:
-                    files += found
             elif _is_collection(path):
-                catalogs.append(path)
+                found.catalogs.append(path)
             else:
-                files.append(path)
-    return files, catalogs
+                found.files.append(path)
+    return found
 
 
 def _is_collection(path: Path) -> bool:
@@ -564,6 +830,48 @@ def _is_collection(path: Path) -> bool:
         return False
 
 
+def _companions(files: list[Path], setting: str | None) -> dict[str, str]:
+    """Companion error map of each image file (``error_maps``): a directory holding a
+    file of the image's name (or stem with a FITS/NPY suffix), or a pattern with
+    ``{stem}`` / ``{name}`` and optional wildcards.  Images without one map to ``""``."""
+    if not setting:
+        return {}
+    text = os.path.expanduser(setting)
+    out = dict.fromkeys(map(str, files), "")
+    if "{stem}" not in text and "{name}" not in text:
+        directory = Path(text)
+        if not directory.is_dir():
+            raise IngestError(f"ingest.error_maps {setting!r} is neither a directory nor a pattern "
+                              "with {stem}, e.g. 'rms/{stem}_rms.fits'")
+        names = {e.name: e.path for e in os.scandir(directory) if e.is_file()}
+        for path in files:
+            candidates = [path.name] + [_stem(path) + s for s in FITS_SUFFIXES + NPY_SUFFIXES]
+            match = next((names[c] for c in candidates if c in names), "")
+            out[str(path)] = match if match and not os.path.samefile(match, path) else ""
+        return out
+    if not any(ch in text for ch in "*?["):
+        for path in files:
+            candidate = text.replace("{stem}", _stem(path)).replace("{name}", path.name)
+            if os.path.isfile(candidate) and not os.path.samefile(candidate, path):
+                out[str(path)] = candidate
+        return out
+    # one glob for all files, then the stem read back from each match (a glob per file
+    # would list the directory once per image)
+    pattern = re.escape(text).replace(r"\{stem\}", "(?P<stem>.+)").replace(r"\{name\}", "(?P<name>.+)")
+    pattern = pattern.replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+    regex = re.compile(pattern + r"\Z")
+    by_key: dict[str, str] = {}
+    for match in sorted(glob.glob(text.replace("{stem}", "*").replace("{name}", "*"))):
+        m = regex.match(match)
+        if m:
+            by_key.setdefault(m.groupdict().get("stem") or m.groupdict().get("name"), match)
+    for path in files:
+        candidate = by_key.get(_stem(path) if "{stem}" in text else path.name, "")
+        if candidate and not os.path.samefile(candidate, path):
+            out[str(path)] = candidate
+    return out
+
+
 def _collection_table(path: Path) -> pd.DataFrame:
     table = read_table(path)
     companion = path.with_name(_stem(path) + "_fits.fits")
@@ -575,41 +883,70 @@ def _collection_table(path: Path) -> pd.DataFrame:
     return table
 
 
+def _collection_files(path: Path, table: pd.DataFrame) -> set[Path]:
+    """Files a collection catalog names (images, PSFs, noise correlation functions)."""
+    named = {path, path.with_name(_stem(path) + "_fits.fits")}
+    for column in ("GAL_FILENAME", "PSF_FILENAME", "NOISE_FILENAME"):
+        if column in table.columns:
+            named |= {path.parent / str(name).strip() for name in table[column].unique()}
+    return named
+
+
 def _collection_tasks(path: Path, table: pd.DataFrame) -> list[_Task]:
     tasks: dict[str, _Task] = {}
+    has_psf = {"PSF_FILENAME", "PSF_HDU"} <= set(table.columns)
+    has_noise = "NOISE_VARIANCE" in table.columns
     for row in table.itertuples(index=False):
         image_file = str(path.parent / str(row.GAL_FILENAME).strip())
         task = tasks.setdefault(image_file, _Task("collection", image_file))
-        task.items.append(_Item(str(row.IDENT), image_file, int(row.GAL_HDU)))
+        psf = (str(path.parent / str(row.PSF_FILENAME).strip()), int(row.PSF_HDU)) if has_psf else None
+        noise = float(row.NOISE_VARIANCE) if has_noise else None
+        task.items.append(_Item(str(row.IDENT), image_file, int(row.GAL_HDU), noise_variance=noise,
+                                psf=psf))
     return list(tasks.values())
 
 
-def _plan(files: list[Path], catalogs: list[Path], config: IngestConfig
+def _plan(found: _Found, config: IngestConfig
           ) -> tuple[list[_Task], pd.DataFrame | None, list[dict[str, Any]], dict[str, Any]]:
     """Work out what to read: tasks, the catalog columns per id, early rejects, counts."""
-    rejects: list[dict[str, Any]] = []
+    files, catalogs = found.files, found.catalogs
+    rejects: list[dict[str, Any]] = list(found.rejects)
     tasks: list[_Task] = []
     meta_tables: list[pd.DataFrame] = []
     user = read_table(config.catalog) if config.catalog else None
     summary: dict[str, Any] = {}
-
+    named: set[Path] = set()
     if config.field:
+        for catalog in catalogs:
+            rejects.append({"id": _stem(catalog), "origin": str(catalog), "stage": "ingest",
+                            "reason": "a stamp collection catalog; field=True reads large images, so "
+                                      "ingest collections in a run without --field"})
+        files = files + found.beside
         if user is None:
-            tasks = [_Task("detect", str(p)) for p in files]
+            tasks = [_Task("detect", str(p), error_map=found.companions.get(str(p))) for p in files]
         else:
-            tasks, meta, rejects = _field_tasks(files, user, config)
+            tasks, meta, field_rejects = _field_tasks(files, user, config, found.companions)
+            rejects += field_rejects
             meta_tables.append(meta)
     else:
         for catalog in catalogs:
             table = _collection_table(catalog)
+            named |= _collection_files(catalog, table)
             if config.select and user is None:
                 keep = select_rows(table, config.select, f"collection catalog {catalog}")
                 summary["not_selected"] = summary.get("not_selected", 0) + int((~keep).sum())
                 table = table[keep]
             tasks += _collection_tasks(catalog, table)
             meta_tables.append(table.assign(id=table["IDENT"].astype(str)))
+        for path in found.beside:
+            if path not in named:
+                found_in = next(c for c in catalogs if c.parent == path.parent)
+                rejects.append({"id": _stem(path), "origin": str(path), "stage": "ingest",
+                                "reason": f"lies beside the collection catalog {found_in.name} but is "
+                                          "none of its files; give it as an input of its own to ingest it"})
         for path in files:
-            tasks.append(_Task("file", str(path), [_Item(_stem(path), str(path))]))
+            tasks.append(_Task("file", str(path), [_Item(_stem(path), str(path),
+                                                         error_map=found.companions.get(str(path)))]))
         if user is not None:
             tasks, meta, extra_rejects, not_selected = _select_by_catalog(tasks, user, config)
             rejects += extra_rejects
@@ -648,7 +985,7 @@ def _select_by_catalog(tasks: list[_Task], user: pd.DataFrame, config: IngestCon
     return kept, user[keep], rejects, dropped
 
 
-def _field_tasks(files: list[Path], user: pd.DataFrame, config: IngestConfig):
+def _field_tasks(files: list[Path], user: pd.DataFrame, config: IngestConfig, companions: dict[str, str]):
     source = f"catalog {config.catalog}"
     id_col = _require_column(user, config.id_col, "--id-col (the column holding galaxy ids)", source)
     if config.select:
@@ -662,39 +999,51 @@ def _field_tasks(files: list[Path], user: pd.DataFrame, config: IngestConfig):
         ra = user[_require_column(user, config.ra_col, "--ra-col", source)].to_numpy(float)
         dec = user[_require_column(user, config.dec_col, "--dec-col", source)].to_numpy(float)
     placed = np.zeros(len(user), dtype=bool)
-    tasks = []
+    tasks, rejects = [], []
     for path in files:
-        header = fits.getheader(path, config.hdu or 0)
+        try:
+            header = fits.getheader(path, config.hdu or 0)
+            wcs = None if use_pixels else _wcs(str(path), config.hdu)
+        except (OSError, ValueError, IndexError, KeyError, TypeError) as exc:
+            rejects.append({"id": _stem(path), "origin": str(path), "stage": "ingest",
+                            "reason": f"unreadable field image: {exc}"})
+            continue
         ny, nx = header.get("NAXIS2", 0), header.get("NAXIS1", 0)
         if use_pixels:
             px, py = xs, ys
             sky = [None] * len(user)
         else:
-            wcs = _wcs(str(path), config.hdu)
             if wcs is None:
                 raise IngestError(f"{path} has no celestial WCS; give pixel columns with --x-col/--y-col")
             px, py = wcs.world_to_pixel_values(ra, dec)
             sky = list(zip(ra, dec, strict=True))
         inside = ~placed & (px > -0.5) & (px < nx - 0.5) & (py > -0.5) & (py < ny - 0.5)
-        items = [_Item(ids[i], str(path), config.hdu, (float(py[i]), float(px[i])), sky[i])
+        error_map = companions.get(str(path))
+        items = [_Item(ids[i], str(path), config.hdu, (float(py[i]), float(px[i])), sky[i],
+                       error_map=error_map)
                  for i in np.flatnonzero(inside)]
         placed |= inside
         if items:
-            tasks.append(_Task("field", str(path), items))
-    rejects = [{"id": ids[i], "origin": str(config.catalog), "stage": "ingest",
-                "reason": "catalog position lies outside every field image"}
-               for i in np.flatnonzero(~placed)]
+            tasks.append(_Task("field", str(path), items, error_map))
+    rejects += [{"id": ids[i], "origin": str(config.catalog), "stage": "ingest",
+                 "reason": "catalog position lies outside every readable field image"}
+                for i in np.flatnonzero(~placed)]
     return tasks, user.assign(id=ids), rejects
 
 
 # --- the stage ---------------------------------------------------------------------------
 
 
-def _fingerprint_inputs(files: list[Path], catalogs: list[Path], config: IngestConfig) -> str:
+def _fingerprint_inputs(found: _Found, config: IngestConfig) -> str:
     digest = hashlib.sha256()
-    for path in [*files, *catalogs, *([Path(config.catalog)] if config.catalog else [])]:
-        stat = path.stat()
-        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    companions = [Path(p) for p in found.companions.values() if p]
+    paths = [*found.files, *found.catalogs, *found.beside, *companions,
+             *([Path(config.catalog)] if config.catalog else [])]
+    for path in paths:
+        st = path.stat()
+        digest.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    for row in found.rejects:
+        digest.update(f"{row['origin']}|{row['reason']}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -717,15 +1066,48 @@ def _extra(ctx: StageContext) -> str:
     inputs = ctx.options.get("inputs")
     if not inputs:
         raise IngestError("no inputs given; name image files, directories or glob patterns")
-    files, catalogs = _expand(inputs)
-    ctx.state.update(files=files, catalogs=catalogs)
-    return _fingerprint_inputs(files, catalogs, ctx.config.ingest)
+    found = _expand(inputs)
+    cfg = ctx.config.ingest
+    found.companions = _companions(found.files + (found.beside if cfg.field else []), cfg.error_maps)
+    ctx.state["found"] = found
+    return _fingerprint_inputs(found, cfg)
+
+
+class _OptionalArray:
+    """An array of the run written only once some stamp has a value for it: NaN for
+    the stamps before that and for every stamp without one, in stamp order."""
+
+    def __init__(self, run: RunDir, name: str, shape: tuple[int, int], chunk: int) -> None:
+        self.run, self.name, self.shape, self.chunk = run, name, shape, chunk
+        self.nan = np.full(shape, np.nan, dtype=np.float32)
+        self.before = 0
+        self.count = 0
+        self.writer = None
+        shutil.rmtree(run.array_path(name), ignore_errors=True)  # never leave a stale one
+
+    def append(self, item: np.ndarray | None) -> None:
+        if item is None:
+            if self.writer is None:
+                self.before += 1
+            else:
+                self.writer.append(self.nan)
+            return
+        if self.writer is None:
+            self.writer = self.run.writer(self.name, self.shape, self.chunk)
+            for _ in range(self.before):
+                self.writer.append(self.nan)
+        self.writer.append(item)
+        self.count += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
     run, cfg, progress = ctx.run, ctx.config.ingest, ctx.progress
-    files, catalogs = ctx.state["files"], ctx.state["catalogs"]
-    tasks, meta, early_rejects, summary = _plan(files, catalogs, cfg)
+    found: _Found = ctx.state["found"]
+    tasks, meta, early_rejects, summary = _plan(found, cfg)
     run.clear_rejects("ingest")
     run.add_rejects(early_rejects)
     n_items = sum(len(t.items) for t in tasks) + sum(t.kind == "detect" for t in tasks)
@@ -736,6 +1118,8 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     n_rejected = len(early_rejects)
     pool = start_pool(workers, [__name__]) if workers > 1 and n_items > 200 else None
     writer = run.writer("stamps", (size, size), cfg.chunk_size)
+    rms = _OptionalArray(run, "rms", (size, size), cfg.chunk_size)
+    psf = _OptionalArray(run, "psf", (cfg.psf_size, cfg.psf_size), cfg.chunk_size)
     batches = _batches(tasks, 64)
     with pool or nullcontext(), tqdm(total=n_items, desc="ingest", unit="stamp",
                                      disable=not progress) as bar:
@@ -746,17 +1130,21 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
                     _, gid, origin, reason = result
                     rejects.append({"id": gid, "origin": origin, "stage": "ingest", "reason": reason})
                     continue
-                _, gid, stamp, row = result
+                _, gid, stamp, row, rms_stamp, kernel = result
                 if gid in seen:
                     rejects.append({"id": gid, "origin": row["origin"], "stage": "ingest",
                                     "reason": "duplicate id (an earlier input has the same id)"})
                     continue
                 seen.add(gid)
                 writer.append(stamp)
+                rms.append(rms_stamp)
+                psf.append(kernel)
                 rows.append(row)
             n_rejected += run.add_rejects(rejects)
             bar.update(len(batch_results))
     writer.close()
+    rms.close()
+    psf.close()
     if not rows:
         raise IngestError(
             f"none of the inputs gave a usable stamp ({n_rejected} rejected); "
@@ -769,17 +1157,54 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         sources = sources.merge(meta, on="id", how="left")
     sources.insert(1, "index", np.arange(len(sources)))
     sources.to_parquet(run.path / "sources.parquet", index=False)
-    summary.update(n_stamps=len(rows), n_rejected=n_rejected, stamp_size=size)
-    log.info("ingest: %d stamps, %d rejected%s", len(rows), n_rejected,
+    n_linear = int(sources["linear"].sum())
+    summary.update(
+        n_stamps=len(rows), n_rejected=n_rejected, stamp_size=size,
+        n_linear=n_linear, n_nonlinear=len(rows) - n_linear,
+        n_rms=rms.count, rms_sources=_kinds(sources.loc[sources["has_rms"], "rms_source"]),
+        n_psf=psf.count, psf_size=cfg.psf_size,
+        psf_sources=_kinds(sources.loc[sources["has_psf"], "psf_source"]),
+        n_notes=int((sources["note"] != "").sum()),
+    )
+    if found.skipped:
+        summary["skipped"] = dict(sorted(found.skipped.items()))
+    log.info("ingest: %d stamps (%d linear, %d display-scaled PNG/JPEG; %d with an error map, %d "
+             "with a PSF), %d rejected%s", len(rows), n_linear, len(rows) - n_linear, rms.count,
+             psf.count, n_rejected,
              f", {summary['not_selected']} not selected" if summary.get("not_selected") else "")
     return summary
 
 
+def _kinds(sources: pd.Series) -> dict[str, int]:
+    """Counts of where error maps / PSFs came from, by kind rather than by file."""
+
+    def kind(source: str) -> str:
+        if m := re.fullmatch(r"HDU \d+ (.*)", source):
+            return f"HDU {m[1]}"
+        if m := re.fullmatch(r"file .* \((\w+)\)", source):
+            return f"companion file ({m[1]})"
+        if m := re.fullmatch(r"(.*)\[-?\d+\]", source):
+            return Path(m[1]).name
+        return source
+
+    return {str(k): int(v) for k, v in sources.map(kind).value_counts().items()}
+
+
+def _check(config: Config) -> None:
+    if config.ingest.psf_size % 2 == 0:
+        raise ConfigError(f"ingest.psf_size must be odd (the PSF's peak on the central pixel), "
+                          f"not {config.ingest.psf_size}")
 
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
-    return (f"{info.get('n_stamps', 0)} stamps written to {run.path / 'stamps.zarr'}; "
+    text = (f"{info.get('n_stamps', 0)} stamps written to {run.path / 'stamps.zarr'}; "
             f"{info.get('n_rejected', 0)} inputs rejected (see {run.rejects_path})")
+    if info.get("n_nonlinear"):
+        text += (f"; {info['n_nonlinear']} from PNG/JPEG (display-scaled, linear=False in "
+                 "sources.parquet: not for photometry)")
+    if info.get("n_rms") or info.get("n_psf"):
+        text += f"; {info.get('n_rms', 0)} with an error map (rms), {info.get('n_psf', 0)} with a PSF (psf)"
+    return text
 
 
 STAGE = Stage(
@@ -790,6 +1215,7 @@ STAGE = Stage(
     sections=("ingest",),
     outputs=("stamps.zarr", "sources.parquet"),
     extra=_extra,
+    check=_check,
     creates_run=True,
     arguments=(Argument("inputs", "image files, directories (searched recursively) or glob patterns; "
                         "a GalSim RealGalaxyCatalog FITS table reads its whole collection",
@@ -820,7 +1246,8 @@ def ingest(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: 
     Returns
     -------
     RunDir
-        The run directory, with ``stamps``, ``sources.parquet`` and ``rejects.csv``.
+        The run directory, with ``stamps``, ``sources.parquet`` and ``rejects.csv``,
+        and ``rms`` / ``psf`` when any stamp has an error map / a PSF.
 
     Raises
     ------

@@ -209,6 +209,21 @@ class _Task:
     """The run-wide PSF (``psf_file``), if given."""
     psf_array: bool = False
     """Read each stamp's PSF from the run's ``psf`` array."""
+    psf_label: str = "none"
+    """``measure_psf`` of a stamp that has a usable PSF (file / array)."""
+    weights_label: str = "noise_sigma"
+    """``measure_weights`` of a stamp measured with the chosen errors."""
+
+
+def _usable_psf(psf: np.ndarray | None) -> bool:
+    # ingest writes NaN for a stamp of the psf array that has no PSF
+    return psf is not None and bool(np.isfinite(psf).all()) and float(np.sum(psf)) > 0
+
+
+def _usable_weights(weights: np.ndarray | None) -> bool:
+    # ingest writes NaN throughout for a stamp without an error map (inf marks single
+    # pixels without a measurement, which measure_stamp masks)
+    return weights is not None and bool(np.isfinite(weights).any())
 
 
 def measure_block(stamps: np.ndarray, noise_sigma: np.ndarray, background: np.ndarray,
@@ -217,13 +232,18 @@ def measure_block(stamps: np.ndarray, noise_sigma: np.ndarray, background: np.nd
     """Measure a block of stamps (one Dask / worker task); one row per stamp.
 
     ``weights`` holds one error map per stamp; ``psf`` is one PSF for every stamp
-    (2-D) or one per stamp (3-D).
+    (2-D) or one per stamp (3-D).  A stamp whose error map is NaN throughout is
+    measured with its constant ``noise_sigma`` (or ``config.gain``), and one whose
+    PSF is not finite without a PSF: the ``rms`` and ``psf`` arrays of ingest hold
+    NaN for stamps that have none.
     """
     rows = []
     for i in range(len(stamps)):
         w = None if weights is None else np.asarray(weights[i], dtype=np.float64)
         p = None if psf is None else (psf if np.ndim(psf) == 2 else psf[i])
-        rows.append(measure_stamp(stamps[i], float(noise_sigma[i]), float(background[i]), w, config, p))
+        rows.append(measure_stamp(stamps[i], float(noise_sigma[i]), float(background[i]),
+                                  w if _usable_weights(w) else None, config,
+                                  p if _usable_psf(p) else None))
     return rows
 
 
@@ -238,9 +258,14 @@ def _run_task(task: _Task, config: MeasureConfig) -> list[dict[str, Any]]:
     if psf is None and task.psf_array:
         psf = np.asarray(run.open_array("psf")[task.start: task.stop], dtype=np.float64)
     rows = measure_block(stamps, np.asarray(task.noise), np.asarray(task.background), config, weights, psf)
-    for gid, index, row in zip(task.ids, range(task.start, task.stop), rows, strict=True):
+    fallback = "gain" if config.gain is not None else "noise_sigma"
+    for i, (gid, row) in enumerate(zip(task.ids, rows, strict=True)):
         row["id"] = gid
-        row["index"] = index
+        row["index"] = task.start + i
+        p = None if psf is None else (psf if np.ndim(psf) == 2 else psf[i])
+        row["measure_psf"] = task.psf_label if _usable_psf(p) else "none"
+        row["measure_weights"] = (task.weights_label if weights is not None and _usable_weights(weights[i])
+                                  else fallback if task.weights else task.weights_label)
     return rows
 
 
@@ -408,21 +433,20 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     psf = ctx.state.get("psf") if psf_used == "file" else None
     tasks = [_Task(str(run.path), s, min(s + cfg.chunk_size, n), ids[s: s + cfg.chunk_size],
                    noise[s: s + cfg.chunk_size].tolist(), background[s: s + cfg.chunk_size].tolist(),
-                   weights=weights_name, psf=psf, psf_array=psf_used == "array")
+                   weights=weights_name, psf=psf, psf_array=psf_used == "array", psf_label=psf_used,
+                   weights_label=weights_used)
              for s in range(0, n, cfg.chunk_size)]
     workers = cfg.workers or os.cpu_count() or 1
     workers = min(workers, len(tasks))
     schema = arrow_schema(_schema(cfg.include_doublesersic), provenance(run.path))
     tmp = run.path / f".{MEASUREMENTS_FILE}.tmp"
-    n_ok = n_flagged = 0
+    n_ok = n_flagged = n_psf = n_weights = 0
     with pq.ParquetWriter(tmp, schema) as writer, \
             tqdm(total=n, desc="measure", unit="galaxy", disable=not progress) as bar:
         for rows in _map_ordered(tasks, cfg, workers):
             for row in rows:
                 i = row["index"]
                 row["measure_linear"] = bool(linear[i])
-                row["measure_psf"] = psf_used
-                row["measure_weights"] = weights_used
                 row["g2_reliable"] = bool(row["measure_ok"] and np.isfinite(row["g2"])
                                           and row["sn_per_pixel"] >= cfg.g2_min_sn)
                 row["stamp_pixel_scale"] = float(scale[i])
@@ -431,6 +455,8 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
             table = pa.Table.from_pylist(rows, schema=schema)
             writer.write_table(table)
             n_ok += sum(r["measure_ok"] for r in rows)
+            n_psf += sum(r["measure_psf"] != "none" for r in rows)
+            n_weights += sum(r["measure_weights"] == weights_used for r in rows)
             n_flagged += sum(r["measure_ok"] and r["flag"] >= 2 for r in rows)
             bar.update(len(rows))
     os.replace(tmp, out)
@@ -440,13 +466,14 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
                     "measure_linear = false and are not physical", n_nonlinear)
     log.info("measure: %d galaxies, %d measured, %d failed", n, n_ok, n - n_ok)
     return dict(n_galaxies=n, n_measured=n_ok, n_failed=n - n_ok, n_flag_bad=n_flagged, workers=workers,
-                n_nonlinear=n_nonlinear, psf=psf_used, weights=weights_used)
+                n_nonlinear=n_nonlinear, psf=psf_used, n_psf=n_psf, weights=weights_used, n_weights=n_weights)
 
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
     text = (f"{info.get('n_measured', 0)} of {info.get('n_galaxies', 0)} galaxies measured "
             f"({info.get('n_failed', 0)} failed, {info.get('n_flag_bad', 0)} with statmorph flag >= 2; "
-            f"PSF: {info.get('psf', 'none')}, errors: {info.get('weights', 'noise_sigma')}): "
+            f"PSF: {info.get('psf', 'none')} for {info.get('n_psf', 0)}, errors: "
+            f"{info.get('weights', 'noise_sigma')} for {info.get('n_weights', 0)}): "
             f"{run.path / MEASUREMENTS_FILE}")
     if info.get("n_nonlinear"):
         text += (f"\nWARNING: {info['n_nonlinear']} stamps are display-scaled PNG/JPEG (measure_linear = "

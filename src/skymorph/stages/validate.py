@@ -1,74 +1,56 @@
 """Validate: statistics, plots and an HTML report of the morphology types.
 
 Reads the typed catalog (``morph_type`` from the inspection stage), the
-measurements (``measure``), the run's sources table and, optionally, a user
-catalog of physical quantities (stellar mass, redshift) and a Galaxy Zoo: Hubble
-table, and writes ``RUN_DIR/report/report.html`` (self-contained, figures
-embedded) and ``RUN_DIR/report/validation.json`` (every number).
+measurements (``measure``), the run's sources table, the experts' votes, the
+stamps and, optionally, a user catalog of physical quantities (stellar mass,
+redshift) and a Galaxy Zoo: Hubble table, and writes ``RUN_DIR/report/report.html``
+(self-contained, figures embedded) and ``RUN_DIR/report/validation.json`` (every
+number).
 
-Parts (paper section 4): per-type medians and raincloud plots (Figs. 8-11);
-ETG/LTG tests on Sersic n and the Gini-M20 plane (Fig. 12); completeness of
-the kept (consensus) sample with Wilson intervals (Fig. 13); kept versus
-rejected distributions with KS, Cohen's d and Cliff's delta (Fig. 14); UMAP
-and t-SNE maps by type (Figs. 5f, 7); agreement with Galaxy Zoo: Hubble.
-A part whose inputs are missing is skipped with a note in the report.
+The report opens with the settings that produced the run (``config.toml`` and the
+stage records) and, when inputs are JPEG/PNG, a warning that morphometry on
+display-scaled pixels is not physical.  Parts (paper section 4): sample and types
+(no-consensus galaxies apart from the experts' UNC); agreement between the experts
+(Fleiss' kappa); example stamps per type; per-type medians and raincloud plots
+(Figs. 8-11, with a verdict on G2 at the run's S/N); ETG/LTG tests on Sersic n and
+the Gini-M20 plane with the Lotz et al. (2008) lines (Fig. 12); completeness of the
+kept (consensus) sample (Fig. 13); kept versus rejected (Fig. 14); UMAP and t-SNE
+maps (Figs. 5f, 7); agreement with Galaxy Zoo: Hubble.  A part whose inputs are
+missing is skipped with a note in the report.
+
+This module reads the run and writes the files; the numbers come from
+:mod:`skymorph.core.validation`, the figures and the page from :mod:`skymorph.report`.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import logging
-import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..config import Config, ValidateConfig
+from ..config import Config, ConfigError, ValidateConfig
+from ..core import validation as V
+from ..core.validation import GZH_DEFAULT_COLUMNS, NO_CONSENSUS, normalise_types
 from ..io.rundir import RunDir, RunDirError
-from . import Argument, Stage, StageContext, execute
+from . import STAGES, Argument, Stage, StageContext, execute
 
-__all__ = ["validate", "gzh_classes", "GZH_DEFAULT_COLUMNS", "TYPES", "ValidateError"]
+__all__ = ["validate", "gzh_classes", "GZH_DEFAULT_COLUMNS", "TYPES", "NO_CONSENSUS", "ValidateError"]
 
 log = logging.getLogger(__name__)
 
 TYPES = ["SPH", "ETD", "LTD", "IRR", "UNC"]
-TYPE_COLOURS = {"SPH": "#d62728", "ETD": "#ff7f0e", "LTD": "#2ca02c", "IRR": "#1f77b4", "UNC": "#7f7f7f"}
-ETG_TYPES = ["SPH"]
-LTG_TYPES = ["ETD", "LTD", "IRR"]
+"""The paper's types (the default of ``inspect.types``; the report uses the run's own)."""
 
-# (column, label) of the per-type parameters; r_e is filled in kpc when possible.
-PARAMETERS = [
-    ("sersic_n", "Sersic n"), ("r_e", "r_e"), ("gini", "Gini G"), ("m20", "M20"),
-    ("concentration", "C"), ("g2", "G2"), ("multimode", "M"), ("intensity", "I"),
-    ("deviation", "D"), ("psi", "Psi"), ("asymmetry", "A"), ("smoothness", "S"),
-]
-FIGURE_GROUPS = [  # as the paper's Figs. 8-11
-    ("Fig. 8: Sersic index and effective radius", ["sersic_n", "r_e"]),
-    ("Fig. 9: Gini and M20", ["gini", "m20"]),
-    ("Fig. 10: concentration and gradient asymmetry G2", ["concentration", "g2"]),
-    ("Fig. 11: MID statistics and multiplicity Psi", ["multimode", "intensity", "deviation", "psi"]),
-]
-
-# Galaxy Zoo: Hubble (Willett et al. 2017) vote-fraction columns, by role.
-GZH_DEFAULT_COLUMNS = {
-    "f_smooth": "t01_smooth_or_features_a01_smooth_weighted_fraction",
-    "f_features": "t01_smooth_or_features_a02_features_or_disk_weighted_fraction",
-    "f_edgeon_no": "t02_edgeon_a05_no_weighted_fraction",
-    "f_spiral": "t04_spiral_a08_spiral_weighted_fraction",
-    "f_odd_yes": "t06_odd_a14_yes_weighted_fraction",
-    "f_round": "t07_rounded_a16_completely_round_weighted_fraction",
-    "f_irregular": "t08_odd_feature_a22_irregular_weighted_fraction",
-    "f_clumpy_yes": "t12_clumpy_a37_yes_weighted_fraction",
-    "f_clumpy_no": "t12_clumpy_a38_no_weighted_fraction",
-    "f_clump_asym": "t17_clumps_symmetrical_a56_no_weighted_fraction",
-}
+TYPE_WORDS = {"SPH": "spheroid", "ETD": "early-type disk", "LTD": "late-type disk", "IRR": "irregular",
+              "UNC": "unclassified by the experts", NO_CONSENSUS: "no consensus"}
 
 NAME_CANDIDATES = {
     "mass": ["mass", "stellar_mass", "mstar", "logmass", "log_mass", "lp_mass_med", "lp_mass_best",
@@ -107,8 +89,9 @@ def _read_table(path: str | os.PathLike) -> pd.DataFrame:
         raise ValidateError(str(exc)) from None
 
 
-def _assemble(run: RunDir, physical, id_col: str | None, cfg: ValidateConfig,
+def _assemble(run: RunDir, physical, id_col: str | None, cfg: ValidateConfig, types: list[str],
               notes: list[str]) -> tuple[pd.DataFrame, dict[str, str | None]]:
+    """The catalog joined with the measurements, the sources and the user's physical catalog."""
     try:
         catalog = run.catalog()
     except RunDirError as exc:
@@ -117,12 +100,12 @@ def _assemble(run: RunDir, physical, id_col: str | None, cfg: ValidateConfig,
         raise ValidateError(
             f"the catalog of {run.path} has no morph_type column: name the clusters first "
             f"(`skymorph inspect serve {run.path}` then `skymorph inspect merge {run.path}`)")
-    types = catalog["morph_type"].fillna("").astype(str).str.strip().str.upper()
-    if not types.isin(TYPES).any():
+    morph_type = normalise_types(catalog["morph_type"])
+    if not morph_type.isin(types).any():
         raise ValidateError(
             f"morph_type is empty for every galaxy of {run.path}; merge the experts' votes "
             f"(`skymorph inspect merge {run.path}`) before validating")
-    table = catalog.assign(id=catalog["id"].astype(str), morph_type=types)
+    table = catalog.assign(id=catalog["id"].astype(str), morph_type=morph_type)
     # measurements: joined by measure when the catalog existed, else join them here
     from .measure import CATALOG_COLUMNS, MEASUREMENTS_FILE
 
@@ -206,286 +189,247 @@ def _id_text(value: Any) -> str:
     return str(value).strip()
 
 
-# --- figures ------------------------------------------------------------------------------------
 
+def gzh_classes(table: pd.DataFrame, columns: dict[str, str] | None = None) -> pd.Series:
+    """Galaxy Zoo: Hubble vote fractions -> SPH / DISK / IRR ('' when none applies).
 
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
+    See :func:`skymorph.core.validation.gzh_classes` for the thresholds.
 
-    buf = io.BytesIO()
+    Raises
+    ------
+    ValidateError
+        If a needed column is missing.
+    """
     try:
-        fig.tight_layout()  # keeps panel titles clear of the row above
-    except (ValueError, RuntimeError):
-        pass
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _raincloud(ax, groups: list[np.ndarray], names: list[str], rng: np.random.Generator,
-               max_points: int = 2000) -> None:
-    """Half violin (cloud) + box + jittered points (rain), one row per group."""
-    from scipy.stats import gaussian_kde
-
-    for i, (values, name) in enumerate(zip(groups, names, strict=True)):
-        colour = TYPE_COLOURS.get(name, "#444444")
-        values = values[np.isfinite(values)]
-        if values.size == 0:
-            continue
-        if values.size > 2 and np.ptp(values) > 0:
-            grid = np.linspace(values.min(), values.max(), 200)
-            try:
-                dens = gaussian_kde(values)(grid)
-                ax.fill_between(grid, i, i + 0.4 * dens / dens.max(), color=colour, alpha=0.5, lw=0)
-            except np.linalg.LinAlgError:
-                pass
-        ax.boxplot(values, positions=[i - 0.12], orientation="horizontal", widths=0.12, showfliers=False,
-                   patch_artist=True, boxprops={"facecolor": "white", "edgecolor": colour},
-                   medianprops={"color": colour, "lw": 2})
-        shown = values if values.size <= max_points else rng.choice(values, max_points, replace=False)
-        ax.scatter(shown, i - 0.3 + rng.uniform(-0.07, 0.07, shown.size), s=3, color=colour, alpha=0.5)
-    ax.set_yticks(range(len(names)), names)
-    ax.set_ylim(-0.6, len(names) - 0.4)
-
-
-def _figure(ncols: int, nrows: int = 1, size: tuple[float, float] = (4.2, 3.2)):
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
-    return fig, axes.ravel()
+        return V.gzh_classes(table, columns)
+    except KeyError as exc:
+        raise ValidateError(exc.args[0]) from None
 
 
 # --- parts ----------------------------------------------------------------------------------------
 
 
-def _finite(series: pd.Series) -> np.ndarray:
-    values = pd.to_numeric(series, errors="coerce").to_numpy(float)
-    return values[np.isfinite(values)]
+@dataclass
+class _Inputs:
+    """What every part reads."""
+
+    run: RunDir
+    config: Config
+    table: pd.DataFrame
+    cols: dict[str, Any]
+    rng: np.random.Generator
+    options: dict[str, Any]
+
+    @property
+    def cfg(self) -> ValidateConfig:
+        return self.config.validate
+
+    @property
+    def types(self) -> list[str]:
+        return [t.upper() for t in self.config.inspect.types]
+
+    @property
+    def unclassified(self) -> str:
+        return self.types[-1]
+
+    @property
+    def ltg_types(self) -> list[str]:
+        return [t for t in self.types[:-1] if t not in self.cfg.etg_types]
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {t: TYPE_WORDS.get(t, t) for t in [*self.types, NO_CONSENSUS]}
+
+    @property
+    def colours(self) -> dict[str, str]:
+        from ..report.figures import type_colours
+
+        return type_colours(self.types)
+
+    def sample(self, notes: list[str]) -> pd.DataFrame:
+        sample, more = V.typed_sample(self.table, self.types, self.unclassified, self.cfg.exclude_unc,
+                                      self.cols["mass"], self.cfg.min_mass)
+        notes.extend(more)
+        return sample
+
+    def kept(self) -> np.ndarray | None:
+        if "consensus" not in self.table.columns:
+            return None
+        return self.table["consensus"].fillna(False).astype(bool).to_numpy()
 
 
-def _sample(table: pd.DataFrame, cols: dict, cfg: ValidateConfig, notes: list[str]) -> pd.DataFrame:
-    """Galaxies for the per-type statistics: typed, measured, massive."""
-    sample = table[table["morph_type"].isin(TYPES)]
-    if cfg.exclude_unc:
-        sample = sample[sample["morph_type"] != "UNC"]
-    if "measure_ok" in sample.columns:
-        sample = sample[sample["measure_ok"].fillna(False).astype(bool)]
-    if cols["mass"] is not None and cfg.min_mass is not None:
-        before = len(sample)
-        sample = sample[sample[cols["mass"]] > math.log10(cfg.min_mass)]
-        notes.append(f"per-type sample: M* > {cfg.min_mass:.3g} Msun keeps {len(sample)} of {before}")
-    return sample
+def _part_types(inp: _Inputs, section) -> None:
+    section.result = {**V.type_counts(inp.table, inp.types), "unclassified": inp.unclassified}
 
 
-def _part_types(table, cols, cfg, rng):
-    counts = table["morph_type"].replace("", "unclassified").value_counts()
-    result = {"counts": {str(k): int(v) for k, v in counts.items()}, "n_catalog": int(len(table))}
-    if "consensus" in table.columns:
-        result["n_kept"] = int(table["consensus"].fillna(False).astype(bool).sum())
-    return result, [], []
+def _part_agreement(inp: _Inputs, section) -> None:
+    from ..inspection import InspectError, clustering_fingerprint, read_votes
+
+    path = inp.run.path / "inspection" / "votes.csv"
+    if not path.exists():
+        section.notes.append(f"skipped: no votes ({path.relative_to(inp.run.path)} does not exist)")
+        return
+    try:
+        votes = read_votes([path], inp.types)
+    except InspectError as exc:
+        section.notes.append(f"skipped: {exc}")
+        return
+    current = clustering_fingerprint(inp.run.catalog())
+    stale = (votes["clustering"] != "") & (votes["clustering"] != current)
+    if stale.any():
+        section.notes.append(f"{int(stale.sum())} vote(s) cast on an older clustering are left out")
+    votes = votes[~stale]
+    section.result = V.expert_agreement(votes, inp.types, inp.cfg.confidence, inp.cfg.seed)
+    if not section.result["experts"]:
+        section.notes.append("no human expert has voted: agreement cannot be measured")
 
 
-def _part_per_type(table, cols, cfg, rng):
-    notes: list[str] = []
-    if "gini" not in table.columns:
-        return None, [], ["skipped: no measurements"]
-    sample = _sample(table, cols, cfg, notes)
-    types = [t for t in TYPES if (sample["morph_type"] == t).any()]
-    medians: dict[str, dict[str, Any]] = {}
-    for col, _ in PARAMETERS:
-        if col not in sample.columns:
+def _part_stamps(inp: _Inputs, section) -> None:
+    from ..inspection import display
+    from ..report.figures import stamps_figure
+
+    per_type = inp.cfg.stamps_per_type
+    if per_type == 0:
+        section.notes.append("skipped: validate.stamps_per_type = 0")
+        return
+    if not inp.run.has_array("stamps") or "index" not in inp.table.columns:
+        section.notes.append("skipped: no stamps array, or catalog rows cannot be matched to it")
+        return
+    array = inp.run.open_array("stamps")
+    rows = pd.to_numeric(inp.table["index"], errors="coerce").fillna(-1).to_numpy(int)
+    nonlinear, _, _ = V.nonlinear_mask(inp.table)
+    icfg = inp.config.inspect
+    images: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for t in [*inp.types, NO_CONSENSUS]:
+        members = np.flatnonzero((inp.table["morph_type"].to_numpy() == t) & (rows >= 0))
+        if members.size == 0:
             continue
-        medians[col] = {}
-        for t in types:
-            values = _finite(sample.loc[sample["morph_type"] == t, col])
-            medians[col][t] = float(np.median(values)) if values.size else None
-    counts = {t: int((sample["morph_type"] == t).sum()) for t in types}
-    figures = []
-    labels = dict(PARAMETERS)
-    labels["r_e"] = f"r_e ({cols['r_e_unit']})"
-    for title, group in FIGURE_GROUPS:
-        present = [c for c in group if c in sample.columns]
-        fig, axes = _figure(len(present))
-        for ax, col in zip(axes, present, strict=True):
-            groups = [pd.to_numeric(sample.loc[sample["morph_type"] == t, col], errors="coerce")
-                      .to_numpy(float) for t in types]
-            _raincloud(ax, groups, types, rng)
-            ax.set_xlabel(labels[col])
-            if col in ("sersic_n", "r_e"):
-                pos = np.concatenate([g[np.isfinite(g) & (g > 0)] for g in groups] or [np.array([])])
-                if pos.size and pos.max() / max(pos.min(), 1e-9) > 30:
-                    ax.set_xscale("log")
-        fig.suptitle(title)
-        figures.append((title, _png(fig)))
-    return {"n": counts, "medians": medians, "r_e_unit": cols["r_e_unit"]}, figures, notes
+        pick = np.sort(inp.rng.choice(members, min(per_type, members.size), replace=False))
+        order = np.argsort(rows[pick])  # zarr reads rows in increasing order
+        pick = pick[order]
+        data = np.asarray(array.get_orthogonal_selection(rows[pick]), dtype=np.float32)
+        # shown as the experts saw them in the montages: asinh for linear inputs, linear for
+        # display-scaled (JPEG/PNG) ones, by inspect.stretch
+        shown = [(str(inp.table["id"].iloc[i]), display(img, icfg, display_scaled=bool(nonlinear[i])))
+                 for i, img in zip(pick, data, strict=True)]
+        images[t] = shown
+    section.result = {"per_type": per_type, "array": "stamps",
+                      "types": {t: len(v) for t, v in images.items()}}
+    section.figures.append(stamps_figure(images, inp.labels, per_type))
 
 
-def _fraction(k: int, n: int, cfg: ValidateConfig) -> dict[str, Any]:
-    from ..core.stats import wilson_interval
-
-    low, high = wilson_interval(k, n, cfg.confidence)
-    return {"k": int(k), "n": int(n), "fraction": (k / n) if n else None,
-            "ci_low": low if n else None, "ci_high": high if n else None}
+G2_CAVEAT = ("Noise breaks the symmetric gradient pairs that G2 counts, so on faint stamps G2 is close to "
+             "1.9 for every type under the paper's definition: compare types on G2 only where the stamps' "
+             "S/N is high, or measure with noise-tolerant pairs (e.g. "
+             "--set measure.g2_noise_tolerance=2.45).")
 
 
-def _part_etg_ltg(table, cols, cfg, rng):
-    notes: list[str] = []
-    if "gini" not in table.columns:
-        return None, [], ["skipped: no measurements"]
-    sample = _sample(table, cols, cfg, notes)
-    etg = sample[sample["morph_type"].isin(ETG_TYPES)]
-    ltg = sample[sample["morph_type"].isin(LTG_TYPES)]
-    if etg.empty or ltg.empty:
-        notes.append(f"ETG (SPH): {len(etg)} galaxies, LTG (ETD+LTD+IRR): {len(ltg)}; "
-                     "both are needed for a full test")
-    out: dict[str, Any] = {}
-    n_e, n_l = etg["sersic_n"].astype(float), ltg["sersic_n"].astype(float)
-    n_e, n_l = n_e[np.isfinite(n_e)], n_l[np.isfinite(n_l)]
-    out["P(n>=split|ETG)"] = _fraction(int((n_e >= cfg.sersic_split).sum()), len(n_e), cfg)
-    out["P(n<split|LTG)"] = _fraction(int((n_l < cfg.sersic_split).sum()), len(n_l), cfg)
+def _part_per_type(inp: _Inputs, section) -> None:
+    from ..report.figures import raincloud_figure
 
-    def above(frame):
-        g, m = frame["gini"].astype(float), frame["m20"].astype(float)
-        ok = np.isfinite(g) & np.isfinite(m)
-        return (g[ok] > cfg.gini_m20_slope * m[ok] + cfg.gini_m20_intercept), int(ok.sum())
-
-    a_e, n_ae = above(etg)
-    a_l, n_al = above(ltg)
-    out["P(above line|ETG)"] = _fraction(int(a_e.sum()), n_ae, cfg)
-    out["P(below line|LTG)"] = _fraction(int((~a_l).sum()), n_al, cfg)
-    out["sersic_split"] = cfg.sersic_split
-    out["line"] = f"G = {cfg.gini_m20_slope} * M20 + {cfg.gini_m20_intercept}"
-    fig, axes = _figure(2, size=(5.0, 4.2))
-    ax = axes[0]
-    for name, frame in (("LTG", ltg), ("ETG", etg)):
-        colour = "#1f77b4" if name == "LTG" else "#d62728"
-        ax.scatter(frame["m20"], frame["gini"], s=6, alpha=0.6, color=colour, label=f"{name} ({len(frame)})")
-    m = np.linspace(-3.2, 0.0, 10)
-    ax.plot(m, cfg.gini_m20_slope * m + cfg.gini_m20_intercept, "k--", lw=1, label=out["line"])
-    ax.invert_xaxis()
-    ax.set_xlabel("M20")
-    ax.set_ylabel("Gini")
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    bins = np.linspace(0, max(6.0, float(np.nanmax(np.r_[n_e, n_l, 1.0]))), 30)
-    ax.hist(n_l, bins=bins, histtype="step", density=True, color="#1f77b4", label="LTG")
-    ax.hist(n_e, bins=bins, histtype="step", density=True, color="#d62728", label="ETG")
-    ax.axvline(cfg.sersic_split, color="k", ls="--", lw=1)
-    ax.set_xlabel("Sersic n")
-    ax.legend(fontsize=8)
-    fig.suptitle("Fig. 12: ETG (SPH) versus LTG (ETD+LTD+IRR)")
-    return out, [("Fig. 12: Gini-M20 plane and Sersic n", _png(fig))], notes
-
-
-def _comparison_columns(table, cols) -> list[tuple[str, str]]:
-    wanted = [(cols["mass"], "log M* (Msun)"), (cols["z"], "redshift"), (cols["mag"], "magnitude"),
-              ("snr_pixel", "S/N per pixel"), ("sersic_n", "Sersic n"), ("r_e", f"r_e ({cols['r_e_unit']})"),
-              ("gini", "Gini"), ("m20", "M20")]
-    out = []
-    for col, label in wanted:
-        if col is None or col not in table.columns:
+    if "gini" not in inp.table.columns:
+        section.notes.append("skipped: no measurements")
+        return
+    sample = inp.sample(section.notes)
+    result = V.per_type_medians(sample, inp.types)
+    labels = dict(V.PARAMETERS)
+    labels["r_e"] = f"r_e ({inp.cols['r_e_unit']})"
+    result["labels"] = labels
+    result["r_e_unit"] = inp.cols["r_e_unit"]
+    g2 = V.g2_reliability(sample, inp.config.measure.g2_noise_tolerance)
+    result["g2"] = g2
+    for col in result["empty"]:
+        section.notes.append(f"{labels.get(col, col)}: no value measured"
+                             + (" (measure ran with --no-sersic)" if col in ("sersic_n", "r_e") else ""))
+    section.result = result
+    present = list(result["n"])
+    for key, title, group in V.FIGURE_GROUPS:
+        columns = [(c, labels[c]) for c in group if c in result["medians"]]
+        if not columns:
             continue
-        if np.isfinite(pd.to_numeric(table[col], errors="coerce")).sum() >= 2:
-            out.append((col, label))
-    return out
+        note = ""
+        if "g2" in group and g2 is not None:
+            verdict = "reliable" if g2["reliable"] else "not reliable"
+            note = f"G2 is {verdict} at this run's S/N: {g2['reason']}. {G2_CAVEAT}"
+        section.figures.append(raincloud_figure(key, title, sample, present, columns, inp.colours, inp.rng,
+                                                note))
 
 
-def _kept(table) -> np.ndarray | None:
-    if "consensus" not in table.columns:
-        return None
-    return table["consensus"].fillna(False).astype(bool).to_numpy()
+def _part_etg_ltg(inp: _Inputs, section) -> None:
+    from ..report.figures import gini_m20_figure
+
+    if "gini" not in inp.table.columns:
+        section.notes.append("skipped: no measurements")
+        return
+    cfg = inp.cfg
+    sample = inp.sample(section.notes)
+    line, merger = (cfg.gini_m20_slope, cfg.gini_m20_intercept), (cfg.merger_slope, cfg.merger_intercept)
+    result, notes = V.etg_ltg_tests(sample, cfg.etg_types, inp.ltg_types, cfg.sersic_split, line, merger,
+                                    cfg.confidence)
+    section.notes.extend(notes)
+    section.result = result
+    etg = sample[sample["morph_type"].isin(cfg.etg_types)]
+    ltg = sample[sample["morph_type"].isin(inp.ltg_types)]
+    names = f"ETG ({'+'.join(cfg.etg_types)})", f"LTG ({'+'.join(inp.ltg_types)})"
+    section.figures.append(gini_m20_figure(etg, ltg, *names, line, merger, cfg.sersic_split))
 
 
-def _part_completeness(table, cols, cfg, rng):
-    from ..core.stats import binned_fraction
+def _part_completeness(inp: _Inputs, section) -> None:
+    from ..report.figures import completeness_figure
 
-    kept = _kept(table)
+    kept = inp.kept()
     if kept is None:
-        return None, [], ["skipped: the catalog has no consensus column"]
-    columns = _comparison_columns(table, cols)
+        section.notes.append("skipped: the catalog has no consensus column")
+        return
+    columns = V.comparison_columns(inp.table, inp.cols)
     if not columns:
-        return None, [], ["skipped: no usable column to bin"]
-    notes = [f"missing: {label}" for col, label in
-             [(cols["mass"], "stellar mass (give --physical)"), (cols["z"], "redshift")] if col is None]
-    out = {"overall": _fraction(int(kept.sum()), len(kept), cfg), "curves": {}}
-    ncol = min(4, len(columns))
-    fig, axes = _figure(ncol, math.ceil(len(columns) / ncol), size=(3.6, 2.9))
-    for ax, (col, label) in zip(axes, columns, strict=False):
-        values = pd.to_numeric(table[col], errors="coerce").to_numpy(float)
-        curve = binned_fraction(values, kept, cfg.n_bins, cfg.confidence)
-        out["curves"][col] = {k: np.asarray(v).tolist() for k, v in curve.items()}
-        ax.errorbar(curve["centre"], curve["fraction"],
-                    yerr=[curve["fraction"] - curve["low"], curve["high"] - curve["fraction"]],
-                    fmt="o-", ms=3, capsize=2)
-        ax.set_ylim(0, 1.05)
-        ax.set_xlabel(label)
-        ax.set_ylabel("fraction kept")
-    for ax in axes[len(columns):]:
-        ax.set_visible(False)
-    level = int(round(cfg.confidence * 100))
-    fig.suptitle(f"Fig. 13: completeness (kept = consensus) with {level}% Wilson intervals")
-    return out, [("Fig. 13: completeness", _png(fig))], notes
+        section.notes.append("skipped: no usable column to bin")
+        return
+    section.notes.extend(f"missing: {label}" for col, label in
+                         [(inp.cols["mass"], "stellar mass (give --physical)"), (inp.cols["z"], "redshift")]
+                         if col is None)
+    result = V.completeness(inp.table, kept, columns, inp.cfg.n_bins, inp.cfg.confidence)
+    section.result = result
+    section.figures.append(completeness_figure(result["curves"], result["labels"], inp.cfg.confidence))
 
 
-def _part_kept_rejected(table, cols, cfg, rng):
-    from ..core.stats import cliffs_delta, cohens_d, ks_test
+def _part_kept_rejected(inp: _Inputs, section) -> None:
+    from ..report.figures import kept_rejected_figure
 
-    kept = _kept(table)
+    kept = inp.kept()
     if kept is None:
-        return None, [], ["skipped: the catalog has no consensus column"]
+        section.notes.append("skipped: the catalog has no consensus column")
+        return
     if kept.all() or not kept.any():
-        return None, [], ["skipped: every galaxy is kept (or none is): nothing to compare"]
-    columns = _comparison_columns(table, cols)
-    out = {}
-    ncol = min(4, len(columns))
-    fig, axes = _figure(ncol, math.ceil(len(columns) / ncol), size=(3.6, 2.9))
-    for ax, (col, label) in zip(axes, columns, strict=False):
-        values = pd.to_numeric(table[col], errors="coerce").to_numpy(float)
-        a, b = values[kept], values[~kept]
-        ks, p = ks_test(a, b)
-        out[col] = {"n_kept": int(np.isfinite(a).sum()), "n_rejected": int(np.isfinite(b).sum()),
-                    "ks_statistic": ks, "ks_pvalue": p, "cohens_d": cohens_d(a, b),
-                    "cliffs_delta": cliffs_delta(a, b)}
-        both = values[np.isfinite(values)]
-        bins = np.linspace(np.percentile(both, 1), np.percentile(both, 99), 25) if both.size > 1 else 10
-        ax.hist(a[np.isfinite(a)], bins=bins, histtype="step", density=True, label="kept", color="C0")
-        ax.hist(b[np.isfinite(b)], bins=bins, histtype="step", density=True, label="rejected", color="C3")
-        ax.set_xlabel(label)
-        ax.set_title(f"p={p:.2g} d={out[col]['cohens_d']:.2f} δ={out[col]['cliffs_delta']:.2f}", fontsize=8)
-        ax.legend(fontsize=7)
-    for ax in axes[len(columns):]:
-        ax.set_visible(False)
-    fig.suptitle("Fig. 14: kept versus rejected (KS p-value, Cohen's d, Cliff's δ)")
-    return out, [("Fig. 14: kept versus rejected", _png(fig))], []
+        section.notes.append("skipped: every galaxy is kept (or none is): nothing to compare")
+        return
+    columns = V.comparison_columns(inp.table, inp.cols)
+    tests = V.kept_rejected(inp.table, kept, columns)
+    section.result = {"tests": tests, "labels": dict(columns)}
+    section.figures.append(kept_rejected_figure(inp.table, kept, columns, tests))
 
 
-def _rows_of(table: pd.DataFrame, run: RunDir) -> np.ndarray:
-    """Row of each catalog galaxy in the run's arrays (-1 when unknown)."""
-    if "index" in table.columns:
-        rows = pd.to_numeric(table["index"], errors="coerce").fillna(-1).to_numpy(int)
-        return rows
-    return np.full(len(table), -1)
+def _part_maps(inp: _Inputs, section) -> None:
+    from ..report.figures import maps_figure
 
-
-def _part_maps(table, cols, cfg, rng, run: RunDir):
-    notes: list[str] = []
-    rows = _rows_of(table, run)
+    run, cfg, notes = inp.run, inp.cfg, section.notes
+    rows = (pd.to_numeric(inp.table["index"], errors="coerce").fillna(-1).to_numpy(int)
+            if "index" in inp.table.columns else np.full(len(inp.table), -1))
     good = rows >= 0
     if not good.any():
-        return None, [], ["skipped: catalog galaxies cannot be matched to array rows (no sources index)"]
+        notes.append("skipped: catalog galaxies cannot be matched to array rows (no sources index)")
+        return
     source = next((n for n in ("embedding", "features") if run.has_array(n)), None)
     if not run.has_array("embedding_2d") and source is None:
-        return None, [], ["skipped: no embedding_2d, embedding or features array (run encode / reduce)"]
+        notes.append("skipped: no embedding_2d, embedding or features array (run encode / reduce)")
+        return
     idx = np.flatnonzero(good)
     if idx.size > cfg.max_map_points:
-        idx = np.sort(rng.choice(idx, cfg.max_map_points, replace=False))
+        idx = np.sort(inp.rng.choice(idx, cfg.max_map_points, replace=False))
         notes.append(f"maps drawn for {cfg.max_map_points} random galaxies of {int(good.sum())}")
     arr_rows = rows[idx]
     order = np.argsort(arr_rows)
-    types = table["morph_type"].to_numpy()[idx][order]
+    types = inp.table["morph_type"].to_numpy()[idx][order]
     arr_rows = arr_rows[order]
     maps: dict[str, np.ndarray] = {}
     if run.has_array("embedding_2d"):
@@ -503,8 +447,8 @@ def _part_maps(table, cols, cfg, rng, run: RunDir):
             import umap
 
             n_neighbors = max(2, min(15, len(data) - 1))
-            reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, random_state=cfg.seed)
-            maps["UMAP"] = reducer.fit_transform(data)
+            maps["UMAP"] = umap.UMAP(n_components=2, n_neighbors=n_neighbors,
+                                     random_state=cfg.seed).fit_transform(data)
         notes.append(f"UMAP map computed here from '{source}' (n_neighbors={n_neighbors})")
     if data is not None and len(data) > 5:
         from sklearn.manifold import TSNE
@@ -515,64 +459,17 @@ def _part_maps(table, cols, cfg, rng, run: RunDir):
         notes.append(f"t-SNE map from '{source}' (perplexity {perplexity:.0f})")
     else:
         notes.append("t-SNE skipped: needs the embedding or features array")
-    fig, axes = _figure(len(maps), size=(5.0, 4.5))
-    for ax, (name, xy) in zip(axes, maps.items(), strict=True):
-        for t in [*TYPES, ""]:
-            sel = types == t
-            if sel.any():
-                ax.scatter(xy[sel, 0], xy[sel, 1], s=5, alpha=0.7, color=TYPE_COLOURS.get(t, "#cccccc"),
-                           label=t or "unclassified")
-        ax.set_title(name)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.legend(fontsize=7, markerscale=2)
-    fig.suptitle("Figs. 5f, 7: maps coloured by morphology type")
-    result = {"n_points": int(len(types)), "maps": list(maps)}
-    return result, [("Figs. 5f, 7: UMAP and t-SNE", _png(fig))], notes
+    section.result = {"n_points": int(len(types)), "maps": list(maps)}
+    order_types = [*inp.types, NO_CONSENSUS]
+    section.figures.append(maps_figure(maps, types, order_types, inp.colours, inp.labels))
 
 
-def gzh_classes(table: pd.DataFrame, columns: dict[str, str] | None = None) -> pd.Series:
-    """Galaxy Zoo: Hubble vote fractions -> SPH / DISK / IRR ('' when none applies).
-
-    The paper's thresholds (after Willett et al. 2017): SPH when f_smooth > 0.70,
-    f_features < 0.30 and f_round > 0.50; DISK when f_features > 0.23,
-    f_clumpy_no > 0.30, f_edgeon_no > 0.25, f_spiral > 0.25, f_odd_yes < 0.30 and
-    f_irregular < 0.30; IRR when (f_features > 0.23, f_clumpy_yes > 0.80 and
-    f_clump_asym > 0.50) or (f_odd_yes > 0.50 and f_irregular > 0.50).
-
-    Parameters
-    ----------
-    table : DataFrame
-        The GZH table.
-    columns : dict, optional
-        Role -> column name; unnamed roles use :data:`GZH_DEFAULT_COLUMNS`.
-
-    Raises
-    ------
-    ValidateError
-        If a needed column is missing.
-    """
-    names = {**GZH_DEFAULT_COLUMNS, **(columns or {})}
-    missing = [f"{role} ({col})" for role, col in names.items() if col not in table.columns]
-    if missing:
-        raise ValidateError("the Galaxy Zoo: Hubble table lacks " + ", ".join(missing)
-                            + "; map them with --gzh-column ROLE=COLUMN")
-    f = {role: pd.to_numeric(table[col], errors="coerce").fillna(0.0) for role, col in names.items()}
-    sph = (f["f_smooth"] > 0.70) & (f["f_features"] < 0.30) & (f["f_round"] > 0.50)
-    disk = ((f["f_features"] > 0.23) & (f["f_clumpy_no"] > 0.30) & (f["f_edgeon_no"] > 0.25)
-            & (f["f_spiral"] > 0.25) & (f["f_odd_yes"] < 0.30) & (f["f_irregular"] < 0.30))
-    irr = (((f["f_features"] > 0.23) & (f["f_clumpy_yes"] > 0.80) & (f["f_clump_asym"] > 0.50))
-           | ((f["f_odd_yes"] > 0.50) & (f["f_irregular"] > 0.50)))
-    out = pd.Series("", index=table.index, dtype=object)
-    out[irr] = "IRR"
-    out[disk] = "DISK"
-    out[sph] = "SPH"  # the three criteria are almost disjoint; the smooth one wins a tie
-    return out
-
-
-def _part_gzh(table, cols, cfg, rng, gzh):
+def _part_gzh(inp: _Inputs, section) -> None:
+    gzh = inp.options.get("gzh")
     if gzh is None:
-        return None, [], ["skipped: no Galaxy Zoo: Hubble table given (--gzh)"]
+        section.notes.append("skipped: no Galaxy Zoo: Hubble table given (--gzh)")
+        return
+    cfg = inp.cfg
     frame = gzh if isinstance(gzh, pd.DataFrame) else _read_table(gzh)
     key = cfg.gzh_id_col or next((c for c in ("id", "OBJNO", "objid") if c in frame.columns), None)
     if key is None or key not in frame.columns:
@@ -586,22 +483,118 @@ def _part_gzh(table, cols, cfg, rng, gzh):
                                 f"{', '.join(GZH_DEFAULT_COLUMNS)}; got {entry!r}")
         mapping[role] = col
     gz = pd.DataFrame({"id": frame[key].map(_id_text), "gzh_class": gzh_classes(frame, mapping)})
-    merged = table[["id", "morph_type"]].merge(gz.drop_duplicates("id"), on="id", how="inner")
-    ours = merged["morph_type"].map({"SPH": "SPH", "ETD": "DISK", "LTD": "DISK", "IRR": "IRR"})
-    both = ours.notna() & (merged["gzh_class"] != "")
-    agree = int((ours[both] == merged.loc[both, "gzh_class"]).sum())
-    confusion = pd.crosstab(merged.loc[both, "morph_type"], merged.loc[both, "gzh_class"])
-    notes = [f"{len(merged)} galaxies matched the GZH table; {int(both.sum())} have a GZH class "
-             "and one of our SPH/ETD/LTD/IRR types"]
-    out = {"n_matched": int(len(merged)), "n_compared": int(both.sum()),
-           "agreement": _fraction(agree, int(both.sum()), cfg),
-           "confusion": {str(r): {str(c): int(v) for c, v in row.items()} for r, row in confusion.iterrows()},
-           "gzh_counts": {str(k): int(v)
-                          for k, v in gz["gzh_class"].replace("", "none").value_counts().items()}}
-    return out, [], notes
+    result, notes = V.gzh_agreement(inp.table, gz, cfg.confidence)
+    result["gzh_columns"] = sorted({c for row in result["confusion"].values() for c in row})
+    section.result = result
+    section.notes.extend(notes)
 
 
-# --- report ---------------------------------------------------------------------------------------
+PARTS: list[tuple[str, str, Callable[[_Inputs, Any], None]]] = [
+    ("types", "Sample and types", _part_types),
+    ("agreement", "Agreement between the experts", _part_agreement),
+    ("stamps", "Example stamps of each type", _part_stamps),
+    ("per_type", "Per-type parameters (Figs. 8–11)", _part_per_type),
+    ("etg_ltg", "ETG / LTG tests (Fig. 12)", _part_etg_ltg),
+    ("completeness", "Completeness of the kept sample (Fig. 13)", _part_completeness),
+    ("kept_rejected", "Kept versus rejected (Fig. 14)", _part_kept_rejected),
+    ("maps", "UMAP and t-SNE maps (Figs. 5f, 7)", _part_maps),
+    ("gzh", "Galaxy Zoo: Hubble comparison", _part_gzh),
+]
+
+
+# --- the run's settings and caveats -------------------------------------------------------------
+
+
+def _stage_records(run: RunDir) -> dict[str, dict[str, Any]]:
+    names = [*STAGES, "inspect", "extend"]
+    records = {}
+    for name in dict.fromkeys(names):
+        if name == "validate":
+            continue
+        try:
+            info = run.stage_info(name)
+        except RunDirError:
+            info = {"damaged": True}
+        if info is not None:
+            records[name] = info
+    return records
+
+
+def _settings_rows(config: Config, records: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """The settings that decide what a run is, with what the stages actually used."""
+    enc, red, clu, ins, mea, val = (records.get(s, {}) for s in ("encode", "reduce", "cluster", "inspect",
+                                                                   "measure", "validate"))
+    del val
+    rows = []
+
+    def add(label: str, value: Any, source: str) -> None:
+        rows.append({"label": label, "value": str(value), "source": source})
+
+    if "ingest" in records:
+        ing = records["ingest"]
+        add("galaxies", f"{ing.get('n_stamps', '?')} stamps ({ing.get('n_rejected', 0)} rejected)",
+            "stages/ingest.json")
+    add("CAE denoising", "on" if config.denoise.enabled else "off", "config.toml [denoise] enabled")
+    add("polar transform (APCT)", f"on, pole {config.polar.pole}" if config.polar.enabled else "off",
+        "config.toml [polar]")
+    used = enc.get("encoder")
+    add("encoder", used or config.encode.encoder,
+        "stages/encode.json" if used else "config.toml [encode] encoder (encode has not run)")
+    if enc:
+        add("features", f"{enc.get('dim', '?')}-d from '{enc.get('input', '?')}'", "stages/encode.json")
+    add("rotations averaged", config.encode.rotations, "config.toml [encode] rotations")
+    dims = red.get("dims")
+    requested = config.reduce.dims
+    add("d (UMAP dimensions)", f"{dims} (asked {requested})" if dims is not None and dims != requested
+        else (dims if dims is not None else requested), "stages/reduce.json" if dims is not None
+        else "config.toml [reduce] dims")
+    add("k (clusters)", config.cluster.k, "config.toml [cluster] k")
+    if clu:
+        kept = clu.get("kept_fraction")
+        add("kept by the consensus", f"{clu.get('n_kept', '?')} of {clu.get('n_galaxies', '?')}"
+            + (f" ({kept:.0%})" if isinstance(kept, float) else ""), "stages/cluster.json")
+    add("experts needed to agree", config.inspect.min_agree, "config.toml [inspect] min_agree")
+    if ins:
+        add("votes merged", ins.get("n_votes", "?"), "stages/inspect.json")
+    add("Sersic fits", "on" if config.measure.include_sersic else "off",
+        "config.toml [measure] include_sersic")
+    add("G2 noise tolerance", f"{config.measure.g2_noise_tolerance:g} sigma"
+        + (" (the paper's definition)" if not config.measure.g2_noise_tolerance else ""),
+        "config.toml [measure] g2_noise_tolerance")
+    if mea:
+        add("measured", f"{mea.get('n_measured', '?')} of {mea.get('n_galaxies', '?')}",
+            "stages/measure.json")
+    add("ETG types", " + ".join(config.validate.etg_types), "config.toml [validate] etg_types")
+    add("confidence level", f"{config.validate.confidence * 100:g}%", "config.toml [validate] confidence")
+    return rows
+
+
+def _warnings(table: pd.DataFrame) -> list[str]:
+    info = V.nonlinear_inputs(table)
+    if not info["n_nonlinear"]:
+        return []
+    examples = ", ".join(Path(e).name for e in info["examples"])
+    return [f"{info['n_nonlinear']} of {len(table)} galaxies come from non-linear (JPEG/PNG) images "
+            f"(e.g. {examples}; from the {info['source']}). Their pixels are display-scaled (gamma, stretch, "
+            "8 bits), not proportional to flux: Sersic n, r_e, Gini, M20, CAS, MID, Psi and G2 measured on "
+            "them are not physical and cannot be compared with the paper's values or with FITS data. The "
+            "types and maps are unaffected."]
+
+
+def _check(config: Config) -> None:
+    types = [t.upper() for t in config.inspect.types]
+    etg = config.validate.etg_types
+    bad = [t for t in etg if t not in types]
+    if bad:
+        raise ConfigError(f"validate.etg_types = {etg!r}: {', '.join(bad)} not in inspect.types ({types})")
+    if not etg:
+        raise ConfigError("validate.etg_types is empty: name at least one early type, e.g. ['SPH']")
+    if not [t for t in types[:-1] if t not in etg]:
+        raise ConfigError(f"validate.etg_types = {etg!r} leaves no late type among {types[:-1]} "
+                          f"(the last type, {types[-1]}, is the unclassified one)")
+
+
+# --- the stage ----------------------------------------------------------------------------------
 
 
 def _jsonable(value: Any) -> Any:
@@ -620,128 +613,51 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return html.escape(str(value))
-
-
-def _tables_html(name: str, result: dict[str, Any]) -> str:
-    parts = []
-    if name == "per_type":
-        types = list(result["n"])
-        head = "".join(f"<th>{t} (N={result['n'][t]})</th>" for t in types)
-        rows = "".join(f"<tr><td>{html.escape(c)}</td>" + "".join(
-            f"<td>{_fmt(result['medians'][c].get(t))}</td>" for t in types) + "</tr>"
-            for c in result["medians"])
-        parts.append(f"<p>Medians by type (r_e in {result['r_e_unit']}):</p>"
-                     f"<table><tr><th>parameter</th>{head}</tr>{rows}</table>")
-    elif name in ("etg_ltg",):
-        rows = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{_fmt(v['fraction'])}</td><td>{_fmt(v['ci_low'])} – "
-            f"{_fmt(v['ci_high'])}</td><td>{v['k']}/{v['n']}</td></tr>"
-            for k, v in result.items() if isinstance(v, dict))
-        parts.append("<table><tr><th>test</th><th>fraction</th><th>95% CI</th><th>k/n</th></tr>"
-                     f"{rows}</table><p>Sersic split n = {result['sersic_split']}; "
-                     f"line {html.escape(result['line'])}.</p>")
-    elif name == "kept_rejected":
-        rows = "".join(f"<tr><td>{html.escape(c)}</td>" + "".join(
-            f"<td>{_fmt(v[k])}</td>" for k in ("n_kept", "n_rejected", "ks_pvalue", "cohens_d",
-                                                 "cliffs_delta")) + "</tr>" for c, v in result.items())
-        parts.append("<table><tr><th>column</th><th>kept</th><th>rejected</th><th>KS p</th>"
-                     f"<th>Cohen's d</th><th>Cliff's δ</th></tr>{rows}</table>")
-    elif name == "completeness":
-        o = result["overall"]
-        parts.append(f"<p>Kept (consensus): {o['k']} of {o['n']} = {_fmt(o['fraction'])} "
-                     f"(95% CI {_fmt(o['ci_low'])} – {_fmt(o['ci_high'])}).</p>")
-    elif name == "types":
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in result["counts"].items())
-        parts.append(f"<table><tr><th>type</th><th>galaxies</th></tr>{rows}</table>")
-    elif name == "gzh":
-        a = result["agreement"]
-        parts.append(f"<p>Agreement with GZH (SPH=SPH, ETD/LTD=DISK, IRR=IRR): {_fmt(a['fraction'])} "
-                     f"({a['k']}/{a['n']}, 95% CI {_fmt(a['ci_low'])} – {_fmt(a['ci_high'])}).</p>")
-        conf = pd.DataFrame(result["confusion"]).T.fillna(0).astype(int)
-        if not conf.empty:
-            parts.append(conf.to_html(classes="conf", border=0))
-    return "".join(parts)
-
-
-SECTION_TITLES = {
-    "types": "Sample and types",
-    "per_type": "Per-type parameters (Figs. 8–11)",
-    "etg_ltg": "ETG / LTG tests (Fig. 12)",
-    "completeness": "Completeness of the kept sample (Fig. 13)",
-    "kept_rejected": "Kept versus rejected (Fig. 14)",
-    "maps": "UMAP and t-SNE maps (Figs. 5f, 7)",
-    "gzh": "Galaxy Zoo: Hubble comparison",
-}
-
-STYLE = """body{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%;display:block;margin:.5em 0}
-.note{color:#666;font-size:.92em}figure{margin:0}figcaption{font-size:.9em;color:#444}"""
-
-
-def _html(run: RunDir, sections: list[tuple[str, Any, list, list[str]]], notes: list[str]) -> str:
+def _compute(ctx: StageContext) -> dict[str, Any]:
+    from .. import report
     from .._version import __version__
 
-    body = [f"<h1>skymorph validation report</h1><p>Run directory: <code>{html.escape(str(run.path))}"
-            f"</code> · skymorph {__version__}</p>"]
-    if notes:
-        body.append("<ul class='note'>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-    for name, result, figures, part_notes in sections:
-        body.append(f"<h2 id='{name}'>{html.escape(SECTION_TITLES[name])}</h2>")
-        if part_notes:
-            body.append("<ul class='note'>" + "".join(f"<li>{html.escape(n)}</li>" for n in part_notes)
-                        + "</ul>")
-        if result is not None:
-            body.append(_tables_html(name, result))
-        for caption, png in figures:
-            body.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{png}'>"
-                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>skymorph validation</title>"
-            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
-
-
-def _compute(ctx: StageContext) -> dict[str, Any]:
-    run, cfg, progress = ctx.run, ctx.config.validate, ctx.progress
+    run, config = ctx.run, ctx.config
     notes: list[str] = []
-    table, cols = _assemble(run, ctx.options.get("physical"), ctx.options.get("id_col"), cfg, notes)
-    rng = np.random.default_rng(cfg.seed)
-    parts: list[tuple[str, Callable]] = [
-        ("types", _part_types), ("per_type", _part_per_type), ("etg_ltg", _part_etg_ltg),
-        ("completeness", _part_completeness), ("kept_rejected", _part_kept_rejected),
-        ("maps", lambda t, c, g, r: _part_maps(t, c, g, r, run)),
-        ("gzh", lambda t, c, g, r: _part_gzh(t, c, g, r, ctx.options.get("gzh"))),
-    ]
+    types = [t.upper() for t in config.inspect.types]
+    table, cols = _assemble(run, ctx.options.get("physical"), ctx.options.get("id_col"), config.validate,
+                            types, notes)
+    inp = _Inputs(run=run, config=config, table=table, cols=cols,
+                  rng=np.random.default_rng(config.validate.seed), options=ctx.options)
     sections = []
-    results: dict[str, Any] = {}
-    for name, func in parts:
-        if progress:
-            log.info("validate: %s", SECTION_TITLES[name])
+    for key, title, func in PARTS:
+        if ctx.progress:
+            log.info("validate: %s", title)
+        section = report.Section(key=key, title=title)
         try:
-            result, figures, part_notes = func(table, cols, cfg, rng)
+            func(inp, section)
         except ValidateError:
             raise
         except Exception as exc:  # noqa: BLE001 - one failing part must not lose the others
-            log.warning("validate: part %s failed: %s", name, exc)
-            result, figures, part_notes = None, [], [f"failed: {type(exc).__name__}: {exc}"]
-        sections.append((name, result, figures, part_notes))
-        results[name] = {"result": result, "notes": part_notes, "figures": [c for c, _ in figures]}
+            log.warning("validate: part %s failed: %s", key, exc)
+            section = report.Section(key=key, title=title, notes=[f"failed: {type(exc).__name__}: {exc}"])
+        sections.append(section)
+    records = _stage_records(run)
+    config_path = run.path / "config.toml"
+    warnings = _warnings(table)
+    page = report.render({
+        "run_path": str(run.path), "version": __version__,
+        "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "settings": _settings_rows(config, records),
+        "config_toml": config_path.read_text() if config_path.exists() else config.to_toml(),
+        "stages": records, "warnings": warnings, "notes": notes, "sections": sections,
+        "labels": inp.labels, "confidence": config.validate.confidence,
+    })
     out_dir = run.path / "report"
     out_dir.mkdir(exist_ok=True)
-    report = out_dir / "report.html"
-    report.write_text(_html(run, sections, notes), encoding="utf-8")
-    summary = _jsonable({"run_dir": str(run.path), "notes": notes, "columns": cols, "parts": results,
-                         "settings": dict(vars(cfg))})
+    path = out_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    parts = {s.key: {"result": s.result, "notes": s.notes, "figures": [f.title for f in s.figures]}
+             for s in sections}
+    summary = _jsonable({"run_dir": str(run.path), "notes": notes, "warnings": warnings, "columns": cols,
+                         "parts": parts, "settings": dict(vars(config.validate))})
     (out_dir / "validation.json").write_text(json.dumps(summary, indent=2))
-    return {"report": str(report), "skipped": [k for k, v in results.items() if v["result"] is None]}
-
-
+    return {"report": str(path), "skipped": [s.key for s in sections if s.result is None]}
 
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
@@ -761,6 +677,7 @@ STAGE = Stage(
         "  skymorph validate myrun --gzh gz_hubble.csv --gzh-id-col OBJNO"),
     compute=_compute,
     sections=("validate",),
+    check=_check,
     always=True,
     arguments=(
         Argument("--physical", "catalog (FITS, CSV, Parquet) of physical quantities: stellar mass, "

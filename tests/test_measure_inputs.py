@@ -108,17 +108,21 @@ def _rms(stamps: np.ndarray, sources: pd.DataFrame, gain: float = 2000.0) -> np.
 
 
 def _direct(image, noise_sigma, weightmap, psf):
-    """statmorph called by hand, on the segmap measure makes."""
+    """statmorph called by hand, on the segmap measure makes; pixels without a usable error
+    (ingest's inf: padding) masked, as measure documents."""
     import statmorph
 
     from skymorph.core.morphometry import make_segmap
 
     cfg = Config().measure
+    bad = ~(np.isfinite(weightmap) & (weightmap > 0))
+    weightmap = np.where(bad, np.median(weightmap[~bad]), weightmap)
     segmap, others = make_segmap(image, noise_sigma, cfg.detect_nsigma, cfg.detect_npixels, cfg.smooth_fwhm,
-                                 cfg.deblend, cfg.deblend_contrast)
+                                 cfg.deblend, cfg.deblend_contrast, mask=bad if bad.any() else None)
+    mask = others | bad
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # statmorph's own, recorded by measure in measure_warnings
-        return statmorph.source_morphology(image, segmap, mask=others if others.any() else None,
+        return statmorph.source_morphology(image, segmap, mask=mask if mask.any() else None,
                                            weightmap=weightmap, psf=psf)[0]
 
 
@@ -153,8 +157,9 @@ def test_psf_and_rms_arrays_as_statmorph(psf_rms_run):
 
 
 def test_psf_changes_the_sersic_fit(psf_rms_run, tmp_path):
-    """Without the PSF the same stamps give other Sersic values: the PSF really reaches the fit,
-    and a model convolved with the PSF needs a smaller r_e (typically)."""
+    """Without the PSF the same stamps give other Sersic values: the PSF really reaches the fit.
+    The blur of the PSF flattens a profile's core, so a fit that ignores it finds a lower n
+    (measured: n with / without the PSF 0.75-2.6 per galaxy, median 1.6)."""
     run, _ = psf_rms_run
     with_psf = read_measurements(run)
     path = tmp_path / "run"
@@ -164,9 +169,9 @@ def test_psf_changes_the_sersic_fit(psf_rms_run, tmp_path):
     assert (without["measure_psf"] == "none").all()
     ok = (with_psf["flag_sersic"] == 0) & (without["flag_sersic"] == 0)
     assert ok.sum() >= 4
-    ratio = with_psf.loc[ok, "sersic_rhalf"] / without.loc[ok, "sersic_rhalf"]
-    assert (abs(ratio - 1) > 0.01).all()
-    assert ratio.median() < 0.97  # measured 0.93 (per galaxy 0.86-1.11: n and r_e trade off)
+    n_ratio = with_psf.loc[ok, "sersic_n"] / without.loc[ok, "sersic_n"]
+    assert (abs(n_ratio - 1) > 0.05).all()
+    assert n_ratio.median() > 1.2
     np.testing.assert_allclose(with_psf["gini"], without["gini"])  # non-parametric: no PSF
 
 

@@ -98,7 +98,9 @@ def make_segmap(image: np.ndarray, noise_sigma: float, nsigma: float = 1.5, npix
     if smooth_fwhm and smooth_fwhm > 0:
         size = int(2 * math.ceil(1.5 * smooth_fwhm) + 1)
         kernel = make_2dgaussian_kernel(smooth_fwhm, size=size)
-        smoothed = convolve(data, kernel, mask=mask)
+        # masked pixels (e.g. padding without an error estimate) count as empty sky: astropy's
+        # default interpolation leaves NaN in masked regions wider than the kernel
+        smoothed = convolve(data, kernel, mask=mask, nan_treatment="fill", fill_value=0.0)
     else:
         smoothed = data
     threshold = nsigma * float(noise_sigma)

@@ -6,7 +6,9 @@ stamp's own noise level (so copies differ).  Timed, each in a fresh subprocess
 (so its peak memory, parent + workers, is its own):
 
 * ``measure`` with 1 worker and with 2 workers (statmorph with the Sersic fit,
-  segmentation, Psi, G2, Parquet output);
+  segmentation, Psi, G2, Parquet output), without a PSF;
+* ``measure_1_psf``: 1 worker with each stamp's own PSF (the run's ``psf`` array,
+  from the collection's PSF images) convolved in the Sersic fit;
 * the plain library call: ``statmorph.source_morphology`` in a loop over the same
   stamps with segmaps made beforehand (not timed), i.e. statmorph's own cost.
 
@@ -15,6 +17,7 @@ the statmorph loop, and the projected time for 10^5 galaxies on this machine.
 
     python benchmarks/bench_measure.py                     # N = 1000, 1 repeat
     python benchmarks/bench_measure.py --n 200 --repeats 3
+    python benchmarks/bench_measure.py --n 100 --modes measure_1,measure_1_psf
 """
 
 from __future__ import annotations
@@ -59,6 +62,14 @@ def make_run(base: Path, n: int, seed: int = 0) -> Path:
                          # the added noise has the stamp's sigma: total sigma is sqrt(2) larger
                          "noise_sigma": float(np.sqrt(2) * sigma[j])})
     pd.DataFrame(rows).to_parquet(run.path / "sources.parquet", index=False)
+    # each stamp's own PSF (65 x 51 in the collection), padded square as the psf array has it
+    from astropy.io import fits
+
+    with fits.open(COSMOS / "real_galaxy_PSF_images_extension.fits") as hdul:
+        psfs = np.stack([np.pad(np.asarray(hdul[int(k)].data, dtype=np.float32), ((0, 0), (7, 7)))
+                         for k in sources["PSF_HDU"]])
+    psf = run.create_array("psf", (n, *psfs.shape[1:]), 256)
+    psf[:] = psfs[np.arange(n) % len(psfs)]
     run.mark_done("ingest", f"bench-{n}-{seed}", n_stamps=n)
     return run.path
 
@@ -74,8 +85,9 @@ def child(mode: str, run_path: Path) -> dict:
         workers = int(mode.split("_")[1])
         (run.path / "measurements.parquet").unlink(missing_ok=True)
         run.invalidate("measure")
+        settings = {"workers": workers, "psf_array": mode.endswith("_psf")}
         start = time.perf_counter()
-        measure(run, Config().update({"measure": {"workers": workers}}), progress=False)
+        measure(run, Config().update({"measure": settings}), progress=False)
         elapsed = time.perf_counter() - start
         n = int(run.stage_info("measure")["n_galaxies"])
     else:
@@ -111,7 +123,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="stamps in the run (default 1000)")
     parser.add_argument("--repeats", type=int, default=1, help="repeats per mode (default 1)")
     parser.add_argument("--modes", default="measure_1,measure_2,statmorph",
-                        help="comma-separated: measure_1, measure_2, statmorph")
+                        help="comma-separated: measure_1, measure_2, measure_1_psf, statmorph")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "RUN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -136,11 +148,11 @@ def main() -> None:
             print(f"{mode:10s} N={n:6d}  {sec:8.1f} s  {n / sec:6.2f} galaxies/s  peak RSS {peak:7.0f} MiB"
                   f"  (median of {len(runs)}: {each})")
         if "statmorph" in medians:
-            for mode in ("measure_1", "measure_2"):
+            for mode in ("measure_1", "measure_2", "measure_1_psf"):
                 if mode in medians:
                     ratio = medians[mode] / medians["statmorph"]
                     print(f"ratio {mode} / statmorph loop (seconds per galaxy): {ratio:.2f}")
-        for mode in ("measure_1", "measure_2"):
+        for mode in ("measure_1", "measure_2", "measure_1_psf"):
             if mode in medians:
                 hours = medians[mode] * 1e5 / 3600
                 print(f"projected 10^5 galaxies with {mode}: {hours:.1f} h on this machine")

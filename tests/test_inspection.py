@@ -331,7 +331,7 @@ def test_merge_types_clusters_by_majority(clustered_run, tmp_path):
     assert (typed["id"] == catalog["id"]).all()
     assert (typed.loc[labels == c[0], "morph_type"] == "SPH").all()
     assert (typed.loc[labels == c[1], "morph_type"] == "UNC").all()
-    assert (typed.loc[labels < 0, "morph_type"] == "").all()
+    assert (typed.loc[labels < 0, "morph_type"] == "NOCONS").all()
     assert (typed.loc[labels < 0, "type_flag"] == "").all()
     counts = pd.read_csv(clustered_run.path / "inspection" / "type_counts.csv").set_index("type")
     assert counts.loc["SPH", "n_galaxies"] == (labels == c[0]).sum()
@@ -344,7 +344,7 @@ def test_merge_types_clusters_by_majority(clustered_run, tmp_path):
 
     fits = Table.read(clustered_run.path / "catalog.fits")
     # (astropy reads empty FITS strings back as masked)
-    assert list(fits["morph_type"].filled("")) == typed["morph_type"].tolist()
+    assert list(np.ma.filled(fits["morph_type"], "")) == typed["morph_type"].tolist()
     # one vote fewer needed: c[1] becomes a three-way tie
     table = merge(clustered_run, [votes], min_agree=1).set_index("cluster")
     assert table.loc[c[1], ["morph_type", "type_flag"]].tolist() == ["UNC", "tie"]

@@ -72,7 +72,7 @@ def test_votes_become_types_for_consensus_galaxies(typed_run):
     run, _ = typed_run
     catalog = run.catalog()
     assert (catalog.loc[catalog["consensus"], "morph_type"] == "SPH").all()
-    assert (catalog.loc[~catalog["consensus"], "morph_type"] == "").all()
+    assert (catalog.loc[~catalog["consensus"], "morph_type"] == "NOCONS").all()
 
 
 def test_measure_and_validate_on_the_typed_run(typed_run):

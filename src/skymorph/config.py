@@ -607,6 +607,10 @@ class InspectConfig:
     )
 
 
+G2_MIN_SN = 3.0
+"""Default ``measure.g2_min_sn``: measured on the bundled COSMOS stamps (docs/measure.md)."""
+
+
 @dataclass
 class MeasureConfig:
     """Non-parametric and Sersic measurements (statmorph, Psi, G2)."""
@@ -636,8 +640,43 @@ class MeasureConfig:
     weight_array: str | None = setting(
         None,
         "Name of a run-directory array (N x S x S, same order as ``stamps``) holding every pixel's "
-        "1-sigma error; overrides ``gain`` and ``noise_sigma``.",
+        "1-sigma error; overrides ``gain``, the ``rms`` array and ``noise_sigma``.",
         flag="--weight-array",
+    )
+    rms_array: bool = setting(
+        True,
+        "Use the run's ``rms`` array (N x S x S 1-sigma per pixel, written by ingest where the "
+        "inputs carry one) as statmorph's weight map when it exists; ``weight_array`` and ``gain`` "
+        "override it.",
+        flag="--no-rms-array",
+    )
+    psf_file: str | None = setting(
+        None,
+        "FITS image of the PSF (first image HDU, at the stamps' pixel scale) convolved with the "
+        "Sersic models of every galaxy; normalised to unit sum. Overrides the ``psf`` array.",
+        flag="--psf",
+        metavar="FITS",
+    )
+    psf_array: bool = setting(
+        True,
+        "Use the run's ``psf`` array (N x P x P, one PSF per stamp, written by ingest for GalSim "
+        "collections) in the Sersic fits when it exists and ``psf_file`` is not given.",
+        flag="--no-psf-array",
+    )
+    allow_nonlinear: bool = setting(
+        False,
+        "Measure stamps whose pixels are not linear in flux (PNG/JPEG: display-scaled, so Sersic "
+        "n, C, Gini, M20, A are meaningless); every value is then marked ``measure_linear = "
+        "false``. Without it measure refuses such a run.",
+        flag="--allow-nonlinear",
+    )
+    pixel_scale: float | None = setting(
+        None,
+        "Arcsec per pixel of the input images, for r_e in arcsec; default: the sources' "
+        "``PIXEL_SCALE`` column (none: radii in pixels only). Resampled stamps are scaled by their "
+        "frame.",
+        flag="--pixel-scale",
+        min=0,
     )
     subtract_background: bool = setting(
         True, "Subtract the ``background`` level ingest measured (stamps are not background-subtracted)."
@@ -669,11 +708,17 @@ class MeasureConfig:
         0.2, "G2: largest angle (radians) between a vector and its mirror's reverse.", min=0
     )
     g2_noise_tolerance: float = setting(
-        0.0,
+        2.45,
         "G2, not in Rosa et al.: also count a pair as symmetric when the two vectors cancel to "
         "within this many pixel-noise sigmas (2.45 accepts 95% of pairs that differ by noise only)."
-        " 0 keeps the paper's definition, under which the noise of faint stamps drives G2 towards 2"
-        " for every type.",
+        " 0 keeps the paper's definition, under which the noise of faint stamps drives G2 to ~1.9"
+        " for every galaxy (measured on the bundled COSMOS stamps; see docs/measure.md).",
+        min=0,
+    )
+    g2_min_sn: float = setting(
+        G2_MIN_SN,
+        "S/N per pixel (statmorph's sn_per_pixel) below which G2 is marked unreliable "
+        "(``g2_reliable = false``): noise hides the asymmetry there (docs/measure.md).",
         min=0,
     )
 

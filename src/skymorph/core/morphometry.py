@@ -98,7 +98,9 @@ def make_segmap(image: np.ndarray, noise_sigma: float, nsigma: float = 1.5, npix
     if smooth_fwhm and smooth_fwhm > 0:
         size = int(2 * math.ceil(1.5 * smooth_fwhm) + 1)
         kernel = make_2dgaussian_kernel(smooth_fwhm, size=size)
-        smoothed = convolve(data, kernel, mask=mask)
+        # masked pixels (e.g. padding without an error estimate) count as empty sky: astropy's
+        # default interpolation leaves NaN in masked regions wider than the kernel
+        smoothed = convolve(data, kernel, mask=mask, nan_treatment="fill", fill_value=0.0)
     else:
         smoothed = data
     threshold = nsigma * float(noise_sigma)
@@ -201,7 +203,7 @@ def multiplicity(image: np.ndarray, segmap: np.ndarray) -> float:
 
 def gradient_asymmetry(image: np.ndarray, segmap: np.ndarray, xc: float | None = None,
                        yc: float | None = None, module_tolerance: float = 0.1,
-                       phase_tolerance: float = 0.2, noise_sigma: float | None = None,
+                       phase_tolerance: float = 0.2, noise_sigma: float | np.ndarray | None = None,
                        noise_tolerance: float = 0.0) -> float:
     """Gradient asymmetry G2 of Rosa et al. (2018).
 
@@ -231,13 +233,15 @@ def gradient_asymmetry(image: np.ndarray, segmap: np.ndarray, xc: float | None =
         Largest relative difference of the moduli of a symmetric pair.
     phase_tolerance : float
         Largest angle (radians) between one vector and the reverse of its partner.
-    noise_sigma, noise_tolerance : float
+    noise_sigma : float or ndarray, optional
+        Pixel noise (1 sigma): one value, or a map of the image's shape.
+    noise_tolerance : float
         Not in Rosa et al.: with ``noise_tolerance > 0`` a pair also counts as
         symmetric when the vectors cancel to within ``noise_tolerance`` times the
-        pixel noise ``noise_sigma`` (|v_p + v_q| <= k sigma; for pure noise the
-        sum's components have standard deviation sigma with np.gradient, so
-        k = 2.45 accepts 95% of pairs that differ by noise only).  0 keeps the
-        paper's definition, under which noise alone makes G2 approach 2.
+        pixel noise (|v_p + v_q| <= k sigma; for pure noise the sum's components
+        have standard deviation sigma with np.gradient, so k = 2.45 accepts 95% of
+        pairs that differ by noise only).  0 keeps the paper's definition, under
+        which noise alone makes G2 approach 2.
 
     Returns
     -------
@@ -281,8 +285,14 @@ def gradient_asymmetry(image: np.ndarray, segmap: np.ndarray, xc: float | None =
     angle = np.arccos(np.clip(cosang, -1.0, 1.0))
     opposite = angle <= phase_tolerance
     symmetric = both_zero | (same_modulus & opposite)
-    if noise_tolerance > 0 and noise_sigma is not None and noise_sigma > 0:
-        symmetric |= np.hypot(vy + wy, vx + wx) <= noise_tolerance * noise_sigma
+    if noise_tolerance > 0 and noise_sigma is not None:
+        sigma = np.asarray(noise_sigma, dtype=np.float64)
+        if sigma.ndim == 2:
+            # per-pixel errors: each gradient component has variance ~ sigma^2 / 2, so the
+            # sum of a pair's vectors has (sigma_p^2 + sigma_q^2) / 2 per component
+            sigma = np.sqrt((sigma[ys, xs] ** 2 + sigma[my, mx] ** 2) / 2.0)
+        usable = np.isfinite(sigma) & (sigma > 0)
+        symmetric |= usable & (np.hypot(vy + wy, vx + wx) <= noise_tolerance * np.where(usable, sigma, 0))
     n_total = ys.size
     asym = ~symmetric
     n_asym = int(asym.sum())
@@ -332,7 +342,7 @@ def morphology(image: np.ndarray, segmap: np.ndarray, label: int | None = None,
                gain: float | None = None, include_sersic: bool = True,
                include_doublesersic: bool = False, psf: np.ndarray | None = None,
                g2_module_tolerance: float = 0.1, g2_phase_tolerance: float = 0.2,
-               g2_noise_tolerance: float = 0.0, noise_sigma: float | None = None,
+               g2_noise_tolerance: float = 2.45, noise_sigma: float | np.ndarray | None = None,
                **statmorph_kwargs: Any) -> dict[str, Any]:
     """Measure one galaxy: statmorph's quantities, Psi and G2.
 
@@ -359,8 +369,8 @@ def morphology(image: np.ndarray, segmap: np.ndarray, label: int | None = None,
         PSF for the Sersic fits.
     g2_module_tolerance, g2_phase_tolerance, g2_noise_tolerance : float
         Tolerances of :func:`gradient_asymmetry`.
-    noise_sigma : float, optional
-        Pixel noise, for ``g2_noise_tolerance``.
+    noise_sigma : float or ndarray, optional
+        Pixel noise (one value or a map), for ``g2_noise_tolerance``.
     **statmorph_kwargs
         Passed on to :class:`statmorph.SourceMorphology`.
 

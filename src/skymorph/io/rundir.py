@@ -13,7 +13,15 @@ Layout (paths relative to ``RUN_DIR``)::
     features.zarr        N x D float32                                (encode)
     embedding.zarr       N x d float32                                (reduce)
     catalog.parquet      one row per processed galaxy                 (cluster, ...)
-    catalog.fits         the same table as FITS
+    catalog.fits         the same table as FITS (HDU 'CATALOG'; io/catalog.py)
+    psf.zarr             N x P x P normalised PSF per stamp            (ingest, optional)
+    rms.zarr             N x S x S 1-sigma error per pixel             (ingest, optional)
+    measurements.parquet every statmorph scalar, Psi, G2              (measure)
+
+Every table and array carries its provenance (skymorph version, date, settings,
+stages' fingerprints): the FITS primary header, the Parquet schema metadata and
+the Zarr attributes (key ``skymorph``); catalog columns carry units and
+descriptions.
 
 Array stores are Zarr arrays chunked along the galaxy axis, so every stage can
 stream them chunk by chunk and Dask can map over them with ``dask.array.from_zarr``.
@@ -131,7 +139,9 @@ class RunDir:
             array = self.open_array(path.stem, check=False)
             lines.append(f"  {path.stem:<13} {' x '.join(map(str, array.shape))} {array.dtype}")
         if (self.path / "catalog.parquet").exists():
-            lines.append(f"  catalog       {len(self.catalog())} rows")
+            from .catalog import describe_catalog
+
+            lines += describe_catalog(self.path)
         lines.append(f"  rejects       {len(self.rejects())} inputs")
         return "\n".join(lines)
 
@@ -291,19 +301,31 @@ class RunDir:
                 "stage that writes it with --force")
 
     def create_array(self, name: str, shape: tuple[int, ...], chunk: int,
-                     dtype: str = "float32") -> zarr.Array:
-        """Create (overwrite) an array chunked by ``chunk`` galaxies along axis 0."""
+                     dtype: str = "float32", attributes: dict[str, Any] | None = None) -> zarr.Array:
+        """Create (overwrite) an array chunked by ``chunk`` galaxies along axis 0.
+
+        Its Zarr attributes hold the provenance (key ``skymorph``: version, date,
+        settings, stages' fingerprints) and ``attributes`` (e.g. ``units``).
+        """
         chunks = (max(1, min(chunk, max(shape[0], 1))), *shape[1:])
         return zarr.create_array(
             store=str(self.array_path(name)), shape=shape, chunks=chunks, dtype=dtype,
             fill_value=np.nan if np.dtype(dtype).kind == "f" else 0, overwrite=True,
-            compressors=None, config=_KEEP_EMPTY_CHUNKS,
+            compressors=None, config=_KEEP_EMPTY_CHUNKS, attributes=self._attributes(attributes),
         )
 
     def writer(self, name: str, item_shape: tuple[int, ...], chunk: int,
-               dtype: str = "float32") -> ArrayWriter:
-        """An :class:`ArrayWriter` that appends to a new array ``name``."""
-        return ArrayWriter(self.array_path(name), item_shape, chunk, dtype)
+               dtype: str = "float32", attributes: dict[str, Any] | None = None) -> ArrayWriter:
+        """An :class:`ArrayWriter` that appends to a new array ``name`` (attributes
+        as :meth:`create_array`)."""
+        return ArrayWriter(self.array_path(name), item_shape, chunk, dtype,
+                           attributes=self._attributes(attributes))
+
+    def _attributes(self, attributes: dict[str, Any] | None) -> dict[str, Any]:
+        from .catalog import PROVENANCE_KEY, provenance
+
+        return {PROVENANCE_KEY: json.loads(json.dumps(provenance(self.path, inputs=False), default=str)),
+                **(attributes or {})}
 
     # -- tables --------------------------------------------------------------------
 
@@ -355,27 +377,22 @@ class RunDir:
             )
         return pd.read_parquet(path)
 
-    def write_catalog(self, table: pd.DataFrame) -> None:
-        """Write the catalog as Parquet and FITS."""
-        from astropy.table import Table
+    def write_catalog(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Write the catalog as Parquet and FITS, with units, descriptions and
+        provenance (:func:`skymorph.io.catalog.write_catalog`); returns it as written."""
+        from .catalog import write_catalog
 
-        table = table.reset_index(drop=True)
-        tmp = self.path / ".catalog.parquet.tmp"
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, self.path / "catalog.parquet")
-        fits_table = Table.from_pandas(_fits_safe(table))
-        fits_table.write(self.path / "catalog.fits", overwrite=True)
+        return write_catalog(self.path, table)
 
     def update_catalog(self, columns: pd.DataFrame) -> pd.DataFrame:
         """Join ``columns`` (with an ``id`` column) onto the catalog, replacing
-        columns of the same name, and write it back."""
-        if "id" not in columns.columns:
-            raise ValueError("columns to join onto the catalog need an 'id' column")
-        catalog = self.catalog()
-        replaced = [c for c in columns.columns if c != "id" and c in catalog.columns]
-        catalog = catalog.drop(columns=replaced).merge(columns, on="id", how="left")
-        self.write_catalog(catalog)
-        return catalog
+        columns of the same name, and write it back
+        (:func:`skymorph.io.catalog.update_catalog`)."""
+        if not (self.path / "catalog.parquet").exists():
+            self.catalog()  # the error that names the stage to run
+        from .catalog import update_catalog
+
+        return update_catalog(self.path, columns)
 
 
 def _read_json(path: Path, missing_ok: bool = False) -> dict[str, Any]:
@@ -405,17 +422,6 @@ def _atomic_write(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _fits_safe(table: pd.DataFrame) -> pd.DataFrame:
-    """Copy with object/None columns turned into strings that FITS can store."""
-    out = table.copy()
-    for name in out.columns:
-        if out[name].dtype == object or str(out[name].dtype).startswith("string"):
-            out[name] = out[name].fillna("").astype(str)
-        elif str(out[name].dtype) == "boolean":
-            out[name] = out[name].fillna(False).astype(bool)
-    return out
-
-
 class ArrayWriter:
     """Append blocks of items to a Zarr array chunk by chunk.
 
@@ -424,14 +430,14 @@ class ArrayWriter:
     """
 
     def __init__(self, path: Path, item_shape: tuple[int, ...], chunk: int,
-                 dtype: str = "float32") -> None:
+                 dtype: str = "float32", attributes: dict[str, Any] | None = None) -> None:
         self.item_shape = tuple(item_shape)
         self.chunk = int(chunk)
         self.dtype = np.dtype(dtype)
         self.array = zarr.create_array(
             store=str(path), shape=(0, *self.item_shape), chunks=(self.chunk, *self.item_shape),
             dtype=self.dtype, fill_value=np.nan if self.dtype.kind == "f" else 0, overwrite=True,
-            compressors=None, config=_KEEP_EMPTY_CHUNKS,
+            compressors=None, config=_KEEP_EMPTY_CHUNKS, attributes=attributes,
         )
         self._buffer = np.empty((self.chunk, *self.item_shape), dtype=self.dtype)
         self._filled = 0

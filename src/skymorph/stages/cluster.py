@@ -428,7 +428,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     catalog["cluster_agglomerative"] = result.agglomerative
     catalog["cluster"] = result.cluster
     catalog["consensus"] = result.consensus
-    catalog["morph_type"] = ""
+    catalog["morph_type"] = np.where(result.consensus, None, "NOCONS")  # typed by inspect merge
     run.write_catalog(catalog)
     out = run.path / "cluster"
     out.mkdir(exist_ok=True)

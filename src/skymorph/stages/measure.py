@@ -6,20 +6,29 @@ For each stamp (row i of ``run.sources()``), in parallel over chunks of galaxies
 2. segment the stamp with photutils (smoothing, detection, deblending) and keep
    the segment at (or nearest to) the centre; other segments are masked;
 3. run statmorph: Gini, M20, C, A, S, M, I, D, single-Sersic n and r_e (and
-   every other statmorph scalar), with statmorph's ``flag`` and ``flag_sersic``;
-   the noise is the stamp's background sigma (a constant weight map), a gain,
-   or a per-pixel error array in the run directory;
+   every other statmorph scalar), with statmorph's ``flag`` and ``flag_sersic``.
+   Per-pixel errors (statmorph's weight map), first that applies: the array
+   named by ``weight_array``; a ``gain``; the run's ``rms`` array; the stamp's
+   background sigma as a constant.  PSF of the Sersic fits: the ``psf_file``
+   setting, else the run's ``psf`` array (one per stamp), else none;
 4. add the multiplicity Psi (Law et al. 2007) and the gradient asymmetry G2
-   (Rosa et al. 2018).
+   (Rosa et al. 2018), the latter with a noise tolerance and a ``g2_reliable``
+   flag below ``g2_min_sn``.
+
+Stamps whose pixels are not linear in flux (PNG/JPEG, display-scaled) are
+refused unless ``allow_nonlinear``; then every row says ``measure_linear =
+False``.  r_e is also given in arcsec where the pixel scale is known.
 
 Results are streamed to ``RUN_DIR/measurements.parquet`` chunk by chunk (memory
-does not grow with the number of galaxies).  A galaxy that cannot be measured
-gets ``measure_ok = False`` and a ``measure_reason``; it never stops the run.
-When the run has a catalog, the main columns are joined onto it.
+does not grow with the number of galaxies), with units, descriptions and the
+provenance in its metadata.  A galaxy that cannot be measured gets
+``measure_ok = False`` and a ``measure_reason``; it never stops the run.  When
+the run has a catalog, the main columns are joined onto it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -36,7 +45,8 @@ from ..core.parallel import map_ordered, start_pool
 from ..io.rundir import RunDir
 from . import Stage, StageContext, execute
 
-__all__ = ["measure", "measure_stamp", "measure_block", "CATALOG_COLUMNS", "MEASUREMENTS_FILE"]
+__all__ = ["measure", "measure_stamp", "measure_block", "read_measurements", "linear_flags", "load_psf",
+           "MeasureError", "CATALOG_COLUMNS", "MEASUREMENTS_FILE", "NONLINEAR_SUFFIXES"]
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +54,70 @@ MEASUREMENTS_FILE = "measurements.parquet"
 
 CATALOG_COLUMNS = [
     "gini", "m20", "concentration", "asymmetry", "smoothness", "multimode", "intensity",
-    "deviation", "sersic_n", "sersic_rhalf", "sersic_chi2_dof", "psi", "g2", "rpetro_circ",
-    "rhalf_circ", "sn_per_pixel", "flag", "flag_sersic", "measure_ok", "measure_reason",
+    "deviation", "sersic_n", "sersic_rhalf", "sersic_rhalf_arcsec", "sersic_chi2_dof", "psi", "g2",
+    "g2_reliable", "rpetro_circ", "rhalf_circ", "rhalf_circ_arcsec", "sn_per_pixel", "flag",
+    "flag_sersic", "measure_ok", "measure_reason", "measure_linear", "measure_psf", "measure_weights",
 ]
 """Columns joined onto the catalog (``measurements.parquet`` holds every statmorph scalar)."""
 
+NONLINEAR_SUFFIXES = (".jpg", ".jpeg", ".png")
+"""Input files whose pixels are display-scaled (gamma, stretch, 8-bit), not flux."""
+
+
+class MeasureError(ValueError):
+    """The run cannot be measured as asked (non-linear stamps, an unusable PSF...)."""
+
+
+def linear_flags(sources: pd.DataFrame) -> np.ndarray:
+    """Whether each stamp's pixels are linear in flux.
+
+    The ``linear`` column of ``sources.parquet`` where ingest wrote one; for runs
+    made before it (or rows where it is missing), derived from the input file:
+    PNG and JPEG (:data:`NONLINEAR_SUFFIXES`) are not linear, everything else is.
+    """
+    n = len(sources)
+    if "origin" in sources:
+        by_suffix = ~sources["origin"].astype(str).str.lower().str.endswith(NONLINEAR_SUFFIXES).to_numpy()
+    else:
+        by_suffix = np.ones(n, dtype=bool)
+    if "linear" not in sources:
+        return by_suffix
+    given = sources["linear"].astype(object)
+    missing = given.isna().to_numpy()
+    return np.where(missing, by_suffix, given.where(~given.isna(), True).astype(bool).to_numpy())
+
+
+def load_psf(path: str | os.PathLike) -> np.ndarray:
+    """The PSF image of a FITS file (first HDU holding an image), normalised to unit sum.
+
+    Raises
+    ------
+    MeasureError
+        If the file is missing or unreadable, holds no 2-D image, or its pixels
+        are not finite or do not sum to a positive value.
+    """
+    from astropy.io import fits
+
+    try:
+        with fits.open(path) as hdul:
+            image = next((h.data for h in hdul if h.data is not None and h.data.ndim == 2), None)
+            image = None if image is None else np.array(image, dtype=np.float64)
+    except (OSError, ValueError) as exc:
+        raise MeasureError(f"measure.psf_file {path}: cannot read it as FITS ({exc})") from None
+    if image is None:
+        raise MeasureError(f"measure.psf_file {path}: no 2-D image HDU")
+    return _normalised_psf(image, f"measure.psf_file {path}")
+
+
+def _normalised_psf(image: np.ndarray, what: str) -> np.ndarray:
+    if image.ndim != 2 or not np.isfinite(image).all() or not image.sum() > 0:
+        raise MeasureError(f"{what}: the PSF must be a finite 2-D image with a positive sum")
+    return image / image.sum()
+
 
 def measure_stamp(stamp: np.ndarray, noise_sigma: float | None = None, background: float = 0.0,
-                  weightmap: np.ndarray | None = None, config: MeasureConfig | None = None
-                  ) -> dict[str, Any]:
+                  weightmap: np.ndarray | None = None, config: MeasureConfig | None = None,
+                  psf: np.ndarray | None = None) -> dict[str, Any]:
     """Measure one stamp: segmentation, statmorph, Psi and G2.
 
     Parameters
@@ -65,9 +130,13 @@ def measure_stamp(stamp: np.ndarray, noise_sigma: float | None = None, backgroun
     background : float
         Background level, subtracted when ``config.subtract_background``.
     weightmap : ndarray, optional
-        Per-pixel 1-sigma errors.
+        Per-pixel 1-sigma errors (statmorph's ``weightmap``); pixels where it is
+        not finite or not positive (padding) are masked.  Used instead of
+        ``config.gain``.
     config : MeasureConfig, optional
         Settings; defaults to ``MeasureConfig()``.
+    psf : ndarray, optional
+        PSF convolved with the Sersic models (normalised here).
 
     Returns
     -------
@@ -84,25 +153,43 @@ def measure_stamp(stamp: np.ndarray, noise_sigma: float | None = None, backgroun
             image = image - background
         if not np.isfinite(image).all():
             raise ValueError("stamp has NaN or infinite pixels")
+        bad = None
+        if weightmap is not None:
+            weightmap = np.asarray(weightmap, dtype=np.float64)
+            if weightmap.shape != image.shape:
+                raise ValueError(f"weight map {weightmap.shape} does not match the stamp {image.shape}")
+            bad = ~(np.isfinite(weightmap) & (weightmap > 0))
+            if bad.all():
+                raise ValueError("weight map has no finite positive pixel")
+            if bad.any():
+                weightmap = np.where(bad, float(np.median(weightmap[~bad])), weightmap)
+            else:
+                bad = None
+        if psf is not None:
+            psf = _normalised_psf(np.asarray(psf, dtype=np.float64), "psf")
         sigma = noise_sigma
         if sigma is None or not np.isfinite(sigma) or sigma <= 0:
             if weightmap is not None:
-                sigma = float(np.median(weightmap))
+                sigma = float(np.median(weightmap if bad is None else weightmap[~bad]))
             else:
                 raise ValueError("no usable noise estimate (noise_sigma <= 0 or missing)")
         segmap, others = mm.make_segmap(image, sigma, cfg.detect_nsigma, cfg.detect_npixels,
-                                        cfg.smooth_fwhm, cfg.deblend, cfg.deblend_contrast)
+                                        cfg.smooth_fwhm, cfg.deblend, cfg.deblend_contrast, mask=bad)
+        mask = others if bad is None else others | bad
         gain = None
+        g2_noise: float | np.ndarray = float(sigma)
         if weightmap is None and cfg.gain is None:
             weightmap = np.full(image.shape, float(sigma))
         elif weightmap is None:
             gain = cfg.gain
-        return mm.morphology(image, segmap, 1, mask=others if others.any() else None,
+        else:
+            g2_noise = weightmap
+        return mm.morphology(image, segmap, 1, mask=mask if mask.any() else None,
                              weightmap=weightmap, gain=gain, include_sersic=cfg.include_sersic,
-                             include_doublesersic=cfg.include_doublesersic,
+                             include_doublesersic=cfg.include_doublesersic, psf=psf,
                              g2_module_tolerance=cfg.g2_module_tolerance,
                              g2_phase_tolerance=cfg.g2_phase_tolerance,
-                             g2_noise_tolerance=cfg.g2_noise_tolerance, noise_sigma=float(sigma))
+                             g2_noise_tolerance=cfg.g2_noise_tolerance, noise_sigma=g2_noise)
     except Exception as exc:  # noqa: BLE001 - one galaxy never aborts the run
         row["measure_reason"] = f"{type(exc).__name__}: {exc}"[:500]
         return row
@@ -116,15 +203,47 @@ class _Task:
     ids: list[str]
     noise: list[float]
     background: list[float]
+    weights: str | None = None
+    """Run-directory array of per-pixel errors (``weight_array`` or ``rms``), if used."""
+    psf: np.ndarray | None = None
+    """The run-wide PSF (``psf_file``), if given."""
+    psf_array: bool = False
+    """Read each stamp's PSF from the run's ``psf`` array."""
+    psf_label: str = "none"
+    """``measure_psf`` of a stamp that has a usable PSF (file / array)."""
+    weights_label: str = "noise_sigma"
+    """``measure_weights`` of a stamp measured with the chosen errors."""
+
+
+def _usable_psf(psf: np.ndarray | None) -> bool:
+    # ingest writes NaN for a stamp of the psf array that has no PSF
+    return psf is not None and bool(np.isfinite(psf).all()) and float(np.sum(psf)) > 0
+
+
+def _usable_weights(weights: np.ndarray | None) -> bool:
+    # ingest writes NaN throughout for a stamp without an error map (inf marks single
+    # pixels without a measurement, which measure_stamp masks)
+    return weights is not None and bool(np.isfinite(weights).any())
 
 
 def measure_block(stamps: np.ndarray, noise_sigma: np.ndarray, background: np.ndarray,
-                  config: MeasureConfig, weights: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """Measure a block of stamps (one Dask / worker task); one row per stamp."""
+                  config: MeasureConfig, weights: np.ndarray | None = None,
+                  psf: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Measure a block of stamps (one Dask / worker task); one row per stamp.
+
+    ``weights`` holds one error map per stamp; ``psf`` is one PSF for every stamp
+    (2-D) or one per stamp (3-D).  A stamp whose error map is NaN throughout is
+    measured with its constant ``noise_sigma`` (or ``config.gain``), and one whose
+    PSF is not finite without a PSF: the ``rms`` and ``psf`` arrays of ingest hold
+    NaN for stamps that have none.
+    """
     rows = []
     for i in range(len(stamps)):
         w = None if weights is None else np.asarray(weights[i], dtype=np.float64)
-        rows.append(measure_stamp(stamps[i], float(noise_sigma[i]), float(background[i]), w, config))
+        p = None if psf is None else (psf if np.ndim(psf) == 2 else psf[i])
+        rows.append(measure_stamp(stamps[i], float(noise_sigma[i]), float(background[i]),
+                                  w if _usable_weights(w) else None, config,
+                                  p if _usable_psf(p) else None))
     return rows
 
 
@@ -133,12 +252,20 @@ def _run_task(task: _Task, config: MeasureConfig) -> list[dict[str, Any]]:
     run = RunDir(task.run_path)
     stamps = np.asarray(run.open_array("stamps")[task.start: task.stop])
     weights = None
-    if config.weight_array:
-        weights = np.asarray(run.open_array(config.weight_array)[task.start: task.stop])
-    rows = measure_block(stamps, np.asarray(task.noise), np.asarray(task.background), config, weights)
-    for gid, index, row in zip(task.ids, range(task.start, task.stop), rows, strict=True):
+    if task.weights:
+        weights = np.asarray(run.open_array(task.weights)[task.start: task.stop])
+    psf = task.psf
+    if psf is None and task.psf_array:
+        psf = np.asarray(run.open_array("psf")[task.start: task.stop], dtype=np.float64)
+    rows = measure_block(stamps, np.asarray(task.noise), np.asarray(task.background), config, weights, psf)
+    fallback = "gain" if config.gain is not None else "noise_sigma"
+    for i, (gid, row) in enumerate(zip(task.ids, rows, strict=True)):
         row["id"] = gid
-        row["index"] = index
+        row["index"] = task.start + i
+        p = None if psf is None else (psf if np.ndim(psf) == 2 else psf[i])
+        row["measure_psf"] = task.psf_label if _usable_psf(p) else "none"
+        row["measure_weights"] = (task.weights_label if weights is not None and _usable_weights(weights[i])
+                                  else fallback if task.weights else task.weights_label)
     return rows
 
 
@@ -155,13 +282,21 @@ def _map_ordered(tasks: list[_Task], config: MeasureConfig, workers: int
         yield from map_ordered(_run_task, tasks, config, pool=pool, workers=workers)
 
 
+EXTRA_COLUMNS: dict[str, Any] = {
+    "g2_reliable": False, "measure_linear": True, "measure_psf": "", "measure_weights": "",
+    "stamp_pixel_scale": float("nan"), "sersic_rhalf_arcsec": float("nan"),
+    "rhalf_circ_arcsec": float("nan"),
+}
+"""Columns the stage adds to each statmorph row (with their types by example)."""
+
+
 def _schema(include_doublesersic: bool):
     import pyarrow as pa
 
     from ..core import morphometry as mm
 
     fields = [pa.field("id", pa.string()), pa.field("index", pa.int64())]
-    for name, value in mm.empty_result(include_doublesersic).items():
+    for name, value in {**mm.empty_result(include_doublesersic), **EXTRA_COLUMNS}.items():
         if isinstance(value, bool):
             kind = pa.bool_()
         elif isinstance(value, int):
@@ -180,57 +315,170 @@ def _check(config: Config) -> None:
         raise ValueError(f"measure.chunk_size must be >= 1, got {cfg.chunk_size}")
     if cfg.gain is not None and cfg.gain <= 0:
         raise ValueError(f"measure.gain must be positive, got {cfg.gain}")
+    if cfg.psf_file is not None and not Path(cfg.psf_file).is_file():
+        raise MeasureError(f"measure.psf_file {cfg.psf_file} does not exist")
+
+
+def _refuse_nonlinear(linear: np.ndarray, sources: pd.DataFrame) -> None:
+    n_bad = int((~linear).sum())
+    if not n_bad:
+        return
+    kinds = ""
+    if "origin" in sources:
+        suffixes = sources.loc[~linear, "origin"].astype(str).map(lambda f: Path(f).suffix.lower() or "?")
+        kinds = " (" + ", ".join(f"{v} {k}" for k, v in suffixes.value_counts().items()) + ")"
+    raise MeasureError(
+        f"{n_bad} of {len(linear)} stamps are not linear in flux{kinds}: PNG/JPEG pixels are "
+        "display-scaled (gamma, stretch, 8-bit clipping), so Sersic n, concentration, Gini, M20 "
+        "and asymmetry measured on them are meaningless. Measure FITS/NPY images of the same "
+        "galaxies, or pass --allow-nonlinear (measure.allow_nonlinear = true) to measure anyway: "
+        "every value is then marked measure_linear = false.")
+
+
+def _sources(run: RunDir) -> tuple[pd.DataFrame, np.ndarray]:
+    """The sources table and its linear flags; refuses non-linear stamps unless allowed."""
+    sources = run.sources()
+    return sources, linear_flags(sources)
+
+
+def _weights_name(run: RunDir, cfg: MeasureConfig) -> tuple[str | None, str]:
+    """Array of per-pixel errors to read (or None) and what ``measure_weights`` says."""
+    if cfg.weight_array:
+        return cfg.weight_array, cfg.weight_array
+    if cfg.gain is not None:
+        return None, "gain"
+    if cfg.rms_array and run.has_array("rms"):
+        return "rms", "rms"
+    return None, "noise_sigma"
+
+
+def _psf_source(run: RunDir, cfg: MeasureConfig) -> str:
+    if cfg.psf_file:
+        return "file"
+    if cfg.psf_array and run.has_array("psf"):
+        return "array"
+    return "none"
+
+
+def _extra(ctx: StageContext) -> dict[str, Any]:
+    """Inputs beyond the settings that change the result: the PSF file's content and
+    which run arrays are used; refuses non-linear stamps before anything is written."""
+    run, cfg = ctx.run, ctx.config.measure
+    sources, linear = _sources(run)
+    if not cfg.allow_nonlinear:
+        _refuse_nonlinear(linear, sources)
+    ctx.state.update(sources=sources, linear=linear)
+    psf_hash = None
+    if cfg.psf_file:
+        psf = load_psf(cfg.psf_file)
+        ctx.state["psf"] = psf
+        psf_hash = hashlib.sha256(psf.tobytes() + str(psf.shape).encode()).hexdigest()[:16]
+    return {"psf_file": psf_hash, "psf": _psf_source(run, cfg), "weights": _weights_name(run, cfg)[1]}
+
+
+def _pixel_scales(sources: pd.DataFrame, cfg: MeasureConfig, stamp_size: int) -> np.ndarray:
+    """Arcsec per stamp pixel: the input scale (setting, else ``PIXEL_SCALE``) times
+    the frame / stamp ratio of resampled stamps; NaN where unknown."""
+    n = len(sources)
+    if cfg.pixel_scale is not None:
+        scale = np.full(n, float(cfg.pixel_scale))
+    elif "PIXEL_SCALE" in sources:
+        scale = pd.to_numeric(sources["PIXEL_SCALE"], errors="coerce").to_numpy(float)
+    else:
+        return np.full(n, np.nan)
+    if "framing" in sources and "frame_side" in sources:
+        resampled = sources["framing"].astype(str).eq("resample").to_numpy()
+        frame = pd.to_numeric(sources["frame_side"], errors="coerce").to_numpy(float)
+        scale = np.where(resampled, scale * frame / stamp_size, scale)
+    return scale
 
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from ..io.catalog import arrow_schema, provenance
+
     run, cfg, progress = ctx.run, ctx.config.measure, ctx.progress
     stamps = run.open_array("stamps")
-    if cfg.weight_array:
-        weights = run.open_array(cfg.weight_array)
+    weights_name, weights_used = _weights_name(run, cfg)
+    if weights_name:
+        weights = run.open_array(weights_name)
         if weights.shape != stamps.shape:
-            raise ValueError(f"weight array '{cfg.weight_array}' has shape {weights.shape}; "
-                             f"it must match the stamps {stamps.shape}")
+            raise MeasureError(f"weight array '{weights_name}' has shape {weights.shape}; "
+                               f"it must match the stamps {stamps.shape}")
+    psf_used = _psf_source(run, cfg)
+    if psf_used == "array":
+        psfs = run.open_array("psf")
+        if psfs.ndim != 3 or psfs.shape[0] != stamps.shape[0]:
+            raise MeasureError(f"the run's psf array has shape {psfs.shape}; it must be N x P x P "
+                               f"with N = {stamps.shape[0]} (one PSF per stamp)")
     out = run.path / MEASUREMENTS_FILE
-    sources = run.sources()
+    sources, linear = ctx.state.get("sources"), ctx.state.get("linear")
+    if sources is None:
+        sources, linear = _sources(run)
     n = len(sources)
     if n != stamps.shape[0]:
         raise ValueError(f"sources table has {n} rows but the stamps array {stamps.shape[0]}; "
                          "re-run ingest")
+    if psf_used != "none" and "framing" in sources and sources["framing"].astype(str).eq("resample").any():
+        log.warning("measure: some stamps were resampled at ingest; the PSF (%s) is taken to be at the "
+                    "stamps' pixel scale", psf_used)
     ids = sources["id"].astype(str).tolist()
     noise = (sources["noise_sigma"].astype(float).to_numpy() if "noise_sigma" in sources
              else np.full(n, np.nan))
     background = (sources["background"].astype(float).to_numpy() if "background" in sources
                   else np.zeros(n))
+    scale = _pixel_scales(sources, cfg, int(stamps.shape[-1]))
+    psf = ctx.state.get("psf") if psf_used == "file" else None
     tasks = [_Task(str(run.path), s, min(s + cfg.chunk_size, n), ids[s: s + cfg.chunk_size],
-                   noise[s: s + cfg.chunk_size].tolist(), background[s: s + cfg.chunk_size].tolist())
+                   noise[s: s + cfg.chunk_size].tolist(), background[s: s + cfg.chunk_size].tolist(),
+                   weights=weights_name, psf=psf, psf_array=psf_used == "array", psf_label=psf_used,
+                   weights_label=weights_used)
              for s in range(0, n, cfg.chunk_size)]
     workers = cfg.workers or os.cpu_count() or 1
     workers = min(workers, len(tasks))
-    schema = _schema(cfg.include_doublesersic)
+    schema = arrow_schema(_schema(cfg.include_doublesersic), provenance(run.path))
     tmp = run.path / f".{MEASUREMENTS_FILE}.tmp"
-    n_ok = n_flagged = 0
+    n_ok = n_flagged = n_psf = n_weights = 0
     with pq.ParquetWriter(tmp, schema) as writer, \
             tqdm(total=n, desc="measure", unit="galaxy", disable=not progress) as bar:
         for rows in _map_ordered(tasks, cfg, workers):
+            for row in rows:
+                i = row["index"]
+                row["measure_linear"] = bool(linear[i])
+                row["g2_reliable"] = bool(row["measure_ok"] and np.isfinite(row["g2"])
+                                          and row["sn_per_pixel"] >= cfg.g2_min_sn)
+                row["stamp_pixel_scale"] = float(scale[i])
+                row["sersic_rhalf_arcsec"] = float(row["sersic_rhalf"] * scale[i])
+                row["rhalf_circ_arcsec"] = float(row["rhalf_circ"] * scale[i])
             table = pa.Table.from_pylist(rows, schema=schema)
             writer.write_table(table)
             n_ok += sum(r["measure_ok"] for r in rows)
+            n_psf += sum(r["measure_psf"] != "none" for r in rows)
+            n_weights += sum(r["measure_weights"] == weights_used for r in rows)
             n_flagged += sum(r["measure_ok"] and r["flag"] >= 2 for r in rows)
             bar.update(len(rows))
     os.replace(tmp, out)
+    n_nonlinear = int((~linear).sum())
+    if n_nonlinear:
+        log.warning("measure: %d stamps are not linear in flux (PNG/JPEG); their values are marked "
+                    "measure_linear = false and are not physical", n_nonlinear)
     log.info("measure: %d galaxies, %d measured, %d failed", n, n_ok, n - n_ok)
-    return dict(n_galaxies=n, n_measured=n_ok, n_failed=n - n_ok, n_flag_bad=n_flagged, workers=workers)
-
-
+    return dict(n_galaxies=n, n_measured=n_ok, n_failed=n - n_ok, n_flag_bad=n_flagged, workers=workers,
+                n_nonlinear=n_nonlinear, psf=psf_used, n_psf=n_psf, weights=weights_used, n_weights=n_weights)
 
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
-    return (f"{info.get('n_measured', 0)} of {info.get('n_galaxies', 0)} galaxies measured "
-            f"({info.get('n_failed', 0)} failed, {info.get('n_flag_bad', 0)} with statmorph flag >= 2): "
+    text = (f"{info.get('n_measured', 0)} of {info.get('n_galaxies', 0)} galaxies measured "
+            f"({info.get('n_failed', 0)} failed, {info.get('n_flag_bad', 0)} with statmorph flag >= 2; "
+            f"PSF: {info.get('psf', 'none')} for {info.get('n_psf', 0)}, errors: "
+            f"{info.get('weights', 'noise_sigma')} for {info.get('n_weights', 0)}): "
             f"{run.path / MEASUREMENTS_FILE}")
+    if info.get("n_nonlinear"):
+        text += (f"\nWARNING: {info['n_nonlinear']} stamps are display-scaled PNG/JPEG (measure_linear = "
+                 "false): their values are not physical")
+    return text
 
 
 STAGE = Stage(
@@ -239,15 +487,21 @@ STAGE = Stage(
     description=__doc__.split("\n\n")[0] + (
         "\n\nstatmorph (Gini, M20, C, A, S, M, I, D, Sersic n and r_e), Psi and G2 for every "
         "stamp, written to RUN_DIR/measurements.parquet and joined onto the catalog.\n\n"
+        "PSF of the Sersic fits: --psf FILE, else the run's psf array (GalSim collections), else "
+        "none. Per-pixel errors: --weight-array, else --gain, else the run's rms array, else the "
+        "stamp's background sigma. PNG/JPEG stamps are refused (display-scaled pixels) unless "
+        "--allow-nonlinear, which marks every value measure_linear = false.\n\n"
         "Examples:\n"
         "  skymorph measure myrun\n"
         "  skymorph measure myrun --workers 4 --gain 2.0\n"
+        "  skymorph measure myrun --psf psf_f814w.fits --pixel-scale 0.03\n"
         "  skymorph measure myrun --no-sersic     # non-parametric only, ~fast"),
     compute=_compute,
     sections=("measure",),
     upstream=lambda config: ("ingest",),
     outputs=(MEASUREMENTS_FILE,),
     check=_check,
+    extra=_extra,
     finish=lambda ctx: _join_catalog(ctx.run, ctx.run.path / MEASUREMENTS_FILE),
     report=_report,
 )
@@ -275,14 +529,19 @@ def measure(run_dir: str | os.PathLike | RunDir, config: Config | None = None, *
     RunDir
         The run directory, with ``measurements.parquet`` (one row per stamp, in
         stamp order: ``id``, ``index``, every statmorph scalar, ``flag``,
-        ``flag_sersic``, ``psi``, ``g2``, ``segment_area``, ``measure_ok``,
-        ``measure_reason``, ``measure_warnings``) and, when a catalog exists, the
-        :data:`CATALOG_COLUMNS` joined onto it.
+        ``flag_sersic``, ``psi``, ``g2``, ``g2_reliable``, ``segment_area``,
+        ``measure_ok``, ``measure_reason``, ``measure_warnings``, ``measure_linear``,
+        ``measure_psf``, ``measure_weights``, ``stamp_pixel_scale``,
+        ``sersic_rhalf_arcsec``, ``rhalf_circ_arcsec``) and, when a catalog exists,
+        the :data:`CATALOG_COLUMNS` joined onto it.
 
     Raises
     ------
     RunDirError
         If the run directory, its stamps or the named weight array are missing.
+    MeasureError
+        If stamps are not linear in flux (PNG/JPEG) and ``allow_nonlinear`` is
+        false, or the PSF is unusable (nothing is written).
     ValueError
         If a setting is unusable.
     """
@@ -292,7 +551,11 @@ def measure(run_dir: str | os.PathLike | RunDir, config: Config | None = None, *
 def _join_catalog(run: RunDir, path: Path) -> None:
     if not (run.path / "catalog.parquet").exists():
         return
-    columns = pd.read_parquet(path, columns=["id", *CATALOG_COLUMNS])
+    import pyarrow.parquet as pq
+
+    # measurements of an older skymorph lack the newer columns: join what there is
+    present = set(pq.read_schema(path).names)
+    columns = pd.read_parquet(path, columns=["id", *[c for c in CATALOG_COLUMNS if c in present]])
     run.update_catalog(columns)
 
 

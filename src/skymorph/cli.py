@@ -136,6 +136,13 @@ def _settings(keys: Sequence[str]) -> list[SettingSpec]:
     return [section_settings(key.split(".")[0])[key.split(".")[1]] for key in keys]
 
 
+def _settings_group(parser: argparse.ArgumentParser, title: str, specs: Sequence[SettingSpec]) -> None:
+    if specs:
+        group = parser.add_argument_group(title)
+        for spec in specs:
+            add_setting_flag(group, spec)
+
+
 def _stage_parser(sub: Any, name: str) -> argparse.ArgumentParser:
     from .stages import get_stage
 
@@ -156,10 +163,7 @@ def _stage_parser(sub: Any, name: str) -> argparse.ArgumentParser:
         specs = [spec for spec in section_settings(stage.sections[0]).values() if spec.flag]
     else:
         specs = []
-    if specs:
-        group = parser.add_argument_group("settings of this stage")
-        for spec in specs:
-            add_setting_flag(group, spec)
+    _settings_group(parser, "settings of this stage", specs)
     _common(parser)
     parser.set_defaults(handler=_run_stage(name))
     return parser
@@ -215,9 +219,8 @@ def _run_parser(sub: Any) -> None:
     parser.add_argument("--demo", action="store_true", help="use the bundled 100 real COSMOS F814W stamps")
     group = parser.add_argument_group("main settings")
     flags = {"denoise.enabled": "--denoise", "polar.enabled": "--polar"}
-    for key in RUN_FLAGS:
-        section, name = key.split(".")
-        add_setting_flag(group, section_settings(section)[name], flags.get(key))
+    for spec in _settings(RUN_FLAGS):
+        add_setting_flag(group, spec, flags.get(spec.key))
     _common(parser, force=False)
     parser.set_defaults(handler=_run_pipeline)
 
@@ -263,9 +266,7 @@ def _inspect_parser(sub: Any) -> None:
                                description="Serve the voting application; every vote goes to "
                                "RUN_DIR/inspection/votes.csv at once. Draws the montages first if needed.")
     serve.add_argument("run_dir", metavar="RUN_DIR", help="run directory with a catalog")
-    group = serve.add_argument_group("settings of this command")
-    for spec in _settings(("inspect.host", "inspect.port")):
-        add_setting_flag(group, spec)
+    _settings_group(serve, "settings of this command", _settings(("inspect.host", "inspect.port")))
     serve.add_argument("--open", dest="open_browser", action="store_true",
                        help="open the page in the default web browser")
     _common(serve, force=False)
@@ -290,9 +291,7 @@ def _auto_parser(actions: Any) -> None:
                    help="voter name (must start with 'auto:'; default auto:<truth file name>)")
     p.add_argument("--merge", action="store_true",
                    help="merge the votes at once; with no human voter, with min_agree 1")
-    group = p.add_argument_group("settings of this command")
-    for spec in _settings(("inspect.per_cluster", "inspect.seed")):
-        add_setting_flag(group, spec)
+    _settings_group(p, "settings of this command", _settings(("inspect.per_cluster", "inspect.seed")))
     _common(p, force=False)
     p.set_defaults(handler=_auto)
 
@@ -382,9 +381,8 @@ def _evaluate_parser(sub: Any) -> None:
     _truth_arguments(parser, "class")
     parser.add_argument("--out", metavar="FILE", default=None,
                         help="JSON output (default RUN_DIR/evaluation/evaluation.json)")
-    group = parser.add_argument_group("settings of the simulated inspection (as in the montages)")
-    for spec in _settings(("inspect.per_cluster", "inspect.seed")):
-        add_setting_flag(group, spec)
+    _settings_group(parser, "settings of the simulated inspection (as in the montages)",
+                    _settings(("inspect.per_cluster", "inspect.seed")))
     _common(parser, force=False)
     parser.set_defaults(handler=_evaluate)
 

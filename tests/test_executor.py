@@ -169,3 +169,15 @@ def test_rundir_repr_and_summary(cosmos_run):
     assert repr(cosmos_run) == f"RunDir({str(cosmos_run.path)!r})"
     text = cosmos_run.summary()
     assert "ingest" in text and "stamps" in text and "100 x 100 x 100" in text
+
+
+def test_unwritable_out_and_full_disk_are_sentences(tmp_path, capsys):
+    assert main(["ingest", str(COSMOS_STAMPS), "--out", "/proc/skymorph_run"]) == 1
+    assert "cannot create the run directory /proc/skymorph_run" in capsys.readouterr().err
+    # a file-size limit makes writes fail as a full disk does (Python ignores SIGXFSZ)
+    result = subprocess.run(["bash", "-c", f"ulimit -f 200; {sys.executable} -m skymorph.cli ingest "
+                             f"{COSMOS_STAMPS} --out {tmp_path / 'run'} -q"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "error: File too large; check that the path exists, is writable and that the disk has room" \
+        in result.stderr and "Traceback" not in result.stderr

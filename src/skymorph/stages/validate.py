@@ -506,9 +506,8 @@ PARTS: list[tuple[str, str, Callable[[_Inputs, Any], None]]] = [
 
 
 def _stage_records(run: RunDir) -> dict[str, dict[str, Any]]:
-    names = [*STAGES, "inspect", "extend"]
     records = {}
-    for name in dict.fromkeys(names):
+    for name in STAGES:
         if name == "validate":
             continue
         try:
@@ -522,7 +521,7 @@ def _stage_records(run: RunDir) -> dict[str, dict[str, Any]]:
 
 def _settings_rows(config: Config, records: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
     """The settings that decide what a run is, with what the stages actually used."""
-    enc, red, clu, ins, mea, val = (records.get(s, {}) for s in ("encode", "reduce", "cluster", "inspect",
+    enc, red, clu, ins, mea, val = (records.get(s, {}) for s in ("encode", "reduce", "cluster", "merge",
                                                                    "measure", "validate"))
     del val
     rows = []
@@ -555,7 +554,7 @@ def _settings_rows(config: Config, records: dict[str, dict[str, Any]]) -> list[d
             + (f" ({kept:.0%})" if isinstance(kept, float) else ""), "stages/cluster.json")
     add("experts needed to agree", config.inspect.min_agree, "config.toml [inspect] min_agree")
     if ins:
-        add("votes merged", ins.get("n_votes", "?"), "stages/inspect.json")
+        add("votes merged", ins.get("n_votes", "?"), "stages/merge.json")
     add("Sersic fits", "on" if config.measure.include_sersic else "off",
         "config.toml [measure] include_sersic")
     add("G2 noise tolerance", f"{config.measure.g2_noise_tolerance:g} sigma"

@@ -454,6 +454,7 @@ STAGE = Stage(
     upstream=lambda config: ("reduce",),
     outputs=("catalog.parquet", "cluster/clusters.csv"),
     report=_report,
+    chunked=True,
 )
 
 

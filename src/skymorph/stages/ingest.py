@@ -795,6 +795,7 @@ STAGE = Stage(
                         "a GalSim RealGalaxyCatalog FITS table reads its whole collection",
                         nargs="+", metavar="INPUT"),),
     report=_report,
+    chunked=True,
 )
 
 

@@ -250,6 +250,7 @@ STAGE = Stage(
     check=_check,
     finish=lambda ctx: _join_catalog(ctx.run, ctx.run.path / MEASUREMENTS_FILE),
     report=_report,
+    chunked=True,
 )
 
 

@@ -450,6 +450,7 @@ STAGE = Stage(
     upstream=lambda config: ("encode",),
     outputs=("embedding.zarr",),
     report=_report,
+    chunked=True,
 )
 
 

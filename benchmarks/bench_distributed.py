@@ -84,7 +84,10 @@ def timed(func, *args, **kwargs) -> float:
 def task_seconds(client, prefix: str, since: float) -> list[float]:
     """Compute seconds of every task of ``prefix`` started after ``since`` (task stream)."""
     out = []
-    for record in client.get_task_stream(start=since):
+    records = client.get_task_stream(start=since)
+    if not any(prefix in str(r["key"]) for r in records):
+        print(f"no {prefix} task in the task stream: {sorted({str(r['key'])[:30] for r in records})[:10]}")
+    for record in records:
         key = record["key"][0] if isinstance(record["key"], tuple) else str(record["key"])
         if key.startswith(prefix):
             out += [s["stop"] - s["start"] for s in record["startstops"] if s["action"] == "compute"]
@@ -116,9 +119,10 @@ def main() -> int:
                                   progress=False)}
         reference = {"encode": np.asarray(runs["encode"].open_array("features")[:]),
                      "measure": pd.read_parquet(runs["measure"].path / "measurements.parquet")}
-        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
+        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, \
                 Client(cluster.scheduler_address, set_as_default=False) as client:
             address = cluster.scheduler_address
+            client.get_task_stream()  # the first call starts the scheduler's task-stream recording
             since = time.time()
             remote = {"encode": timed(encode, runs["encode"], settings(address, 1, 2), force=True,
                                       progress=False)}

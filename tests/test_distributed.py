@@ -78,7 +78,7 @@ def _pipeline(out: Path, config: Config, kill: dict | None = None) -> RunDir:
 @pytest.fixture(scope="module")
 def dask_cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as local:
+                                  dashboard_address=":0") as local:
         yield local
 
 
@@ -239,3 +239,46 @@ def test_zarr_regions_are_whole_chunks(dask_run):
         array = zarr.open_array(store=str(dask_run[0].array_path(name)), mode="r")
         assert array.chunks[0] in (SMALL["ingest"]["chunk_size"], SMALL["encode"]["chunk_size"],
                                    SMALL["reduce"]["chunk_size"])
+
+
+def test_polar_interrupted_resumes_from_its_chunk_ledger(local_run, tmp_path, monkeypatch, caplog):
+    import logging
+
+    import skymorph.stages.polar as polar_module
+
+    run = RunDir(shutil.copytree(local_run.path, tmp_path / "run"))
+    real = polar_module.polar_chunk
+    calls = []
+
+    def interrupted(i, *args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the client stops after two chunks
+        calls.append(i)
+        return real(i, *args)
+
+    monkeypatch.setattr(polar_module, "polar_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        polar(run, _config(), force=True, progress=False)
+    assert run.stage_info("polar") is None
+    assert (run.path / "stages" / "polar.partial.jsonl").read_text().count("\n") == 3  # header + 2
+    monkeypatch.setattr(polar_module, "polar_chunk", real)
+    with caplog.at_level(logging.INFO, logger="skymorph.stages.polar"):
+        polar(run, _config(), progress=False)
+    assert "resuming, 2 of 4 chunks already done" in caplog.text
+    assert run.stage_info("polar")["n_chunks_resumed"] == 2
+    assert not (run.path / "stages" / "polar.partial.jsonl").exists()
+    _same_array(local_run, run, "polar")
+
+
+def test_chunk_ledger_ignores_a_torn_last_line_and_another_key(tmp_path):
+    from skymorph.io.chunklog import ChunkLedger
+
+    (tmp_path / "stages").mkdir()
+    ledger = ChunkLedger(tmp_path, "polar", "key-1")
+    ledger.start()
+    ledger.record(0, 5)
+    ledger.record(3)
+    with ledger.path.open("a") as fh:
+        fh.write('{"chunk": 4, "inf')  # killed while writing
+    assert ChunkLedger(tmp_path, "polar", "key-1").resume() == {0: 5, 3: None}
+    assert ChunkLedger(tmp_path, "polar", "key-2").resume() == {}

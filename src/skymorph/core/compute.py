@@ -187,7 +187,7 @@ def _threads_session() -> Session:
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=1, threads_per_worker=_cores(), processes=False,
-                           dashboard_address=None)
+                           dashboard_address=":0")
     return Session("threads", client=Client(cluster), cluster=cluster)
 
 

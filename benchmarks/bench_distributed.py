@@ -17,7 +17,7 @@ directory.  Then, on the same machine in the same run:
 
 Examples::
 
-    .venv/bin/python benchmarks/bench_distributed.py                      # N = 2000 / 400
+    .venv/bin/python benchmarks/bench_distributed.py                      # N = 1024 / 256
     .venv/bin/python benchmarks/bench_distributed.py --n-encode 10000 --n-measure 10000
 """
 
@@ -67,10 +67,10 @@ def make_run(root: Path, n: int) -> RunDir:
     return run
 
 
-def settings(scheduler: str, threads: int, workers: int) -> Config:
+def settings(scheduler: str, threads: int, workers: int, chunk: int = 1024) -> Config:
     return Config().update({
         "compute": {"scheduler": scheduler},
-        "encode": {"encoder": "efficientnet_lite0", "rotations": 1, "threads": threads},
+        "encode": {"encoder": "efficientnet_lite0", "rotations": 1, "threads": threads, "chunk_size": chunk},
         "measure": {"workers": workers},
     })
 
@@ -100,8 +100,11 @@ def _noop(i: int) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n-encode", type=int, default=2000, help="stamps through encode (default 2000)")
-    parser.add_argument("--n-measure", type=int, default=400, help="stamps through measure (default 400)")
+    parser.add_argument("--n-encode", type=int, default=1024, help="stamps through encode (default 1024)")
+    parser.add_argument("--n-measure", type=int, default=256, help="stamps through measure (default 256)")
+    parser.add_argument("--encode-chunk", type=int, default=256,
+                        help="images per encode task (default 256, so that small N still gives each "
+                             "worker several tasks; the stage's default is 1024)")
     parser.add_argument("--noop-tasks", type=int, default=2000, help="empty tasks for the overhead")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary one)")
     args = parser.parse_args()
@@ -114,7 +117,8 @@ def main() -> int:
     try:
         runs = {"encode": make_run(root, args.n_encode), "measure": make_run(root, args.n_measure)}
         # local: as a laptop runs it
-        local = {"encode": timed(encode, runs["encode"], settings("local", 0, 2), force=True, progress=False),
+        local = {"encode": timed(encode, runs["encode"], settings("local", 0, 2, args.encode_chunk),
+                                 force=True, progress=False),
                  "measure": timed(measure, runs["measure"], settings("local", 0, 2), force=True,
                                   progress=False)}
         reference = {"encode": np.asarray(runs["encode"].open_array("features")[:]),
@@ -124,8 +128,8 @@ def main() -> int:
             address = cluster.scheduler_address
             client.get_task_stream()  # the first call starts the scheduler's task-stream recording
             since = time.time()
-            remote = {"encode": timed(encode, runs["encode"], settings(address, 1, 2), force=True,
-                                      progress=False)}
+            remote = {"encode": timed(encode, runs["encode"], settings(address, 1, 2, args.encode_chunk),
+                                      force=True, progress=False)}
             chunks = {"encode": task_seconds(client, "encode_chunk", since)}
             since = time.time()
             remote["measure"] = timed(measure, runs["measure"], settings(address, 1, 2), force=True,
@@ -147,7 +151,7 @@ def main() -> int:
             shutil.rmtree(root, ignore_errors=True)
 
     sizes = {"encode": args.n_encode, "measure": args.n_measure}
-    chunk_sizes = {"encode": Config().encode.chunk_size, "measure": Config().measure.chunk_size}
+    chunk_sizes = {"encode": Config().encode.chunk_size, "measure": Config().measure.chunk_size}  # projected
     print(f"machine: {compute._cores()} cores; LocalCluster(n_workers=2, threads_per_worker=1)")
     print(f"features identical to the local run: {same_features}; measurement rows identical: {same_rows}")
     print("stage    N      local s  local gal/s  dask s  dask gal/s  ratio  chunk s (median)  worker-s/gal")

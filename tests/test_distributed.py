@@ -212,9 +212,9 @@ def test_scheduler_that_does_not_answer_is_a_clear_error_within_seconds(cosmos_r
 def test_scheduler_setting_is_checked_and_offered_on_every_stage_command():
     from skymorph.cli import build_parser
 
-    with pytest.raises(ValueError, match="neither local, threads, synchronous nor a Dask scheduler"):
-        from skymorph.core.compute import check_scheduler
+    from skymorph.core.compute import check_scheduler
 
+    with pytest.raises(ComputeError, match="neither local, threads, synchronous nor a Dask scheduler"):
         check_scheduler("slurm")
     for command in ("ingest", "polar", "encode", "reduce", "cluster", "measure"):
         assert "--scheduler" in build_parser(command)._subparsers._group_actions[0].choices[command] \

@@ -211,7 +211,6 @@ def test_scheduler_that_does_not_answer_is_a_clear_error_within_seconds(cosmos_r
 
 def test_scheduler_setting_is_checked_and_offered_on_every_stage_command():
     from skymorph.cli import build_parser
-
     from skymorph.core.compute import check_scheduler
 
     with pytest.raises(ComputeError, match="neither local, threads, synchronous nor a Dask scheduler"):
@@ -221,7 +220,7 @@ def test_scheduler_setting_is_checked_and_offered_on_every_stage_command():
             .format_help()
 
 
-def test_synchronous_scheduler_matches_local(local_run, tmp_path):
+def test_synchronous_and_threads_schedulers_match_local(local_run, tmp_path):
     config = _config("synchronous")
     run = ingest([COSMOS_STAMPS], tmp_path / "run", config, progress=False)
     polar(run, config.update({"denoise": {"enabled": False}}), progress=False)
@@ -230,6 +229,10 @@ def test_synchronous_scheduler_matches_local(local_run, tmp_path):
     reference = RunDir(shutil.copytree(local_run.path, tmp_path / "reference"))
     polar(reference, config.update({"denoise": {"enabled": False}, "compute": {"scheduler": "local"}}),
           progress=False)
+    _same_array(reference, run, "polar")
+    # and on a Dask cluster of threads in this process
+    polar(run, config.update({"denoise": {"enabled": False}, "compute": {"scheduler": "threads"}}),
+          force=True, progress=False)
     _same_array(reference, run, "polar")
 
 

@@ -227,7 +227,11 @@ def _check_workers(client: Any, address: str, path: str) -> None:
     from .._version import __version__
 
     path = os.path.abspath(path)
-    views = client.run(_worker_view, path)
+    try:
+        views = client.run(_worker_view, path)
+    except Exception as exc:  # noqa: BLE001 - e.g. the workers cannot unpickle skymorph's function
+        raise ComputeError(f"the workers of {address} cannot run skymorph ({type(exc).__name__}: {exc}); "
+                           f"install the same skymorph ({__version__}) in their environment") from None
     for worker, (version, sees) in views.items():
         if version is None:
             raise ComputeError(f"worker {worker} of {address} cannot import skymorph; install the same "

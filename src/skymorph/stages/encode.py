@@ -15,6 +15,11 @@ produces exactly the features an uninterrupted run would.  A resume happens
 only with the same encoder, weights, settings, batch size, device, precision
 and thread count; anything else starts over.
 
+With a Dask cluster (``[compute] scheduler``) each chunk is a task
+(:func:`encode_chunk`): the worker builds the encoder once, reads its chunk from
+the run's Zarr array, and writes its rows of ``features`` itself; the client only
+records the finished chunks.  Tasks go to GPU workers when the cluster has some.
+
 Images without a single finite pixel (e.g. left empty by an upstream stage) get a
 NaN feature row and a line in ``rejects.csv``; they never stop the run.
 """

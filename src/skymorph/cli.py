@@ -124,6 +124,7 @@ def _common(parser: argparse.ArgumentParser, *, force: bool = True) -> None:
                        "a new run starts from 'default', an existing one from its config.toml")
     group.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
                        help="override any setting, e.g. --set cluster.k=10 (repeatable)")
+    add_setting_flag(group, section_settings("compute")["scheduler"])
     if force:
         group.add_argument("--force", action="store_true",
                            help="recompute even when the inputs and settings are unchanged")

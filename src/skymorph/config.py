@@ -31,6 +31,7 @@ __all__ = [
     "MeasureConfig",
     "ExtendConfig",
     "ValidateConfig",
+    "ComputeConfig",
     "PRESETS",
     "load_config",
     "read_settings",
@@ -523,6 +524,15 @@ class ClusterConfig:
         flag="--ward-sample",
         min=2,
     )
+    fit_sample: int | None = setting(
+        None,
+        "Fit K-means and BIRCH on this many galaxies (seeded random sample) and place every galaxy "
+        "with their ``predict`` (chunk by chunk, on the Dask cluster when there is one); ``None`` "
+        "fits on all of them. Together with ``ward_sample`` and ``reduce.fit_sample`` this is the "
+        "route past one machine's memory.",
+        flag="--fit-sample",
+        min=2,
+    )
     seed: int = setting(42, "Seed of K-means and of the samples.", flag="--seed")
 
 
@@ -871,6 +881,28 @@ class ValidateConfig:
     seed: int = setting(0, "Seed of the jitter, subsampling, UMAP and t-SNE.")
 
 
+@dataclass
+class ComputeConfig:
+    """Where chunk work runs (none of these settings changes a result)."""
+
+    scheduler: str = setting(
+        "local",
+        "``local`` (this machine's process pool; nothing to start), ``threads`` (a Dask cluster of "
+        "threads inside this process), ``synchronous`` (everything in this process, in order: for "
+        "debugging) or the address of a running ``dask.distributed`` scheduler, e.g. "
+        "``tcp://head-node:8786``: the per-chunk work of ingest, denoise, polar, encode, measure and "
+        "the placement steps of reduce and cluster then runs on its workers, which must see the run "
+        "directory at the same path (a shared filesystem).",
+        flag="--scheduler",
+        metavar="local|threads|synchronous|tcp://HOST:PORT",
+        result=False,
+    )
+    connect_timeout: float = setting(
+        10.0, "Seconds to wait for the scheduler to answer before giving up with an error.", min=0.1,
+        result=False,
+    )
+
+
 _SECTIONS = {
     "ingest": IngestConfig,
     "denoise": DenoiseConfig,
@@ -882,6 +914,7 @@ _SECTIONS = {
     "measure": MeasureConfig,
     "extend": ExtendConfig,
     "validate": ValidateConfig,
+    "compute": ComputeConfig,
 }
 
 
@@ -899,6 +932,7 @@ class Config:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     extend: ExtendConfig = field(default_factory=ExtendConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dictionary of every setting."""

@@ -1,4 +1,12 @@
-"""Process pools shared by the per-galaxy stages (ingest, measure)."""
+"""Process pools shared by the per-galaxy stages (ingest, measure).
+
+Both helpers follow the compute session of the stage (:mod:`skymorph.core.compute`):
+with ``[compute] scheduler = "local"`` they use this machine's processes; with a
+Dask cluster (or ``synchronous``) :func:`start_pool` starts nothing and
+:func:`map_ordered` sends every item there (or runs it here), so the stages call
+them the same way whatever the scheduler.  A session's result cache makes the map
+resumable: results already on disk from an interrupted run are not recomputed.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +14,14 @@ import multiprocessing
 import os
 import sys
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from multiprocessing.context import BaseContext
 from typing import Any
+
+from . import compute
 
 __all__ = ["start_pool", "map_ordered"]
 
@@ -59,11 +68,18 @@ def start_pool(workers: int, preload: Sequence[str] = ()) -> ProcessPoolExecutor
     (fork-based pools start their workers on the first submit: do it now, before
     Zarr or tqdm start threads here).
 
+    With a Dask cluster or the ``synchronous`` scheduler (see
+    :mod:`skymorph.core.compute`) nothing is started: the returned context gives
+    ``None`` and :func:`map_ordered` sends the work where the session says.
+
     Raises
     ------
     RuntimeError
         If the workers cannot start (the message says what to do).
     """
+    session = compute.current()
+    if session is not None and session.scheduler not in compute.POOL_SCHEDULERS:
+        return nullcontext(None)  # type: ignore[return-value]
     context = _context(preload)
     pool = ProcessPoolExecutor(workers, mp_context=context)
     try:
@@ -81,23 +97,32 @@ def map_ordered(func: Callable[..., Any], items: Iterable[Any], *args: Any,
                 pool: ProcessPoolExecutor | None = None, workers: int = 1) -> Iterator[Any]:
     """``func(item, *args)`` for every item, in order, in ``pool`` (or here when
     ``pool`` is None), with at most ``2 * workers`` items in flight so that memory
-    does not grow with the number of items."""
-    if pool is None:
-        for item in items:
-            yield func(item, *args)
+    does not grow with the number of items.
+
+    Inside a stage whose scheduler is a Dask cluster the items go to the cluster
+    (twice its threads in flight) and ``pool`` is ignored; with ``synchronous`` they
+    run here.  Under ``threads`` the process pool is used as under ``local``: ingest and
+    measure capture each galaxy's warnings, and Python's warning filters are
+    per process, so their tasks must not share a process (for the same reason a Dask
+    cluster must run them on one-thread workers).  Results of an interrupted run of
+    the same stage are read back from its result cache instead of being computed
+    again."""
+    session = compute.current()
+    cache = session.cache if session is not None else None
+    if session is not None and session.scheduler not in compute.POOL_SCHEDULERS:
+        if session.distributed:
+            session.check_one_thread()
+            yield from compute.ordered_map(func, items, args, submit=session.submit,
+                                           in_flight=2 * session.slots(), cache=cache)
+        else:  # synchronous
+            yield from compute.ordered_map(func, items, args, submit=None, in_flight=1, cache=cache)
         return
-    pending: deque = deque()
+    if pool is None or not isinstance(pool, ProcessPoolExecutor):
+        yield from compute.ordered_map(func, items, args, submit=None, in_flight=1, cache=cache)
+        return
     try:
-        for item in items:
-            pending.append(pool.submit(func, item, *args))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
+        yield from compute.ordered_map(func, items, args, submit=pool.submit, in_flight=2 * workers,
+                                       cache=cache)
     except BrokenProcessPool as exc:
-        raise RuntimeError(f"a worker process died ({exc}); nothing of this stage was recorded as "
-                           "finished: run the same command again, with --workers 1 if it repeats") from None
-    try:
-        while pending:
-            yield pending.popleft().result()
-    except BrokenProcessPool as exc:
-        raise RuntimeError(f"a worker process died ({exc}); nothing of this stage was recorded as "
-                           "finished: run the same command again, with --workers 1 if it repeats") from None
+        raise RuntimeError(f"a worker process died ({exc}); the finished chunks are kept: run the same "
+                           "command again to resume, with --workers 1 if it repeats") from None

@@ -16,8 +16,11 @@ the prologue that every stage shares:
 4. fingerprint of the result-changing settings, the upstream fingerprints and the
    stage's own extra inputs; when it matches and the outputs exist (and no
    ``force``), the stage is skipped;
-5. otherwise: forget the old result, record the settings, compute, record the
-   fingerprint and the summary.
+5. otherwise: open the compute session of a chunked stage (``[compute]
+   scheduler``: the local pool, or a Dask cluster, which must answer before
+   anything is touched; see :mod:`skymorph.core.compute`), forget the old result,
+   record the settings, compute, record the fingerprint and the summary, and drop
+   the stage's resume records (:mod:`skymorph.io.chunklog`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +92,8 @@ class StageContext:
     """The stage's fingerprint (set before ``compute`` runs; e.g. a resume key)."""
     state: dict[str, Any] = field(default_factory=dict)
     """Scratch space shared by ``extra`` and ``compute`` (e.g. the expanded input list)."""
+    compute: Any = None
+    """The :class:`skymorph.core.compute.Session` of a chunked stage (where its chunks run)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,9 @@ class Stage:
     stage has run (or was reused)."""
     description: str = ""
     """Longer text for ``skymorph STAGE --help``."""
+    chunked: bool = False
+    """The stage maps over chunks of galaxies: it runs where ``[compute] scheduler``
+    says (the local pool or a Dask cluster) and resumes from its finished chunks."""
 
 
 def get_stage(name: str) -> Stage:
@@ -159,6 +168,22 @@ def image_source(config: Config, before: str) -> tuple[str, str]:
     if before == "polar":
         chain = [c for c in chain if c[1] != "polar"]
     return chain[-1]
+
+
+@contextmanager
+def _session(stage: Stage, config: Config, run: RunDir, fingerprint: str) -> Iterator[Any]:
+    """The compute session of a chunked stage (``None`` for the others), with the
+    result cache that lets an interrupted run resume."""
+    if not stage.chunked:
+        yield None
+        return
+    from ..core import compute
+    from ..io.chunklog import ResultCache
+
+    with compute.session(config.compute.scheduler, connect_timeout=config.compute.connect_timeout,
+                         run_path=run.path) as session:
+        session.cache = ResultCache(run.path, stage.name, fingerprint)
+        yield session
 
 
 def run_config(run: RunDir | None) -> Config:
@@ -230,10 +255,18 @@ def execute(name: str, run_dir: str | os.PathLike | RunDir, config: Config | Non
             log.info("%s: inputs and settings unchanged, reusing the output in %s", name, run.path)
         else:
             ctx.fingerprint = fingerprint
-            run.invalidate(name)
-            run.record_config(config)
-            summary = stage.compute(ctx) or {}
+            with _session(stage, config, run, fingerprint) as session:
+                ctx.compute = session
+                run.invalidate(name)
+                run.record_config(config)
+                summary = stage.compute(ctx) or {}
+                if session is not None and session.cache.n_reused:
+                    summary.setdefault("n_tasks_resumed", session.cache.n_reused)
             run.mark_done(name, fingerprint, **summary)
+            if stage.chunked:
+                from ..io.chunklog import clear_parts
+
+                clear_parts(run.path, name)
         if stage.finish is not None:
             stage.finish(ctx)
     return run

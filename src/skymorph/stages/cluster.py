@@ -56,6 +56,8 @@ __all__ = [
     "birch_threshold",
     "ward_labels",
     "cluster_table",
+    "fit_placer",
+    "cluster_placed",
 ]
 
 log = logging.getLogger(__name__)
@@ -329,6 +331,128 @@ def ward_labels(x: np.ndarray, cfg: ClusterConfig, route: str | None = None
         "ward_route": f"connectivity ({cfg.ward_connectivity}-NN graph)"}
 
 
+# --- fitted on a sample, placed chunk by chunk ------------------------------------------------
+
+
+@dataclass
+class Placer:
+    """The three clusterings fitted on samples, to label any block of galaxies.
+
+    K-means: the fitted centres (``predict``); BIRCH: the fitted CF tree and the ward
+    grouping of its subclusters (``predict``); ward: the centroids of exact ward on
+    ``ward_sample`` galaxies (nearest centroid), or, when every galaxy fits in that
+    sample, the exact labels themselves.
+    """
+
+    kmeans: Any
+    birch_tree: Any
+    birch_groups: np.ndarray
+    ward_centroids: np.ndarray | None
+    ward_exact: np.ndarray | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def labels(self, x: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """K-means, BIRCH and ward labels of the galaxies ``start .. start + len(x)``."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        km = self.kmeans.predict(x).astype(np.int64)
+        birch = self.birch_groups[self.birch_tree.predict(x)].astype(np.int64)
+        if self.ward_exact is not None:
+            ward = self.ward_exact[start:start + len(x)]
+        else:
+            ward = _nearest_centroid(x, self.ward_centroids)
+        return km, birch, ward
+
+
+def fit_placer(read_rows: Any, n: int, cfg: ClusterConfig) -> Placer:
+    """Fit the three methods on seeded samples of ``n`` galaxies.
+
+    Parameters
+    ----------
+    read_rows : callable
+        ``read_rows(sorted_indices) -> (len, d) array``: reads only those galaxies
+        (the whole embedding never has to be in memory).
+    n : int
+        Number of galaxies.
+    cfg : ClusterConfig
+        ``fit_sample`` galaxies (seeded) fit K-means and BIRCH; ``ward_sample`` fit ward.
+    """
+    from sklearn.cluster import AgglomerativeClustering, Birch, KMeans
+
+    size = n if cfg.fit_sample is None else min(n, int(cfg.fit_sample))
+    rows = np.sort(np.random.default_rng([cfg.seed, 5]).choice(n, size=size, replace=False))
+    x = np.ascontiguousarray(read_rows(rows), dtype=np.float32)
+    _check(x, cfg)
+    info: dict[str, Any] = {"fit_sample": int(size)}
+    kmeans = KMeans(n_clusters=cfg.k, n_init=cfg.kmeans_n_init, random_state=cfg.seed).fit(x)
+    threshold = (_calibrated_threshold(x, cfg) if cfg.birch_threshold == "auto"
+                 else float(cfg.birch_threshold))
+    tree = Birch(threshold=threshold, branching_factor=cfg.birch_branching_factor, n_clusters=None).fit(x)
+    centres = tree.subcluster_centers_
+    if centres.shape[0] < cfg.k:
+        raise ClusterError(f"BIRCH threshold {threshold:.4g} leaves {centres.shape[0]} subclusters, fewer "
+                           f"than k={cfg.k}; lower cluster.birch_threshold")
+    groups = (AgglomerativeClustering(n_clusters=cfg.k, linkage="ward").fit_predict(centres)
+              if centres.shape[0] > cfg.k else np.arange(centres.shape[0]))
+    info.update(birch_threshold=threshold, birch_subclusters=int(centres.shape[0]))
+    route = ward_route(n, cfg)
+    if route == "connectivity":
+        raise ClusterError("cluster.fit_sample places galaxies chunk by chunk, which the connectivity "
+                           "ward route cannot do; use ward_method = sample (or auto)")
+    if route == "exact" or n <= cfg.ward_sample:
+        centroids, exact = None, _exact_ward(np.ascontiguousarray(read_rows(np.arange(n)), np.float32), cfg.k)
+        info["ward_route"] = "exact"
+    else:
+        wrows = np.sort(np.random.default_rng([cfg.seed, 4]).choice(n, size=cfg.ward_sample, replace=False))
+        xw = np.ascontiguousarray(read_rows(wrows), dtype=np.float32)
+        sample_labels = _exact_ward(xw, cfg.k)
+        centroids = np.stack([xw[sample_labels == c].mean(axis=0) for c in range(cfg.k)])
+        exact = None
+        info["ward_route"] = f"sample ({cfg.ward_sample} galaxies, nearest centroid)"
+    return Placer(kmeans, tree, np.asarray(groups), centroids, exact, info)
+
+
+def place_chunk(i: int, path: str, n: int, chunk: int, placer: Placer) -> tuple[np.ndarray, ...]:
+    """Labels of chunk ``i`` of the embedding at ``path`` (a Dask task: only the
+    chunk and the fitted models travel)."""
+    import zarr
+
+    start, stop = i * chunk, min(n, (i + 1) * chunk)
+    x = np.asarray(zarr.open_array(store=path, mode="r")[start:stop], dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if bad.size:
+        raise ClusterError(f"{bad.size} galaxies from row {start + bad[0]} have NaN or infinite embedding "
+                           "values; re-run `skymorph reduce`")
+    return placer.labels(x, start)
+
+
+def cluster_placed(path: str, n: int, cfg: ClusterConfig, chunk: int) -> ClusterResult:
+    """The work of :func:`cluster` past one machine's memory: fit on samples
+    (:func:`fit_placer`), label every chunk of the embedding array at ``path`` (on the
+    Dask cluster when the stage has one), then the vote."""
+    import zarr
+
+    from ..core.compute import current, run_chunks
+
+    array = zarr.open_array(store=path, mode="r")
+    start = time.perf_counter()
+    placer = fit_placer(lambda rows: array.get_orthogonal_selection((rows,)), n, cfg)
+    fitted = time.perf_counter() - start
+    session = current()
+    shared = placer
+    if session is not None and session.distributed:
+        shared = session.client.scatter(placer, broadcast=True, hash=False)
+    n_chunks = -(-n // chunk)
+    parts: dict[int, tuple[np.ndarray, ...]] = {}
+    run_chunks(place_chunk, range(n_chunks), path, n, chunk, shared,
+               on_done=lambda i, labels: parts.__setitem__(i, labels))
+    km, birch, ward = (np.concatenate([parts[i][m] for i in range(n_chunks)]) for m in range(3))
+    birch_mapped, agg_mapped, agreed, kept = consensus(km, birch, ward)
+    info = {**placer.info, "seconds_fit": fitted, "seconds_place": time.perf_counter() - start - fitted,
+            "n_kept": int(kept.sum()), "kept_fraction": float(kept.mean())}
+    return ClusterResult(kmeans=km, birch=birch_mapped, agglomerative=agg_mapped, cluster=agreed,
+                         consensus=kept, birch_raw=birch, agglomerative_raw=ward, info=info)
+
+
 # --- putting it together ------------------------------------------------------------------
 
 
@@ -414,14 +538,19 @@ def cluster_table(result: ClusterResult, k: int) -> pd.DataFrame:
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
     cfg, run = ctx.config.cluster, ctx.run
-    x = np.asarray(run.open_array("embedding")[:], dtype=np.float32)
+    embedding = run.open_array("embedding")
+    n = int(embedding.shape[0])
     sources = run.sources()
-    if len(sources) != x.shape[0]:
+    if len(sources) != n:
         raise ClusterError(
-            f"the embedding has {x.shape[0]} rows but the sources table {len(sources)}; "
+            f"the embedding has {n} rows but the sources table {len(sources)}; "
             "re-run the stages after ingest (`skymorph run`)"
         )
-    result = cluster_array(x, cfg, ids=sources["id"].tolist())
+    if cfg.fit_sample is not None:
+        result = cluster_placed(str(run.array_path("embedding")), n, cfg, int(embedding.chunks[0]))
+    else:
+        x = np.asarray(embedding[:], dtype=np.float32)
+        result = cluster_array(x, cfg, ids=sources["id"].tolist())
     catalog = sources.copy()
     catalog["cluster_kmeans"] = result.kmeans
     catalog["cluster_birch"] = result.birch
@@ -433,9 +562,9 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     out = run.path / "cluster"
     out.mkdir(exist_ok=True)
     cluster_table(result, cfg.k).to_csv(out / "clusters.csv", index=False)
-    log.info("cluster: %d of %d galaxies kept (%.0f%%)", result.info["n_kept"], x.shape[0],
+    log.info("cluster: %d of %d galaxies kept (%.0f%%)", result.info["n_kept"], n,
              100 * result.info["kept_fraction"])
-    return {"n_galaxies": int(x.shape[0]), **result.info}
+    return {"n_galaxies": n, **result.info}
 
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
@@ -454,6 +583,7 @@ STAGE = Stage(
     upstream=lambda config: ("reduce",),
     outputs=("catalog.parquet", "cluster/clusters.csv"),
     report=_report,
+    chunked=True,
 )
 
 

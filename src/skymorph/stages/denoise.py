@@ -42,7 +42,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import Config, DenoiseConfig
+from ..core.compute import run_chunks, worker_cached
 from ..core.sky import border_sky
+from ..io.chunklog import ChunkLedger, create_chunked, open_chunked
 from ..io.rundir import RunDir, iter_chunks
 from . import Stage, StageContext, execute
 
@@ -164,6 +166,26 @@ def _plot_history(history: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _model_key(model_hash: str, device: str) -> str:
+    return f"cae:{model_hash}:{device}"
+
+
+def denoise_chunk(i: int, stamps: str, out: str, n: int, chunk: int, checkpoint: str, model_hash: str,
+                  device: str, batch_size: int) -> None:
+    """Denoise chunk ``i`` of the stamps at ``stamps`` into its region of the array at
+    ``out`` (the per-chunk task, here or on a Dask worker: the CAE is loaded once per
+    worker, on its GPU when it has one)."""
+    import zarr
+
+    from ..core import cae as _cae
+
+    model = worker_cached(_model_key(model_hash, device), lambda: load_cae(checkpoint, device))
+    _cae.set_threads()
+    start, stop = i * chunk, min(n, (i + 1) * chunk)
+    block = np.asarray(zarr.open_array(store=stamps, mode="r")[start:stop])
+    zarr.open_array(store=out, mode="r+")[start:stop] = apply_cae(block, model, batch_size)
+
+
 def _train(run: RunDir, stamps, cfg: DenoiseConfig, device, progress: bool):
     from ..core import cae as _cae
 
@@ -255,22 +277,43 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
                        n_train=history["n_train"], n_val=history["n_val"],
                        train_seconds=round(history["seconds"], 2),
                        train_stamps_per_s=round(history["train_stamps_per_s"], 1))
-    sky_in, sky_out = [], []
     t0 = time.perf_counter()
     chunk = stamps.chunks[0]
-    with run.writer("denoised", (size, size), chunk) as writer, \
-            tqdm(total=n, desc="denoise: apply CAE", unit="stamp", disable=not progress) as bar:
-        for _, block in iter_chunks(stamps, chunk):
-            out = apply_cae(block, model, cfg.inference_batch_size)
-            writer.extend(out)
-            sky_in.append(border_sky(block)[1])
-            sky_out.append(border_sky(out)[1])
-            bar.update(len(block))
+    n_chunks = -(-n // chunk)
+    model_path = (checkpoint if checkpoint is not None else run.path / CAE_DIR / CHECKPOINT_NAME).resolve()
+    model_hash = _file_hash(model_path)
+    ledger = ChunkLedger(run.path, "denoise", f"{ctx.fingerprint}|{model_hash}|{n}|{chunk}|"
+                                              f"{cfg.inference_batch_size}|{device}")
+    done = ledger.resume()
+    out = run.array_path("denoised")
+    if done and open_chunked(out, (n, size, size), chunk) is not None:
+        log.info("denoise: resuming, %d of %d chunks already done", len(done), n_chunks)
+    else:
+        done = {}
+        create_chunked(out, (n, size, size), chunk)
+        ledger.start()
+    # this process reuses the model in memory; Dask workers load the checkpoint once each
+    worker_cached(_model_key(model_hash, cfg.device), lambda: model)
+    with tqdm(total=n, initial=sum(min(n, (i + 1) * chunk) - i * chunk for i in done),
+              desc="denoise: apply CAE", unit="stamp", disable=not progress) as bar:
+        def finished(i: int, _: Any) -> None:
+            ledger.record(i)
+            bar.update(min(n, (i + 1) * chunk) - i * chunk)
+
+        run_chunks(denoise_chunk, [i for i in range(n_chunks) if i not in done],
+                   str(run.array_path("stamps")), str(out), n, chunk, str(model_path), model_hash,
+                   cfg.device, cfg.inference_batch_size, on_done=finished, gpu=True)
     seconds = time.perf_counter() - t0
+    # the noise before and after, on a seeded sample of at most 10^4 stamps
+    picks = np.sort(np.random.default_rng(0).permutation(n)[:10000])
+    denoised = run.open_array("denoised")
     summary.update(inference_seconds=round(seconds, 2),
                    inference_stamps_per_s=round(n / max(seconds, 1e-9), 1),
-                   sky_sigma_in=float(np.median(np.concatenate(sky_in))),
-                   sky_sigma_out=float(np.median(np.concatenate(sky_out))))
+                   n_chunks_resumed=len(done),
+                   sky_sigma_in=float(np.median(border_sky(np.asarray(
+                       stamps.get_orthogonal_selection((picks,))))[1])),
+                   sky_sigma_out=float(np.median(border_sky(np.asarray(
+                       denoised.get_orthogonal_selection((picks,))))[1])))
     log.info("denoise: %d stamps, sky noise %.3g -> %.3g (median border sigma)", n,
              summary["sky_sigma_in"], summary["sky_sigma_out"])
     return summary
@@ -302,6 +345,7 @@ STAGE = Stage(
     switch="denoise.enabled",
     check=lambda config: _check(config.denoise),
     report=_report,
+    chunked=True,
 )
 
 

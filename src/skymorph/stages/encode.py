@@ -15,6 +15,11 @@ produces exactly the features an uninterrupted run would.  A resume happens
 only with the same encoder, weights, settings, batch size, device, precision
 and thread count; anything else starts over.
 
+With a Dask cluster (``[compute] scheduler``) each chunk is a task
+(:func:`encode_chunk`): the worker builds the encoder once, reads its chunk from
+the run's Zarr array, and writes its rows of ``features`` itself; the client only
+records the finished chunks.  Tasks go to GPU workers when the cluster has some.
+
 Images without a single finite pixel (e.g. left empty by an upstream stage) get a
 NaN feature row and a line in ``rejects.csv``; they never stop the run.
 """
@@ -33,7 +38,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..config import Config
+from ..config import Config, EncodeConfig
 from ..io.rundir import RunDir, RunDirError
 from . import Stage, StageContext, execute, image_source
 
@@ -91,11 +96,21 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     if n == 0:
         raise RunDirError(f"the '{source}' array of {run.path} is empty; nothing to encode")
     encoder = _encoders.build_encoder(cfg)
-    threads = _threads(cfg.threads) if encoder.device.type == "cpu" else 0
+    session = ctx.compute
+    distributed = session is not None and session.distributed
+    gpu = distributed and session.gpu_resources() is not None
+    if distributed:
+        # one PyTorch thread per task thread unless told otherwise: the workers' threads
+        # already use the cores (start CPU workers with one thread per core)
+        threads = 0 if gpu else int(cfg.threads) or 1
+        where = f"dask ({'GPU workers' if gpu else 'CPU workers'})"
+    else:
+        threads = _threads(cfg.threads) if encoder.device.type == "cpu" else 0
+        where = str(encoder.device)
     chunk = int(cfg.chunk_size)
     n_chunks = -(-n // chunk)
     key = hashlib.sha256(json.dumps(
-        [fingerprint, n, encoder.dim, chunk, int(cfg.batch_size), str(encoder.device),
+        [fingerprint, n, encoder.dim, chunk, int(cfg.batch_size), where,
          encoder.precision, threads], default=str).encode()).hexdigest()[:16]
 
     partial_path = run.path / "stages" / PARTIAL
@@ -115,13 +130,20 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     todo = [i for i in range(n_chunks) if i not in done]
     log.info("encode: %s (%s weights, %d-d, input %dx%d, %s %s) on %d images of '%s'",
              encoder.name, encoder.weights_source, encoder.dim, *encoder.input_size,
-             encoder.device, encoder.precision, n, source)
+             where, encoder.precision, n, source)
 
     def read(i: int) -> np.ndarray:
         return np.asarray(images[i * chunk : min(n, (i + 1) * chunk)], dtype=np.float32)
 
+    def record(i: int, empty_rows: list[int]) -> None:
+        # recorded only once the chunk is on disk: a kill in between redoes it
+        partial["done"].append(i)
+        if empty_rows:
+            partial["empty"][str(i)] = empty_rows
+        _write_json(partial_path, partial)
+
     previous_threads = None
-    if threads:
+    if threads and not distributed:
         import torch
 
         previous_threads = torch.get_num_threads()
@@ -129,21 +151,27 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     n_done_before = n - sum(min(n, (i + 1) * chunk) - i * chunk for i in todo)
     t1, cpu1 = time.perf_counter(), time.process_time()
     try:
-        # the next chunk is read (and decompressed) while this one is encoded
-        with ThreadPoolExecutor(1) as pool, tqdm(total=n, initial=n_done_before, desc="encode",
-                                                 unit="img", disable=not progress) as bar:
-            pending = pool.submit(read, todo[0]) if todo else None
-            for pos, i in enumerate(todo):
-                block = pending.result()
-                if pos + 1 < len(todo):
-                    pending = pool.submit(read, todo[pos + 1])
-                feats, empty = encoder.encode(block, int(cfg.batch_size), on_batch=bar.update)
-                features[i * chunk : i * chunk + len(block)] = feats
-                # recorded only once the chunk is on disk: a kill in between redoes it
-                partial["done"].append(i)
-                if empty.any():
-                    partial["empty"][str(i)] = (np.flatnonzero(empty) + i * chunk).tolist()
-                _write_json(partial_path, partial)
+        with tqdm(total=n, initial=n_done_before, desc="encode", unit="img", disable=not progress) as bar:
+            if distributed:
+                from ..core.compute import run_chunks
+
+                def done(i: int, empty_rows: list[int]) -> None:
+                    record(i, empty_rows)
+                    bar.update(min(n, (i + 1) * chunk) - i * chunk)
+
+                run_chunks(encode_chunk, todo, str(run.array_path(source)), str(run.array_path("features")),
+                           n, chunk, cfg, threads, on_done=done, gpu=True)
+            else:
+                # the next chunk is read (and decompressed) while this one is encoded
+                with ThreadPoolExecutor(1) as pool:
+                    pending = pool.submit(read, todo[0]) if todo else None
+                    for pos, i in enumerate(todo):
+                        block = pending.result()
+                        if pos + 1 < len(todo):
+                            pending = pool.submit(read, todo[pos + 1])
+                        feats, empty = encoder.encode(block, int(cfg.batch_size), on_batch=bar.update)
+                        features[i * chunk : i * chunk + len(block)] = feats
+                        record(i, (np.flatnonzero(empty) + i * chunk).tolist())
     finally:
         if previous_threads is not None:
             import torch
@@ -163,7 +191,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     log.info("encode: %d x %d features written (%d rejected, %d resumed)", n, encoder.dim,
              len(empty_rows), n_done_before)
     return dict(n_images=n, dim=encoder.dim, encoder=encoder.name,
-                weights=encoder.weights_source, input=source, device=str(encoder.device),
+                weights=encoder.weights_source, input=source, device=where,
                 precision=encoder.precision, n_rejected=len(empty_rows), n_resumed=n_done_before,
                 seconds=round(time.perf_counter() - t0, 2),
                 encode_seconds=round(elapsed, 3), encode_cpu_seconds=round(cpu_elapsed, 3),
@@ -202,6 +230,7 @@ STAGE = Stage(
     extra=_extra,
     check=_check,
     report=_report,
+    chunked=True,
 )
 
 
@@ -237,6 +266,33 @@ def encode(run_dir: str | os.PathLike | RunDir, config: Config | None = None, *,
         downloaded nor found locally, or unusable settings.
     """
     return execute("encode", run_dir, config, force=force, progress=progress, **settings)
+
+
+def encode_chunk(i: int, source: str, out: str, n: int, chunk: int, cfg: EncodeConfig,
+                 threads: int) -> list[int]:
+    """Encode chunk ``i`` of the image array at ``source`` into its rows of the
+    features array at ``out`` (a Dask task; the encoder is built once per worker).
+
+    Returns the rows whose image has no finite pixel (their features are NaN).
+    """
+    import dataclasses
+
+    import zarr
+
+    from ..core import encoders as _encoders
+    from ..core.compute import worker_cached
+
+    key = json.dumps(["encoder", dataclasses.asdict(cfg)], sort_keys=True, default=str)
+    encoder = worker_cached(key, lambda: _encoders.build_encoder(cfg))
+    if threads and encoder.device.type == "cpu":
+        import torch
+
+        torch.set_num_threads(threads)
+    start, stop = i * chunk, min(n, (i + 1) * chunk)
+    block = np.asarray(zarr.open_array(store=source, mode="r")[start:stop], dtype=np.float32)
+    feats, empty = encoder.encode(block, int(cfg.batch_size))
+    zarr.open_array(store=out, mode="r+")[start:stop] = feats
+    return (np.flatnonzero(empty) + start).tolist()
 
 
 def _threads(requested: int) -> int:

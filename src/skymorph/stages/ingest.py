@@ -1221,6 +1221,7 @@ STAGE = Stage(
                         "a GalSim RealGalaxyCatalog FITS table reads its whole collection",
                         nargs="+", metavar="INPUT"),),
     report=_report,
+    chunked=True,
 )
 
 

@@ -504,6 +504,7 @@ STAGE = Stage(
     extra=_extra,
     finish=lambda ctx: _join_catalog(ctx.run, ctx.run.path / MEASUREMENTS_FILE),
     report=_report,
+    chunked=True,
 )
 
 

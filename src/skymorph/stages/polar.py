@@ -357,32 +357,61 @@ def polar_figure(run_dir: str | os.PathLike | RunDir, config: Config | None = No
     return out
 
 
-def _compute(ctx: StageContext) -> dict[str, Any]:
+def polar_chunk(i: int, source: str, out: str, n: int, chunk: int, cfg: PolarConfig) -> int:
+    """APCT of chunk ``i`` of the image array at ``source``, written to its region of
+    the array at ``out`` (the per-chunk task, here or on a Dask worker); returns how
+    many of its stamps had non-finite pixels."""
     import torch
+    import zarr
 
     from ..core.cae import set_threads
+
+    set_threads()
+    start, stop = i * chunk, min(n, (i + 1) * chunk)
+    block = np.asarray(zarr.open_array(store=source, mode="r")[start:stop], dtype=np.float32)
+    n_nonfinite = int((~np.isfinite(block)).any(axis=(1, 2)).sum())
+    parts = []
+    for b in range(0, len(block), cfg.batch_size):
+        with torch.inference_mode():
+            parts.append(_apct_torch(torch.from_numpy(block[b:b + cfg.batch_size]), cfg, owned=True).numpy())
+    zarr.open_array(store=out, mode="r+")[start:stop] = np.concatenate(parts)
+    return n_nonfinite
+
+
+def _compute(ctx: StageContext) -> dict[str, Any]:
+    from ..core.compute import run_chunks
+    from ..io.chunklog import ChunkLedger, create_chunked, open_chunked
 
     cfg, run = ctx.config.polar, ctx.run
     source, _ = image_source(ctx.config, "polar")
     images = run.open_array(source)
-    set_threads()
     n, s = images.shape[0], images.shape[-1]
     rows, cols = output_shape(s, cfg)
     chunk = images.chunks[0]
-    n_nonfinite = 0
-    with run.writer("polar", (rows, cols), chunk) as writer, \
-            tqdm(total=n, desc="polar", unit="stamp", disable=not ctx.progress) as bar:
-        for start in range(0, n, cfg.batch_size):
-            block = np.asarray(images[start:start + cfg.batch_size], dtype=np.float32)
-            n_nonfinite += int((~np.isfinite(block)).any(axis=(1, 2)).sum())
-            with torch.inference_mode():
-                out = _apct_torch(torch.from_numpy(block), cfg, owned=True).numpy()
-            writer.extend(out)
-            bar.update(len(block))
+    n_chunks = -(-n // chunk)
+    ledger = ChunkLedger(run.path, "polar", f"{ctx.fingerprint}|{n}|{chunk}|{cfg.batch_size}")
+    done = ledger.resume()
+    out = run.array_path("polar")
+    if done and open_chunked(out, (n, rows, cols), chunk) is not None:
+        log.info("polar: resuming, %d of %d chunks already done", len(done), n_chunks)
+    else:
+        done = {}
+        create_chunked(out, (n, rows, cols), chunk)
+        ledger.start()
+    counts = dict(done)
+    with tqdm(total=n, initial=sum(min(n, (i + 1) * chunk) - i * chunk for i in done), desc="polar",
+              unit="stamp", disable=not ctx.progress) as bar:
+        def finished(i: int, n_nonfinite: int) -> None:
+            ledger.record(i, n_nonfinite)
+            counts[i] = n_nonfinite
+            bar.update(min(n, (i + 1) * chunk) - i * chunk)
+
+        run_chunks(polar_chunk, [i for i in range(n_chunks) if i not in done], str(run.array_path(source)),
+                   str(out), n, chunk, cfg, on_done=finished)
     log.info("polar: %d stamps -> %d x %d polar images from '%s' (pole: %s)",
              n, rows, cols, source, cfg.pole)
     return dict(n_stamps=n, input=source, rows=rows, cols=cols, pole=cfg.pole,
-                n_nonfinite_stamps=n_nonfinite)
+                n_nonfinite_stamps=int(sum(counts.values())), n_chunks_resumed=len(done))
 
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
@@ -407,6 +436,7 @@ STAGE = Stage(
     arguments=(Argument("--figure", "also draw the paper's Fig. 2 (stamps, denoised, polar) for a few "
                         "bright galaxies into RUN_DIR/figures/", action="store_true"),),
     report=_report,
+    chunked=True,
 )
 
 

@@ -76,6 +76,8 @@ class ReduceResult:
     """The dimension scan (``dims``, ``davies_bouldin``, ``seconds``), when ``dims = "auto"``."""
     timings: dict[str, float] = field(default_factory=dict)
     """Wall seconds of each step."""
+    models: dict[int, Any] = field(default_factory=dict)
+    """The fitted UMAP of each output dimension and its fitted rows' embedding."""
 
 
 @contextlib.contextmanager
@@ -330,21 +332,52 @@ def _sample(n: int, size: int | None, seed: int, salt: int) -> np.ndarray:
 
 
 def _embed_all(features: np.ndarray, fit_rows: np.ndarray, n_components: int, cfg: ReduceConfig,
-               knn: tuple, init: Any = "spectral", progress: bool = True) -> np.ndarray:
-    """Fit on ``fit_rows`` and ``transform`` every other row, chunk by chunk."""
+               knn: tuple, init: Any = "spectral", progress: bool = True,
+               models: dict[int, Any] | None = None) -> np.ndarray:
+    """Fit on ``fit_rows`` and ``transform`` every other row, chunk by chunk of the
+    output array (``cfg.chunk_size`` galaxies: the same blocks whether they are placed
+    here or on a Dask cluster by :func:`place_chunk`, so both give the same bytes)."""
     fitted, model = fit_umap(features[fit_rows], n_components, cfg, knn=knn, init=init)
+    if models is not None:
+        models[n_components] = (model, fitted)
     n = features.shape[0]
     if fit_rows.size == n:
         return fitted
     out = np.empty((n, n_components), dtype=np.float32)
-    out[fit_rows] = fitted
-    rest = np.setdiff1d(np.arange(n), fit_rows, assume_unique=True)
-    for start in tqdm(range(0, rest.size, cfg.chunk_size), desc=f"reduce: transform ({n_components}-d)",
+    for start in tqdm(range(0, n, cfg.chunk_size), desc=f"reduce: transform ({n_components}-d)",
                       disable=not progress):
-        rows = rest[start:start + cfg.chunk_size]
-        with _umap_warnings():
-            out[rows] = model.transform(features[rows])
+        stop = min(n, start + cfg.chunk_size)
+        out[start:stop] = _place(features[start:stop], start, fit_rows, fitted, model)
     return out
+
+
+def _place(block: np.ndarray, start: int, fit_rows: np.ndarray, fitted: np.ndarray, model: Any) -> np.ndarray:
+    """Embedding of galaxies ``start .. start + len(block)``: the fit's own rows keep
+    their fitted coordinates, the others are placed with ``UMAP.transform``."""
+    stop = start + len(block)
+    lo, hi = np.searchsorted(fit_rows, [start, stop])
+    own = fit_rows[lo:hi] - start
+    out = np.empty((len(block), fitted.shape[1]), dtype=np.float32)
+    out[own] = fitted[lo:hi]
+    rest = np.setdiff1d(np.arange(len(block)), own, assume_unique=True)
+    if rest.size:
+        with _umap_warnings():
+            out[rest] = model.transform(np.ascontiguousarray(block[rest], dtype=np.float32))
+    return out
+
+
+def place_chunk(i: int, features: str, outputs: list[tuple[str, Any]], n: int, chunk: int,
+                fit_rows: np.ndarray) -> None:
+    """Place chunk ``i`` of the features array at ``features`` into each output array
+    (``(path, (model, fitted))`` pairs): a Dask task; the fitted models are sent once
+    to every worker."""
+    import zarr
+
+    start, stop = i * chunk, min(n, (i + 1) * chunk)
+    block = np.asarray(zarr.open_array(store=features, mode="r")[start:stop], dtype=np.float32)
+    check_features(block)
+    for path, (model, fitted) in outputs:
+        zarr.open_array(store=path, mode="r+")[start:stop] = _place(block, start, fit_rows, fitted, model)
 
 
 def reduce_array(features: np.ndarray, cfg: ReduceConfig, ids: Sequence[Any] | None = None,
@@ -413,18 +446,19 @@ def reduce_array(features: np.ndarray, cfg: ReduceConfig, ids: Sequence[Any] | N
         advance()
 
     start = time.perf_counter()
-    embedding = _embed_all(features, fit_rows, int(dims), cfg, knn, progress=progress)
+    models: dict[int, Any] = {}
+    embedding = _embed_all(features, fit_rows, int(dims), cfg, knn, progress=progress, models=models)
     timings["umap"] = time.perf_counter() - start
     advance()
     embedding_2d = None
     if cfg.map_2d:
         start = time.perf_counter()
-        embedding_2d = _embed_all(features, fit_rows, 2, cfg, knn, progress=progress)
+        embedding_2d = _embed_all(features, fit_rows, 2, cfg, knn, progress=progress, models=models)
         timings["umap_2d"] = time.perf_counter() - start
         advance()
     bar.close()
     return ReduceResult(embedding=embedding, dims=int(dims), embedding_2d=embedding_2d,
-                        scan=scan, timings=timings)
+                        scan=scan, timings=timings, models=models)
 
 
 def _write(run: RunDir, name: str, data: np.ndarray, chunk: int) -> None:
@@ -435,7 +469,13 @@ def _write(run: RunDir, name: str, data: np.ndarray, chunk: int) -> None:
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
     cfg, run = ctx.config.reduce, ctx.run
-    features = np.asarray(run.open_array("features")[:], dtype=np.float32)
+    session = ctx.compute
+    array = run.open_array("features")
+    n = int(array.shape[0])
+    fit_rows = _sample(n, cfg.fit_sample, cfg.seed, 1)
+    if session is not None and session.distributed and fit_rows.size < n:
+        return _compute_placed(ctx, array, fit_rows)
+    features = np.asarray(array[:], dtype=np.float32)
     try:
         ids = run.sources()["id"].tolist()
         ids = ids if len(ids) == features.shape[0] else None
@@ -446,7 +486,41 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     _write(run, "embedding", result.embedding, chunk)
     if result.embedding_2d is not None:
         _write(run, "embedding_2d", result.embedding_2d, chunk)
-    summary: dict[str, Any] = {"n_galaxies": features.shape[0], "n_features": features.shape[1],
+    return _summary(run, cfg, features.shape, result)
+
+
+def _compute_placed(ctx: StageContext, array: Any, fit_rows: np.ndarray) -> dict[str, Any]:
+    """Past one machine's memory: only the ``fit_sample`` rows are read here; UMAP is
+    fitted on them (graph, scan, fits: exactly as :func:`reduce_array` does), and every
+    chunk of galaxies is placed by a task on the cluster (:func:`place_chunk`), which
+    writes its own rows of ``embedding`` and ``embedding_2d``."""
+    from ..core.compute import run_chunks
+    from ..io.chunklog import create_chunked
+
+    cfg, run, session = ctx.config.reduce, ctx.run, ctx.compute
+    n, width = int(array.shape[0]), int(array.shape[1])
+    sample = np.asarray(array.get_orthogonal_selection((fit_rows,)), dtype=np.float32)
+    result = reduce_array(sample, replace(cfg, fit_sample=None), progress=ctx.progress)
+    start = time.perf_counter()
+    chunk = cfg.chunk_size
+    outputs = []
+    for name, dims in (("embedding", result.dims), ("embedding_2d", 2)):
+        if dims in result.models and (name == "embedding" or cfg.map_2d):
+            path = run.array_path(name)
+            create_chunked(path, (n, dims), chunk)
+            outputs.append((str(path), session.client.scatter(result.models[dims], broadcast=True,
+                                                              hash=False)))
+    bar = tqdm(total=n, desc="reduce: place", unit="galaxy", disable=not ctx.progress)
+    with bar:
+        run_chunks(place_chunk, range(-(-n // chunk)), str(run.array_path("features")), outputs, n, chunk,
+                   fit_rows, on_done=lambda i, _: bar.update(min(n, (i + 1) * chunk) - i * chunk))
+    result.timings["place"] = time.perf_counter() - start
+    return _summary(run, cfg, (n, width), result)
+
+
+def _summary(run: RunDir, cfg: ReduceConfig, shape: tuple[int, int], result: ReduceResult) -> dict[str, Any]:
+    features_shape = shape
+    summary: dict[str, Any] = {"n_galaxies": features_shape[0], "n_features": features_shape[1],
                                "dims": result.dims, "seconds": result.timings}
     if result.scan is not None:
         out = run.path / "reduce"
@@ -454,7 +528,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         result.scan.to_csv(out / "dims_scan.csv", index=False)
         plot_scan(result.scan, out / "dims_scan.png", best=result.dims)
         summary["scan"] = result.scan[["dims", "davies_bouldin"]].to_dict("records")
-    log.info("reduce: %d galaxies -> %d-d in %.0f s", features.shape[0], result.dims,
+    log.info("reduce: %d galaxies -> %d-d in %.0f s", features_shape[0], result.dims,
              sum(result.timings.values()))
     return summary
 
@@ -480,6 +554,7 @@ STAGE = Stage(
     upstream=lambda config: ("encode",),
     outputs=("embedding.zarr",),
     report=_report,
+    chunked=True,
 )
 
 

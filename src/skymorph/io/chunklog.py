@@ -1,0 +1,171 @@
+"""What a chunked stage has finished, so that a stage run again resumes there.
+
+Two records, both under ``RUN_DIR/stages/`` and both removed when the stage
+finishes:
+
+:class:`ChunkLedger` (``<stage>.partial.jsonl``)
+    for stages whose chunk tasks write their own region of a Zarr array (polar,
+    denoise inference): a header line with a key (the stage fingerprint and
+    everything else that decides the bytes written), then one line per finished
+    chunk, appended and fsynced only once the chunk is on disk.  A torn last line
+    (a kill while writing it) is ignored; a chunk written but not recorded is
+    simply redone, and writes the same bytes.
+:class:`ResultCache` (``<stage>.parts/<fingerprint>/``)
+    for stages whose tasks return results that the client writes in order (ingest,
+    measure, through :func:`skymorph.core.parallel.map_ordered`): each task's
+    result is pickled to its own file as it arrives, and a stage run again with
+    the same fingerprint reads those instead of computing them.
+
+``encode`` keeps its own ``encode.partial.json`` of the same kind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ChunkLedger", "ResultCache", "clear_parts", "create_chunked", "open_chunked"]
+
+
+class ChunkLedger:
+    """Append-only record of the finished chunks of one stage.
+
+    Parameters
+    ----------
+    run_path : path
+        The run directory.
+    stage : str
+        Stage name (the file is ``stages/<stage>.partial.jsonl``).
+    key : str
+        What must match for a resume (fingerprint, shapes, chunking...).
+    """
+
+    def __init__(self, run_path: str | os.PathLike, stage: str, key: str) -> None:
+        self.path = Path(run_path) / "stages" / f"{stage}.partial.jsonl"
+        self.key = key
+        self.done: dict[int, Any] = {}
+
+    def resume(self) -> dict[int, Any]:
+        """The chunks recorded under the same key (index -> info); empty otherwise."""
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return {}
+        try:
+            header = json.loads(lines[0]) if lines else {}
+        except json.JSONDecodeError:
+            return {}
+        if header.get("key") != self.key:
+            return {}
+        done: dict[int, Any] = {}
+        for line in lines[1:]:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # torn last line
+                break
+            done[int(entry["chunk"])] = entry.get("info")
+        self.done = done
+        return dict(done)
+
+    def start(self) -> None:
+        """Start a new record (forgetting any other)."""
+        self.path.parent.mkdir(exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with tmp.open("w") as fh:
+            fh.write(json.dumps({"key": self.key}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        self.done = {}
+
+    def record(self, chunk: int, info: Any = None) -> None:
+        """Record that ``chunk`` is on disk (call only after its write returned)."""
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"chunk": int(chunk), "info": info}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.done[int(chunk)] = info
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class ResultCache:
+    """Task results of one stage run, kept on disk until the stage finishes.
+
+    Results are keyed by ``(call, index)``: the n-th ordered map of the stage and
+    the position of the item in it, which are the same when the same stage runs
+    again with the same fingerprint (its plan of work is deterministic).
+    """
+
+    def __init__(self, run_path: str | os.PathLike, stage: str, fingerprint: str) -> None:
+        parts = Path(run_path) / "stages" / f"{stage}.parts"
+        if parts.is_dir():  # results of other settings or inputs are of no use
+            for old in parts.iterdir():
+                if old.name != fingerprint:
+                    shutil.rmtree(old, ignore_errors=True)
+        self.root = parts / fingerprint
+        self._calls = 0
+        self.n_reused = 0
+
+    def next_call(self) -> int:
+        self._calls += 1
+        return self._calls - 1
+
+    def _path(self, call: int, index: int) -> Path:
+        return self.root / f"{call}-{index}.pkl"
+
+    def has(self, call: int, index: int) -> bool:
+        return self._path(call, index).exists()
+
+    def get(self, call: int, index: int) -> Any:
+        with self._path(call, index).open("rb") as fh:
+            value = pickle.load(fh)
+        self.n_reused += 1
+        return value
+
+    def put(self, call: int, index: int, value: Any) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self._path(call, index)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("wb") as fh:
+            pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+
+
+def clear_parts(run_path: str | os.PathLike, stage: str) -> None:
+    """Remove a finished stage's resume records."""
+    stages = Path(run_path) / "stages"
+    shutil.rmtree(stages / f"{stage}.parts", ignore_errors=True)
+    (stages / f"{stage}.partial.jsonl").unlink(missing_ok=True)
+
+
+def create_chunked(path: str | os.PathLike, shape: tuple[int, ...], chunk: int,
+                   dtype: str = "float32") -> Any:
+    """A new (overwritten) uncompressed Zarr array chunked by ``chunk`` galaxies along
+    axis 0, filled with NaN until written: the layout :class:`~skymorph.io.rundir.ArrayWriter`
+    gives, written region by region by chunk tasks instead of appended."""
+    import zarr
+
+    return zarr.create_array(store=str(path), shape=tuple(shape), chunks=(int(chunk), *shape[1:]),
+                             dtype=dtype, fill_value=np.nan if np.dtype(dtype).kind == "f" else 0,
+                             overwrite=True, compressors=None)
+
+
+def open_chunked(path: str | os.PathLike, shape: tuple[int, ...], chunk: int) -> Any:
+    """The array at ``path`` opened for writing when it has this shape and chunking, else ``None``."""
+    import zarr
+
+    try:
+        array = zarr.open_array(store=str(path), mode="r+")
+    except Exception:  # noqa: BLE001 - missing or unreadable: start over
+        return None
+    if tuple(array.shape) != tuple(shape) or int(array.chunks[0]) != int(chunk):
+        return None
+    return array

@@ -13,6 +13,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -279,3 +280,26 @@ def stamps_figure(images: dict[str, list[tuple[str, np.ndarray]]], labels: dict[
             if c == 0:
                 ax.set_ylabel(_type_label(t, labels).replace(": ", "\n"), fontsize=11)
     return _finish(fig, "stamps", "Example stamps of each type (random members, shown as in the montages)")
+
+
+def draw_reliability(ax, cv: dict[str, Any]) -> None:
+    """Reliability diagram of the extension's cross-validated predictions on ``ax``."""
+    bins = [b for b in cv["reliability"] if b["n"]]
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
+    ax.bar([(b["lo"] + b["hi"]) / 2 for b in bins], [b["accuracy"] for b in bins], width=0.09,
+           color="tab:blue", alpha=0.7, label="fraction correct per bin")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color="tab:red", ms=3,
+            label="(mean confidence, fraction correct)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("top probability (cross-validated)")
+    ax.set_ylabel("fraction correct")
+    ax.legend(fontsize=8, loc="upper left")
+
+
+def reliability_figure(cv: dict[str, Any]) -> Figure:
+    """The extension's reliability diagram as a report figure."""
+    fig, axes = _subplots(1, height=5.0, width=6.0)
+    draw_reliability(axes[0], cv)
+    return _finish(fig, "reliability", f"Reliability of the extended types: ECE {cv['ece']:.3f} "
+                   f"(uncalibrated {cv['ece_uncalibrated']:.3f})")

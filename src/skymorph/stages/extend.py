@@ -279,20 +279,10 @@ def reliability_plot(cv: dict[str, Any], path: str | PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bins = [b for b in cv["reliability"] if b["n"]]
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
-    centres = [(b["lo"] + b["hi"]) / 2 for b in bins]
-    ax.bar(centres, [b["accuracy"] for b in bins], width=0.09, color="tab:blue", alpha=0.7,
-           label="accuracy per bin")
-    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color="tab:red",
-            ms=3, label="(mean confidence, accuracy)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("top probability (cross-validated)")
-    ax.set_ylabel("fraction correct")
+    from ..report.figures import draw_reliability
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), layout="constrained")
+    draw_reliability(ax, cv)
     ax.set_title(f"reliability: ECE {cv['ece']:.3f} (uncalibrated {cv['ece_uncalibrated']:.3f})", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

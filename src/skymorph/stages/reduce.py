@@ -500,7 +500,9 @@ def _compute_placed(ctx: StageContext, array: Any, fit_rows: np.ndarray) -> dict
     cfg, run, session = ctx.config.reduce, ctx.run, ctx.compute
     n, width = int(array.shape[0]), int(array.shape[1])
     sample = np.asarray(array.get_orthogonal_selection((fit_rows,)), dtype=np.float32)
-    result = reduce_array(sample, replace(cfg, fit_sample=None), progress=ctx.progress)
+    # the other galaxies are placed with UMAP.transform, which needs pynndescent's search
+    # index: never the exact k-NN graph of small runs here (the local path does the same)
+    result = reduce_array(sample, replace(cfg, fit_sample=None, exact_knn_below=0), progress=ctx.progress)
     start = time.perf_counter()
     chunk = cfg.chunk_size
     outputs = []

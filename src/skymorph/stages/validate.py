@@ -489,8 +489,28 @@ def _part_gzh(inp: _Inputs, section) -> None:
     section.notes.extend(notes)
 
 
+def _part_extended(inp: _Inputs, section) -> None:
+    from ..report.figures import reliability_figure
+
+    path = inp.run.path / "extend" / "extend.json"
+    if not path.exists():
+        section.notes.append(f"skipped: `skymorph extend {inp.run.path}` has not run (only the consensus "
+                             "galaxies have a type)")
+        return
+    report = json.loads(path.read_text())
+    cv = report["cv"]
+    section.result = {key: report[key] for key in ("n_galaxies", "n_experts", "n_train", "n_extended",
+                                                    "n_extended_confident", "n_extended_ood", "counts")}
+    section.result.update(cv_accuracy=cv["accuracy"], cv_balanced_accuracy=cv["balanced_accuracy"],
+                          ece=cv["ece"], classes=report["classes"], confusion=cv.get("confusion_matrix"),
+                          physical=report.get("physical"),
+                          threshold=report["settings"]["confidence_threshold"])
+    section.figures.append(reliability_figure(cv))
+
+
 PARTS: list[tuple[str, str, Callable[[_Inputs, Any], None]]] = [
     ("types", "Sample and types", _part_types),
+    ("extended", "Every galaxy typed: the extension beyond the consensus", _part_extended),
     ("agreement", "Agreement between the experts", _part_agreement),
     ("stamps", "Example stamps of each type", _part_stamps),
     ("per_type", "Per-type parameters (Figs. 8–11)", _part_per_type),

@@ -265,6 +265,14 @@ def test_extend_stage_types_every_galaxy_and_evaluate_splits(run, shared_data):
     # the kept galaxies' final types are the simulated inspection's names
     assert final["kept"]["accuracy"] == pytest.approx(result["inspection"]["accuracy"])
 
+    # the report carries the extension: counts, confusion matrix and reliability diagram
+    from skymorph.stages.validate import validate
+
+    numbers = validate(run, config=config, progress=False)
+    assert numbers["parts"]["extended"]["result"]["n_extended"] == int(ext.sum())
+    html = (run.path / "report" / "report.html").read_text()
+    assert 'id="extended"' in html and 'id="figure-reliability"' in html
+
 
 def test_physical_comparison_when_measurements_exist(run, shared_data):
     config = _config()

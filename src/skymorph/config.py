@@ -366,7 +366,7 @@ class EncodeConfig:
     adapted_size: int = setting(
         64, 'Input size (px) of the ``adapted`` encoder (the stamps are shrunk to it).', min=16, max=512
     )
-    adapted_width: int = setting(32, "Base channel count of the ``adapted`` encoder (8x it: feature length).",
+    adapted_width: int = setting(16, "Base channel count of the ``adapted`` encoder (8x it: feature length).",
                                  min=4, max=256)
     adapted_d4: bool = setting(
         True, "Average the ``adapted`` features over the 8 rotations/flips of the input (invariance).")
@@ -382,9 +382,9 @@ class EncodeConfig:
         flag="--train-ssl")
     train_sample: int = setting(10000, "Stamps (seeded sample) the ``adapted`` encoder is trained on.",
                                 min=2, flag="--train-sample")
-    train_steps: int = setting(600, "Optimiser steps of the ``adapted`` encoder's training.", min=1,
+    train_steps: int = setting(300, "Optimiser steps of the ``adapted`` encoder's training.", min=1,
                                flag="--train-steps")
-    train_batch: int = setting(64, "Stamps per training step of the ``adapted`` encoder.", min=2)
+    train_batch: int = setting(32, "Stamps per training step of the ``adapted`` encoder.", min=2)
     train_lr: float = setting(3e-3, "Peak learning rate (one-cycle AdamW) of the ``adapted`` encoder.", min=0)
     train_seed: int = setting(0, "Seed of the ``adapted`` encoder's sample, weights and augmentations.",
                               flag="--train-seed")

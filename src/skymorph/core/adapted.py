@@ -5,7 +5,7 @@ need four passes (one per right-angle rotation) to be rotation-invariant.  This
 module trains, once per survey and without labels, a small CNN *student* that
 works at (close to) the stamps' native scale:
 
-* **Architecture** (``AdaptedNet``, ~0.3 M parameters at ``adapted_width = 32``):
+* **Architecture** (``AdaptedNet``, ~80 k parameters at the default ``adapted_width = 16``):
   six 3 x 3 convolution + batch-norm + ReLU layers (strides 2, 1, 2, 1, 2, 1) and
   a 1 x 1 convolution to ``8 * width`` channels, global-average-pooled, on a
   single-band ``adapted_size`` x ``adapted_size`` input (default 64: the 100-px
@@ -68,7 +68,7 @@ ARCH_KEYS = ("size", "width", "d4")
 class AdaptedNet(nn.Module):
     """The student CNN: ``B x 1 x S x S`` in [-1, 1] -> ``B x 8*width`` pooled features."""
 
-    def __init__(self, size: int = 64, width: int = 32, d4: bool = True) -> None:
+    def __init__(self, size: int = 64, width: int = 16, d4: bool = True) -> None:
         super().__init__()
         self.arch = {"size": int(size), "width": int(width), "d4": bool(d4)}
         w = int(width)

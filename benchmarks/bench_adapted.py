@@ -61,7 +61,8 @@ def main() -> None:
     for _ in range(args.repeats):
         rates["default"].append(_time(default, images, 64))
         rates["adapted"].append(_time(student, images, 64))
-    med = {k: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for k, v in rates.items()}
+    med = {k: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v))
+           for k, v in rates.items()}
     for k, (rate, cpu) in med.items():
         print(f"{k:>8}: {rate:8.2f} images/s, {cpu * 1e3:8.1f} CPU ms/image")
     print(f"adapted / default: {med['adapted'][0] / med['default'][0]:.1f}x images/s, "

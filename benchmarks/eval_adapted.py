@@ -133,7 +133,8 @@ def main() -> None:
                     cfg = cfg.update({"encode": {"weights": str(ckpt)}})
                     encode(feat_dir, cfg, force=True, progress=False)
                     enc_info = json.loads((feat_dir / "stages" / "encode.json").read_text())
-                    info = {"train_seconds": tinfo["train_seconds"], "teacher_seconds": tinfo["teacher_seconds"],
+                    info = {"train_seconds": tinfo["train_seconds"],
+                            "teacher_seconds": tinfo["teacher_seconds"],
                             "loss_first": tinfo["loss"][0], "loss_last": tinfo["loss"][-1],
                             "images_per_s": enc_info.get("images_per_s"), "n_train": tinfo["n_train"],
                             "steps": tinfo["steps"], "all_seconds": round(time.perf_counter() - t0, 1)}

@@ -85,6 +85,9 @@ def main() -> None:
     parser.add_argument("--teacher", default="given", choices=("given", "lite0", "none"))
     parser.add_argument("--set", action="append", default=[], help="extra encode setting KEY=VALUE (adapted)")
     parser.add_argument("--tag", default="adapted")
+    parser.add_argument("--checkpoint", action="append", default=[],
+                        help="SET=CKPT: encode that set with a trained checkpoint (e.g. of another run "
+                             "of the same survey) instead of training")
     parser.add_argument("--summary", help="print the table of a results.jsonl and stop")
     args = parser.parse_args()
     if args.summary:
@@ -122,12 +125,17 @@ def main() -> None:
                         ecfg["train_teacher"] = "none"
                     cfg = base.update({"encode": ecfg})
                     ckpt = out / f"{name}_{args.tag}_s{seed}.pt"
-                    stamps = skymorph.RunDir(src).open_array("stamps")
-                    targets = (np.asarray(skymorph.RunDir(src).open_array("features")[:])
-                               if args.teacher == "given" else None)
+                    given = dict(c.split("=", 1) for c in args.checkpoint).get(name)
                     t0 = time.perf_counter()
-                    net, tinfo = adapted.train_adapted(stamps, cfg.encode, targets=targets)
-                    adapted.save_checkpoint(ckpt, net, tinfo)
+                    if given:
+                        ckpt = Path(given)
+                        tinfo = adapted.load_checkpoint(ckpt)[1]["info"]
+                    else:
+                        stamps = skymorph.RunDir(src).open_array("stamps")
+                        targets = (np.asarray(skymorph.RunDir(src).open_array("features")[:])
+                                   if args.teacher == "given" else None)
+                        net, tinfo = adapted.train_adapted(stamps, cfg.encode, targets=targets)
+                        adapted.save_checkpoint(ckpt, net, tinfo)
                     feat_dir = out / f"{name}_{args.tag}_s{seed}"
                     _copy(src, feat_dir)
                     cfg = cfg.update({"encode": {"weights": str(ckpt)}})
@@ -137,7 +145,8 @@ def main() -> None:
                             "teacher_seconds": tinfo["teacher_seconds"],
                             "loss_first": tinfo["loss"][0], "loss_last": tinfo["loss"][-1],
                             "images_per_s": enc_info.get("images_per_s"), "n_train": tinfo["n_train"],
-                            "steps": tinfo["steps"], "all_seconds": round(time.perf_counter() - t0, 1)}
+                            "steps": tinfo["steps"], "all_seconds": round(time.perf_counter() - t0, 1),
+                            "checkpoint": str(ckpt)}
                     base = cfg
                 for red in args.reductions:
                     config = base.update({"reduce": {**REDUCTIONS[red], "seed": seed, "map_2d": False}})

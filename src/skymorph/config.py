@@ -371,7 +371,7 @@ class EncodeConfig:
     adapted_d4: bool = setting(
         True, "Average the ``adapted`` features over the 8 rotations/flips of the input (invariance).")
     train_teacher: str = setting(
-        "efficientnet_lite0",
+        "efficientnet_lite2",
         "Teacher the ``adapted`` encoder distils (one pass on a random rotation/flip of each stamp), "
         "or ``none`` (self-supervision only).",
         choices=("efficientnet_lite0", "efficientnet_lite2", "none"),

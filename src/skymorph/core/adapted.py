@@ -19,7 +19,7 @@ works at (close to) the stamps' native scale:
 * **Training objectives** (``train_teacher``, ``train_ssl``):
 
   - *distillation*: a linear head maps the student's pooled feature to the
-    teacher's (an offline EfficientNet-Lite, ``efficientnet_lite0`` by default,
+    teacher's (an offline EfficientNet-Lite, ``efficientnet_lite2`` by default,
     one pass on a randomly chosen D4 transform of each stamp, standardised per
     dimension); the D4-averaged student therefore learns the orbit average of
     the teacher's features, i.e. what ``rotations = 4`` buys with 4 passes;

@@ -161,13 +161,17 @@ def main() -> None:
 
 
 def summary(path: Path) -> None:
+    """Markdown table: per set, encoder and reduction, the mean balanced accuracy +- half its range
+    over the seeds, the mean kept fraction and the number of seeds."""
     import pandas as pd
 
     rows = pd.read_json(path, lines=True)
-    g = rows.groupby(["set", "encoder", "reduce"])
-    table = g.agg(balacc=("balacc", "mean"), spread=("balacc", lambda s: (s.max() - s.min()) / 2),
-                  kept=("kept", "mean"), n_seeds=("seed", "nunique"))
-    print(table.round(3).to_string())
+    print("| set | encoder | reduce | balacc (mean ± half-range) | kept | seeds |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for (name, enc, red), g in rows.groupby(["set", "encoder", "reduce"], sort=False):
+        half = (g["balacc"].max() - g["balacc"].min()) / 2
+        print(f"| {name} | {enc} | {red} | {g['balacc'].mean():.3f} ± {half:.3f} | "
+              f"{g['kept'].mean():.0%} | {g['seed'].nunique()} |")
 
 
 if __name__ == "__main__":

@@ -34,3 +34,11 @@ def test_none_keeps_every_standardised_feature():
     d_in = np.linalg.norm(x[0] - x[1:], axis=1)
     d_out = np.linalg.norm(result.embedding[0] - result.embedding[1:], axis=1)
     assert np.corrcoef(d_in, d_out)[0, 1] > 0.9
+
+
+def test_the_2d_map_is_still_a_umap_of_the_features():
+    x = _features()
+    cfg = replace(ReduceConfig(), method="pca", dims=5, map_2d=True, n_epochs=20, n_neighbors=10)
+    result = reduce_array(x, cfg, progress=False)
+    assert result.embedding.shape == (90, 5) and result.embedding_2d.shape == (90, 2)
+    assert np.isfinite(result.embedding_2d).all()

@@ -404,12 +404,45 @@ class EncodeConfig:
         flag="--rotations",
         choices=(1, 2, 4),
     )
+    # --- encoder = "adapted": a small CNN trained on the run's own stamps (skymorph.core.adapted)
+    adapted_size: int = setting(
+        64, 'Input size (px) of the ``adapted`` encoder (the stamps are shrunk to it).', min=16, max=512
+    )
+    adapted_width: int = setting(16, "Base channel count of the ``adapted`` encoder (8x it: feature length).",
+                                 min=4, max=256)
+    adapted_d4: bool = setting(
+        True, "Average the ``adapted`` features over the 8 rotations/flips of the input (invariance).")
+    train_teacher: str = setting(
+        "efficientnet_lite2",
+        "Teacher the ``adapted`` encoder distils (one pass on a random rotation/flip of each stamp), "
+        "or ``none`` (self-supervision only).",
+        choices=("efficientnet_lite0", "efficientnet_lite2", "none"),
+        flag="--train-teacher",
+    )
+    train_ssl: float = setting(
+        0.0, "Weight of the VICReg self-supervised loss of the ``adapted`` encoder (0: off).", min=0,
+        flag="--train-ssl")
+    train_sample: int = setting(10000, "Stamps (seeded sample) the ``adapted`` encoder is trained on.",
+                                min=2, flag="--train-sample")
+    train_steps: int = setting(300, "Optimiser steps of the ``adapted`` encoder's training.", min=1,
+                               flag="--train-steps")
+    train_batch: int = setting(32, "Stamps per training step of the ``adapted`` encoder.", min=2)
+    train_lr: float = setting(3e-3, "Peak learning rate (one-cycle AdamW) of the ``adapted`` encoder.", min=0)
+    train_seed: int = setting(0, "Seed of the ``adapted`` encoder's sample, weights and augmentations.",
+                              flag="--train-seed")
 
 
 @dataclass
 class ReduceConfig:
     """UMAP reduction of the features (paper section 3.3)."""
 
+    method: str = setting(
+        "umap",
+        "``umap`` (the paper), ``pca`` (``dims`` principal components of the standardised features) or "
+        "``none`` (the standardised features themselves; ``dims`` is ignored).",
+        flag="--method",
+        choices=("umap", "pca", "none"),
+    )
     dims: int | str = setting(
         300,
         'Output dimension (the paper: 300), or ``"auto"`` to scan ``dims_grid`` and keep the '

@@ -301,7 +301,7 @@ def _timm_names() -> list[str]:
 
 def close_names(name: str, n: int = 8) -> list[str]:
     """Registry and timm names that look like ``name``."""
-    candidates = list(OFFLINE_ENCODERS) + _timm_names()
+    candidates = list(OFFLINE_ENCODERS) + ["adapted"] + _timm_names()
     close = difflib.get_close_matches(name, candidates, n=n, cutoff=0.6)
     if len(close) < n:  # also catch a name that is a prefix or part of the real one
         close += [c for c in candidates if name.lower() in c.lower() and c not in close][: n - len(close)]
@@ -312,7 +312,7 @@ def _unknown(name: str) -> EncoderError:
     close = close_names(name)
     hint = f"; did you mean: {', '.join(close)}?" if close else ""
     return EncoderError(
-        f"unknown encoder {name!r}{hint} Offline encoders: {', '.join(OFFLINE_ENCODERS)}; "
+        f"unknown encoder {name!r}{hint} Offline encoders: {', '.join(OFFLINE_ENCODERS)}, adapted; "
         f"the paper's: {PAPER_ENCODER}; any timm model name works (see timm.list_models())."
     )
 
@@ -338,6 +338,8 @@ def weights_identity(cfg: EncodeConfig) -> dict[str, object]:
         return {"file": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if cfg.random_init:
         return {"random_init": True}
+    if cfg.encoder == "adapted":
+        return {"adapted": "trained on this run's stamps by the encode stage"}
     if cfg.encoder in OFFLINE_ENCODERS:
         from importlib.metadata import version
 
@@ -539,9 +541,29 @@ def _no_weights(name: str, hub_id: str | None, host: str, exc: Exception | None 
     )
 
 
+def _build_adapted(name: str, weights: Path | None, random_init: bool) -> tuple[nn.Module, dict, str]:
+    """The survey-adapted student of :mod:`skymorph.core.adapted` (trained by the encode stage)."""
+    from . import adapted
+
+    if weights is None:
+        if not random_init:
+            raise EncoderError(
+                "the 'adapted' encoder is trained on the run's own stamps by `skymorph encode RUN "
+                "--encoder adapted` (checkpoint RUN/adapted/checkpoint.pt); elsewhere give that "
+                "checkpoint with --weights FILE")
+        net = _seeded(adapted.AdaptedNet)
+        return adapted.D4Features(net), {"input_size": (net.arch["size"],) * 2, "mean": (0.5,) * 3,
+                                         "std": (0.5,) * 3, "interpolation": "bilinear"}, "random"
+    try:
+        return adapted.build_adapted(weights)
+    except ValueError as exc:
+        raise EncoderError(str(exc)) from None
+
+
 _BUILDERS: dict[str, Callable[[str, Path | None, bool], tuple[nn.Module, dict, str]]] = {
     name: _build_lite for name in OFFLINE_ENCODERS
 }
+_BUILDERS["adapted"] = _build_adapted
 
 
 def build_encoder(cfg: EncodeConfig) -> Encoder:
@@ -580,7 +602,8 @@ def build_encoder(cfg: EncodeConfig) -> Encoder:
         std=data["std"], interpolation=data["interpolation"], weights_source=source, device=device,
         precision=resolve_precision(cfg.precision, device), scaling=cfg.scaling,
         percentiles=(float(cfg.percentiles[0]), float(cfg.percentiles[1])), aspect=cfg.aspect,
-        rotations=int(cfg.rotations),
+        # the adapted encoder averages over all 8 rotations/flips itself
+        rotations=1 if cfg.encoder == "adapted" else int(cfg.rotations),
     )
     if encoder.rotations == 4 and encoder.input_size[0] != encoder.input_size[1]:
         raise EncoderError(f"encode.rotations = 4 needs a square input; {cfg.encoder} takes "

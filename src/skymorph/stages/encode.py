@@ -95,6 +95,9 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     n = int(images.shape[0])
     if n == 0:
         raise RunDirError(f"the '{source}' array of {run.path} is empty; nothing to encode")
+    adapted = None
+    if cfg.encoder == "adapted" and not cfg.weights and not cfg.random_init:
+        cfg, adapted = _train_adapted(run, images, cfg, fingerprint, progress)
     encoder = _encoders.build_encoder(cfg)
     session = ctx.compute
     distributed = session is not None and session.distributed
@@ -195,7 +198,28 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
                 precision=encoder.precision, n_rejected=len(empty_rows), n_resumed=n_done_before,
                 seconds=round(time.perf_counter() - t0, 2),
                 encode_seconds=round(elapsed, 3), encode_cpu_seconds=round(cpu_elapsed, 3),
-                images_per_s=round(n_new / elapsed, 2) if elapsed > 0 and n_new else None)
+                images_per_s=round(n_new / elapsed, 2) if elapsed > 0 and n_new else None,
+                **({"adapted": adapted} if adapted else {}))
+
+
+def _train_adapted(run: RunDir, images: Any, cfg: Any, key: str, progress: bool) -> tuple[Any, dict]:
+    """``encoder = "adapted"`` without ``weights``: train the encoder on this run's images once
+    (``RUN_DIR/adapted/checkpoint.pt``, reused while the settings and input are unchanged, e.g.
+    by a resumed run; another run reuses it with ``--weights``)."""
+    from dataclasses import replace
+
+    from ..core import adapted as _adapted
+
+    path = run.path / "adapted" / "checkpoint.pt"
+    try:
+        _, blob = _adapted.load_checkpoint(path)
+        if blob.get("key") == key:
+            return replace(cfg, weights=str(path)), {**blob["info"], "checkpoint": str(path), "reused": True}
+    except (FileNotFoundError, ValueError):
+        pass
+    net, info = _adapted.train_adapted(images, cfg, progress=progress)
+    _adapted.save_checkpoint(path, net, info, key)
+    return replace(cfg, weights=str(path)), {**info, "checkpoint": str(path)}
 
 
 

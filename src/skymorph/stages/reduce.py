@@ -404,6 +404,8 @@ def reduce_array(features: np.ndarray, cfg: ReduceConfig, ids: Sequence[Any] | N
     features = np.ascontiguousarray(features, dtype=np.float32)
     check_features(features, ids)
     n = features.shape[0]
+    if cfg.method != "umap":
+        return _linear(features, cfg)
     if isinstance(cfg.dims, str) and cfg.dims != "auto":
         try:
             cfg = replace(cfg, dims=int(cfg.dims))
@@ -459,6 +461,29 @@ def reduce_array(features: np.ndarray, cfg: ReduceConfig, ids: Sequence[Any] | N
     bar.close()
     return ReduceResult(embedding=embedding, dims=int(dims), embedding_2d=embedding_2d,
                         scan=scan, timings=timings, models=models)
+
+
+def _linear(features: np.ndarray, cfg: ReduceConfig) -> ReduceResult:
+    """``method = "pca"`` / ``"none"``: standardised features, optionally projected on their
+    first ``dims`` principal components (the 2-D map stays a UMAP of the features)."""
+    start = time.perf_counter()
+    x = features - features.mean(0)
+    x /= np.maximum(x.std(0), 1e-12)
+    dims = x.shape[1]
+    if cfg.method == "pca":
+        from sklearn.decomposition import PCA
+
+        dims = min(int(cfg.dims) if cfg.dims != "auto" else 50, *x.shape)
+        x = PCA(dims, random_state=cfg.seed).fit_transform(x)
+    timings = {cfg.method: time.perf_counter() - start}
+    embedding_2d = None
+    if cfg.map_2d:
+        start = time.perf_counter()
+        rows = _sample(x.shape[0], cfg.fit_sample, cfg.seed, 1)
+        embedding_2d = _embed_all(features, rows, 2, cfg, knn_graph(features[rows], cfg), progress=False)
+        timings["umap_2d"] = time.perf_counter() - start
+    return ReduceResult(embedding=np.ascontiguousarray(x, dtype=np.float32), dims=int(dims),
+                        embedding_2d=embedding_2d, scan=None, timings=timings)
 
 
 def _write(run: RunDir, name: str, data: np.ndarray, chunk: int) -> None:

@@ -116,7 +116,7 @@ def test_cluster_run_with_killed_workers_writes_the_local_runs_arrays_and_tables
     for stage in ("encode", "measure"):
         assert "pid" in kills[stage], f"no worker was killed during {stage}"
         assert kills[stage]["pid"] not in now
-    assert len(now) == 2 and not now & pids
+    assert len(now) == 2  # the killed workers were replaced (which ones were killed depends on timing)
     # the work did go to the cluster, and the sample-fitted steps were sample-fitted
     assert run.stage_info("encode")["device"].startswith("dask")
     assert run.stage_info("cluster")["fit_sample"] == 60

@@ -148,7 +148,7 @@ def _stage_parser(sub: Any, name: str) -> argparse.ArgumentParser:
     from .stages import get_stage
 
     stage = get_stage(name)
-    parser = sub.add_parser(name, help=COMMANDS.get(name, stage.description), description=stage.description,
+    parser = sub.add_parser(name, help=COMMANDS.get(name, stage.summary), description=stage.description,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     if stage.creates_run:
         for argument in stage.arguments:

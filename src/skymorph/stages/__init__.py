@@ -186,11 +186,6 @@ def _session(stage: Stage, config: Config, run: RunDir, fingerprint: str) -> Ite
         yield session
 
 
-def run_config(run: RunDir | None) -> Config:
-    """The settings a stage starts from: the run's ``config.toml``, else the defaults."""
-    return run.config() if run is not None else Config()
-
-
 def execute(name: str, run_dir: str | os.PathLike | RunDir, config: Config | None = None, *,
             force: bool = False, progress: bool = True, options: dict[str, Any] | None = None,
             **settings: Any) -> RunDir:
@@ -231,7 +226,7 @@ def execute(name: str, run_dir: str | os.PathLike | RunDir, config: Config | Non
         run = run_dir if isinstance(run_dir, RunDir) else RunDir.create(run_dir)
     else:
         run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    config = config if config is not None else run_config(run)
+    config = config if config is not None else run.config()
     if settings:
         if not stage.sections:
             raise ConfigError(f"stage {name} has no settings of its own; got {', '.join(settings)}")

@@ -348,7 +348,7 @@ def expert_agreement(votes: pd.DataFrame, types: Sequence[str], confidence: floa
                            "n_automatic_votes": int(auto.sum()), "n_votes": int(len(human)),
                            "n_clusters": int(human["cluster"].nunique()), "confidence": confidence,
                            "kappa": None, "kappa_low": None, "kappa_high": None, "kappa_words": "undefined",
-                           "alpha": None, "n_alpha": 0, "n_complete": 0}
+                           "alpha": None, "n_alpha": 0, "n_complete": 0, "pairwise": {}}
     per_cluster = {int(c): dict(zip(g["expert"], g["type"], strict=True))
                    for c, g in votes.groupby("cluster")}
     out["per_cluster"] = per_cluster

@@ -276,6 +276,17 @@ class _Later:
         return self.func(*self.args)
 
 
+def _result(future: Any) -> Any:
+    """A task's result; a worker killed over and over is a :class:`ComputeError` that says why."""
+    try:
+        return future.result()
+    except Exception as exc:
+        killed = _killed(exc)
+        if killed is not None:
+            raise killed from None
+        raise
+
+
 def _killed(exc: BaseException) -> ComputeError | None:
     if type(exc).__name__ == "KilledWorker":
         return ComputeError(f"a chunk task killed its Dask worker several times ({exc}); it probably "
@@ -299,13 +310,7 @@ def ordered_map(func: Callable[..., Any], items: Iterable[Any], args: tuple[Any,
         index, cached, handle = pending.popleft()
         if cached:
             return cache.get(call, index)
-        try:
-            value = handle.result()
-        except Exception as exc:
-            killed = _killed(exc)
-            if killed is not None:
-                raise killed from None
-            raise
+        value = _result(handle)
         if cache is not None:
             cache.put(call, index, value)
         return value
@@ -352,13 +357,7 @@ def run_chunks(func: Callable[..., Any], indices: Iterable[int], *args: Any,
     try:
         for future in queue:
             index = index_of.pop(future)
-            try:
-                value = future.result()
-            except Exception as exc:
-                killed = _killed(exc)
-                if killed is not None:
-                    raise killed from None
-                raise
+            value = _result(future)
             on_done(index, value)
             nxt = next(todo, None)
             if nxt is not None:

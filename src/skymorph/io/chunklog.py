@@ -169,3 +169,15 @@ def open_chunked(path: str | os.PathLike, shape: tuple[int, ...], chunk: int) ->
     if tuple(array.shape) != tuple(shape) or int(array.chunks[0]) != int(chunk):
         return None
     return array
+
+
+def resume_or_create(ledger: ChunkLedger, path: str | os.PathLike, shape: tuple[int, ...], chunk: int,
+                     ) -> dict[int, Any]:
+    """The chunks ``ledger`` records as finished when the array at ``path`` still holds them;
+    otherwise an empty dict, after creating the array afresh and starting a new ledger."""
+    done = ledger.resume()
+    if done and open_chunked(path, shape, chunk) is not None:
+        return done
+    create_chunked(path, shape, chunk)
+    ledger.start()
+    return {}

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from ..config import Config, DenoiseConfig
 from ..core.compute import run_chunks, worker_cached
 from ..core.sky import border_sky
-from ..io.chunklog import ChunkLedger, create_chunked, open_chunked
+from ..io.chunklog import ChunkLedger, resume_or_create
 from ..io.rundir import RunDir, iter_chunks
 from . import Stage, StageContext, execute
 
@@ -284,14 +284,10 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     model_hash = _file_hash(model_path)
     ledger = ChunkLedger(run.path, "denoise", f"{ctx.fingerprint}|{model_hash}|{n}|{chunk}|"
                                               f"{cfg.inference_batch_size}|{device}")
-    done = ledger.resume()
     out = run.array_path("denoised")
-    if done and open_chunked(out, (n, size, size), chunk) is not None:
+    done = resume_or_create(ledger, out, (n, size, size), chunk)
+    if done:
         log.info("denoise: resuming, %d of %d chunks already done", len(done), n_chunks)
-    else:
-        done = {}
-        create_chunked(out, (n, size, size), chunk)
-        ledger.start()
     # this process reuses the model in memory; Dask workers load the checkpoint once each
     worker_cached(_model_key(model_hash, cfg.device), lambda: model)
     with tqdm(total=n, initial=sum(min(n, (i + 1) * chunk) - i * chunk for i in done),

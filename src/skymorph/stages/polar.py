@@ -380,7 +380,7 @@ def polar_chunk(i: int, source: str, out: str, n: int, chunk: int, cfg: PolarCon
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
     from ..core.compute import run_chunks
-    from ..io.chunklog import ChunkLedger, create_chunked, open_chunked
+    from ..io.chunklog import ChunkLedger, resume_or_create
 
     cfg, run = ctx.config.polar, ctx.run
     source, _ = image_source(ctx.config, "polar")
@@ -390,14 +390,10 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     chunk = images.chunks[0]
     n_chunks = -(-n // chunk)
     ledger = ChunkLedger(run.path, "polar", f"{ctx.fingerprint}|{n}|{chunk}|{cfg.batch_size}")
-    done = ledger.resume()
     out = run.array_path("polar")
-    if done and open_chunked(out, (n, rows, cols), chunk) is not None:
+    done = resume_or_create(ledger, out, (n, rows, cols), chunk)
+    if done:
         log.info("polar: resuming, %d of %d chunks already done", len(done), n_chunks)
-    else:
-        done = {}
-        create_chunked(out, (n, rows, cols), chunk)
-        ledger.start()
     counts = dict(done)
     with tqdm(total=n, initial=sum(min(n, (i + 1) * chunk) - i * chunk for i in done), desc="polar",
               unit="stamp", disable=not ctx.progress) as bar:

@@ -77,10 +77,13 @@ def _metavar(spec: SettingSpec) -> str:
     return "|".join(words.get(k, k) for k in kinds)
 
 
-def _setting_help(spec: SettingSpec) -> str:
+def _setting_help(spec: SettingSpec, flag: str | None = None) -> str:
     default = spec.default
     shown = "unset" if default is None else default
     text = re.sub(r"``(.+?)``", r"'\1'", spec.help).replace("%", "%%")
+    if spec.annotation == "bool" and (flag or spec.flag or "").startswith("--no-"):
+        # the flag switches the setting off: say so first, then what the setting does when on
+        return f"switch off (on by default): {text} (--set {spec.key}=false)"
     return f"{text} (default: {shown}; --set {spec.key}=...)"
 
 
@@ -100,7 +103,7 @@ def add_setting_flag(parser: argparse.ArgumentParser | Any, spec: SettingSpec,
                      flag: str | None = None) -> None:
     """One flag for one setting; only flags the user gives override the settings."""
     flag = flag or spec.flag or "--" + spec.name.replace("_", "-")
-    common = {"dest": spec.key, "default": argparse.SUPPRESS, "help": _setting_help(spec)}
+    common = {"dest": spec.key, "default": argparse.SUPPRESS, "help": _setting_help(spec, flag)}
     if spec.annotation == "bool":
         action = "store_false" if flag.startswith("--no-") else "store_true"
         parser.add_argument(flag, action=action, **common)
@@ -116,7 +119,10 @@ def _parse_text(text: str) -> str:
     return text
 
 
-def _common(parser: argparse.ArgumentParser, *, force: bool = True) -> None:
+def _common(parser: argparse.ArgumentParser, *, force: bool = True, scheduler: bool = False,
+            save: bool = False) -> None:
+    """The options every command shares; ``scheduler`` only where chunks run on it, ``save``
+    only where the command records its settings in ``config.toml``."""
     group = parser.add_argument_group("settings and output")
     group.add_argument("--config", metavar="FILE", help="TOML file of settings ([section] tables)")
     group.add_argument("--preset", choices=sorted(PRESETS), default=None,
@@ -124,13 +130,21 @@ def _common(parser: argparse.ArgumentParser, *, force: bool = True) -> None:
                        "a new run starts from 'default', an existing one from its config.toml")
     group.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
                        help="override any setting, e.g. --set cluster.k=10 (repeatable)")
-    add_setting_flag(group, section_settings("compute")["scheduler"])
+    if scheduler:
+        add_setting_flag(group, section_settings("compute")["scheduler"])
+    if save:
+        group.add_argument("--save-settings", action="store_true",
+                           help="also record this command's execution-only settings (scheduler, workers, "
+                           "batch sizes, device, threads) in RUN_DIR/config.toml for later commands; "
+                           "without it they apply to this command only")
     if force:
         group.add_argument("--force", action="store_true",
                            help="recompute even when the inputs and settings are unchanged")
     verbosity = group.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="log skymorph's details")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no bars")
+    verbosity.add_argument("-v", "--verbose", action="store_true",
+                           help="also log what each step does (INFO and DEBUG lines)")
+    verbosity.add_argument("-q", "--quiet", action="store_true",
+                           help="no progress bars (warnings and errors are shown either way)")
 
 
 def _settings(keys: Sequence[str]) -> list[SettingSpec]:
@@ -165,7 +179,7 @@ def _stage_parser(sub: Any, name: str) -> argparse.ArgumentParser:
     else:
         specs = []
     _settings_group(parser, "settings of this stage", specs)
-    _common(parser)
+    _common(parser, scheduler=stage.chunked, save=True)
     parser.set_defaults(handler=_run_stage(name))
     return parser
 
@@ -192,7 +206,8 @@ def _run_stage(name: str) -> Callable[[argparse.Namespace, Config], int]:
         stage = get_stage(name)
         options = {a.dest: getattr(args, a.dest) for a in stage.arguments}
         where = args.out if stage.creates_run else args.run_dir
-        run = execute(name, where, config, force=args.force, progress=not args.quiet, options=options)
+        run = execute(name, where, config, force=args.force, progress=not args.quiet, options=options,
+                      save_settings=args.save_settings)
         if stage.report is not None:
             print(stage.report(run, run.stage_info(name) or {}, options))
         return 0
@@ -222,7 +237,7 @@ def _run_parser(sub: Any) -> None:
     flags = {"denoise.enabled": "--denoise", "polar.enabled": "--polar"}
     for spec in _settings(RUN_FLAGS):
         add_setting_flag(group, spec, flags.get(spec.key))
-    _common(parser, force=False)
+    _common(parser, force=False, scheduler=True, save=True)
     parser.set_defaults(handler=_run_pipeline)
 
 
@@ -233,7 +248,7 @@ def _run_pipeline(args: argparse.Namespace, config: Config) -> int:
     inputs = list(args.inputs) + ([str(cosmos_demo())] if args.demo else [])
     if not inputs:
         raise ConfigError("no inputs: name cutout files or directories, or use --demo")
-    run_dir = run(inputs, args.out, config, progress=not args.quiet)
+    run_dir = run(inputs, args.out, config, progress=not args.quiet, save_settings=args.save_settings)
     catalog = run_dir.catalog()
     kept = int(catalog["consensus"].sum())
     print(f"{len(catalog)} galaxies clustered into {catalog['cluster'][catalog['cluster'] >= 0].nunique()} "
@@ -287,7 +302,7 @@ def _auto_parser(actions: Any) -> None:
         "      --map spiral_cw=SPIRAL --map spiral_acw=SPIRAL --exclude dont_know --exclude merger --merge",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory with a catalog")
-    _truth_arguments(p, "label")
+    _truth_arguments(p, "label", "labels")
     p.add_argument("--expert", default=None, metavar="NAME",
                    help="voter name (must start with 'auto:'; default auto:<truth file name>)")
     p.add_argument("--merge", action="store_true",
@@ -297,9 +312,9 @@ def _auto_parser(actions: Any) -> None:
     p.set_defaults(handler=_auto)
 
 
-def _truth_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+def _truth_arguments(parser: argparse.ArgumentParser, what: str, plural: str) -> None:
     parser.add_argument("--truth", required=True, metavar="FILE",
-                        help=f"table of known {what}s (CSV, TSV, Parquet or FITS)")
+                        help=f"table of known {plural} (CSV, TSV, Parquet or FITS)")
     parser.add_argument("--id-col", required=True, metavar="COL",
                         help="truth column matched (as text) to the catalog's id")
     parser.add_argument("--label-col", required=True, metavar="COL", help=f"truth column of the {what}")
@@ -322,6 +337,7 @@ def _pairs(items: Sequence[str] | None) -> dict[str, str]:
 def _auto(args: argparse.Namespace, config: Config) -> int:
     import pandas as pd
 
+    from ._text import text_table
     from .inspection.auto import auto_votes, human_voters
     from .inspection.merge import format_counts
     from .io.rundir import RunDir
@@ -333,9 +349,10 @@ def _auto(args: argparse.Namespace, config: Config) -> int:
     voted = result[result["type"] != ""]
     print(f"{len(voted)} of {len(result)} consensus clusters named automatically "
           f"(majority label of the sampled members) in {run.path / 'inspection' / 'votes.csv'}:")
-    for row in result.itertuples():
-        print(f"  cluster {row.cluster:>3}: {row.type or '(no labelled member: no vote)':<12} "
-              f"{row.n_majority}/{row.n_labelled} labelled  [{row.labels}]")
+    print(text_table(["cluster", "vote", "majority", "labels"],
+                     [[row.cluster, row.type or "(no labelled member: no vote)",
+                       f"{row.n_majority}/{row.n_labelled} labelled", f"[{row.labels}]"]
+                      for row in result.itertuples()], indent="  "))
     min_agree = config.inspect.min_agree if human_voters(run) else 1
     if args.merge:
         merged = merge(run, config=config, min_agree=min_agree)
@@ -358,14 +375,15 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
 def _info_parser(sub: Any) -> None:
     parser = sub.add_parser("info", help=COMMANDS["info"], description=COMMANDS["info"])
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
-    parser.set_defaults(handler=lambda args, config: print(_open_run(args.run_dir).summary()) or 0,
-                        no_config=True)
+    parser.set_defaults(handler=_info, no_config=True)
 
 
-def _open_run(path: str) -> Any:
+def _info(args: argparse.Namespace, config: Config) -> int:
     from .io.rundir import RunDir
+    from .stages import STAGES
 
-    return RunDir(path)
+    print(RunDir(args.run_dir).summary(stage_order=tuple(STAGES)))
+    return 0
 
 
 def _evaluate_parser(sub: Any) -> None:
@@ -379,7 +397,7 @@ def _evaluate_parser(sub: Any) -> None:
         "  skymorph evaluate myrun --truth labels.csv --id-col objid --label-col gz1_name \\\n"
         "      --map spiral_cw=spiral --map spiral_acw=spiral --exclude dont_know")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory with a catalog")
-    _truth_arguments(parser, "class")
+    _truth_arguments(parser, "class", "classes")
     parser.add_argument("--out", metavar="FILE", default=None,
                         help="JSON output (default RUN_DIR/evaluation/evaluation.json)")
     _settings_group(parser, "settings of the simulated inspection (as in the montages)",
@@ -465,10 +483,10 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
 
 
 def _logging(args: argparse.Namespace) -> None:
-    # Only skymorph's own logger gets DEBUG with -v: zarr, asyncio and numba stay quiet.
+    # Only skymorph's own logger gets DEBUG with -v: zarr, asyncio and numba stay quiet.  By
+    # default only warnings and errors are logged: each command prints its own summary.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    level = (logging.DEBUG if getattr(args, "verbose", False)
-             else logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    level = logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING
     logging.getLogger("skymorph").setLevel(level)
 
 
@@ -486,7 +504,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         config = Config() if getattr(args, "no_config", False) else config_from_args(args)
-        return int(args.handler(args, config) or 0)
+        code = int(args.handler(args, config) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # the reader went away (`skymorph info RUN | head`): nothing is wrong, stop writing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ConfigError, RunDirError, FileNotFoundError, ValueError) as exc:
         print(f"skymorph {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -52,6 +52,7 @@ def setting(
     result: bool = True,
     flag: str | None = None,
     metavar: str | None = None,
+    execution: bool | None = None,
 ) -> Any:
     """A dataclass field that carries its own documentation and checks.
 
@@ -74,6 +75,12 @@ def setting(
         also be given as ``--set SECTION.KEY=VALUE``.
     metavar : str, optional
         Placeholder shown for the value in ``--help``.
+    execution : bool, optional
+        Whether the setting only says how one command runs (scheduler, workers, batch
+        sizes, device, threads): given on the command line or as a keyword it applies
+        to that command only and is not recorded in ``config.toml`` (unless asked:
+        ``--save-settings``).  By default ``not result``; a switch that changes what
+        the later stages read (``denoise.enabled``) sets ``execution=False``.
     """
     meta = {
         "help": help,
@@ -83,6 +90,7 @@ def setting(
         "result": result,
         "flag": flag,
         "metavar": metavar,
+        "execution": (not result) if execution is None else bool(execution),
     }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
@@ -217,6 +225,7 @@ class DenoiseConfig:
         "labelled GZ1 development set the encoder separated the classes better from the ingested "
         "stamps (see the README's evaluation); when off, polar/encode read the ingested stamps.",
         result=False,
+        execution=False,
     )
     channels: list[int] = setting(
         [16, 8],
@@ -271,6 +280,7 @@ class DenoiseConfig:
         "Reuse a trained CAE (``RUN_DIR/cae/checkpoint.pt`` of another run) instead of training.",
         flag="--cae-checkpoint",
         result=False,
+        execution=False,
     )
     inference_batch_size: int = setting(
         32, "Stamps per forward pass at inference (small batches stay in CPU cache).", min=1, result=False
@@ -296,6 +306,7 @@ class PolarConfig:
         "right-angle rotations (``encode.rotations = 4``) give the rotation invariance with better "
         "measured class separation; when off, encode reads the (denoised) stamps.",
         result=False,
+        execution=False,
     )
     angle_step: float = setting(
         0.05, "Angle between rays in radians.", flag="--angle-step", min=0.001, max=3.14
@@ -1017,6 +1028,19 @@ class Config:
             for s in sections
         }
 
+    def with_execution_settings(self, source: Config) -> Config:
+        """A copy whose execution-only settings (:func:`setting`'s ``execution``: scheduler,
+        workers, batch sizes, device, threads) are those of ``source``; every other
+        setting is this one's.  What ``config.toml`` records when the command line's
+        execution-only values must apply to that command only."""
+        new = dataclasses.replace(self)
+        for section in _SECTIONS:
+            keep = {key: getattr(getattr(source, section), key)
+                    for key, spec in _specs(section).items() if spec.execution}
+            if keep:
+                setattr(new, section, dataclasses.replace(getattr(new, section), **keep))
+        return new
+
     def fingerprint(self, *sections: str) -> str:
         """Stable hash of the result-changing settings of the named sections."""
         text = json.dumps(self.result_settings(*sections), sort_keys=True, default=str)
@@ -1051,6 +1075,8 @@ class SettingSpec:
     result: bool
     flag: str | None
     metavar: str | None
+    execution: bool = False
+    """Applies to one command only; not recorded from the command line (see :func:`setting`)."""
 
     @property
     def key(self) -> str:
@@ -1172,6 +1198,7 @@ def _specs(section: str) -> dict[str, SettingSpec]:
             result=meta.get("result", True),
             flag=meta.get("flag"),
             metavar=meta.get("metavar"),
+            execution=meta.get("execution", not meta.get("result", True)),
         )
     return specs
 

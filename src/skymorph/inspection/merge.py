@@ -197,7 +197,8 @@ def merge_votes(run: RunDir, votes: Sequence[str | os.PathLike] | None, config: 
 
 def format_counts(counts: pd.DataFrame) -> str:
     """The type counts as a small text table."""
-    lines = [f"{'type':<8}{'clusters':>9}{'galaxies':>10}{'fraction':>10}"]
-    for r in counts.to_dict(orient="records"):
-        lines.append(f"{r['type']:<8}{r['n_clusters']:>9}{r['n_galaxies']:>10}{r['fraction']:>10.1%}")
-    return "\n".join(lines)
+    from .._text import text_table
+
+    return text_table(["type", "clusters", "galaxies", "fraction"],
+                      [[r["type"], r["n_clusters"], r["n_galaxies"], f"{r['fraction']:.1%}"]
+                       for r in counts.to_dict(orient="records")])

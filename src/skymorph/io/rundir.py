@@ -36,7 +36,7 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +53,8 @@ __all__ = ["RunDir", "RunDirError", "ArrayWriter", "REJECT_COLUMNS", "iter_chunk
 
 FORMAT_VERSION = 1
 REJECT_COLUMNS = ["id", "origin", "stage", "reason"]
+ARRAY_ORDER = ("stamps", "rms", "psf", "denoised", "polar", "features", "embedding", "embedding_2d")
+"""The arrays of a run in the order the pipeline writes them (``skymorph info`` lists them so)."""
 # Zarr skips writing a chunk whose every value is the fill value (NaN); a chunk of
 # all-NaN items (e.g. error maps of stamps that have none) would then read as lost.
 _KEEP_EMPTY_CHUNKS = {"write_empty_chunks": True}
@@ -129,13 +131,20 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
-    def summary(self) -> str:
-        """A few lines on what the run holds: stages finished, arrays, catalog, rejects."""
+    def summary(self, stage_order: Sequence[str] = ()) -> str:
+        """A few lines on what the run holds: stages finished, arrays, catalog, rejects.
+
+        Stages are listed in ``stage_order`` (the pipeline's, from the stage registry),
+        any others after them in the order they finished; arrays in the order of the
+        pipeline that writes them.
+        """
         lines = [f"run directory {self.path}"]
-        for path in sorted((self.path / "stages").glob("*.json")):
-            info = self.stage_info(path.stem) or {}
-            lines.append(f"  {path.stem:<9} finished {info.get('finished', '?')}")
-        for path in sorted(self.path.glob("*.zarr")):
+        infos = {p.stem: self.stage_info(p.stem) or {} for p in (self.path / "stages").glob("*.json")}
+        rank = {name: i for i, name in enumerate(stage_order)}
+        for name in sorted(infos, key=lambda n: (rank.get(n, len(rank)), str(infos[n].get("finished")), n)):
+            lines.append(f"  {name:<9} finished {infos[name].get('finished', '?')}")
+        arrays = {name: i for i, name in enumerate(ARRAY_ORDER)}
+        for path in sorted(self.path.glob("*.zarr"), key=lambda p: (arrays.get(p.stem, len(arrays)), p.stem)):
             array = self.open_array(path.stem, check=False)
             lines.append(f"  {path.stem:<13} {' x '.join(map(str, array.shape))} {array.dtype}")
         if (self.path / "catalog.parquet").exists():
@@ -202,8 +211,16 @@ class RunDir:
 
     # -- settings and staleness ------------------------------------------------
 
-    def record_config(self, config: Config) -> None:
-        """Write every setting to ``config.toml``."""
+    def record_config(self, config: Config, *, execution: bool = False) -> None:
+        """Write every setting to ``config.toml``.
+
+        Execution-only settings (scheduler, workers, batch sizes, device, threads; see
+        :func:`skymorph.config.setting`) keep the values already recorded (the defaults
+        in a new run), so a value given for one command does not follow the later ones;
+        ``execution=True`` records ``config``'s own values of them too.
+        """
+        if not execution:
+            config = config.with_execution_settings(self.config())
         _atomic_write(self.path / "config.toml",
                       f"# settings used by skymorph {__version__}\n" + config.to_toml())
 

@@ -188,7 +188,7 @@ def _session(stage: Stage, config: Config, run: RunDir, fingerprint: str) -> Ite
 
 def execute(name: str, run_dir: str | os.PathLike | RunDir, config: Config | None = None, *,
             force: bool = False, progress: bool = True, options: dict[str, Any] | None = None,
-            **settings: Any) -> RunDir:
+            save_settings: bool = False, **settings: Any) -> RunDir:
     """Run stage ``name`` on a run directory, or reuse its output when it is current.
 
     Parameters
@@ -206,6 +206,10 @@ def execute(name: str, run_dir: str | os.PathLike | RunDir, config: Config | Non
         Show progress bars.
     options : dict, optional
         The stage's non-setting inputs (:attr:`Stage.arguments`).
+    save_settings : bool
+        Also record the execution-only settings of ``config`` (scheduler, workers,
+        batch sizes, device, threads) in ``config.toml``, even when the stage is
+        reused; by default they apply to this call only.
     **settings
         Overrides of the stage's own config section, e.g. ``k=10`` for ``cluster``.
 
@@ -248,12 +252,14 @@ def execute(name: str, run_dir: str | os.PathLike | RunDir, config: Config | Non
         if not (force or stage.always) and run.is_current(name, fingerprint) and all(
                 run.exists(path) for path in stage.outputs):
             log.info("%s: inputs and settings unchanged, reusing the output in %s", name, run.path)
+            if save_settings:
+                run.record_config(config, execution=True)
         else:
             ctx.fingerprint = fingerprint
             with _session(stage, config, run, fingerprint) as session:
                 ctx.compute = session
                 run.invalidate(name)
-                run.record_config(config)
+                run.record_config(config, execution=save_settings)
                 summary = stage.compute(ctx) or {}
                 if session is not None and session.cache.n_reused:
                     summary.setdefault("n_tasks_resumed", session.cache.n_reused)

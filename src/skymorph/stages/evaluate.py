@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._text import text_table
 from ..config import Config
 from ..io.rundir import RunDir
 
@@ -405,16 +406,13 @@ def format_report(result: Mapping[str, Any]) -> str:
     names = Counter(insp["cluster_names"].values())
     lines.append("  clusters named: " + ", ".join(f"{k} {v}" for k, v in sorted(names.items())))
     labels = insp["labels"]
-    width = max([len(x) for x in labels] + [10]) + 2
     lines.append("")
-    lines.append("  confusion (rows: true class, columns: named type)  recall  kept")
-    lines.append("  " + " " * width + "".join(f"{lab[:9]:>10}" for lab in labels))
-    for lab, row in zip(labels, insp["confusion_matrix"], strict=True):
-        if lab not in result["classes"]:
-            continue
-        lines.append(f"  {lab:<{width}}" + "".join(f"{v:>10}" for v in row)
-                     + f"  {_fmt(insp['recall_by_class'].get(lab)):>6}"
-                     + f"  {_fmt(result['kept_by_class'].get(lab), True):>6}")
+    lines.append("  confusion (rows: true class, columns: named type)")
+    lines.append(text_table(
+        ["", *labels, "recall", "kept"],
+        [[lab, *row, _fmt(insp["recall_by_class"].get(lab)), _fmt(result["kept_by_class"].get(lab), True)]
+         for lab, row in zip(labels, insp["confusion_matrix"], strict=True) if lab in result["classes"]],
+        indent="  "))
     if "final_types" in result:
         lines.append("")
         lines.append("final types (morph_type_final, after `skymorph extend`) against the true classes:")

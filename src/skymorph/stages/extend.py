@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._text import text_table
 from ..config import Config
 from ..io.rundir import RunDir, RunDirError
 from . import Stage, StageContext, execute
@@ -189,9 +190,9 @@ def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
              f"{report['n_experts']} keep the experts' type",
              f"cross-validated on the {report['n_train']} training galaxies: accuracy "
              f"{report['cv_accuracy']:.3f}, balanced accuracy {report['cv_balanced_accuracy']:.3f}, "
-             f"ECE {report['ece']:.3f}",
-             f"{'type':<12}{'experts':>9}{'extended':>10}"]
-    lines += [f"{t:<12}{c['experts']:>9}{c['extended']:>10}" for t, c in report["counts"].items()]
+             f"ECE {report['ece']:.3f}"]
+    lines.append(text_table(["type", "experts", "extended"],
+                            [[t, c["experts"], c["extended"]] for t, c in report["counts"].items()]))
     lines.append(f"written to {run.path / 'catalog.parquet'} and {run.path / 'extend' / 'extend.json'}")
     return "\n".join(lines)
 

@@ -20,7 +20,7 @@ __all__ = ["run"]
 
 
 def run(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: Config | None = None, *,
-        progress: bool = True) -> RunDir:
+        progress: bool = True, save_settings: bool = False) -> RunDir:
     """Run ingest through cluster and draw the cluster montages.
 
     Parameters
@@ -35,6 +35,9 @@ def run(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: Con
         those stages on.
     progress : bool
         Show progress bars.
+    save_settings : bool
+        Also record the execution-only settings (scheduler, workers, batch sizes,
+        device, threads) in ``config.toml``; by default they apply to this call only.
 
     Returns
     -------
@@ -50,6 +53,6 @@ def run(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: Con
         switch = get_stage(name).switch
         if switch is not None and not getattr(config.section(switch.split(".")[0]), switch.split(".")[1]):
             continue
-        execute(name, run_dir, config, progress=progress,
+        execute(name, run_dir, config, progress=progress, save_settings=save_settings,
                 options={"inputs": list(inputs)} if name == "ingest" else None)
     return run_dir

@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -313,13 +313,60 @@ def train_adapted(images: Any, cfg: EncodeConfig, device: torch.device | None = 
     net.eval()
     tenth = max(1, steps // 10)
     curve = [float(np.mean(losses[i:i + tenth])) for i in range(0, steps, tenth)]
-    info = {"loss": curve, "n_train": int(rows.size),
+    info = {"loss": curve, "loss_steps": [round(v, 6) for v in losses],
+            "convergence": convergence(losses), "n_train": int(rows.size),
             "teacher": "given" if given else cfg.train_teacher,
             "teacher_seconds": round(teacher_seconds, 2), "train_seconds": round(time.perf_counter() - t1, 2),
             "steps": steps, "device": str(device)}
     log.info("adapted: trained on %d stamps (%d steps, loss %.3f -> %.3f) in %.0f s + teacher %.0f s",
              rows.size, steps, curve[0], curve[-1], info["train_seconds"], teacher_seconds)
     return net, info
+
+
+def convergence(losses: Sequence[float], *, tail: float = 0.3, tolerance: float = 0.02) -> dict[str, Any]:
+    """Whether a training loss had levelled off by the end.
+
+    The per-step losses are averaged over tenths of the run (they are noisy batch by
+    batch); the change over the last ``tail`` of the steps is compared with the final
+    loss.
+
+    Parameters
+    ----------
+    losses : sequence of float
+        The loss of every optimiser step, in order.
+    tail : float
+        Share of the steps, at the end, whose change is judged.
+    tolerance : float
+        Relative change over the tail below which the loss counts as level.
+
+    Returns
+    -------
+    dict
+        ``status`` (``"converged"``, ``"still falling"``, ``"rising"`` or ``"too short"``),
+        ``tail_change`` (relative change of the loss over the tail; negative: falling),
+        ``first`` and ``last`` (mean loss of the first and last tenth) and ``text``, one
+        sentence for the stage summary.
+    """
+    values = np.asarray(list(losses), dtype=np.float64)
+    if values.size < 10 or not np.isfinite(values).all():
+        return {"status": "too short", "tail_change": float("nan"), "first": float("nan"),
+                "last": float("nan"), "text": f"{values.size} steps with finite loss: too few to judge"}
+    tenths = np.array([chunk.mean() for chunk in np.array_split(values, 10)])
+    back = max(1, int(round(tail * 10)))
+    before, last = tenths[-1 - back], tenths[-1]
+    change = float((last - before) / max(abs(last), 1e-12))
+    pct = f"{abs(change):.1%}"
+    share = f"{back * 10}%"
+    if change > tolerance:
+        status, text = "rising", (f"the loss rose by {pct} over the last {share} of the steps: lower "
+                                  "encode.train_lr")
+    elif change < -tolerance:
+        status, text = "still falling", (f"the loss still fell by {pct} over the last {share} of the steps: "
+                                         "more encode.train_steps may help")
+    else:
+        status, text = "converged", f"converged: the loss changed by {pct} over the last {share} of the steps"
+    return {"status": status, "tail_change": change, "first": float(tenths[0]), "last": float(last),
+            "text": text}
 
 
 def save_checkpoint(path: str | Path, net: AdaptedNet, info: dict[str, Any], key: str = "") -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from ..config import Config, EncodeConfig
@@ -214,22 +215,77 @@ def _train_adapted(run: RunDir, images: Any, cfg: Any, key: str, progress: bool)
     try:
         _, blob = _adapted.load_checkpoint(path)
         if blob.get("key") == key:
-            return replace(cfg, weights=str(path)), {**blob["info"], "checkpoint": str(path), "reused": True}
+            info = {**blob["info"], "checkpoint": str(path), "reused": True}
+            return replace(cfg, weights=str(path)), _training_record(path.parent, info)
     except (FileNotFoundError, ValueError):
         pass
     net, info = _adapted.train_adapted(images, cfg, progress=progress)
     _adapted.save_checkpoint(path, net, info, key)
-    return replace(cfg, weights=str(path)), {**info, "checkpoint": str(path)}
+    return replace(cfg, weights=str(path)), _training_record(path.parent, {**info, "checkpoint": str(path)})
+
+
+def _training_record(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """The training curve of the adapted encoder in ``RUN_DIR/adapted`` (``training_curve.csv``
+    and ``.png``), and what the stage summary keeps of it (the curve per tenth of the steps and
+    the convergence note, not every step)."""
+    from ..core import adapted as _adapted
+
+    steps = info.get("loss_steps") or info.get("loss") or []
+    if "convergence" not in info:  # a checkpoint from before the note
+        info = {**info, "convergence": _adapted.convergence(steps)}
+    pd.DataFrame({"step": np.arange(1, len(steps) + 1), "loss": steps}).to_csv(
+        folder / "training_curve.csv", index=False)
+    figure = plot_training_curve(steps, folder / "training_curve.png", note=info["convergence"]["text"])
+    record = {k: v for k, v in info.items() if k != "loss_steps"}
+    record["curve_figure"] = str(figure)
+    return record
+
+
+def plot_training_curve(losses: Any, path: str | os.PathLike, note: str = "") -> Path:
+    """Plot the adapted encoder's loss per step and its running mean (PNG); return the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.asarray(losses, dtype=np.float64)
+    steps = np.arange(1, values.size + 1)
+    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=120)
+    ax.plot(steps, values, color="C0", alpha=0.35, lw=0.8, label="loss per step (one batch)")
+    window = max(1, values.size // 20)
+    if values.size >= 2 * window > 1:
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], smooth, color="C0", lw=2, label=f"running mean of {window} steps")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Adapted encoder: training curve", fontsize=10)
+    if note:
+        ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=7, va="bottom", wrap=True)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
     speed = f", {info['images_per_s']} images/s" if info.get("images_per_s") else ""
-    return (f"{info.get('n_images', 0)} x {info.get('dim', 0)} features from '{info.get('input')}' "
+    text = (f"{info.get('n_images', 0)} x {info.get('dim', 0)} features from '{info.get('input')}' "
             f"with {info.get('encoder')} ({info.get('weights')} weights, {info.get('device')}{speed}) "
             f"written to {run.array_path('features')}; {info.get('n_rejected', 0)} rejected"
             + (f"; {info['n_resumed']} resumed from an interrupted run" if info.get("n_resumed") else ""))
+    adapted = info.get("adapted")
+    if adapted and adapted.get("loss"):
+        curve = " ".join(f"{v:.3g}" for v in adapted["loss"])
+        how = "reused the checkpoint trained" if adapted.get("reused") else "trained"
+        text += (f"\nadapted encoder: {how} on {adapted.get('n_train')} stamps, "
+                 f"{adapted.get('steps')} steps; "
+                 f"loss per tenth of the steps: {curve}\n"
+                 f"  {adapted.get('convergence', {}).get('text', '')}; curve: {adapted.get('curve_figure')}")
+    return text
 
 
 def _check(config: Config) -> None:

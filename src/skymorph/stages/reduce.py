@@ -545,10 +545,28 @@ def _compute_placed(ctx: StageContext, array: Any, fit_rows: np.ndarray) -> dict
     return _summary(run, cfg, (n, width), result)
 
 
+def expansion_note(n_features: int, dims: int, method: str = "umap") -> str | None:
+    """A warning when the "reduction" has more dimensions than the features it starts from.
+
+    UMAP accepts it (e.g. 128-d adapted-encoder features to the paper's 300-d), but it
+    reduces nothing: the extra axes only carry the optimiser's layout.  ``None`` when
+    ``dims`` is no more than ``n_features``.
+    """
+    if method != "umap" or int(dims) <= int(n_features):
+        return None
+    return (f"UMAP to {dims} dimensions from {n_features}-d features reduces nothing (the output has "
+            f"more axes than the input); consider --dims {max(2, int(n_features) // 2)} or "
+            f"--set reduce.method=\"none\"")
+
+
 def _summary(run: RunDir, cfg: ReduceConfig, shape: tuple[int, int], result: ReduceResult) -> dict[str, Any]:
     features_shape = shape
     summary: dict[str, Any] = {"n_galaxies": features_shape[0], "n_features": features_shape[1],
                                "dims": result.dims, "seconds": result.timings}
+    note = expansion_note(features_shape[1], result.dims, cfg.method)
+    if note is not None:
+        log.warning("reduce: %s", note)
+        summary["note"] = note
     if result.scan is not None:
         out = run.path / "reduce"
         out.mkdir(exist_ok=True)
@@ -565,6 +583,8 @@ def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
             f"{info.get('dims', '?')} dimensions -> {run.array_path('embedding')}")
     if "scan" in info:
         line += f"; scan table and plot in {run.path / 'reduce'}"
+    if info.get("note"):
+        line += f"\nnote: {info['note']}"
     return line
 
 

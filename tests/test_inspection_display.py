@@ -142,9 +142,12 @@ def test_display_scaled_inputs_are_shown_as_they_are(jpeg_run):
     assert display_scaled_stamps(jpeg_run, len(stamps)).all()
     montage(jpeg_run, Config(), progress=False)
     for stamp, cell in montage_cells(jpeg_run):
-        assert np.array_equal(cell, np.round(linear(stamps[stamp]) * 255).astype(np.uint8))
-        assert not np.array_equal(cell, np.round(stretch(stamps[stamp]) * 255).astype(np.uint8))
-    # inspect.stretch = asinh forces the stretch on them (and redraws the montages)
+        # SDSS gri JPEGs are colour: shown in their own colours, whose luminance is the stamp's
+        assert cell.shape == (100, 100, 3) and np.abs(cell[..., 0].astype(int) - cell[..., 2]).mean() > 2
+        grey = cell @ np.array([0.299, 0.587, 0.114])
+        assert np.corrcoef(grey.ravel(), stamps[stamp].ravel())[0, 1] > 0.99
+        assert not np.array_equal(grey.round(), np.round(stretch(stamps[stamp]) * 255))
+    # inspect.stretch = asinh forces the stretch on them (and redraws the montages), in grey
     montage(jpeg_run, Config().update({"inspect": {"stretch": "asinh"}}), progress=False)
     for stamp, cell in montage_cells(jpeg_run):
         assert np.array_equal(cell, np.round(stretch(stamps[stamp]) * 255).astype(np.uint8))

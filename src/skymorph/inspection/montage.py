@@ -319,18 +319,25 @@ def _cell_origin(i: int, geom: dict[str, int]) -> tuple[int, int]:
 
 
 def _render_montage(images: np.ndarray, scaled: np.ndarray, title: str,
-                    cfg: InspectConfig) -> tuple[Any, dict[str, int]]:
+                    cfg: InspectConfig, colour: list[np.ndarray | None] | None = None
+                    ) -> tuple[Any, dict[str, int]]:
     from PIL import Image, ImageDraw, ImageFont
 
     geom = _geometry(len(images), cfg)
-    canvas = Image.new("L", (geom["width"], geom["height"]), color=60)
+    colour = colour if colour is not None else [None] * len(images)
+    mode = "RGB" if any(c is not None for c in colour) else "L"
+    grey = (lambda v: (v, v, v)) if mode == "RGB" else (lambda v: v)
+    canvas = Image.new(mode, (geom["width"], geom["height"]), color=grey(60))
     draw = ImageDraw.Draw(canvas)
-    draw.rectangle([0, 0, geom["width"], geom["header"]], fill=20)
+    draw.rectangle([0, 0, geom["width"], geom["header"]], fill=grey(20))
     font = ImageFont.load_default(size=20)
-    draw.text((8, 7), title, fill=235, font=font)
+    draw.text((8, 7), title, fill=grey(235), font=font)
     for i, (image, is_scaled) in enumerate(zip(images, scaled, strict=True)):
-        shown = display(image, cfg, bool(is_scaled))
-        thumb = Image.fromarray(np.round(shown * 255).astype(np.uint8), mode="L")
+        if colour[i] is not None:  # a colour input, shown in its own colours
+            thumb = Image.fromarray(colour[i], mode="RGB")
+        else:
+            shown = display(image, cfg, bool(is_scaled))
+            thumb = Image.fromarray(np.round(shown * 255).astype(np.uint8), mode="L").convert(mode)
         if thumb.size != (geom["cell"], geom["cell"]):
             thumb = thumb.resize((geom["cell"], geom["cell"]), Image.Resampling.LANCZOS)
         canvas.paste(thumb, _cell_origin(i, geom))
@@ -445,11 +452,16 @@ def draw_montages(run: RunDir, config: Config, progress: bool = True) -> dict[st
     wanted = np.unique(np.concatenate([stamp_index[rows] for rows in samples.values()]))
     pixels = np.asarray(images.oindex[wanted], dtype=np.float32)
     entries = []
+    # colour inputs shown as they are are shown in their colours (not when a stretch is forced)
+    as_they_are = wanted[scaled[wanted]] if not uses_asinh(cfg, True) else wanted[:0]
+    colours = _colour_views(run, as_they_are, int(images.shape[-1]))
+    numbers = display_numbers(samples)
     for cluster, rows in tqdm(samples.items(), desc="montage", unit="cluster", disable=not progress):
         stamps_idx = stamp_index[rows]
         block = pixels[np.searchsorted(wanted, stamps_idx)]
-        title = f"cluster {cluster}  |  {sizes[cluster]} galaxies  |  {len(rows)} shown"
-        canvas, geom = _render_montage(block, scaled[stamps_idx], title, cfg)
+        title = f"cluster {numbers[cluster]}  |  {sizes[cluster]} galaxies  |  {len(rows)} shown"
+        colour = [colours.get(int(i)) for i in stamps_idx]
+        canvas, geom = _render_montage(block, scaled[stamps_idx], title, cfg, colour)
         name = f"montages/cluster_{cluster:03d}.png"
         tmp = out / f".{cluster}.png.tmp"
         canvas.save(tmp, format="PNG")
@@ -457,7 +469,7 @@ def draw_montages(run: RunDir, config: Config, progress: bool = True) -> dict[st
         entries.append({
             "cluster": cluster, "size": int(sizes[cluster]), "n_shown": len(rows), "png": name,
             "rows": rows.tolist(), "stamp_index": stamps_idx.tolist(), "ids": ids[rows].tolist(),
-            "geometry": geom,
+            "geometry": geom, "number": numbers[cluster], "colour": [c is not None for c in colour],
         })
     manifest = {"clustering": clustering, "array": cfg.array, "n_galaxies": len(catalog),
                 "n_consensus": int((labels >= 0).sum()), **settings, "clusters": entries}
@@ -468,6 +480,27 @@ def draw_montages(run: RunDir, config: Config, progress: bool = True) -> dict[st
     return {"n_clusters": len(entries), "n_consensus": manifest["n_consensus"]}
 
 
+
+
+def display_numbers(clusters: Any) -> dict[int, int]:
+    """What the experts see as the cluster numbers: 0, 1, ... n - 1 over the consensus clusters
+    in the order of their ids, with no gap where a cluster of the clustering kept no galaxy (the
+    catalog's ids run over every cluster; where none is missing, number and id are the same).
+    Votes and the catalog keep the ids."""
+    return {int(c): i for i, c in enumerate(sorted(int(c) for c in clusters))}
+
+
+def _colour_views(run: RunDir, stamps: np.ndarray, size: int) -> dict[int, np.ndarray]:
+    """Colour views of the display-scaled stamps whose input holds colour (see :mod:`.colour`)."""
+    if not stamps.size:
+        return {}
+    from .colour import colour_stamps
+
+    try:
+        sources = run.sources()
+    except (RunDirError, OSError, ValueError):
+        return {}
+    return colour_stamps(sources, stamps.tolist(), size)
 
 
 def gallery_html(run: RunDir, manifest: dict[str, Any], n_display_scaled: int = 0) -> str:

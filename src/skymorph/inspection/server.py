@@ -22,6 +22,7 @@ opens in the same browser can send requests to it):
 from __future__ import annotations
 
 import functools
+import io
 import ipaddress
 import json
 import logging
@@ -42,9 +43,11 @@ import numpy as np
 from ..config import Config
 from ..io.rundir import RunDir
 from ._templates import read_static
+from .flags import MAX_COMMENT, FlagStore
 from .montage import (
     InspectError,
     display,
+    display_numbers,
     display_scaled_stamps,
     load_manifest,
     stamp_pixel_scales,
@@ -138,6 +141,7 @@ class _App:
         self.ids_by_stamp = {s: i for c in self.manifest["clusters"]
                              for s, i in zip(c["stamp_index"], c["ids"], strict=True)}
         self._read_lock = threading.Lock()
+        self._init_expert_view()
 
     def _cell(self, stamp: int, galaxy_id: str) -> dict[str, Any]:
         scale = self.pixel_scales[stamp]
@@ -153,7 +157,7 @@ class _App:
             "cells": [self._cell(s, i) for s, i in zip(c["stamp_index"], c["ids"], strict=True)],
         } for c in self.manifest["clusters"]]
         votes = self.store.votes_of(expert) if expert else {}
-        return {
+        return self._expert_view(expert, {
             "run": self.run.path.name,
             "types": [{"code": t, "name": TYPE_NAMES.get(t, "")} for t in self.types],
             "clusters": clusters,
@@ -161,7 +165,7 @@ class _App:
             "max_expert_name": MAX_EXPERT_NAME,
             "softening": {"default": self.config.inspect.asinh_softening,
                           "min": SOFTENING_RANGE[0], "max": SOFTENING_RANGE[1]},
-        }
+        })
 
     def vote(self, payload: Any) -> dict[str, Any]:
         if not isinstance(payload, dict):
@@ -182,6 +186,59 @@ class _App:
         return {"ok": True, "vote": row,
                 "votes": {str(k): v for k, v in votes.items() if k in self.clusters}}
 
+    # --- what the expert sees beyond the votes: cluster numbers, colour, flags on galaxies -------
+
+    def _init_expert_view(self) -> None:
+        self.flags = FlagStore(self.run.path / "inspection" / "flags.csv")
+        self.numbers = display_numbers(self.clusters)
+        self.colour = {s for c in self.manifest["clusters"]
+                       for s, has in zip(c["stamp_index"], c.get("colour") or [], strict=False) if has}
+        self._colour_png: dict[int, bytes] = {}
+
+    def _expert_view(self, expert: str | None, state: dict[str, Any]) -> dict[str, Any]:
+        """Adds to the page's state: each cluster's number as the expert sees it (1..n, no gap;
+        ``cluster`` stays the catalog's id), which cells have a colour view, and the galaxies
+        this expert flagged (``{id: comment}``)."""
+        for c in state["clusters"]:
+            c["number"] = self.numbers[c["cluster"]]
+            for cell in c["cells"]:
+                cell["colour"] = cell["stamp"] in self.colour
+        state["flags"] = self.flags.flags_of(expert) if expert else {}
+        state["max_comment"] = MAX_COMMENT
+        return state
+
+    def flag(self, payload: Any) -> dict[str, Any]:
+        """Flag (or unflag) one galaxy for an expert, with a comment: ``{expert, stamp, comment,
+        flagged}``; answers with the expert's flags."""
+        if not isinstance(payload, dict):
+            raise InspectError("a flag is a JSON object {expert, stamp, comment, flagged}")
+        expert = clean_expert(payload.get("expert"))
+        stamp = payload.get("stamp")
+        if type(stamp) is not int or stamp not in self.ids_by_stamp:
+            raise InspectError(f"stamp must be a galaxy shown in the montages (got {_short(stamp)})")
+        flagged = payload.get("flagged", True)
+        if not isinstance(flagged, bool):
+            raise InspectError(f"flagged must be true or false (got {_short(flagged)})")
+        row = self.flags.set_flag(expert, self.ids_by_stamp[stamp], stamp, payload.get("comment"), flagged)
+        return {"ok": True, "flag": row, "flags": self.flags.flags_of(expert)}
+
+    def colour_png(self, stamp: int) -> bytes:
+        """The colour view of a galaxy whose input was a colour image (see :mod:`.colour`)."""
+        if stamp not in self.colour:
+            raise KeyError(stamp)
+        if stamp not in self._colour_png:
+            from PIL import Image
+
+            from .colour import colour_stamps
+
+            view = colour_stamps(self.run.sources(), [stamp], self.stamp_side).get(stamp)
+            if view is None:
+                raise KeyError(stamp)
+            buf = io.BytesIO()
+            Image.fromarray(view, mode="RGB").save(buf, format="PNG")
+            self._colour_png[stamp] = buf.getvalue()
+        return self._colour_png[stamp]
+
     def galaxy_png(self, stamp: int, softening: float | None = None) -> bytes:
         if stamp not in self.ids_by_stamp:
             raise KeyError(stamp)
@@ -192,7 +249,10 @@ class _App:
 
 _STATIC = {"/": ("app.html", "text/html; charset=utf-8"),
            "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
-           "/static/app.css": ("app.css", "text/css; charset=utf-8")}
+           "/static/app.css": ("app.css", "text/css; charset=utf-8"),
+           # asked for by the browser itself, without the token: served, not refused with 403
+           "/favicon.ico": ("favicon.svg", "image/svg+xml"),
+           "/static/favicon.svg": ("favicon.svg", "image/svg+xml")}
 _NUMBER = re.compile(r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]{1,3})?")
 
 
@@ -360,6 +420,12 @@ class _Handler(BaseHTTPRequestHandler):
             except KeyError:
                 raise _Reject(404, "no such galaxy in the montages") from None
             self._send(200, body, "image/png", "private, max-age=60")
+        elif m := re.fullmatch(r"/colour/([0-9]{1,9})\.png", url.path):
+            try:
+                body = app.colour_png(int(m.group(1)))
+            except KeyError:
+                raise _Reject(404, "no colour view of that galaxy") from None
+            self._send(200, body, "image/png", "private, max-age=60")
         else:
             raise _Reject(404, f"not found: {url.path[:100]}")
 
@@ -369,11 +435,12 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise _Reject(400, "too many query parameters") from None
         self._check_token(query)
-        if url.path != "/api/vote":
+        if url.path not in ("/api/vote", "/api/flag"):
             raise _Reject(404, "not found")
         payload = self._read_json()
         try:
-            result = self.server.app.vote(payload)
+            app = self.server.app
+            result = app.flag(payload) if url.path == "/api/flag" else app.vote(payload)
         except OSError as exc:  # the disk refused the write: the expert must know it was not saved
             log.error("vote not saved: %s", exc)
             raise _Reject(500, f"the vote could not be saved: {exc}") from None

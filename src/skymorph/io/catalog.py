@@ -101,6 +101,8 @@ COLUMNS: dict[str, tuple[str | None, str]] = {
                          f"{NOCONS} = no consensus; missing = not typed yet"),
     "type_flag": (None, "how the cluster's type was decided (inspect merge)"),
     "type_agreement": (None, "fraction of the experts who voted for the cluster's type"),
+    "expert_flag": (None, "an expert flagged this galaxy in the voting app (inspection/flags.csv)"),
+    "expert_comment": (None, "the flagging experts' comments, 'name: comment' joined by ' | '"),
     "morph_type_final": (None, "type of every galaxy: experts' where kept, else the extended classifier's"),
     "type_source": (None, "experts or extended"),
     # measure

@@ -35,8 +35,14 @@ from . import Argument, Stage, StageContext, execute
 __all__ = ["montage", "merge", "MONTAGE", "MERGE"]
 
 
+MONTAGE_VERSION = 2
+"""Bumped when the drawing changes (2: colour inputs in colour, cluster numbers without gaps),
+so that older montages are redrawn."""
+
+
 def _montage_extra(ctx: StageContext) -> dict[str, Any]:
-    return {"clustering": clustering_fingerprint(ctx.run.catalog()), **montage_settings(ctx.config)}
+    return {"clustering": clustering_fingerprint(ctx.run.catalog()), **montage_settings(ctx.config),
+            "version": MONTAGE_VERSION}
 
 
 def _montage_check(config: Config) -> None:
@@ -70,8 +76,19 @@ MONTAGE = Stage(
 
 def _merge(ctx: StageContext) -> dict[str, Any]:
     result = merge_votes(ctx.run, ctx.options.get("votes"), ctx.config)
+    _merge_flags(ctx.run)
     return {"n_clusters": len(result), "n_votes": int(result["n_experts"].sum()),
             "n_without_agreement": int((result["type_flag"] != "agreed").sum())}
+
+
+def _merge_flags(run: RunDir) -> int:
+    """The experts' flags on single galaxies (``inspection/flags.csv``) -> ``expert_flag`` and
+    ``expert_comment`` in the catalog; returns how many galaxies are flagged."""
+    from ..inspection.flags import flag_columns
+
+    columns = flag_columns(run.catalog()["id"], run.path / "inspection" / "flags.csv")
+    run.update_catalog(columns)
+    return int(columns["expert_flag"].sum())
 
 
 def _merge_report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
@@ -85,8 +102,14 @@ def _merge_report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) ->
             f"(min_agree {config.inspect.min_agree}); {len(flagged)} without agreement -> "
             f"{config.inspect.types[-1]}: {', '.join(map(str, flagged['cluster'])) or 'none'}\n"
             f"{format_counts(counts)}\n"
+            f"{_n_flagged(run)} galaxies flagged by the experts (expert_flag, expert_comment)\n"
             f"morph_type written to {run.path / 'catalog.parquet'}; counts in "
             f"{run.path / 'inspection' / 'type_counts.csv'}")
+
+
+def _n_flagged(run: RunDir) -> int:
+    catalog = run.catalog()
+    return int(catalog["expert_flag"].sum()) if "expert_flag" in catalog else 0
 
 
 MERGE = Stage(

@@ -4,7 +4,8 @@
 // Every request carries the session's token (from the ?token= of the address the server printed).
 "use strict";
 
-const state = { expert: null, clusters: [], types: [], votes: {}, index: 0, softening: null, cell: null };
+const state = { expert: null, clusters: [], types: [], votes: {}, index: 0, softening: null, cell: null,
+                flags: {} };
 const $ = (id) => document.getElementById(id);
 
 const token = (() => {
@@ -56,6 +57,7 @@ async function login(name) {
     state.types = data.types;
     state.votes = data.votes;
     state.softening = data.softening;
+    state.flags = data.flags || {};
     localStorage.setItem("skymorph-expert", name);
     $("run-name").textContent = data.run;
     $("expert-label").textContent = name;
@@ -104,7 +106,8 @@ function buildList() {
     const b = document.createElement("button");
     b.type = "button";
     const label = document.createElement("span");
-    label.textContent = `Cluster ${c.cluster} (${c.size})`;
+    label.textContent = `Cluster ${clusterNumber(c)} (${c.size})`;
+    li.title = `catalog cluster ${c.cluster}`;
     const badge = document.createElement("span");
     badge.className = "badge";
     b.append(label, badge);
@@ -142,7 +145,8 @@ function show(i) {
   state.index = (i + state.clusters.length) % state.clusters.length;
   const c = state.clusters[state.index];
   $("cluster-title").textContent =
-    `Cluster ${c.cluster} \u00b7 ${c.size} galaxies \u00b7 ${c.n_shown} shown`;
+    `Cluster ${clusterNumber(c)} \u00b7 ${c.size} galaxies \u00b7 ${c.n_shown} shown`;
+  $("cluster-title").title = `catalog cluster ${c.cluster}`;
   const img = $("montage");
   img.src = withToken(c.png);
   img.dataset.cluster = c.cluster;
@@ -162,6 +166,7 @@ function show(i) {
     b.style.width = `${(100 * g.cell) / g.width}%`;
     b.style.height = `${(100 * g.cell) / g.height}%`;
     b.addEventListener("click", () => zoom(cell));
+    markFlagged(b, cell);
     cells.append(b);
   });
   markSelected();
@@ -177,7 +182,7 @@ function markSelected() {
 async function vote(code) {
   const c = state.clusters[state.index];
   if (!c || !state.expert) return;
-  setStatus(`Saving cluster ${c.cluster} = ${code}\u2026`);
+  setStatus(`Saving cluster ${clusterNumber(c)} = ${code}\u2026`);
   try {
     const data = await api("/api/vote", {
       method: "POST",
@@ -185,7 +190,7 @@ async function vote(code) {
       body: JSON.stringify({ expert: state.expert, cluster: c.cluster, type: code }),
     });
     state.votes = data.votes;
-    setStatus(`Saved: cluster ${c.cluster} = ${code}`);
+    setStatus(`Saved: cluster ${clusterNumber(c)} = ${code}`);
     markSelected();
     refreshList();
     // move on to the next cluster this expert has not named yet
@@ -237,6 +242,7 @@ function drawScaleBar(cell) {
 }
 
 function zoomSrc(cell) {
+  if (cell.colour) return withToken(`/colour/${cell.stamp}.png`);  // a colour input, in its colours
   let path = `/galaxy/${cell.stamp}.png`;
   if (cell.stretch === "asinh") path += `?softening=${softeningAt(Number($("zoom-stretch").value)).toPrecision(3)}`;
   return withToken(path);
@@ -262,10 +268,58 @@ function zoom(cell) {
   $("zoom-id").textContent = `galaxy ${cell.id}`;
   $("zoom-caption").textContent = `(stamp ${cell.stamp}, ${cell.side} \u00d7 ${cell.side} px)`;
   drawScaleBar(cell);
+  showFlag(cell);
   $("zoom").hidden = false;
 }
 
 function closeZoom() { $("zoom").hidden = true; state.cell = null; }
+
+// --- cluster numbers as the expert sees them, and flags on single galaxies ----------------------
+
+// 1..n over the consensus clusters, without the gaps of the catalog's cluster ids
+function clusterNumber(c) { return c.number ?? c.cluster; }
+
+function markFlagged(button, cell) {
+  const flagged = Object.prototype.hasOwnProperty.call(state.flags, cell.id);
+  button.classList.toggle("flagged", flagged);
+  button.title = flagged ? `galaxy ${cell.id} (flagged: ${state.flags[cell.id] || "no comment"})`
+                         : `galaxy ${cell.id}`;
+}
+
+function showFlag(cell) {
+  const flagged = Object.prototype.hasOwnProperty.call(state.flags, cell.id);
+  $("flag-check").checked = flagged;
+  $("flag-comment").value = flagged ? state.flags[cell.id] : "";
+  $("flag-status").textContent = "";
+  $("flag-status").className = "";
+}
+
+async function saveFlag() {
+  const cell = state.cell;
+  if (!cell || !state.expert) return;
+  const flagged = $("flag-check").checked;
+  try {
+    const data = await api("/api/flag", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ expert: state.expert, stamp: cell.stamp, comment: $("flag-comment").value,
+                             flagged }),
+    });
+    state.flags = data.flags;
+    $("flag-status").textContent = flagged ? `Flag saved: galaxy ${cell.id}` : `Flag removed: galaxy ${cell.id}`;
+    $("flag-status").className = "";
+    for (const b of $("cells").children) {
+      const c = state.clusters[state.index].cells.find((x) => String(x.stamp) === b.dataset.stamp);
+      if (c) markFlagged(b, c);
+    }
+  } catch (err) {
+    $("flag-status").textContent = `Not saved: ${err.message}`;
+    $("flag-status").className = "error";
+  }
+}
+
+$("flag-save").addEventListener("click", saveFlag);
+$("flag-comment").addEventListener("input", () => { if ($("flag-comment").value.trim()) $("flag-check").checked = true; });
 
 $("login-form").addEventListener("submit", (e) => { e.preventDefault(); login($("expert-name").value); });
 $("switch-expert").addEventListener("click", () => {

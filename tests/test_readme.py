@@ -74,7 +74,8 @@ CASES: dict[str, str | list[str]] = {
         "--set", "denoise.min_steps=60", "--set", "denoise.epochs=2"],
     "skymorph inspect serve myrun": "serve_and_vote",
     "skymorph inspect merge myrun": "as is",
-    "skymorph measure myrun": "as is",
+    # the test's cutouts are SDSS JPEGs (display-scaled): measure refuses them without this flag
+    "skymorph measure myrun": ["--allow-nonlinear"],
     "skymorph validate myrun": "as is",
     # sample selection on catalog columns
     "skymorph ingest cutouts/ --out myrun --catalog COSMOS2020_FARMER.fits --id-col ID "
@@ -90,6 +91,7 @@ CASES: dict[str, str | list[str]] = {
     "skymorph extend myrun": "as is",
     "skymorph evaluate myrun --truth labels.csv --id-col objid --label-col gz1_name --map spiral_cw=spiral "
     "--map spiral_acw=spiral --exclude dont_know --exclude merger": "as is",
+    "skymorph measure myrun --allow-nonlinear": "as is",
     "skymorph validate myrun --etg-type ELLIPTICAL": "as is",
     # a Dask cluster: a LocalCluster of one worker process stands in for the nodes
     "dask scheduler &": "dask_cluster",
@@ -319,8 +321,10 @@ def test_dask_cluster_examples(tmp_path):
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
                                   dashboard_address=":0") as cluster:
         for command in commands[2:]:
+            # absolute paths, as on a shared filesystem: the workers do not share the test's cwd
             text = (command.replace("tcp://head:8786", cluster.scheduler_address)
-                    .replace("/lustre/cutouts", "cutouts").replace("/lustre/runs/big", "big"))
+                    .replace("/lustre/cutouts", str(work / "cutouts"))
+                    .replace("/lustre/runs/big", str(work / "big")))
             _run(text, work)
     run = RunDir(work / "big")
     assert run.stage_info("measure") is not None and len(run.catalog()) == len(_gz1_sample())

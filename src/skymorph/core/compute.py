@@ -47,6 +47,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import SkymorphError
+
 __all__ = ["ComputeError", "Session", "session", "current", "check_scheduler", "worker_cached",
            "run_chunks", "ordered_map", "LOCAL_SCHEDULERS"]
 
@@ -57,7 +59,7 @@ POOL_SCHEDULERS = ("local", "threads")
 """Schedulers under which ingest and measure use this machine's process pool."""
 
 
-class ComputeError(RuntimeError):
+class ComputeError(SkymorphError, RuntimeError):
     """The chosen scheduler cannot be used (no answer, no workers, workers that cannot
     see the run directory, a task that keeps killing its worker)."""
 

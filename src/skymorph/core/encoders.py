@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import EncodeConfig
+from ..errors import SkymorphError
 
 __all__ = ["Encoder", "EncoderError", "build_encoder", "resolve_device", "OFFLINE_ENCODERS",
            "PAPER_ENCODER", "close_names", "weights_identity"]
@@ -71,7 +72,7 @@ ASPECTS = ("stretch", "pad")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-class EncoderError(ValueError):
+class EncoderError(SkymorphError, ValueError):
     """An encoder cannot be built: unknown name, missing or unfitting weights."""
 
 

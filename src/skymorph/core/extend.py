@@ -74,6 +74,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SkymorphError
+
 __all__ = [
     "ExtendError",
     "ExtendResult",
@@ -88,7 +90,7 @@ __all__ = [
 
 
 
-class ExtendError(ValueError):
+class ExtendError(SkymorphError, ValueError):
     """The training set cannot train a classifier (too few galaxies or types, bad input)."""
 
 

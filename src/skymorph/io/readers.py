@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from ..errors import SkymorphError
+
 __all__ = [
     "Reject", "GalaxyImage", "read_image", "read_galaxy", "read_error_map", "to_rms", "check_pixels",
     "fits_image", "error_hdu", "hdu_kind", "suffix_of", "stem_of", "FITS_SUFFIXES", "RASTER_SUFFIXES",
@@ -48,7 +50,7 @@ _AUX_HDU_NAMES = set(ERROR_HDU_KINDS) | {"PSF", "MASK", "DQ", "CTX", "CON", "EXP
 """HDUs that are never the galaxy image when the image HDU is chosen automatically."""
 
 
-class Reject(Exception):
+class Reject(SkymorphError):
     """One input is unusable; the message is the reason written to rejects.csv."""
 
 

@@ -48,6 +48,7 @@ import zarr
 
 from .._version import __version__
 from ..config import Config, ConfigError, load_config
+from ..errors import SkymorphError
 
 __all__ = ["RunDir", "RunDirError", "ArrayWriter", "REJECT_COLUMNS", "iter_chunks"]
 
@@ -58,7 +59,7 @@ REJECT_COLUMNS = ["id", "origin", "stage", "reason"]
 _KEEP_EMPTY_CHUNKS = {"write_empty_chunks": True}
 
 
-class RunDirError(RuntimeError):
+class RunDirError(SkymorphError, RuntimeError):
     """A run directory is missing, incomplete or from an incompatible version."""
 
 

@@ -35,30 +35,12 @@ from typing import Any
 
 from ..config import Config, ConfigError
 from ..io.rundir import RunDir
+from ..registry import PIPELINE, STAGES
 
 __all__ = ["Stage", "Argument", "StageContext", "STAGES", "PIPELINE", "get_stage", "execute",
            "image_source"]
 
 log = logging.getLogger(__name__)
-
-STAGES: dict[str, str] = {
-    "ingest": "skymorph.stages.ingest:STAGE",
-    "denoise": "skymorph.stages.denoise:STAGE",
-    "polar": "skymorph.stages.polar:STAGE",
-    "encode": "skymorph.stages.encode:STAGE",
-    "reduce": "skymorph.stages.reduce:STAGE",
-    "cluster": "skymorph.stages.cluster:STAGE",
-    "montage": "skymorph.stages.inspect:MONTAGE",
-    "merge": "skymorph.stages.inspect:MERGE",
-    "extend": "skymorph.stages.extend:STAGE",
-    "measure": "skymorph.stages.measure:STAGE",
-    "validate": "skymorph.stages.validate:STAGE",
-}
-"""Every stage, in pipeline order, and the ``module:name`` of its declaration (imported on use)."""
-
-PIPELINE = ("ingest", "denoise", "polar", "encode", "reduce", "cluster", "montage")
-"""What ``skymorph run`` executes, in order (stages switched off are skipped)."""
-
 
 @dataclass(frozen=True)
 class Argument:

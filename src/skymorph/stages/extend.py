@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..errors import SkymorphError
 from ..io.rundir import RunDir, RunDirError
 from . import Stage, StageContext, execute
 
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 PHYSICAL = {"sersic_n": "n", "gini": "G", "m20": "M20", "concentration": "C"}
 
 
-class ExtendStageError(ValueError):
+class ExtendStageError(SkymorphError, ValueError):
     """The run cannot be extended (no expert types yet, arrays that do not match the catalog)."""
 
 

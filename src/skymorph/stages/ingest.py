@@ -71,6 +71,7 @@ from tqdm.auto import tqdm
 from ..config import Config, ConfigError, IngestConfig
 from ..core.parallel import map_ordered, start_pool
 from ..core.sky import ring_background
+from ..errors import SkymorphError
 from ..io.readers import (
     FITS_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -97,38 +98,23 @@ log = logging.getLogger(__name__)
 COLLECTION_COLUMNS = {"IDENT", "GAL_FILENAME", "GAL_HDU"}
 
 
-class IngestError(ValueError):
+class IngestError(SkymorphError, ValueError):
     """The inputs cannot be ingested at all (as opposed to one bad galaxy)."""
 
 
 # --- catalogs ----------------------------------------------------------------------
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a catalog (FITS table, CSV or Parquet) into a DataFrame.
+def read_table(path: str | Path, id_col: str | None = None) -> pd.DataFrame:
+    """Read a catalog (FITS table, CSV or Parquet) with :func:`skymorph.io.tables.read_table`
+    (``id_col`` as exact text; multi-dimensional FITS columns dropped, byte strings decoded)."""
+    from ..io.tables import TableError
+    from ..io.tables import read_table as _read
 
-    Multi-dimensional FITS columns are dropped; byte strings are decoded.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise IngestError(f"catalog {path} does not exist")
-    name = path.name.lower()
     try:
-        if name.endswith(".parquet"):
-            return pd.read_parquet(path)
-        if name.endswith((".csv", ".txt", ".tsv")):
-            return pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",")
-        from astropy.table import Table
-
-        table = Table.read(path, format="fits")
-    except (OSError, ValueError) as exc:
-        raise IngestError(f"cannot read catalog {path}: {exc}") from None
-    scalar = [c for c in table.colnames if table[c].ndim <= 1]
-    frame = table[scalar].to_pandas()
-    for col in frame.columns:
-        if frame[col].dtype == object:
-            frame[col] = frame[col].map(lambda v: v.decode() if isinstance(v, bytes) else v)
-    return frame
+        return _read(path, id_col=id_col, what="catalog")
+    except TableError as exc:
+        raise IngestError(str(exc)) from None
 
 
 _BACKTICK = re.compile(r"`([^`]*)`")
@@ -913,7 +899,7 @@ def _plan(found: _Found, config: IngestConfig
     rejects: list[dict[str, Any]] = list(found.rejects)
     tasks: list[_Task] = []
     meta_tables: list[pd.DataFrame] = []
-    user = read_table(config.catalog) if config.catalog else None
+    user = read_table(config.catalog, config.id_col) if config.catalog else None
     summary: dict[str, Any] = {}
     named: set[Path] = set()
     if config.field:

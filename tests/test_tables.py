@@ -60,3 +60,27 @@ def test_ingest_and_evaluate_read_the_same_ids_from_one_catalog(tmp_path):
     assert sorted(ids) == sorted(labels["objid"])
     truth = read_truth(catalog, "objid", "gz1_name")
     assert set(ids) <= set(truth["id"])
+
+
+def test_the_examples_in_the_docstrings_run():
+    import doctest
+
+    from skymorph.io import atomic, tables
+
+    for module in (tables, atomic):
+        result = doctest.testmod(module)
+        assert result.attempted >= 2 and result.failed == 0, module.__name__
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary():
+    import tempfile
+    from pathlib import Path
+
+    from skymorph.io.atomic import write_text_atomic
+
+    path = Path(tempfile.mkdtemp()) / "evaluation.json"
+    write_text_atomic(path, '{"old": 1}')
+    with pytest.raises(UnicodeEncodeError):
+        write_text_atomic(path, "\ud800")  # cannot be encoded: the write fails half way
+    assert path.read_text() == '{"old": 1}'
+    assert [p.name for p in path.parent.iterdir()] == ["evaluation.json"]

@@ -9,7 +9,6 @@ importing the stage modules and their libraries.
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
@@ -35,13 +34,15 @@ PIPELINE = ("ingest", "denoise", "polar", "encode", "reduce", "cluster", "montag
 """What ``skymorph run`` executes, in order (stages switched off in the settings are skipped)."""
 
 _ROOT = Path(__file__).resolve().parent.parent
+_SUMMARY = re.compile(r'^\s+summary="([^"\\\n]*)",?$', re.MULTILINE)
 
 
 def summaries() -> dict[str, str]:
     """Each stage's ``Stage.summary``, read from its declaration without importing the module.
 
-    The declaration must give ``summary="..."`` as one string literal on one line
-    (``tests/test_cli.py`` checks every summary against the imported ``Stage``).
+    The declaration must give ``summary="..."`` as one double-quoted string on one line,
+    without escapes (``tests/test_registry.py`` checks every summary against the imported
+    ``Stage``).
 
     Returns
     -------
@@ -53,9 +54,8 @@ def summaries() -> dict[str, str]:
         module, _, attribute = target.partition(":")
         text = (_ROOT / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8")
         start = re.search(rf"^{attribute} = Stage\(", text, re.MULTILINE)
-        found = start and re.compile(r"^\s+summary=(\"[^\"\n]*\"|'[^'\n]*'),?$", re.MULTILINE).search(
-            text, start.end())
+        found = start and _SUMMARY.search(text, start.end())
         if not found:
             raise RuntimeError(f"{module}: no one-line summary=\"...\" in the {attribute} declaration")
-        out[name] = ast.literal_eval(found.group(1))
+        out[name] = found.group(1)
     return out

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..io.atomic import write_text_atomic
 from ..io.rundir import RunDir
 
 __all__ = ["auto_votes", "is_automatic", "human_voters", "AUTO_PREFIX"]
@@ -170,9 +171,7 @@ def auto_votes(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | p
         "n_clusters": len(result), "n_voted": int((result["type"] != "").sum()),
         "clusters": json.loads(result.to_json(orient="records")),
     }
-    tmp = out / ".auto_votes.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, out / "auto_votes.json")
+    write_text_atomic(out / "auto_votes.json", json.dumps(info, indent=2))
     return result
 
 

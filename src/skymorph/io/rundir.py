@@ -413,14 +413,10 @@ def _read_json(path: Path, missing_ok: bool = False) -> dict[str, Any]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so that a
-    reader never sees half a file and a full disk leaves the old one in place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """:func:`skymorph.io.atomic.write_text_atomic`."""
+    from .atomic import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 class ArrayWriter:

@@ -33,6 +33,7 @@ import pandas as pd
 
 from ..config import Config
 from ..errors import SkymorphError
+from ..io.atomic import write_text_atomic
 from ..io.rundir import RunDir
 
 __all__ = [
@@ -311,9 +312,7 @@ def evaluate(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | pd.
         "id_col": id_col, "label_col": label_col, "label_map": dict(label_map or {}),
         "exclude": list(exclude), **info, **result, "output": str(out_path),
     }
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out_path)
+    write_text_atomic(out_path, json.dumps(result, indent=2))
     return result
 
 

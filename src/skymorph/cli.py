@@ -320,8 +320,6 @@ def _pairs(items: Sequence[str] | None) -> dict[str, str]:
 
 
 def _auto(args: argparse.Namespace, config: Config) -> int:
-    import pandas as pd
-
     from .inspection.auto import auto_votes, human_voters
     from .inspection.merge import format_counts
     from .io.rundir import RunDir
@@ -339,7 +337,9 @@ def _auto(args: argparse.Namespace, config: Config) -> int:
     min_agree = config.inspect.min_agree if human_voters(run) else 1
     if args.merge:
         merged = merge(run, config=config, min_agree=min_agree)
-        counts = pd.read_csv(run.path / "inspection" / "type_counts.csv")
+        from .io.csvfile import read_csv
+
+        counts = read_csv(run.path / "inspection" / "type_counts.csv")
         print(f"merged with min_agree {min_agree} ({len(merged)} clusters):")
         print(format_counts(counts))
     else:

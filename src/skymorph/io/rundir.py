@@ -48,8 +48,9 @@ import zarr
 
 from .._version import __version__
 from ..config import Config, ConfigError, load_config
+from .csvfile import escape_cell, read_csv, write_csv
 
-__all__ = ["RunDir", "RunDirError", "ArrayWriter", "REJECT_COLUMNS", "iter_chunks"]
+__all__ = ["RunDir", "RunDirError", "printable", "ArrayWriter", "REJECT_COLUMNS", "iter_chunks"]
 
 FORMAT_VERSION = 1
 REJECT_COLUMNS = ["id", "origin", "stage", "reason"]
@@ -135,9 +136,15 @@ class RunDir:
         for path in sorted((self.path / "stages").glob("*.json")):
             info = self.stage_info(path.stem) or {}
             lines.append(f"  {path.stem:<9} finished {info.get('finished', '?')}")
+        partial: dict[str, str] = {}
+        for stage, info in self.unfinished().items():
+            lines.append(f"  {stage:<9} UNFINISHED: started {info.get('started', '?')} and stopped before "
+                         f"the end; its outputs are partial, run `{_command(stage, self.path)}` again")
+            partial.update(dict.fromkeys(info.get("outputs", []), stage))
         for path in sorted(self.path.glob("*.zarr")):
             array = self.open_array(path.stem, check=False)
-            lines.append(f"  {path.stem:<13} {' x '.join(map(str, array.shape))} {array.dtype}")
+            note = f" (partial: {partial[path.name]} did not finish)" if path.name in partial else ""
+            lines.append(f"  {path.stem:<13} {' x '.join(map(str, array.shape))} {array.dtype}{note}")
         if (self.path / "catalog.parquet").exists():
             from .catalog import describe_catalog
 
@@ -225,9 +232,11 @@ class RunDir:
         for name in upstream:
             info = self.stage_info(name)
             if info is None:
+                state = ("started but did not finish (its outputs are partial)"
+                         if name in self.unfinished() else "has not run")
                 raise RunDirError(
-                    f"stage '{stage}' needs the output of '{name}', which has not run in "
-                    f"{self.path}; run `skymorph {name} {self.path}` first"
+                    f"stage '{stage}' needs the output of '{name}', which {state} in "
+                    f"{self.path}; run `{_command(name, self.path)}` first"
                 )
             parts.append(info["fingerprint"])
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
@@ -237,9 +246,33 @@ class RunDir:
         info = self.stage_info(stage)
         return info is not None and info.get("fingerprint") == fingerprint
 
+    def mark_started(self, stage: str, outputs: Iterable[str] = ()) -> None:
+        """Record that ``stage`` is writing ``outputs``; :meth:`mark_done` clears it, so a
+        stage that stops part-way leaves its run marked unfinished (see :meth:`unfinished`)."""
+        (self.path / "stages").mkdir(exist_ok=True)
+        _atomic_write(self.path / "stages" / f"{stage}.unfinished",
+                      json.dumps({"stage": stage, "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                                  "outputs": list(outputs)}))
+
+    def command_for(self, stage: str) -> str:
+        """The command that (re)runs ``stage`` here, saying so when it started but did not finish."""
+        state = " again (it started but did not finish)" if stage in self.unfinished() else ""
+        return f"`{_command(stage, self.path)}`{state}"
+
+    def unfinished(self) -> dict[str, dict[str, Any]]:
+        """Stages that started writing their outputs and stopped before the end."""
+        out = {}
+        for path in sorted((self.path / "stages").glob("*.unfinished")):
+            try:
+                out[path.stem] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                out[path.stem] = {}
+        return out
+
     def mark_done(self, stage: str, fingerprint: str, **summary: Any) -> None:
         """Record that ``stage`` finished, with its fingerprint and a summary."""
         (self.path / "stages").mkdir(exist_ok=True)
+        (self.path / "stages" / f"{stage}.unfinished").unlink(missing_ok=True)
         info = {
             "stage": stage,
             "fingerprint": fingerprint,
@@ -348,25 +381,33 @@ class RunDir:
         if not rows:
             return 0
         new = not self.rejects_path.exists()
-        with self.rejects_path.open("a", newline="") as fh:
+        with self.rejects_path.open("a", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=REJECT_COLUMNS, extrasaction="ignore")
             if new:
                 writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: escape_cell(printable(row.get(k, ""))) for k in REJECT_COLUMNS}
+                             for row in rows)
         return len(rows)
 
     def rejects(self, stage: str | None = None) -> pd.DataFrame:
         """Rejected inputs, optionally of one stage only."""
         if not self.rejects_path.exists():
             return pd.DataFrame(columns=REJECT_COLUMNS)
-        table = pd.read_csv(self.rejects_path, dtype=str, keep_default_na=False)
+        try:
+            table = read_csv(self.rejects_path, dtype=str, keep_default_na=False, encoding="utf-8")
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+            raise RunDirError(f"{self.rejects_path} is damaged ({exc}); delete it and re-run ingest "
+                              "(it lists the inputs that could not be used)") from None
+        if list(table.columns) != REJECT_COLUMNS:
+            raise RunDirError(f"{self.rejects_path} is damaged (its columns are not "
+                              f"{', '.join(REJECT_COLUMNS)}); delete it and re-run ingest")
         return table if stage is None else table[table["stage"] == stage]
 
     def clear_rejects(self, stage: str) -> None:
         """Drop the reject rows of one stage (before that stage runs again);
         the file always exists afterwards, so an empty one means nothing was rejected."""
         table = self.rejects()
-        table[table["stage"] != stage].to_csv(self.rejects_path, index=False)
+        write_csv(table[table["stage"] != stage], self.rejects_path, encoding="utf-8")
 
     def catalog(self) -> pd.DataFrame:
         """The morphology catalog (``catalog.parquet``)."""
@@ -393,6 +434,27 @@ class RunDir:
         from .catalog import update_catalog
 
         return update_catalog(self.path, columns)
+
+
+def _command(stage: str, path: Path) -> str:
+    """The command line that runs ``stage`` on the run ``path``."""
+    if stage == "ingest":
+        return f"skymorph ingest INPUT... --out {path}"
+    return f"skymorph {stage} {path}"
+
+
+def printable(value: Any) -> str:
+    """``value`` as text that can be written anywhere: the bytes of a file name that
+    are not valid UTF-8 (held by Python as surrogates) become ``\\xNN`` escapes."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a lone surrogate that no file name decoded to
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _read_json(path: Path, missing_ok: bool = False) -> dict[str, Any]:

@@ -253,6 +253,7 @@ def execute(name: str, run_dir: str | os.PathLike | RunDir, config: Config | Non
             with _session(stage, config, run, fingerprint) as session:
                 ctx.compute = session
                 run.invalidate(name)
+                run.mark_started(name, stage.outputs)
                 run.record_config(config)
                 summary = stage.compute(ctx) or {}
                 if session is not None and session.cache.n_reused:

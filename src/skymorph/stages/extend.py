@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..io.csvfile import write_csv
 from ..io.rundir import RunDir, RunDirError
 from . import Stage, StageContext, execute
 
@@ -162,7 +163,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     if (run.path / "measurements.parquet").exists():
         physical = physical_comparison(updated, pd.read_parquet(run.path / "measurements.parquet"), types)
         if physical is not None:
-            physical.to_csv(out / "physical.csv", index=False)
+            write_csv(physical, out / "physical.csv")
             report["physical"] = json.loads(physical.to_json(orient="records"))
     tmp = out / ".extend.json.tmp"
     tmp.write_text(json.dumps(report, indent=2, default=float))

@@ -43,7 +43,8 @@ def _npy_header(text: bytes) -> bytes:
 
 def _npy_header_cut_in_a_tuple(d: Path) -> str:
     # numpy's header parser raises tokenize.TokenError on this (not a ValueError)
-    (d / "cut_tuple.npy").write_bytes(_npy_header(b"{'descr': '<f8', 'fortran_order': False, 'shape': (10,\n"))
+    header = b"{'descr': '<f8', 'fortran_order': False, 'shape': (10,\n"
+    (d / "cut_tuple.npy").write_bytes(_npy_header(header))
     return "cut_tuple.npy"
 
 
@@ -223,7 +224,8 @@ HOSTILE_SELECTIONS = [
 ]
 
 
-@pytest.mark.parametrize(("expression", "error"), HOSTILE_SELECTIONS, ids=[h[0][:40] for h in HOSTILE_SELECTIONS])
+@pytest.mark.parametrize(("expression", "error"), HOSTILE_SELECTIONS,
+                         ids=[h[0][:40] for h in HOSTILE_SELECTIONS])
 def test_hostile_selections_are_refused_and_run_nothing(tmp_path, expression, error):
     out = tmp_path / "written_by_a_selection"
     expression = expression.replace("{out}", str(out))

@@ -289,3 +289,65 @@ def test_an_ingest_that_stops_part_way_is_marked_unfinished(tmp_path, capsys):
     assert main(["encode", str(run.path)]) == 1
     err = capsys.readouterr().err
     assert "started but did not finish" in err and f"`skymorph ingest INPUT... --out {run.path}`" in err
+
+
+# --- config.toml never claims settings the outputs were not made with --------------------------
+
+
+@pytest.fixture
+def small_run(tmp_path):
+    """A real run: COSMOS stamps ingested at a non-default size (recorded in stages/ingest.json)."""
+    config = Config().update({"ingest": {"stamp_size": 64, "workers": 1}})
+    return ingest([COSMOS_STAMPS], tmp_path / "run", config, progress=False)
+
+
+def _recorded_stamp_size(run: RunDir) -> int:
+    from skymorph.config import load_config
+
+    return load_config(run.path / "config.toml").ingest.stamp_size
+
+
+@pytest.mark.parametrize("damage", ["empty", "comments only", "missing"])
+def test_a_missing_or_empty_config_toml_is_rebuilt_from_the_stage_records(small_run, damage, capsys):
+    path = small_run.path / "config.toml"
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_text("" if damage == "empty" else "# nothing here\n\n")
+    assert small_run.config().ingest.stamp_size == 64
+    assert main(["polar", str(small_run.path)]) == 0
+    assert _recorded_stamp_size(small_run) == 64
+    assert small_run.config().polar.enabled  # the polar stage's own record
+    assert np.asarray(RunDir(small_run.path).open_array("polar")).shape[0] == len(small_run.sources())
+
+
+def test_a_config_toml_that_disagrees_with_the_stage_records_is_refused(small_run, capsys):
+    path = small_run.path / "config.toml"
+    path.write_text(path.read_text().replace("stamp_size = 64", "stamp_size = 80"))
+    before = path.read_text()
+    assert main(["polar", str(small_run.path)]) == 1
+    err = capsys.readouterr().err
+    assert "ingest.stamp_size is 80 in the settings, but the outputs of 'ingest'" in err
+    assert "were made with 64 (stages/ingest.json)" in err and len(err.strip().splitlines()) == 1
+    assert path.read_text() == before and not small_run.has_array("polar")
+    # the same change given on the command line is refused too
+    path.write_text(before.replace("stamp_size = 80", "stamp_size = 64"))
+    assert main(["polar", str(small_run.path), "--set", "ingest.stamp_size=32"]) == 1
+    assert _recorded_stamp_size(small_run) == 64
+
+
+def test_an_empty_config_toml_with_records_from_an_older_skymorph_is_refused(small_run, capsys):
+    record = small_run.path / "stages" / "ingest.json"
+    info = __import__("json").loads(record.read_text())
+    del info["settings_used"]  # as an older skymorph wrote it
+    record.write_text(__import__("json").dumps(info))
+    (small_run.path / "config.toml").write_text("")
+    assert main(["polar", str(small_run.path)]) == 1
+    err = capsys.readouterr().err
+    assert "config.toml is empty and stages/ingest.json does not record the settings" in err
+
+
+def test_a_binary_config_toml_is_named(small_run, capsys):
+    (small_run.path / "config.toml").write_bytes(b"\xff\xfe\x00binary")
+    assert main(["polar", str(small_run.path)]) == 1
+    assert f"{small_run.path / 'config.toml'} cannot be read as settings" in capsys.readouterr().err

@@ -409,7 +409,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """
     run_dir = getattr(args, "run_dir", None) or getattr(args, "out", None)
     recorded = Path(run_dir) / "config.toml" if run_dir else None
-    if recorded is not None and recorded.exists():
+    if run_dir and (Path(run_dir) / "skymorph.json").is_file():
+        from .io.rundir import RunDir
+
+        config = RunDir(run_dir).config()  # rebuilt from the stage records when missing or empty
+    elif recorded is not None and recorded.exists():
         try:
             config = load_config(recorded)
         except ConfigError as exc:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -51,6 +52,8 @@ from ..config import Config, ConfigError, load_config
 from .csvfile import escape_cell, read_csv, write_csv
 
 __all__ = ["RunDir", "RunDirError", "printable", "ArrayWriter", "REJECT_COLUMNS", "iter_chunks"]
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 REJECT_COLUMNS = ["id", "origin", "stage", "reason"]
@@ -200,12 +203,52 @@ class RunDir:
             the message names the file.
         """
         path = self.path / "config.toml"
-        if not path.exists():
-            return Config()
+        if not path.exists() or _is_blank_toml(path):
+            return self._config_from_records("missing" if not path.exists() else "empty")
         try:
             return load_config(path)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc} (fix the file or remove the line)") from None
+        except (UnicodeDecodeError, OSError) as exc:
+            raise ConfigError(f"{path} cannot be read as settings ({exc}); restore it, or delete it to "
+                              "rebuild it from the stage records in stages/") from None
+
+    def recorded_settings(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """``{stage: {section: {key: value}}}``: the settings each finished stage's outputs
+        were made with (``settings_used`` of ``stages/<stage>.json``; stages recorded by an
+        older skymorph are left out)."""
+        out = {}
+        records = [self.stage_info(p.stem) or {} for p in (self.path / "stages").glob("*.json")]
+        for info in sorted(records, key=lambda i: str(i.get("finished", ""))):
+            used = info.get("settings_used")
+            if isinstance(used, dict) and isinstance(info.get("stage"), str):
+                out[info["stage"]] = used
+        return out
+
+    def _config_from_records(self, state: str) -> Config:
+        """The settings rebuilt from the stage records, for a ``config.toml`` that is missing
+        or empty (the defaults for a run where no stage has finished)."""
+        stages = sorted(p.stem for p in (self.path / "stages").glob("*.json"))
+        if not stages:
+            return Config()
+        recorded = self.recorded_settings()
+        lacking = [s for s in stages if s not in recorded]
+        if lacking:
+            raise ConfigError(
+                f"{self.path / 'config.toml'} is {state} and stages/{lacking[0]}.json does not record the "
+                "settings its outputs were made with (an older skymorph wrote it); restore config.toml, "
+                "or re-run the pipeline into a new run directory")
+        values: dict[str, dict[str, Any]] = {}
+        for sections in recorded.values():
+            for section, entries in sections.items():
+                values.setdefault(section, {}).update(entries)
+        log.warning("%s is %s: the settings were rebuilt from the records of %s in stages/",
+                    self.path / "config.toml", state, ", ".join(recorded))
+        try:
+            return Config().update(values)
+        except ConfigError as exc:
+            raise ConfigError(f"the stage records in {self.path / 'stages'} hold a setting this skymorph "
+                              f"does not know ({exc}); restore config.toml") from None
 
     # -- settings and staleness ------------------------------------------------
 
@@ -434,6 +477,15 @@ class RunDir:
         from .catalog import update_catalog
 
         return update_catalog(self.path, columns)
+
+
+def _is_blank_toml(path: Path) -> bool:
+    """A settings file with nothing but blanks and comments (``: > config.toml``)."""
+    try:
+        text = path.read_bytes()
+    except OSError:
+        return False
+    return all(not line.strip() or line.lstrip().startswith(b"#") for line in text.splitlines())
 
 
 def _command(stage: str, path: Path) -> str:

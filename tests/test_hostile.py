@@ -351,3 +351,113 @@ def test_a_binary_config_toml_is_named(small_run, capsys):
     (small_run.path / "config.toml").write_bytes(b"\xff\xfe\x00binary")
     assert main(["polar", str(small_run.path)]) == 1
     assert f"{small_run.path / 'config.toml'} cannot be read as settings" in capsys.readouterr().err
+
+
+# --- a damaged run directory: one-line errors that name the file, no tracebacks, no loops ------
+
+
+def _edit_json(path: Path, **changes) -> None:
+    import json
+
+    info = json.loads(path.read_text())
+    for key, value in changes.items():
+        if callable(value):
+            value(info[key])
+        else:
+            info[key] = value
+    path.write_text(json.dumps(info))
+
+
+def _int_fingerprint(run: RunDir) -> None:
+    _edit_json(run.path / "stages" / "ingest.json", fingerprint=5)
+
+
+def _lost_chunk(run: RunDir) -> None:
+    import shutil
+
+    shutil.rmtree(run.array_path("stamps") / "c" / "0")
+
+
+def _truncated_chunk(run: RunDir) -> None:
+    chunk = run.array_path("stamps") / "c" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:25])
+
+
+def _fewer_rows_claimed(run: RunDir) -> None:
+    _edit_json(run.array_path("stamps") / "zarr.json", shape=lambda shape: shape.__setitem__(0, 50))
+
+
+def _truncated_sources(run: RunDir) -> None:
+    path = run.path / "sources.parquet"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _empty_sources(run: RunDir) -> None:
+    (run.path / "sources.parquet").write_bytes(b"")
+
+
+def _binary_rejects(run: RunDir) -> None:
+    run.rejects_path.write_bytes(b"\xff\xfe\x00\x01binary\x00" * 20)
+
+
+DAMAGED_RUNS: list[tuple[str, Callable[[RunDir], None], list[str], str]] = [
+    ("integer fingerprint", _int_fingerprint, ["polar"], "ingest.json is damaged (its fingerprint is 5"),
+    ("lost chunk", _lost_chunk, ["polar"], "has lost 1 of"),
+    ("lost chunk, info", _lost_chunk, ["info"], "DAMAGED: the 'stamps' array"),
+    ("truncated chunk", _truncated_chunk, ["polar"], "stamps.zarr/c/0/0/0) holds 25 bytes"),
+    ("truncated chunk, info", _truncated_chunk, ["info"], "DAMAGED: chunk 0 of the 'stamps' array"),
+    ("zarr.json claims 50 rows", _fewer_rows_claimed, ["polar"], "has 50 rows but sources.parquet 100"),
+    ("truncated sources.parquet", _truncated_sources, ["polar"], "sources.parquet is damaged"),
+    ("empty sources.parquet", _empty_sources, ["polar"], "sources.parquet is damaged"),
+    ("binary rejects.csv", _binary_rejects, ["info"], "rejects.csv is damaged"),
+    ("scheduler with no host", lambda run: None, ["polar", "--scheduler", "tcp://"], "names no host"),
+    ("scheduler over http", lambda run: None, ["polar", "--scheduler", "http://127.0.0.1:80"],
+     "http:// is not a Dask protocol"),
+]
+
+
+@pytest.mark.parametrize(("name", "damage", "command", "message"), DAMAGED_RUNS,
+                         ids=[d[0] for d in DAMAGED_RUNS])
+def test_a_damaged_run_gives_one_line_that_names_the_damage(small_run, capsys, name, damage, command,
+                                                             message):
+    damage(small_run)
+    rc = main([command[0], str(small_run.path), *command[1:]])
+    out, err = capsys.readouterr()
+    text = out + err
+    assert message in text
+    assert "Traceback" not in text
+    if command[0] != "info":
+        assert rc == 1 and len(err.strip().splitlines()) == 1
+
+
+def test_a_stage_whose_output_is_damaged_computes_it_again(small_run):
+    _lost_chunk(small_run)
+    config = Config().update({"ingest": {"stamp_size": 64, "workers": 1}})
+    ingest([COSMOS_STAMPS], small_run.path, config, progress=False)  # no --force needed
+    stamps = RunDir(small_run.path).open_array("stamps")
+    assert stamps.shape[0] == 100 and np.isfinite(np.asarray(stamps)).all()
+
+
+def test_weights_that_are_a_directory_are_named_as_such(tmp_path):
+    from skymorph.core.encoders import EncoderError, weights_identity
+
+    config = Config().update({"encode": {"weights": str(tmp_path)}})
+    with pytest.raises(EncoderError, match="is a directory"):
+        weights_identity(config.encode)
+
+
+def test_a_binary_votes_file_is_named(tmp_path):
+    from skymorph.inspection import InspectError
+    from skymorph.inspection.merge import read_votes
+
+    (tmp_path / "votes.csv").write_bytes(b"\xff\xfe\x00binary\x00" * 10)
+    with pytest.raises(InspectError, match="vote file .*votes.csv cannot be read as CSV text"):
+        read_votes([tmp_path / "votes.csv"], ["SPH", "UNC"])
+
+
+def test_a_damaged_catalog_is_named(small_run):
+    from skymorph.io.rundir import RunDirError
+
+    (small_run.path / "catalog.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(RunDirError, match="catalog.parquet is damaged"):
+        small_run.catalog()

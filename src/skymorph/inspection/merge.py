@@ -40,7 +40,12 @@ def read_votes(paths: Sequence[str | os.PathLike], types: Sequence[str]) -> pd.D
         path = Path(path)
         if not path.exists():
             raise InspectError(f"vote file {path} does not exist")
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        try:
+            table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        except (UnicodeDecodeError, ValueError, OSError) as exc:
+            raise InspectError(f"vote file {path} cannot be read as CSV text ({type(exc).__name__}: {exc}); "
+                               "give the votes.csv that inspect serve wrote, or a CSV with expert, cluster "
+                               "and type columns") from None
         missing = [c for c in ("expert", "cluster", "type") if c not in table.columns]
         if missing:
             raise InspectError(f"vote file {path} lacks column(s) {', '.join(missing)}; "

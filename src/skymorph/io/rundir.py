@@ -36,6 +36,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -145,8 +146,17 @@ class RunDir:
                          f"the end; its outputs are partial, run `{_command(stage, self.path)}` again")
             partial.update(dict.fromkeys(info.get("outputs", []), stage))
         for path in sorted(self.path.glob("*.zarr")):
-            array = self.open_array(path.stem, check=False)
+            try:
+                array = self.open_array(path.stem, check=False)
+            except RunDirError as exc:
+                lines.append(f"  {path.stem:<13} DAMAGED: {exc}")
+                continue
             note = f" (partial: {partial[path.name]} did not finish)" if path.name in partial else ""
+            if not note:
+                try:
+                    self._check_chunks(path.stem, array)
+                except RunDirError as exc:
+                    note = f" DAMAGED: {exc}"
             lines.append(f"  {path.stem:<13} {' x '.join(map(str, array.shape))} {array.dtype}{note}")
         if (self.path / "catalog.parquet").exists():
             from .catalog import describe_catalog
@@ -281,7 +291,12 @@ class RunDir:
                     f"stage '{stage}' needs the output of '{name}', which {state} in "
                     f"{self.path}; run `{_command(name, self.path)}` first"
                 )
-            parts.append(info["fingerprint"])
+            fingerprint = info.get("fingerprint")
+            if not isinstance(fingerprint, str):
+                raise RunDirError(
+                    f"{self.path / 'stages' / (name + '.json')} is damaged (its fingerprint is "
+                    f"{fingerprint!r}, not text); run {self.command_for(name)} again with --force")
+            parts.append(fingerprint)
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def is_current(self, stage: str, fingerprint: str) -> bool:
@@ -358,7 +373,7 @@ class RunDir:
             raise RunDirError(f"{self.path} has no '{name}' array yet")
         try:
             array = zarr.open_array(store=str(self.array_path(name)), mode="r")
-        except (ValueError, OSError, KeyError) as exc:
+        except (ValueError, OSError, KeyError, TypeError) as exc:
             raise RunDirError(f"the '{name}' array of {self.path} cannot be read ({exc}); "
                               "re-run the stage that writes it with --force") from None
         if check:
@@ -375,6 +390,47 @@ class RunDir:
                 f"the '{name}' array of {self.path} has lost {len(missing)} of {n_chunks} chunks "
                 f"(first: chunk {missing[0]}, galaxies {missing[0] * array.chunks[0]}...); re-run the "
                 "stage that writes it with --force")
+        if not getattr(array, "compressors", ()):  # uncompressed: every chunk file has one length
+            expected = math.prod(array.chunks) * array.dtype.itemsize
+            for i in range(n_chunks):
+                chunk = root.joinpath(str(i), *["0"] * (array.ndim - 1))
+                size = chunk.stat().st_size if chunk.is_file() else expected
+                if size != expected:
+                    raise RunDirError(
+                        f"chunk {i} of the '{name}' array ({chunk}) holds {size} bytes, not {expected}: it "
+                        "is truncated or damaged; re-run the stage that writes it with --force")
+        n_sources = self._n_sources()
+        if n_sources is not None and array.shape[0] != n_sources:
+            raise RunDirError(
+                f"the '{name}' array of {self.path} has {array.shape[0]} rows but sources.parquet "
+                f"{n_sources} galaxies: {self.array_path(name) / 'zarr.json'} or sources.parquet is "
+                "damaged; re-run the stage that writes the array with --force")
+
+    def _n_sources(self) -> int | None:
+        """Rows of ``sources.parquet`` from its footer (``None`` when there is none)."""
+        path = self.path / "sources.parquet"
+        if not path.exists():
+            return None
+        import pyarrow.parquet as pq
+
+        try:
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"{path} is damaged ({exc}); re-run ingest (`skymorph ingest INPUT... "
+                              f"--out {self.path} --force`)") from None
+
+    def damage(self, relative: str) -> str | None:
+        """Why an output (a file, or an array as ``name.zarr``) cannot be reused: missing,
+        or an array with lost or truncated chunks or the wrong number of rows; ``None``
+        when it is fine."""
+        if not self.exists(relative):
+            return "missing"
+        if relative.endswith(".zarr"):
+            try:
+                self.open_array(relative[:-5])
+            except RunDirError as exc:
+                return str(exc)
+        return None
 
     def create_array(self, name: str, shape: tuple[int, ...], chunk: int,
                      dtype: str = "float32", attributes: dict[str, Any] | None = None) -> zarr.Array:
@@ -412,7 +468,7 @@ class RunDir:
             raise RunDirError(
                 f"{self.path} has no sources table; run `skymorph ingest INPUT... --out {self.path}`"
             )
-        return pd.read_parquet(path)
+        return _read_parquet(path, f"re-run ingest (`skymorph ingest INPUT... --out {self.path} --force`)")
 
     @property
     def rejects_path(self) -> Path:
@@ -459,7 +515,7 @@ class RunDir:
             raise RunDirError(
                 f"{self.path} has no catalog yet; run `skymorph cluster {self.path}` first"
             )
-        return pd.read_parquet(path)
+        return _read_parquet(path, f"re-run `skymorph cluster {self.path} --force` (and the stages after it)")
 
     def write_catalog(self, table: pd.DataFrame) -> pd.DataFrame:
         """Write the catalog as Parquet and FITS, with units, descriptions and
@@ -477,6 +533,14 @@ class RunDir:
         from .catalog import update_catalog
 
         return update_catalog(self.path, columns)
+
+
+def _read_parquet(path: Path, remedy: str) -> pd.DataFrame:
+    """A Parquet table of the run; a truncated or damaged one is an error naming it."""
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{path} is damaged ({exc}); {remedy}") from None
 
 
 def _is_blank_toml(path: Path) -> bool:

@@ -284,8 +284,12 @@ def execute(name: str, run_dir: str | os.PathLike | RunDir, config: Config | Non
         extra = stage.extra(ctx) if stage.extra is not None else None
         fingerprint = run.fingerprint(name, config, stage.sections, upstream=stage.upstream(config),
                                       extra=extra)
-        if not (force or stage.always) and run.is_current(name, fingerprint) and all(
-                run.exists(path) for path in stage.outputs):
+        current = not (force or stage.always) and run.is_current(name, fingerprint)
+        damaged = {path: run.damage(path) for path in stage.outputs} if current else {}
+        for path, why in damaged.items():
+            if why and why != "missing":
+                log.warning("%s: %s is damaged (%s); computing it again", name, path, why)
+        if current and not any(damaged.values()):
             log.info("%s: inputs and settings unchanged, reusing the output in %s", name, run.path)
         else:
             ctx.fingerprint = fingerprint

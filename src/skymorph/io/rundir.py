@@ -4,7 +4,10 @@ Layout (paths relative to ``RUN_DIR``)::
 
     skymorph.json        format version and the skymorph version that created it
     config.toml          every setting used by the last stage that ran
-    stages/<stage>.json  fingerprint of each finished stage (inputs + settings)
+    stages/<stage>.json  fingerprint of each finished stage (inputs + settings) and
+                         ``settings_used``: the settings its outputs were made with
+                         (config.toml is rebuilt from them when missing or empty)
+    stages/<stage>.unfinished  a stage that started writing and has not finished
     stamps.zarr          N x S x S float32 stamps                    (ingest)
     sources.parquet      one row per stamp, same order               (ingest)
     rejects.csv          id, origin, stage, reason of unusable inputs (any stage)

@@ -314,6 +314,7 @@ def test_a_missing_or_empty_config_toml_is_rebuilt_from_the_stage_records(small_
         path.unlink()
     else:
         path.write_text("" if damage == "empty" else "# nothing here\n\n")
+    (small_run.path / "stages" / "encode.partial.json").write_text("{}")  # a resume record, not a stage's
     assert small_run.config().ingest.stamp_size == 64
     assert main(["polar", str(small_run.path)]) == 0
     assert _recorded_stamp_size(small_run) == 64

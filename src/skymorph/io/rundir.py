@@ -140,7 +140,7 @@ class RunDir:
     def summary(self) -> str:
         """A few lines on what the run holds: stages finished, arrays, catalog, rejects."""
         lines = [f"run directory {self.path}"]
-        for path in sorted((self.path / "stages").glob("*.json")):
+        for path in self._stage_records():
             info = self.stage_info(path.stem) or {}
             lines.append(f"  {path.stem:<9} finished {info.get('finished', '?')}")
         partial: dict[str, str] = {}
@@ -226,12 +226,17 @@ class RunDir:
             raise ConfigError(f"{path} cannot be read as settings ({exc}); restore it, or delete it to "
                               "rebuild it from the stage records in stages/") from None
 
+    def _stage_records(self) -> list[Path]:
+        """``stages/<stage>.json`` of each finished stage (not the resume records such as
+        ``encode.partial.json``)."""
+        return sorted(p for p in (self.path / "stages").glob("*.json") if "." not in p.stem)
+
     def recorded_settings(self) -> dict[str, dict[str, dict[str, Any]]]:
         """``{stage: {section: {key: value}}}``: the settings each finished stage's outputs
         were made with (``settings_used`` of ``stages/<stage>.json``; stages recorded by an
         older skymorph are left out)."""
         out = {}
-        records = [self.stage_info(p.stem) or {} for p in (self.path / "stages").glob("*.json")]
+        records = [self.stage_info(p.stem) or {} for p in self._stage_records()]
         for info in sorted(records, key=lambda i: str(i.get("finished", ""))):
             used = info.get("settings_used")
             if isinstance(used, dict) and isinstance(info.get("stage"), str):
@@ -241,7 +246,7 @@ class RunDir:
     def _config_from_records(self, state: str) -> Config:
         """The settings rebuilt from the stage records, for a ``config.toml`` that is missing
         or empty (the defaults for a run where no stage has finished)."""
-        stages = sorted(p.stem for p in (self.path / "stages").glob("*.json"))
+        stages = sorted(p.stem for p in self._stage_records())
         if not stages:
             return Config()
         recorded = self.recorded_settings()

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SkymorphError
+
 __all__ = ["SelectionError", "FUNCTIONS", "parse_selection", "column_names", "evaluate_selection"]
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {
@@ -37,7 +39,7 @@ _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
 _MAX_LENGTH = 1000
 
 
-class SelectionError(ValueError):
+class SelectionError(SkymorphError, ValueError):
     """A selection expression is not allowed, names a missing column, or is not a yes/no test."""
 
 

@@ -332,8 +332,6 @@ def _pairs(items: Sequence[str] | None) -> dict[str, str]:
 
 
 def _auto(args: argparse.Namespace, config: Config) -> int:
-    import pandas as pd
-
     from .inspection.auto import auto_votes, human_voters
     from .inspection.merge import format_counts
     from .io.rundir import RunDir
@@ -351,7 +349,9 @@ def _auto(args: argparse.Namespace, config: Config) -> int:
     min_agree = config.inspect.min_agree if human_voters(run) else 1
     if args.merge:
         merged = merge(run, config=config, min_agree=min_agree)
-        counts = pd.read_csv(run.path / "inspection" / "type_counts.csv")
+        from .io.csvfile import read_csv
+
+        counts = read_csv(run.path / "inspection" / "type_counts.csv")
         print(f"merged with min_agree {min_agree} ({len(merged)} clusters):")
         print(format_counts(counts))
     else:
@@ -421,7 +421,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """
     run_dir = getattr(args, "run_dir", None) or getattr(args, "out", None)
     recorded = Path(run_dir) / "config.toml" if run_dir else None
-    if recorded is not None and recorded.exists():
+    if run_dir and (Path(run_dir) / "skymorph.json").is_file():
+        from .io.rundir import RunDir
+
+        config = RunDir(run_dir).config()  # rebuilt from the stage records when missing or empty
+    elif recorded is not None and recorded.exists():
         try:
             config = load_config(recorded)
         except ConfigError as exc:

@@ -322,6 +322,10 @@ def _check_weights_file(weights: str | os.PathLike | None) -> Path | None:
     if weights is None:
         return None
     path = Path(weights).expanduser()
+    if path.is_dir():
+        raise EncoderError(
+            f"weights {path} is a directory (encode.weights / --weights); give the path of the weights "
+            "file in it (a .safetensors file or PyTorch state dict .pth/.pt/.bin)")
     if not path.is_file():
         raise EncoderError(
             f"weights file {path} does not exist (encode.weights / --weights); give the path of a "

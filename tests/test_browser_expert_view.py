@@ -13,19 +13,9 @@ import pytest
 from conftest import GZ1
 from skymorph import Config, RunDir
 from skymorph.stages.inspect import merge
-from test_browser import CHROMIUM_ARGS
 from test_inspection import Server
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

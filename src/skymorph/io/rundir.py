@@ -273,7 +273,8 @@ class RunDir:
         log.warning("%s is %s: the settings were rebuilt from the records of %s in stages/",
                     self.path / "config.toml", state, ", ".join(recorded))
         try:
-            return Config().update(values)
+            # execution-only settings (scheduler, workers, ...) applied to the command that ran
+            return Config().update(values).with_execution_settings(Config())
         except ConfigError as exc:
             raise ConfigError(f"the stage records in {self.path / 'stages'} hold a setting this skymorph "
                               f"does not know ({exc}); restore config.toml") from None

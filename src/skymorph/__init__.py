@@ -44,6 +44,9 @@ _EXPORTS: dict[str, str] = {
     "run": "skymorph.stages.pipeline",
     "montage": "skymorph.stages.inspect",
     "merge": "skymorph.stages.inspect",
+    "similar": "skymorph.stages.similar",
+    "anomaly": "skymorph.stages.anomaly",
+    "subdivide": "skymorph.stages.subdivide",
     "serve": "skymorph.inspection",
     "make_server": "skymorph.inspection",
 }

@@ -39,6 +39,9 @@ COMMANDS: dict[str, str] = {
     "measure": "Sersic, Gini-M20, CAS, MID, Psi and G2 per galaxy",
     "validate": "statistics, plots and an HTML report of the morphology types",
     "evaluate": "score the clusters against known labels",
+    "similar": "'more like this': the galaxies nearest to a galaxy or a new image",
+    "anomaly": "rank every galaxy by how unusual it is (anomaly_score) and show the top ones",
+    "subdivide": "subclasses of one cluster or type (the three-clusterer vote on their own embedding)",
     "run": "ingest -> cluster and draw the montages in one go",
     "info": "print what a run directory holds",
 }

@@ -32,6 +32,9 @@ __all__ = [
     "ExtendConfig",
     "ValidateConfig",
     "ComputeConfig",
+    "SimilarConfig",
+    "AnomalyConfig",
+    "SubdivideConfig",
     "PRESETS",
     "load_config",
     "read_settings",
@@ -648,6 +651,11 @@ class InspectConfig:
         "Morphology types the experts choose from; the last is the 'unclassified' type given to "
         "clusters without agreement.",
     )
+    special_types: list[str] = setting(
+        ["tidal", "lens", "merger", "ring", "compact"],
+        "Special types an expert can give a subclass (``skymorph subdivide``) in the voting "
+        "application, beside free text; ``inspect merge`` writes the agreed one to ``special_type``.",
+    )
 
 
 G2_MIN_SN = 3.0
@@ -936,6 +944,77 @@ class ComputeConfig:
     )
 
 
+@dataclass
+class SimilarConfig:
+    """'More like this': the nearest galaxies to a query (``skymorph similar``)."""
+
+    n: int = setting(50, "Neighbours returned per query.", flag="--n", min=1)
+    input: str = setting(
+        "features",
+        "Space the neighbours are searched in: ``features`` (the encoder features) or ``embedding`` "
+        "(the UMAP embedding).",
+        choices=["features", "embedding"],
+        flag="--input",
+    )
+    metric: str = setting("cosine", "Distance between galaxies: ``cosine`` or ``euclidean``.",
+                          choices=["cosine", "euclidean"], flag="--metric")
+    exact_below: int = setting(
+        20000,
+        "Runs with fewer galaxies are searched exactly (brute force); larger ones through a stored "
+        "inverted-file index (``similar/index/``, built on first use).",
+        min=0,
+    )
+    probe: int = setting(
+        24, "Lists of the index scanned per query (more: closer to exact, slower).", min=1, result=False
+    )
+    seed: int = setting(0, "Seed of the index's K-means.")
+
+
+@dataclass
+class AnomalyConfig:
+    """Anomaly ranking: ``anomaly_score`` for every galaxy (``skymorph anomaly``)."""
+
+    method: str = setting(
+        "lof",
+        "Score: ``knn`` (mean distance to the nearest galaxies), ``lof`` (local outlier factor) or "
+        "``iforest`` (isolation forest); measured in the README.",
+        choices=["knn", "lof", "iforest"],
+        flag="--method",
+    )
+    input: str = setting(
+        "features",
+        "Space the score is taken in: ``features`` or ``embedding``.",
+        choices=["features", "embedding"],
+        flag="--input",
+    )
+    n_neighbors: int = setting(20, "Neighbours of ``knn`` and ``lof``.", min=1)
+    dims: int = setting(
+        64, "Principal components of the standardised input the score is taken in (0: all).", min=0
+    )
+    reference: int = setting(
+        10000, "Galaxies (a seeded sample) the neighbours are searched among / the model is fitted on.",
+        min=10,
+    )
+    top: int = setting(100, "Galaxies shown in the montage of the most unusual ones.", flag="--top", min=1)
+    seed: int = setting(0, "Seed of the samples and of the isolation forest.", flag="--seed")
+
+
+@dataclass
+class SubdivideConfig:
+    """Subclasses of one cluster or type (``skymorph subdivide``)."""
+
+    k: int = setting(5, "Subclasses of each of the three clusterers.", flag="--k", min=2)
+    dims: int = setting(
+        10, "Dimension of the members' own UMAP embedding (0: cluster their PCA-50 features instead).",
+        min=0,
+    )
+    n_neighbors: int = setting(15, "UMAP neighbours of the members' embedding.", min=2)
+    seed: int = setting(42, "Seed of the embedding and the clusterers.", flag="--seed")
+    per_subcluster: int = setting(
+        50, "Members drawn at random for each subclass montage.", min=1
+    )
+
+
 _SECTIONS = {
     "ingest": IngestConfig,
     "denoise": DenoiseConfig,
@@ -948,6 +1027,9 @@ _SECTIONS = {
     "extend": ExtendConfig,
     "validate": ValidateConfig,
     "compute": ComputeConfig,
+    "similar": SimilarConfig,
+    "anomaly": AnomalyConfig,
+    "subdivide": SubdivideConfig,
 }
 
 
@@ -966,6 +1048,9 @@ class Config:
     extend: ExtendConfig = field(default_factory=ExtendConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    similar: SimilarConfig = field(default_factory=SimilarConfig)
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    subdivide: SubdivideConfig = field(default_factory=SubdivideConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dictionary of every setting."""

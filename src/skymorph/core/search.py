@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["METRICS", "SearchError", "normalise", "exact_neighbors", "IVFIndex", "build_ivf",
+__all__ = ["METRICS", "SearchError", "index_key", "normalise", "exact_neighbors", "IVFIndex", "build_ivf",
            "neighbor_precision", "class_lift"]
 
 METRICS = ("cosine", "euclidean")
@@ -43,6 +43,15 @@ class SearchError(ValueError):
 def _check_metric(metric: str) -> None:
     if metric not in METRICS:
         raise SearchError(f"similar.metric must be one of {', '.join(METRICS)} (got {metric!r})")
+
+
+def index_key(upstream: str | None, *, metric: str, seed: int, space: str) -> str:
+    """The key a stored index is reused under: the fingerprint of the searched array's stage and
+    the index settings (a different key rebuilds the index)."""
+    import hashlib
+
+    text = json.dumps([upstream, metric, seed, space])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def normalise(x: np.ndarray, *, metric: str) -> np.ndarray:

@@ -70,8 +70,19 @@ MONTAGE = Stage(
 
 def _merge(ctx: StageContext) -> dict[str, Any]:
     result = merge_votes(ctx.run, ctx.options.get("votes"), ctx.config)
-    return {"n_clusters": len(result), "n_votes": int(result["n_experts"].sum()),
-            "n_without_agreement": int((result["type_flag"] != "agreed").sum())}
+    summary = {"n_clusters": len(result), "n_votes": int(result["n_experts"].sum()),
+               "n_without_agreement": int((result["type_flag"] != "agreed").sum())}
+    return {**summary, **_merge_special(ctx)}
+
+
+def _merge_special(ctx: StageContext) -> dict[str, Any]:
+    """The subclasses' special types (``special_type``), when experts named subclasses."""
+    from ..inspection.special import merge_special
+
+    table = merge_special(ctx.run, ctx.config)
+    if table is None:
+        return {}
+    return {"n_subclasses_named": int((table["special_type"] != "").sum())}
 
 
 def _merge_report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
@@ -86,7 +97,9 @@ def _merge_report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) ->
             f"{config.inspect.types[-1]}: {', '.join(map(str, flagged['cluster'])) or 'none'}\n"
             f"{format_counts(counts)}\n"
             f"morph_type written to {run.path / 'catalog.parquet'}; counts in "
-            f"{run.path / 'inspection' / 'type_counts.csv'}")
+            f"{run.path / 'inspection' / 'type_counts.csv'}"
+            + (f"\n{info['n_subclasses_named']} subclasses named by the experts -> special_type "
+               f"({run.path / 'inspection' / 'subclass_types.csv'})" if "n_subclasses_named" in info else ""))
 
 
 MERGE = Stage(

@@ -289,10 +289,11 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
 
 
 def _upstream_key(run: RunDir, config: Config) -> str:
-    stage = _input_stage(config)
-    info = run.stage_info(stage) or {}
-    return hashlib.sha256(json.dumps([info.get("fingerprint"), config.similar.metric, config.similar.seed,
-                                      config.similar.input], default=str).encode()).hexdigest()[:16]
+    from ..core.search import index_key
+
+    info = run.stage_info(_input_stage(config)) or {}
+    return index_key(info.get("fingerprint"), metric=config.similar.metric, seed=config.similar.seed,
+                     space=config.similar.input)
 
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:

@@ -37,7 +37,6 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_reduce_cluster import make_features  # noqa: E402
-
 from skymorph import Config, RunDir  # noqa: E402
 
 
@@ -132,7 +131,8 @@ def main() -> int:
         print(f"for comparison, one exact query in memory: {time.perf_counter() - t:.2f} s", flush=True)
         del x
         s, gib, _ = timed([*cli, "anomaly", str(where), "-q"])
-        print(f"anomaly ({Config().anomaly.method}, default settings)       {s:8.1f} s   peak RSS {gib:5.2f} GiB",
+        print(f"anomaly ({Config().anomaly.method}, default settings)       {s:8.1f} s   "
+              f"peak RSS {gib:5.2f} GiB",
               flush=True)
     finally:
         if not args.keep:

@@ -91,7 +91,8 @@ def main() -> int:
         labelled = y != ""
         print(f"## {name}: {len(y)} galaxies, {int(labelled.sum())} labelled; arrays: {', '.join(arrays)}")
         # 1. neighbours share the query's class
-        print("\n| input / metric | class | n | base rate | precision@10 | lift@10 | precision@50 | lift@50 |")
+        print("\n| input / metric | class | n | base rate | precision@10 | lift@10 | precision@50 "
+              "| lift@50 |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for array, metric in (("features", "cosine"), ("features", "euclidean"), ("embedding", "euclidean")):
             if array not in arrays:

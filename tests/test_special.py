@@ -322,7 +322,8 @@ def test_server_answers_more_like_this_and_subclass_names(run):
         assert server.get(sub["png"])[0] == 200
 
         def post(payload):
-            request = urllib.request.Request(server.url + "api/subclass-vote", data=json.dumps(payload).encode(),
+            request = urllib.request.Request(server.url + "api/subclass-vote",
+                                             data=json.dumps(payload).encode(),
                                              headers={"Content-Type": "application/json",
                                                       "X-Skymorph-Token": server.token})
             try:

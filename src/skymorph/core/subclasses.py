@@ -63,7 +63,8 @@ def own_embedding(x: np.ndarray, *, dims: int = 10, n_neighbors: int = 15, seed:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = umap.UMAP(n_components=min(dims, len(x) - 2), n_neighbors=max(2, min(n_neighbors, len(x) - 1)),
+        model = umap.UMAP(n_components=min(dims, len(x) - 2),
+                          n_neighbors=max(2, min(n_neighbors, len(x) - 1)),
                           random_state=seed, n_jobs=1, init="random" if len(x) < 50 else "spectral")
         emb = model.fit_transform(reduced)
     return np.ascontiguousarray(emb, dtype=np.float32)

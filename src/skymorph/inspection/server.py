@@ -290,7 +290,8 @@ class _App:
         sub = payload.get("subcluster")
         known = {e["subcluster"] for m in self._subclass_manifests() for e in m.get("subclusters", [])}
         if not isinstance(sub, str) or sub not in known:
-            raise InspectError(f"there is no subclass {_short(sub)} in this run (run `skymorph subdivide` first)")
+            raise InspectError(f"there is no subclass {_short(sub)} in this run (run `skymorph subdivide` "
+                               "first)")
         label = clean_label(payload.get("label"), list(self.config.inspect.special_types))
         store = self._subclass_store()
         row = store.cast(expert, sub, label)

@@ -70,7 +70,8 @@ def _draw_top(run: RunDir, config: Config, catalog: pd.DataFrame, score: np.ndar
     order = order[np.isfinite(score[order])]
     out = run.path / "anomaly"
     out.mkdir(exist_ok=True)
-    table = pd.DataFrame({"rank": np.arange(1, len(order) + 1), "id": catalog["id"].astype(str).to_numpy()[order],
+    table = pd.DataFrame({"rank": np.arange(1, len(order) + 1),
+                          "id": catalog["id"].astype(str).to_numpy()[order],
                           "anomaly_score": score[order]})
     for col in SHOWN_COLUMNS:
         if col in catalog.columns and col != "anomaly_score":

@@ -61,7 +61,8 @@ def _members(catalog: pd.DataFrame, options: dict[str, Any], run: RunDir) -> tup
             c = None
         if c is None or c not in existing:
             shown = ", ".join(map(str, existing[:30])) + (" ..." if len(existing) > 30 else "")
-            raise SubdivideError(f"cluster {cluster} does not exist in {run.path}; choose one of its consensus "
+            raise SubdivideError(f"cluster {cluster} does not exist in {run.path}; choose one of its "
+                                 "consensus "
                                  f"clusters ({shown or 'none'})")
         return str(c), labels == c
     column = _type_column(catalog)
@@ -192,11 +193,13 @@ def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
     sizes = info.get("sizes", {})
     folder = run.path / "subdivide" / _folder(str(info.get("group")))
     return "\n".join([
-        f"group {info.get('group')}: {info.get('n_members')} galaxies -> {info.get('n_subclusters')} subclasses; "
+        f"group {info.get('group')}: {info.get('n_members')} galaxies -> {info.get('n_subclusters')} "
+        "subclasses; "
         f"{info.get('n_kept')} kept where K-means, BIRCH and ward agree",
         *(f"  {name:<12}{n:>6} galaxies" for name, n in sizes.items()),
         f"subcluster written to {run.path / 'catalog.parquet'}; montages in {folder}",
-        f"experts name them in `skymorph inspect serve {run.path}` (Subclasses), then `skymorph inspect merge "
+        f"experts name them in `skymorph inspect serve {run.path}` (Subclasses), then "
+        "`skymorph inspect merge "
         f"{run.path}` writes special_type"])
 
 

@@ -337,3 +337,58 @@ def test_server_answers_more_like_this_and_subclass_names(run):
         assert status == 200 and body["votes"] == {sub["subcluster"]: "lens"}
         assert post({"expert": "ann", "subcluster": "99.1", "label": "lens"})[0] == 400
         assert post({"expert": "ann", "subcluster": sub["subcluster"], "label": ""})[0] == 400
+
+
+# --- in the browser -----------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_browser_more_like_this_and_naming_a_subclass(run):
+    from test_browser import CHROMIUM_ARGS, login
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    skymorph.montage(run, per_cluster=10)
+    parent = _biggest_cluster(run)
+    skymorph.subdivide(run, parent, k=3, dims=0)
+    with Server(run) as server, playwright.sync_playwright() as p:
+        n_clusters = len(server.get("/api/state")[1]["clusters"])
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True).new_page()
+            login(page, server.server.token_url, "Ann", n_clusters)
+            # a click on a thumbnail, then "more like this": the neighbours of that galaxy
+            page.click("#cells .cell >> nth=0")
+            page.wait_for_function("!document.getElementById('zoom').hidden")
+            clicked = page.text_content("#zoom-id").removeprefix("galaxy ")
+            assert page.locator("#similar-panel").is_hidden()
+            page.click("#more-like-this")
+            page.wait_for_function("document.querySelectorAll('#similar-grid .neighbour').length === 12")
+            shown = page.eval_on_selector_all("#similar-grid .neighbour", "els => els.map(e => e.dataset.id)")
+            expected = skymorph.similar(run, clicked, n=12)
+            assert shown == expected["id"].iloc[1:].tolist()
+            page.wait_for_function("[...document.querySelectorAll('#similar-grid img')]"
+                                   ".every(i => i.complete && i.naturalWidth > 0)")
+            # a neighbour opens in the zoomed view, and the panel starts afresh
+            page.click("#similar-grid .neighbour >> nth=0")
+            page.wait_for_function(f"document.getElementById('zoom-id').textContent === 'galaxy {shown[0]}'")
+            assert page.locator("#similar-panel").is_hidden()
+            page.keyboard.press("Escape")
+            # the subclasses of `skymorph subdivide`: name one with a special type, one with free text
+            page.click("#show-subclasses")
+            page.wait_for_function("document.querySelectorAll('#subclass-list .subclass').length > 0")
+            first = page.get_attribute("#subclass-list .subclass >> nth=0", "data-subcluster")
+            page.click(f".subclass[data-subcluster='{first}'] .special:text('ring')")
+            page.wait_for_function(f"document.getElementById('subclass-status').textContent === "
+                                   f"'Saved: subclass {first} = ring'")
+            second = page.get_attribute("#subclass-list .subclass >> nth=1", "data-subcluster")
+            page.fill(f".subclass[data-subcluster='{second}'] input", "  dust lane ")
+            page.click(f".subclass[data-subcluster='{second}'] button:text('save')")
+            page.wait_for_function(f"document.getElementById('subclass-status').textContent === "
+                                   f"'Saved: subclass {second} = dust lane'")
+            assert page.locator(f".subclass[data-subcluster='{first}'] .special.selected").text_content() == "ring"
+        finally:
+            browser.close()
+    from skymorph.inspection import clustering_fingerprint
+
+    store = SubclassVoteStore(subclass_votes_path(run), clustering_fingerprint(run.catalog()))
+    assert store.votes_of("ann") == {first: "ring", second: "dust lane"}

@@ -385,7 +385,8 @@ def test_browser_more_like_this_and_naming_a_subclass(run):
             page.click(f".subclass[data-subcluster='{second}'] button:text('save')")
             page.wait_for_function(f"document.getElementById('subclass-status').textContent === "
                                    f"'Saved: subclass {second} = dust lane'")
-            assert page.locator(f".subclass[data-subcluster='{first}'] .special.selected").text_content() == "ring"
+            selected = page.locator(f".subclass[data-subcluster='{first}'] .special.selected")
+            assert selected.text_content() == "ring"
         finally:
             browser.close()
     from skymorph.inspection import clustering_fingerprint

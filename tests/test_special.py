@@ -24,6 +24,7 @@ from skymorph.stages.similar import SimilarError
 from skymorph.stages.subdivide import SubdivideError
 from test_extend import blobs, profile_features
 from test_inspection import Server, cluster_catalog
+from test_report import report_run  # noqa: F401 - a fixture
 
 GZ1_N = 90
 
@@ -393,3 +394,28 @@ def test_browser_more_like_this_and_naming_a_subclass(run):
 
     store = SubclassVoteStore(subclass_votes_path(run), clustering_fingerprint(run.catalog()))
     assert store.votes_of("ann") == {first: "ring", second: "dust lane"}
+
+
+# --- the report ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_report_has_a_section_on_special_objects(report_run, tmp_path):  # noqa: F811 - imported fixture
+    from skymorph.stages.validate import validate
+
+    shutil.copytree(report_run.path, tmp_path / "run")
+    run = RunDir(tmp_path / "run")
+    catalog = run.catalog()
+    n = len(catalog)
+    sub = np.where(catalog["cluster"] == 0, np.where(np.arange(n) % 2, "0.1", "0.0"), "")
+    special = np.where(sub == "0.1", "tidal", "")
+    score = np.linspace(0, 1, n)
+    run.update_catalog(pd.DataFrame({"id": catalog["id"], "subcluster": sub, "special_type": special,
+                                     "anomaly_score": score}))
+    validate(run, force=True, progress=False)
+    part = json.loads((run.path / "report" / "validation.json").read_text())["parts"]["special"]["result"]
+    assert {r["subcluster"]: r["special_type"] for r in part["subclasses"]} == {"0.0": "", "0.1": "tidal"}
+    assert part["special_counts"] == {"tidal": int((special == "tidal").sum())}
+    assert part["anomaly"]["top"][0]["id"] == str(catalog["id"].iloc[-1])
+    html = (run.path / "report" / "report.html").read_text()
+    assert 'id="special-types"' in html and "tidal (" in html and 'id="anomalies"' in html

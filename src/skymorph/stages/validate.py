@@ -508,6 +508,34 @@ def _part_extended(inp: _Inputs, section) -> None:
     section.figures.append(reliability_figure(cv))
 
 
+def _part_special(inp: _Inputs, section) -> None:
+    """Subclasses (``skymorph subdivide``), their special types and the most unusual galaxies."""
+    table, result = inp.table, {}
+    if "subcluster" in table.columns and (table["subcluster"].fillna("").astype(str) != "").any():
+        sub = table["subcluster"].fillna("").astype(str)
+        special = (table["special_type"].fillna("").astype(str) if "special_type" in table.columns
+                   else pd.Series("", index=table.index))
+        result["subclasses"] = [{"subcluster": name, "n": int((sub == name).sum()),
+                                 "special_type": special[sub == name].iloc[0]}
+                                for name in sorted(set(sub) - {""})]
+        result["special_counts"] = {str(k): int(v) for k, v in special[special != ""].value_counts().items()}
+    else:
+        section.notes.append(f"no subclasses: `skymorph subdivide {inp.run.path} --cluster C` has not run")
+    if "anomaly_score" in table.columns:
+        score = pd.to_numeric(table["anomaly_score"], errors="coerce")
+        order = score.fillna(-np.inf).to_numpy().argsort()[::-1][:10]
+        mtype = table["morph_type"].fillna("").astype(str).to_numpy() if "morph_type" in table else None
+        info = inp.run.stage_info("anomaly") or {}
+        result["anomaly"] = {"method": info.get("method", ""), "input": info.get("input", ""),
+                             "n_scored": int(score.notna().sum()),
+                             "top": [{"id": str(table["id"].iloc[i]), "score": float(score.iloc[i]),
+                                      "type": "" if mtype is None else mtype[i]} for i in order]}
+    else:
+        section.notes.append(f"no anomaly_score: `skymorph anomaly {inp.run.path}` has not run")
+    if result:
+        section.result = result
+
+
 PARTS: list[tuple[str, str, Callable[[_Inputs, Any], None]]] = [
     ("types", "Sample and types", _part_types),
     ("extended", "Every galaxy typed: the extension beyond the consensus", _part_extended),
@@ -519,6 +547,7 @@ PARTS: list[tuple[str, str, Callable[[_Inputs, Any], None]]] = [
     ("kept_rejected", "Kept versus rejected (Fig. 14)", _part_kept_rejected),
     ("maps", "UMAP and t-SNE maps (Figs. 5f, 7)", _part_maps),
     ("gzh", "Galaxy Zoo: Hubble comparison", _part_gzh),
+    ("special", "Special objects: subclasses, special types and the most unusual galaxies", _part_special),
 ]
 
 

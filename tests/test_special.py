@@ -197,19 +197,56 @@ def test_similar_bad_input_is_one_sentence(run, capsys, tmp_path):
         skymorph.similar(run, "nope")
 
 
-@pytest.mark.slow
-def test_similar_image_is_encoded_like_the_run_itself(tmp_path, shared_data, capsys):
+@pytest.fixture(scope="module")
+def encoded_run(tmp_path_factory, shared_data):
+    """24 GZ1 stamps through the real encoder (Lite0, one rotation), clustered from their pixels."""
     images = sorted((shared_data / "gz1_sdss" / "images").glob("*.jpeg"))[:24]
     config = Config().update({"ingest": {"workers": 1}, "encode": {"encoder": "efficientnet_lite0",
                                                                    "rotations": 1}})
-    run = skymorph.ingest(images, tmp_path / "run", config, progress=False)
+    run = skymorph.ingest(images, tmp_path_factory.mktemp("enc") / "run", config, progress=False)
     skymorph.encode(run, progress=False)
+    cluster_catalog(run, k=3)
+    return run, images
+
+
+@pytest.mark.slow
+def test_similar_image_is_encoded_like_the_run_itself(encoded_run, capsys):
+    run, images = encoded_run
     table = skymorph.similar(run, image=images[5], n=3)
     assert table["query"].iloc[0] == images[5].name
     assert table["rank"].iloc[0] == 1  # a new image has no rank-0 row of its own
     assert table["id"].iloc[0] == images[5].stem and table["distance"].iloc[0] < 1e-4
     assert cli_main(["similar", str(run.path), "--image", str(images[7]), "--n", "2"]) == 0
     assert images[7].stem in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_readme_commands_of_the_unusual_galaxies(encoded_run, tmp_path, capsys):
+    import re
+    import shlex
+
+    from conftest import ROOT
+
+    source, images = encoded_run
+    shutil.copytree(source.path, tmp_path / "myrun")
+    run = RunDir(tmp_path / "myrun")
+    catalog = run.catalog()
+    run.update_catalog(pd.DataFrame({"id": catalog["id"], "morph_type": np.where(
+        np.arange(len(catalog)) % 2, "UNC", "SPH")}))
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("### Unusual galaxies"):]
+    block = block[block.index("```bash") + 7:block.index("```", block.index("```bash") + 7)]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert [c.split()[1] for c in commands] == ["similar", "similar", "anomaly", "subdivide", "subdivide"]
+    parent = _biggest_cluster(run)
+    for command in commands:
+        command = (command.replace("myrun", str(run.path)).replace("587722982825001149", images[0].stem)
+                   .replace("new_cutout.jpeg", str(images[1])))
+        command = re.sub(r"--cluster 3 --k 4", f"--cluster {parent} --k 3", command)
+        assert cli_main(shlex.split(command)[1:]) == 0, command
+    out = capsys.readouterr().out
+    assert "nearest to" in out and "most unusual" in out and "subclasses" in out
+    assert set(run.catalog()["subcluster"].fillna("").str.split(".").str[0]) <= {"", str(parent), "UNC"}
 
 
 # --- the anomaly stage ------------------------------------------------------------------------------

@@ -59,10 +59,10 @@ def own_embedding(x: np.ndarray, *, dims: int = 10, n_neighbors: int = 15, seed:
     reduced = u[:, :m] * s[:m]
     if not dims:
         return reduced.astype(np.float32)
-    import umap
-
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # umap's advice (no TensorFlow, seeded = serial) is not an error
         warnings.simplefilter("ignore")
+        import umap
+
         model = umap.UMAP(n_components=min(dims, len(x) - 2),
                           n_neighbors=max(2, min(n_neighbors, len(x) - 1)),
                           random_state=seed, n_jobs=1, init="random" if len(x) < 50 else "spectral")

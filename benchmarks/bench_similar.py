@@ -57,18 +57,19 @@ def make_run(path: Path, n: int, dim: int, seed: int, exact_below: int) -> RunDi
     return run
 
 
-def timed(cmd: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (GiB) of the child, and its output."""
+def timed(cmd: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (GiB) and CPU seconds (user + system) of the child."""
     wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
                "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-               "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+               "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+               "print(time.perf_counter() - t, u.ru_maxrss, u.ru_utime + u.ru_stime); "
                "print(p.stdout[-2000:], p.stderr[-2000:], file=sys.stderr); sys.exit(p.returncode)")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
-    seconds, kib = proc.stdout.split()
-    return float(seconds), int(kib) / 2**20, proc.stderr
+    seconds, kib, cpu = proc.stdout.split()
+    return float(seconds), int(kib) / 2**20, float(cpu)
 
 
 def main() -> int:
@@ -80,25 +81,34 @@ def main() -> int:
     parser.add_argument("--exact-below", type=int, default=Config().similar.exact_below,
                         help="similar.exact_below of the run (lower it to test the index on a small run)")
     parser.add_argument("--keep", default=None, help="write the run here and keep it")
+    parser.add_argument("--reuse", action="store_true", help="with --keep: reuse the run written before")
     args = parser.parse_args()
     cli = [sys.executable, "-m", "skymorph.cli"]
     where = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_similar_")) / "run"
-    if where.exists():
-        shutil.rmtree(where)
-    t0 = time.perf_counter()
-    run = make_run(where, args.n, args.dim, args.seed, args.exact_below)
-    print(f"run of {args.n} x {args.dim} synthetic features written in {time.perf_counter() - t0:.0f} s "
-          f"({where})", flush=True)
+    if where.exists() and args.reuse:
+        run = RunDir(where)
+        shutil.rmtree(where / "similar", ignore_errors=True)
+        (where / "stages" / "similar.json").unlink(missing_ok=True)
+        print(f"reusing the run in {where}", flush=True)
+    else:
+        if where.exists():
+            shutil.rmtree(where)
+        t0 = time.perf_counter()
+        run = make_run(where, args.n, args.dim, args.seed, args.exact_below)
+        print(f"run of {args.n} x {args.dim} synthetic features written in {time.perf_counter() - t0:.0f} s "
+              f"({where})", flush=True)
     try:
-        s, gib, _ = timed([*cli, "similar", str(where), "g000000", "-q"])
-        print(f"similar, first call (builds the index)   {s:8.1f} s   peak RSS {gib:5.2f} GiB", flush=True)
-        walls = []
+        s, gib, cpu = timed([*cli, "similar", str(where), "g000000", "-q"])
+        print(f"similar, first call (builds the index)   {s:8.1f} s   CPU {cpu:7.1f} s   "
+              f"peak RSS {gib:5.2f} GiB", flush=True)
+        walls, cpus = [], []
         for gid in ("g000001", "g000002", "g000003"):
-            s, gib_q, _ = timed([*cli, "similar", str(where), gid, "-q"])
+            s, gib_q, cpu = timed([*cli, "similar", str(where), gid, "-q"])
             walls.append(s)
+            cpus.append(cpu)
         print(f"similar, index reused, fresh process      {statistics.median(walls):8.2f} s   median of 3 "
-              f"({', '.join(f'{w:.2f}' for w in walls)}; mostly imports); peak RSS {gib_q:5.2f} GiB",
-              flush=True)
+              f"({', '.join(f'{w:.2f}' for w in walls)}; mostly imports), "
+              f"CPU {statistics.median(cpus):.2f} s; peak RSS {gib_q:5.2f} GiB", flush=True)
         import skymorph
 
         skymorph.similar(run, "g000004", progress=False)  # imports and first touch of the files
@@ -109,6 +119,9 @@ def main() -> int:
             walls.append(time.perf_counter() - t)
         print(f"skymorph.similar(run, id), index reused  {statistics.median(walls):8.2f} s   median of 3 "
               f"({', '.join(f'{w:.2f}' for w in walls)}): table + montage", flush=True)
+        cpu0 = time.process_time()
+        skymorph.similar(run, "g000008", progress=False)
+        print(f"  its CPU time: {time.process_time() - cpu0:.2f} s", flush=True)
 
         from skymorph.core.search import IVFIndex, exact_neighbors
 
@@ -130,8 +143,8 @@ def main() -> int:
         exact_neighbors(x, x[q[:1]], n=50)
         print(f"for comparison, one exact query in memory: {time.perf_counter() - t:.2f} s", flush=True)
         del x
-        s, gib, _ = timed([*cli, "anomaly", str(where), "-q"])
-        print(f"anomaly ({Config().anomaly.method}, default settings)       {s:8.1f} s   "
+        s, gib, cpu = timed([*cli, "anomaly", str(where), "-q"])
+        print(f"anomaly ({Config().anomaly.method}, default settings)       {s:8.1f} s   CPU {cpu:7.1f} s   "
               f"peak RSS {gib:5.2f} GiB",
               flush=True)
     finally:

@@ -121,11 +121,13 @@ def test_anomaly_scores_put_injected_oddities_first(method):
     odd = np.array([5, 400, 777])
     x[odd] = np.random.default_rng(9).normal(0, 1, (3, 24)) * 12  # far from every blob
     x[10] = np.nan
-    score = anomaly_scores(x, method=method, n_neighbors=10, dims=8, reference=500, seed=1)
+    score = anomaly_scores(x, method=method, n_neighbors=10, dims=8, reference=500, seed=1,
+                           scaling="standardise")
     assert np.isnan(score[10]) and np.isfinite(np.delete(score, 10)).all()
     top = np.argsort(-np.nan_to_num(score, nan=-np.inf))[:3]
     assert set(top.tolist()) == set(odd.tolist())
-    again = anomaly_scores(x, method=method, n_neighbors=10, dims=8, reference=500, seed=1)
+    again = anomaly_scores(x, method=method, n_neighbors=10, dims=8, reference=500, seed=1,
+                           scaling="standardise")
     np.testing.assert_allclose(score, again, rtol=1e-5, equal_nan=True)
 
 
@@ -257,7 +259,8 @@ def test_anomaly_writes_the_score_and_a_montage_of_the_top(run, capsys):
     assert "most unusual" in capsys.readouterr().out
     catalog = run.catalog()
     expected = anomaly_scores(np.asarray(run.open_array("features")), method="knn",
-                              n_neighbors=Config().anomaly.n_neighbors, dims=Config().anomaly.dims)
+                              n_neighbors=Config().anomaly.n_neighbors, dims=Config().anomaly.dims,
+                              scaling=Config().anomaly.scaling)
     np.testing.assert_allclose(catalog["anomaly_score"], expected, rtol=1e-5)
     top = pd.read_csv(run.path / "anomaly" / "top.csv", dtype={"id": str})
     assert len(top) == 12 and (np.diff(top["anomaly_score"]) <= 0).all()

@@ -975,7 +975,7 @@ class AnomalyConfig:
     """Anomaly ranking: ``anomaly_score`` for every galaxy (``skymorph anomaly``)."""
 
     method: str = setting(
-        "lof",
+        "knn",
         "Score: ``knn`` (mean distance to the nearest galaxies), ``lof`` (local outlier factor) or "
         "``iforest`` (isolation forest); measured in the README.",
         choices=["knn", "lof", "iforest"],
@@ -987,9 +987,15 @@ class AnomalyConfig:
         choices=["features", "embedding"],
         flag="--input",
     )
-    n_neighbors: int = setting(20, "Neighbours of ``knn`` and ``lof``.", min=1)
+    n_neighbors: int = setting(10, "Neighbours of ``knn`` and ``lof``.", min=1)
+    scaling: str = setting(
+        "l2",
+        "``l2`` (every galaxy's vector to unit length: the cosine geometry ``similar`` uses) or "
+        "``standardise`` (every column to zero mean, unit variance) before the principal components.",
+        choices=["l2", "standardise"],
+    )
     dims: int = setting(
-        64, "Principal components of the standardised input the score is taken in (0: all).", min=0
+        64, "Principal components of the scaled input the score is taken in (0: all).", min=0
     )
     reference: int = setting(
         10000, "Galaxies (a seeded sample) the neighbours are searched among / the model is fitted on.",

@@ -4,9 +4,9 @@ Plain array functions; the ``anomaly`` stage (:mod:`skymorph.stages.anomaly`) re
 ``features`` or ``embedding`` and writes ``anomaly_score`` to the catalog.
 
 Three scores, each higher for a more unusual galaxy, all taken in the same space: the input
-standardised (per column) and projected on its first ``dims`` principal components (fitted on
-a seeded sample), so 10^5 galaxies x 2048 features cost seconds, not the N^2 D of a full
-neighbour search:
+scaled (rows to unit length, the cosine geometry ``similar`` searches in, or columns standardised)
+and projected on its first ``dims`` principal components (fitted on a seeded sample), so 10^5
+galaxies x 2048 features cost seconds, not the N^2 D of a full neighbour search:
 
 ``knn``
     mean distance to the ``n_neighbors`` nearest galaxies of a seeded reference sample
@@ -35,15 +35,19 @@ class AnomalyError(ValueError):
     """The galaxies cannot be scored (unknown method, too few galaxies)."""
 
 
-def project(x: np.ndarray, *, dims: int = 64, sample: int = 10000, seed: int = 0) -> np.ndarray:
-    """Standardise the columns and keep the first ``dims`` principal components.
+def project(x: np.ndarray, *, dims: int = 64, sample: int = 10000, seed: int = 0,
+            scaling: str = "l2") -> np.ndarray:
+    """Scale the rows or columns and keep the first ``dims`` principal components.
 
     Parameters
     ----------
     x : ndarray, shape (N, D)
         Finite rows only.
     dims : int
-        Principal components kept; 0 keeps the standardised input whole.
+        Principal components kept; 0 keeps the scaled input whole.
+    scaling : {"l2", "standardise"}
+        ``l2``: every row to unit length (the cosine geometry of the features, as ``similar``
+        uses); ``standardise``: every column to zero mean and unit variance.
     sample : int
         Rows (seeded sample) the mean, scale and components are fitted on.
     seed : int
@@ -53,10 +57,15 @@ def project(x: np.ndarray, *, dims: int = 64, sample: int = 10000, seed: int = 0
     ndarray of float32, shape (N, min(dims, D))
     """
     x = np.asarray(x, dtype=np.float32)
+    if scaling == "l2":
+        norm = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.where(norm > 0, norm, 1.0)
+    elif scaling != "standardise":
+        raise AnomalyError(f"anomaly.scaling must be 'l2' or 'standardise' (got {scaling!r})")
     rng = np.random.default_rng(seed)
     fit = x if len(x) <= sample else x[np.sort(rng.choice(len(x), sample, replace=False))]
     mean = fit.mean(axis=0)
-    scale = fit.std(axis=0)
+    scale = fit.std(axis=0) if scaling == "standardise" else np.ones(x.shape[1], np.float32)
     scale = np.where(scale > 0, scale, 1.0)
     z = (x - mean) / scale
     if not dims or dims >= x.shape[1]:
@@ -80,7 +89,7 @@ def _knn_score(z: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
 
 
 def anomaly_scores(x: np.ndarray, *, method: str = "knn", n_neighbors: int = 10, dims: int = 64,
-                   reference: int = 10000, seed: int = 0) -> np.ndarray:
+                   reference: int = 10000, seed: int = 0, scaling: str = "l2") -> np.ndarray:
     """An anomaly score per galaxy: higher is more unusual.
 
     Parameters
@@ -91,10 +100,12 @@ def anomaly_scores(x: np.ndarray, *, method: str = "knn", n_neighbors: int = 10,
     n_neighbors : int
         Neighbours of ``knn`` and ``lof``.
     dims : int
-        Principal components of the standardised input the scores are taken in (0: all).
+        Principal components of the scaled input the scores are taken in (0: all).
     reference : int
         Galaxies (seeded sample) the neighbours are searched among / the models are fitted on.
     seed : int
+    scaling : {"l2", "standardise"}
+        See :func:`project`.
 
     Returns
     -------
@@ -112,7 +123,7 @@ def anomaly_scores(x: np.ndarray, *, method: str = "knn", n_neighbors: int = 10,
     out = np.full(len(x), np.nan)
     if ok.sum() < 3:
         raise AnomalyError(f"only {int(ok.sum())} galaxies have finite values; at least 3 are needed")
-    z = project(x[ok], dims=dims, seed=seed)
+    z = project(x[ok], dims=dims, seed=seed, scaling=scaling)
     rng = np.random.default_rng(seed)
     m = len(z)
     ref = np.arange(m) if m <= reference else np.sort(rng.choice(m, reference, replace=False))

@@ -51,7 +51,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
                                 f"{len(catalog)}; re-run the pipeline stages")
     try:
         score = anomaly_scores(x, method=cfg.method, n_neighbors=cfg.n_neighbors, dims=cfg.dims,
-                               reference=cfg.reference, seed=cfg.seed)
+                               reference=cfg.reference, seed=cfg.seed, scaling=cfg.scaling)
     except AnomalyError as exc:
         raise AnomalyStageError(str(exc)) from None
     scores = pd.DataFrame({"id": catalog["id"], "anomaly_score": score})

@@ -164,9 +164,10 @@ def encode_image(run: RunDir, config: Config, path: str) -> tuple[np.ndarray, np
         model, _ = _cae.load_checkpoint(checkpoint, _cae.resolve_device(config.denoise.device))
         images = apply_cae(images, model)
     if config.polar.enabled:
-        from .polar import apct
+        from ..core.apct import apct
+        from .polar import core_options
 
-        images = apct(images, config)
+        images = apct(images, **core_options(config.polar))
     encoder = _encoders.build_encoder(config.encode)
     features, empty = encoder.encode(images, 1)
     if empty[0]:

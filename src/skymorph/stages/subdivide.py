@@ -17,7 +17,6 @@ writes the agreed name to ``special_type``.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -87,9 +86,9 @@ def _extra(ctx: StageContext) -> dict[str, Any]:
 
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
+    from ..core.clustering import ClusterError, consensus_clustering
     from ..core.subclasses import SubclassError, own_embedding, subcluster_names
     from ..inspection import clustering_fingerprint, sample_members
-    from .cluster import ClusterError, cluster_array
 
     run, config = ctx.run, ctx.config
     cfg = config.subdivide
@@ -105,8 +104,12 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     ids = catalog["id"].astype(str).to_numpy()
     try:
         emb = own_embedding(x, dims=cfg.dims, n_neighbors=cfg.n_neighbors, seed=cfg.seed)
-        ccfg = dataclasses.replace(config.cluster, k=cfg.k, seed=cfg.seed, fit_sample=None)
-        result = cluster_array(emb, ccfg, ids=ids[rows].tolist())
+        c = config.cluster  # the run's clusterer settings, with the subdivision's k and seed
+        result = consensus_clustering(
+            emb, k=cfg.k, kmeans_n_init=c.kmeans_n_init, birch_threshold=c.birch_threshold,
+            birch_subclusters=c.birch_subclusters, birch_branching_factor=c.birch_branching_factor,
+            ward_method=c.ward_method, ward_sample=c.ward_sample, ward_connectivity=c.ward_connectivity,
+            seed=cfg.seed, ids=ids[rows].tolist())
     except (SubclassError, ClusterError) as exc:
         raise SubdivideError(f"group {parent}: {exc}") from None
     names = subcluster_names(parent, result.cluster, result.consensus)

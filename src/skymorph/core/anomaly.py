@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import SkymorphError
+
 __all__ = ["METHODS", "AnomalyError", "project", "anomaly_scores"]
 
 METHODS = ("knn", "lof", "iforest")
 
 
-class AnomalyError(ValueError):
+class AnomalyError(SkymorphError, ValueError):
     """The galaxies cannot be scored (unknown method, too few galaxies)."""
 
 

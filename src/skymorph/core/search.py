@@ -30,13 +30,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..errors import SkymorphError
+
 __all__ = ["METRICS", "SearchError", "index_key", "normalise", "exact_neighbors", "IVFIndex", "build_ivf",
            "neighbor_precision", "class_lift"]
 
 METRICS = ("cosine", "euclidean")
 
 
-class SearchError(ValueError):
+class SearchError(SkymorphError, ValueError):
     """A query cannot be answered (unknown metric, too few galaxies, a damaged index)."""
 
 

@@ -14,10 +14,12 @@ import warnings
 
 import numpy as np
 
+from ..errors import SkymorphError
+
 __all__ = ["SubclassError", "own_embedding", "subcluster_names"]
 
 
-class SubclassError(ValueError):
+class SubclassError(SkymorphError, ValueError):
     """The members cannot be subdivided (too few, no finite features)."""
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..errors import SkymorphError
 from ..io.rundir import RunDir, RunDirError
 from . import Stage, StageContext, execute
 from .similar import SHOWN_COLUMNS, draw_grid
@@ -27,7 +28,7 @@ __all__ = ["anomaly", "AnomalyStageError"]
 log = logging.getLogger(__name__)
 
 
-class AnomalyStageError(ValueError):
+class AnomalyStageError(SkymorphError, ValueError):
     """The run cannot be scored (no catalog or features, arrays that do not match the catalog)."""
 
 

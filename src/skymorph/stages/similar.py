@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..errors import SkymorphError
 from ..io.rundir import RunDir, RunDirError
 from . import Argument, Stage, StageContext, execute
 
@@ -40,7 +41,7 @@ SHOWN_COLUMNS = ("cluster", "consensus", "morph_type", "morph_type_final", "subc
                  "anomaly_score")
 
 
-class SimilarError(ValueError):
+class SimilarError(SkymorphError, ValueError):
     """A query cannot be answered (unknown or rejected id, unreadable image, nothing to search)."""
 
 

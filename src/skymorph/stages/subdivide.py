@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..errors import SkymorphError
 from ..io.rundir import RunDir, RunDirError
 from . import Argument, Stage, StageContext, execute
 from .similar import draw_grid
@@ -37,7 +38,7 @@ __all__ = ["subdivide", "SubdivideError", "load_subclasses"]
 log = logging.getLogger(__name__)
 
 
-class SubdivideError(ValueError):
+class SubdivideError(SkymorphError, ValueError):
     """The group cannot be subdivided (no such cluster or type, too few members)."""
 
 

@@ -384,18 +384,17 @@ def test_server_answers_more_like_this_and_subclass_names(run):
 
 
 @pytest.mark.browser
-def test_browser_more_like_this_and_naming_a_subclass(run):
-    from test_browser import CHROMIUM_ARGS, login
+def test_browser_more_like_this_and_naming_a_subclass(run, browser):
+    from test_browser import login
 
-    playwright = pytest.importorskip("playwright.sync_api")
     skymorph.montage(run, per_cluster=10)
     parent = _biggest_cluster(run)
     skymorph.subdivide(run, parent, k=3, dims=0)
-    with Server(run) as server, playwright.sync_playwright() as p:
+    with Server(run) as server:
         n_clusters = len(server.get("/api/state")[1]["clusters"])
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
         try:
-            page = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True).new_page()
+            page = context.new_page()
             login(page, server.server.token_url, "Ann", n_clusters)
             # a click on a thumbnail, then "more like this": the neighbours of that galaxy
             page.click("#cells .cell >> nth=0")
@@ -429,7 +428,7 @@ def test_browser_more_like_this_and_naming_a_subclass(run):
             selected = page.locator(f".subclass[data-subcluster='{first}'] .special.selected")
             assert selected.text_content() == "ring"
         finally:
-            browser.close()
+            context.close()
     from skymorph.inspection import clustering_fingerprint
 
     store = SubclassVoteStore(subclass_votes_path(run), clustering_fingerprint(run.catalog()))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["HybridFeatures", "combine_features"]
+__all__ = ["HybridFeatures", "combine_features", "prepare_features"]
 
 
 @dataclass
@@ -122,3 +122,57 @@ def combine_features(deep: np.ndarray, descriptors: np.ndarray | None = None, *,
     """
     model = HybridFeatures.fit(deep, descriptors, deep_dims=deep_dims, descriptor_weight=descriptor_weight)
     return model.apply(deep, descriptors)
+
+
+def prepare_features(deep: np.ndarray, descriptors: np.ndarray | None = None, *,
+                     descriptor_weight: float = 0.0, deep_dims: int = 32, projection: str = "none",
+                     projection_dims: int = 32, copies: np.ndarray | None = None,
+                     copy_descriptors: np.ndarray | None = None,
+                     rows: np.ndarray | None = None) -> np.ndarray:
+    """The clustering features: hybrid blocks, then an optional projection.
+
+    Parameters
+    ----------
+    deep : ndarray, shape (N, D)
+        Encoder features.
+    descriptors : ndarray, shape (N, P), optional
+        Shape descriptors (used when ``descriptor_weight > 0``).
+    descriptor_weight, deep_dims : float, int
+        See :meth:`HybridFeatures.fit`.
+    projection : str
+        ``none``, ``whiten`` (:func:`skymorph.core.nuisance.pca_whitening`) or ``nuisance``
+        (:func:`skymorph.core.nuisance.nuisance_projection`, which needs ``copies`` and ``rows``).
+    projection_dims : int
+        Directions the projection keeps.
+    copies : ndarray, shape (C, M, D), optional
+        Encoder features of ``C`` nuisance copies of the galaxies ``rows``.
+    copy_descriptors : ndarray, shape (C, M, P), optional
+        Their descriptors (needed when ``descriptor_weight > 0``).
+    rows : ndarray of int, shape (M,), optional
+
+    Returns
+    -------
+    ndarray, shape (N, q), float32
+
+    Raises
+    ------
+    ValueError
+        An unknown projection, or the nuisance projection without its copies.
+    """
+    from .nuisance import nuisance_projection, pca_whitening
+
+    if projection not in ("none", "whiten", "nuisance"):
+        raise ValueError(f"projection must be none, whiten or nuisance, got {projection!r}")
+    use_desc = descriptors if descriptor_weight > 0 else None
+    model = HybridFeatures.fit(deep, use_desc, deep_dims=deep_dims, descriptor_weight=descriptor_weight)
+    x = model.apply(deep, use_desc)
+    if projection == "whiten":
+        return pca_whitening(x, dims=projection_dims).apply(x)
+    if projection == "nuisance":
+        if copies is None or rows is None or (use_desc is not None and copy_descriptors is None):
+            raise ValueError("the nuisance projection needs the features (and descriptors) of the copies "
+                             "and the rows they copy")
+        xa = np.stack([model.apply(copies[c], None if use_desc is None else copy_descriptors[c])
+                       for c in range(copies.shape[0])])
+        return nuisance_projection(x, xa, rows, dims=projection_dims).apply(x)
+    return x

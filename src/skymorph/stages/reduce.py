@@ -381,7 +381,7 @@ def place_chunk(i: int, features: str, outputs: list[tuple[str, Any]], n: int, c
 
 
 def reduce_array(features: np.ndarray, cfg: ReduceConfig, ids: Sequence[Any] | None = None,
-                 progress: bool = True) -> ReduceResult:
+                 progress: bool = True, scaled: bool = False) -> ReduceResult:
     """Reduce a features array in memory (the work of :func:`reduce`, without a run directory).
 
     Parameters
@@ -391,6 +391,10 @@ def reduce_array(features: np.ndarray, cfg: ReduceConfig, ids: Sequence[Any] | N
     ids : sequence, optional
         Galaxy ids for error messages.
     progress : bool
+    scaled : bool
+        The features are already scaled as they should be compared (hybrid blocks or a
+        projection, :func:`skymorph.core.hybrid.prepare_features`): ``pca`` and ``none`` do
+        not standardise them column by column.
 
     Returns
     -------
@@ -405,7 +409,7 @@ def reduce_array(features: np.ndarray, cfg: ReduceConfig, ids: Sequence[Any] | N
     check_features(features, ids)
     n = features.shape[0]
     if cfg.method != "umap":
-        return _linear(features, cfg)
+        return _linear(features, cfg, scaled=scaled)
     if isinstance(cfg.dims, str) and cfg.dims != "auto":
         try:
             cfg = replace(cfg, dims=int(cfg.dims))
@@ -463,12 +467,13 @@ def reduce_array(features: np.ndarray, cfg: ReduceConfig, ids: Sequence[Any] | N
                         scan=scan, timings=timings, models=models)
 
 
-def _linear(features: np.ndarray, cfg: ReduceConfig) -> ReduceResult:
-    """``method = "pca"`` / ``"none"``: standardised features, optionally projected on their
-    first ``dims`` principal components (the 2-D map stays a UMAP of the features)."""
+def _linear(features: np.ndarray, cfg: ReduceConfig, scaled: bool = False) -> ReduceResult:
+    """``method = "pca"`` / ``"none"``: standardised features (as given when ``scaled``), optionally
+    projected on their first ``dims`` principal components (the 2-D map stays a UMAP of the features)."""
     start = time.perf_counter()
     x = features - features.mean(0)
-    x /= np.maximum(x.std(0), 1e-12)
+    if not scaled:
+        x /= np.maximum(x.std(0), 1e-12)
     dims = x.shape[1]
     if cfg.method == "pca":
         from sklearn.decomposition import PCA
@@ -506,12 +511,84 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         ids = ids if len(ids) == features.shape[0] else None
     except Exception:  # the ids only improve an error message
         ids = None
-    result = reduce_array(features, cfg, ids=ids, progress=ctx.progress)
+    prepared = _prepares(cfg)
+    extra: dict[str, Any] = {}
+    if cfg.descriptors <= 0 and run.has_array("descriptors"):  # from an earlier setting: not current
+        import shutil
+
+        shutil.rmtree(run.array_path("descriptors"))
+    if prepared:
+        check_features(features, ids)
+        features, extra = _prepare(ctx, features)
+    result = reduce_array(features, cfg, ids=ids, progress=ctx.progress, scaled=prepared)
+    result.timings.update(extra)
     chunk = cfg.chunk_size
     _write(run, "embedding", result.embedding, chunk)
     if result.embedding_2d is not None:
         _write(run, "embedding_2d", result.embedding_2d, chunk)
     return _summary(run, cfg, features.shape, result)
+
+
+def _prepares(cfg: ReduceConfig) -> bool:
+    """Whether the features are prepared (descriptors or a projection) before the reduction."""
+    return cfg.descriptors > 0 or cfg.projection != "none"
+
+
+def _prepare(ctx: StageContext, features: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    """Hybrid blocks and projection (:func:`skymorph.core.hybrid.prepare_features`): the shape
+    descriptors of the stamps (written as the ``descriptors`` array) and, for the nuisance
+    projection, the encoder features of nuisance copies of a seeded sample of stamps."""
+    from ..core.descriptors import descriptor_names, shape_descriptors
+    from ..core.hybrid import prepare_features
+    from . import image_source
+
+    cfg, run = ctx.config.reduce, ctx.run
+    timings: dict[str, float] = {}
+    stamps = run.open_array("stamps")
+    n = features.shape[0]
+    descriptors = copies = copy_desc = rows = None
+    if cfg.descriptors > 0:
+        start = time.perf_counter()
+        descriptors = np.empty((n, len(descriptor_names())), dtype=np.float32)
+        for lo in range(0, n, cfg.chunk_size):
+            block = np.asarray(stamps[lo:lo + cfg.chunk_size], dtype=np.float32)
+            descriptors[lo:lo + len(block)] = shape_descriptors(block)
+        array = run.create_array("descriptors", descriptors.shape, cfg.chunk_size, attributes={
+            "columns": descriptor_names(), "units": ["", "", "", "", "", "", "pix", "pix", "pix"],
+            "note": "cheap shape descriptors used as clustering features (skymorph.core.descriptors); "
+                    "not physical measurements: `skymorph measure` gives those"})
+        array[:] = descriptors
+        timings["descriptors"] = time.perf_counter() - start
+    if cfg.projection == "nuisance":
+        if image_source(ctx.config, "encode")[0] != "stamps":
+            raise ReduceError("reduce.projection = nuisance copies the stamps the encoder reads, but this "
+                              "run encodes denoised or polar images; switch denoise and polar off or use "
+                              "--projection whiten")
+        from ..core.encoders import build_encoder
+        from ..core.nuisance import augment
+
+        start = time.perf_counter()
+        rows = _sample(n, cfg.nuisance_sample, cfg.seed, 7)
+        sample = np.asarray(stamps.get_orthogonal_selection((rows,)), dtype=np.float32)
+        copied = augment(sample, copies=cfg.nuisance_copies, seed=cfg.seed)
+        encoder = build_encoder(ctx.config.encode)
+        copies = np.stack([encoder.encode(c, int(ctx.config.encode.batch_size))[0] for c in copied])
+        if not np.isfinite(copies).all():  # copies of empty stamps: drop those galaxies
+            ok = np.isfinite(copies).all(axis=(0, 2))
+            rows, copies, copied = rows[ok], copies[:, ok], copied[:, ok]
+        if descriptors is not None:
+            copy_desc = np.stack([shape_descriptors(c) for c in copied])
+        timings["nuisance_copies"] = time.perf_counter() - start
+    start = time.perf_counter()
+    try:
+        prepared = prepare_features(features, descriptors, descriptor_weight=cfg.descriptors,
+                                    deep_dims=cfg.deep_dims, projection=cfg.projection,
+                                    projection_dims=cfg.projection_dims, copies=copies,
+                                    copy_descriptors=copy_desc, rows=rows)
+    except ValueError as exc:
+        raise ReduceError(f"cannot prepare the features: {exc}") from None
+    timings["prepare"] = time.perf_counter() - start
+    return prepared, timings
 
 
 def _compute_placed(ctx: StageContext, array: Any, fit_rows: np.ndarray) -> dict[str, Any]:
@@ -523,6 +600,9 @@ def _compute_placed(ctx: StageContext, array: Any, fit_rows: np.ndarray) -> dict
     from ..io.chunklog import create_chunked
 
     cfg, run, session = ctx.config.reduce, ctx.run, ctx.compute
+    if _prepares(cfg):
+        raise ReduceError("reduce.descriptors and reduce.projection run on one machine; switch them off "
+                          "for a reduction placed on a Dask cluster (or drop reduce.fit_sample)")
     n, width = int(array.shape[0]), int(array.shape[1])
     sample = np.asarray(array.get_orthogonal_selection((fit_rows,)), dtype=np.float32)
     # the other galaxies are placed with UMAP.transform, which needs pynndescent's search

@@ -77,7 +77,7 @@ class SetData:
 
     def __init__(self, name: str, run_dir: Path, cache: Path, sample: int, copies: int) -> None:
         import skymorph
-        from skymorph.core.descriptors import shape_descriptors
+        from skymorph.core.descriptors import descriptors_at_levels
         from skymorph.stages.evaluate import aligned_truth
 
         spec = SETS[name]
@@ -90,13 +90,16 @@ class SetData:
                                    label_map=spec["label_map"], exclude=spec["exclude"])
         cache.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        self.descriptors = _cached(cache / f"{name}_descriptors.npy",
-                                   lambda: shape_descriptors(np.asarray(stamps[:], dtype=np.float32)))
+        levels = self.config.reduce.descriptor_levels
+        self.levels = levels
+        self.descriptors = _cached(
+            cache / f"{name}_descriptors_{'_'.join(f'{v:g}' for v in levels)}.npy",
+            lambda: descriptors_at_levels(np.asarray(stamps[:], dtype=np.float32), levels=levels)[0])
         self.seconds_descriptors = time.perf_counter() - t0
         n = self.features.shape[0]
         self.rows = np.sort(np.random.default_rng([0, 19]).choice(n, size=min(n, sample), replace=False))
         self.copies = copies
-        self._aug_path = cache / f"{name}_aug_m{self.rows.size}_c{copies}"
+        self._aug_path = cache / f"{name}_aug_m{self.rows.size}_c{copies}_{'_'.join(f'{v:g}' for v in levels)}"
         self._stamps = stamps
 
     def augmented(self) -> tuple[np.ndarray, np.ndarray, float]:
@@ -107,7 +110,7 @@ class SetData:
             return np.load(feats), np.load(desc), 0.0
         import torch
 
-        from skymorph.core.descriptors import shape_descriptors
+        from skymorph.core.descriptors import descriptors_at_levels
         from skymorph.core.encoders import build_encoder
         from skymorph.core.nuisance import augment
 
@@ -117,7 +120,7 @@ class SetData:
         copies = augment(stamps, copies=self.copies, seed=0)
         encoder = build_encoder(self.config.encode)
         f = np.stack([encoder.encode(c, 32)[0] for c in copies])
-        d = np.stack([shape_descriptors(c) for c in copies])
+        d = np.stack([descriptors_at_levels(c, levels=self.levels)[0] for c in copies])
         np.save(feats, f)
         np.save(desc, d)
         return f, d, time.perf_counter() - t0

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skymorph.core.descriptors import DESCRIPTOR_NAMES, descriptor_names, shape_descriptors
+from skymorph.core.descriptors import (
+    DESCRIPTOR_NAMES,
+    descriptor_names,
+    descriptors_at_levels,
+    shape_descriptors,
+)
 
 COL = {name: i for i, name in enumerate(DESCRIPTOR_NAMES)}
 YY, XX = np.mgrid[0:101, 0:101].astype(np.float64)
@@ -78,3 +83,16 @@ def test_bad_shapes_are_refused():
         shape_descriptors(np.zeros((10, 10)))
     with pytest.raises(ValueError, match="too small"):
         shape_descriptors(np.zeros((2, 5, 5)))
+
+
+def test_descriptors_at_two_isophotes():
+    stamps = noisy(sersic(1, 8), sersic(4, 8))
+    values, names = descriptors_at_levels(stamps, levels=(0.05, 0.2))
+    assert values.shape == (2, 2 * len(DESCRIPTOR_NAMES))
+    assert names[0] == "concentration_p5" and names[len(DESCRIPTOR_NAMES)] == "concentration_p20"
+    np.testing.assert_allclose(values[:, :len(DESCRIPTOR_NAMES)],
+                               shape_descriptors(stamps, peak_fraction=0.05))
+    # the brighter isophote holds a smaller part of the galaxy
+    assert values[0, names.index("r80_p20")] < values[0, names.index("r80_p5")]
+    one, plain = descriptors_at_levels(stamps, levels=[0.2])
+    assert plain == list(DESCRIPTOR_NAMES)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from skymorph import Config, RunDir
-from skymorph.core.descriptors import descriptor_names, shape_descriptors
+from skymorph.core.descriptors import descriptors_at_levels
 from skymorph.stages.cluster import cluster
 from skymorph.stages.encode import encode
 from skymorph.stages.reduce import ReduceError, reduce
@@ -36,16 +36,17 @@ def test_descriptors_and_nuisance_projection_in_the_pipeline(encoded):
     cluster(encoded.path, cfg, progress=False)
     desc = encoded.open_array("descriptors")
     stamps = np.asarray(encoded.open_array("stamps")[:], dtype=np.float32)
-    np.testing.assert_allclose(desc[:], shape_descriptors(stamps), rtol=1e-5, equal_nan=True)
-    assert list(desc.attrs["columns"]) == descriptor_names()
+    values, names = descriptors_at_levels(stamps, levels=(0.05, 0.2))
+    np.testing.assert_allclose(desc[:], values, rtol=1e-5, equal_nan=True)
+    assert list(desc.attrs["columns"]) == names
     assert encoded.open_array("embedding").shape == (stamps.shape[0], 6)
     catalog = encoded.catalog()
-    assert {f"desc_{c}" for c in descriptor_names()} <= set(catalog.columns)
+    assert {f"desc_{c}" for c in names} <= set(catalog.columns)
     from astropy.table import Table
 
     table = Table.read(encoded.path / "catalog.fits")
-    assert "not a physical measurement" in table["desc_gini"].description
-    assert str(table["desc_r50"].unit) == "pix"
+    assert "not a physical measurement" in table["desc_gini_p20"].description
+    assert str(table["desc_r50_p5"].unit) == "pix"
     info = encoded.stage_info("reduce")
     assert {"descriptors", "nuisance_copies", "prepare"} <= set(info["seconds"])
 

@@ -516,6 +516,13 @@ class ReduceConfig:
         flag="--descriptors",
         min=0,
     )
+    descriptor_levels: list[float] = setting(
+        [0.05, 0.2],
+        "Isophotes (fractions of the stamp's smoothed peak) at which the descriptors are measured, "
+        "side by side: a faint one follows a disc's outskirts, a bright one the bulge.",
+        min=0,
+        max=1,
+    )
     deep_dims: int = setting(
         32,
         "Principal components kept of the standardised encoder features when ``descriptors`` or a "

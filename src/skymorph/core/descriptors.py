@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["DESCRIPTOR_NAMES", "shape_descriptors", "descriptor_names"]
+__all__ = ["DESCRIPTOR_NAMES", "shape_descriptors", "descriptor_names", "descriptors_at_levels"]
 
 DESCRIPTOR_NAMES: tuple[str, ...] = (
     "concentration", "asymmetry", "smoothness", "gini", "m20", "axis_ratio", "r20", "r50", "r80",
@@ -250,3 +250,38 @@ def _measure(arr: np.ndarray, bands: np.ndarray | None, *, nsigma: float, peak_f
     out[:] = np.stack(cols, axis=1).astype(np.float32)
     out[~good] = np.nan
     return out
+
+
+def descriptors_at_levels(images: np.ndarray, *, levels: tuple[float, ...] | list[float] = (0.05, 0.2),
+                          **kwargs: float) -> tuple[np.ndarray, list[str]]:
+    """:func:`shape_descriptors` at several isophotes, side by side.
+
+    A faint isophote (a few per cent of the peak) follows a disc's outskirts, a bright one the
+    bulge; on the development sets the pair separates types better than either alone
+    (faint, small JWST galaxies favour the faint one, SDSS cutouts the bright one).
+
+    Parameters
+    ----------
+    images : ndarray, shape (N, H, W) or (N, B, H, W)
+    levels : sequence of float
+        The ``peak_fraction`` of each set of columns.
+    **kwargs
+        Other :func:`shape_descriptors` parameters.
+
+    Returns
+    -------
+    values : ndarray, shape (N, len(levels) * P), float32
+    names : list of str
+        ``<descriptor>_p<level in per cent>``, e.g. ``gini_p5``, ``gini_p20`` (plain names for
+        one level).
+    """
+    levels = [float(v) for v in levels]
+    if not levels:
+        raise ValueError("levels must hold at least one peak fraction")
+    n_bands = np.asarray(images).shape[1] if np.asarray(images).ndim == 4 else 1
+    base = descriptor_names(n_bands)
+    blocks, names = [], []
+    for level in levels:
+        blocks.append(shape_descriptors(images, peak_fraction=level, **kwargs))
+        names += base if len(levels) == 1 else [f"{c}_p{100 * level:g}" for c in base]
+    return np.hstack(blocks), names

@@ -538,7 +538,7 @@ def _prepare(ctx: StageContext, features: np.ndarray) -> tuple[np.ndarray, dict[
     """Hybrid blocks and projection (:func:`skymorph.core.hybrid.prepare_features`): the shape
     descriptors of the stamps (written as the ``descriptors`` array) and, for the nuisance
     projection, the encoder features of nuisance copies of a seeded sample of stamps."""
-    from ..core.descriptors import descriptor_names, shape_descriptors
+    from ..core.descriptors import descriptors_at_levels
     from ..core.hybrid import prepare_features
     from . import image_source
 
@@ -549,12 +549,15 @@ def _prepare(ctx: StageContext, features: np.ndarray) -> tuple[np.ndarray, dict[
     descriptors = copies = copy_desc = rows = None
     if cfg.descriptors > 0:
         start = time.perf_counter()
-        descriptors = np.empty((n, len(descriptor_names())), dtype=np.float32)
+        parts, names = [], []
         for lo in range(0, n, cfg.chunk_size):
             block = np.asarray(stamps[lo:lo + cfg.chunk_size], dtype=np.float32)
-            descriptors[lo:lo + len(block)] = shape_descriptors(block)
+            values, names = descriptors_at_levels(block, levels=cfg.descriptor_levels)
+            parts.append(values)
+        descriptors = np.vstack(parts)
+        units = ["pix" if name.split("_")[0] in ("r20", "r50", "r80") else "" for name in names]
         array = run.create_array("descriptors", descriptors.shape, cfg.chunk_size, attributes={
-            "columns": descriptor_names(), "units": ["", "", "", "", "", "", "pix", "pix", "pix"],
+            "columns": names, "units": units,
             "note": "cheap shape descriptors used as clustering features (skymorph.core.descriptors); "
                     "not physical measurements: `skymorph measure` gives those"})
         array[:] = descriptors
@@ -577,7 +580,7 @@ def _prepare(ctx: StageContext, features: np.ndarray) -> tuple[np.ndarray, dict[
             ok = np.isfinite(copies).all(axis=(0, 2))
             rows, copies, copied = rows[ok], copies[:, ok], copied[:, ok]
         if descriptors is not None:
-            copy_desc = np.stack([shape_descriptors(c) for c in copied])
+            copy_desc = np.stack([descriptors_at_levels(c, levels=cfg.descriptor_levels)[0] for c in copied])
         timings["nuisance_copies"] = time.perf_counter() - start
     start = time.perf_counter()
     try:

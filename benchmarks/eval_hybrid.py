@@ -99,7 +99,8 @@ class SetData:
         n = self.features.shape[0]
         self.rows = np.sort(np.random.default_rng([0, 19]).choice(n, size=min(n, sample), replace=False))
         self.copies = copies
-        self._aug_path = cache / f"{name}_aug_m{self.rows.size}_c{copies}_{'_'.join(f'{v:g}' for v in levels)}"
+        tag = "_".join(f"{v:g}" for v in levels)
+        self._aug_path = cache / f"{name}_aug_m{self.rows.size}_c{copies}_{tag}"
         self._stamps = stamps
 
     def augmented(self) -> tuple[np.ndarray, np.ndarray, float]:

@@ -127,7 +127,18 @@ class SetData:
         return f, d, time.perf_counter() - t0
 
 
+_MEMO: dict = {}
+
+
 def _features(data: SetData, feat: str, proj: str) -> tuple[np.ndarray, dict]:
+    """The clustering features of a variant (they do not depend on the seed: computed once)."""
+    key = (data.name, feat, proj)
+    if key not in _MEMO:
+        _MEMO[key] = _make_features(data, feat, proj)
+    return _MEMO[key]
+
+
+def _make_features(data: SetData, feat: str, proj: str) -> tuple[np.ndarray, dict]:
     from skymorph.core.hybrid import HybridFeatures
     from skymorph.core.nuisance import nuisance_projection, pca_whitening
 

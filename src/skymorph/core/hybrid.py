@@ -75,8 +75,9 @@ class HybridFeatures:
         z = (x - mean) / std
         basis = None
         if deep_dims and deep_dims < min(z.shape):
-            _, _, vt = np.linalg.svd(z, full_matrices=False)
-            basis = vt[:deep_dims].T
+            from .nuisance import top_components
+
+            basis = top_components(z, deep_dims)
             z = z @ basis
         deep_scale = float(np.sqrt(max(z.var(axis=0).sum(), 1e-24)))
         med = iqr = None

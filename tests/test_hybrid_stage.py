@@ -66,3 +66,19 @@ def test_nuisance_projection_needs_the_stamps_the_encoder_reads(encoded, tmp_pat
                            "reduce": {"projection": "nuisance", "method": "none", "map_2d": False}})
     with pytest.raises(ReduceError, match="switch denoise and polar off"):
         reduce(path, cfg, progress=False, force=True)
+
+
+def test_the_readme_commands(encoded, tmp_path):
+    from skymorph.cli import main
+
+    path = tmp_path / "run"
+    shutil.copytree(encoded.path, path)
+    # README, "Hybrid features ...": the commands as written there (myrun -> this run)
+    assert main(["reduce", str(path), "--descriptors", "1", "--method", "none", "-q"]) == 0
+    deep_dims = RunDir(path).config().reduce.deep_dims  # the run's own setting, kept by the CLI
+    assert RunDir(path).open_array("embedding").shape == (100, deep_dims + 18)
+    assert main(["reduce", str(path), "--descriptors", "1", "--projection", "nuisance", "--method", "none",
+                 "-q"]) == 0
+    cfg = RunDir(path).config().reduce
+    assert cfg.projection == "nuisance"
+    assert RunDir(path).open_array("embedding").shape == (100, cfg.projection_dims)

@@ -203,9 +203,11 @@ def _knn_labels(x: np.ndarray, method: str, k: int, seed: int) -> np.ndarray:
 
 def run_variant(data: SetData, variant: str, seed: int) -> dict:
     import skymorph
-    from skymorph.stages.cluster import cluster_array
+    from skymorph.core.clustering import consensus_clustering
+    from skymorph.core.reduction import reduce_features
+    from skymorph.stages.cluster import core_options as cluster_options
     from skymorph.stages.evaluate import score_labels
-    from skymorph.stages.reduce import reduce_array
+    from skymorph.stages.reduce import core_options as reduce_options
 
     parts = variant.split("/")
     feat, proj, red, clu, k = parts[:5]
@@ -217,7 +219,7 @@ def run_variant(data: SetData, variant: str, seed: int) -> dict:
     base = skymorph.Config()
     if red == "umap300":
         rcfg = replace(base.reduce, seed=seed, map_2d=False, exact_knn_below=0 if approx else 4096)
-        y = reduce_array(x, rcfg, progress=False).embedding
+        y = reduce_features(x, progress=False, **reduce_options(rcfg)).embedding
     elif red == "direct":
         y = x if feat != "deep" else (x - x.mean(0)) / np.maximum(x.std(0), 1e-12)
     else:
@@ -225,7 +227,7 @@ def run_variant(data: SetData, variant: str, seed: int) -> dict:
     t_red = time.perf_counter() - t0 - t_feat
     per_cluster, iseed = base.inspect.per_cluster, base.inspect.seed
     if clu == "vote":
-        res = cluster_array(y, replace(base.cluster, k=k, seed=seed))
+        res = consensus_clustering(y, **cluster_options(replace(base.cluster, k=k, seed=seed)))
         km, cons = res.kmeans, res.cluster
     elif clu in ("louvain", "spectral"):
         km = cons = _knn_labels(np.asarray(y, dtype=np.float32), clu, k, seed)

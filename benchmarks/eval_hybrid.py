@@ -242,8 +242,10 @@ def run_variant(data: SetData, variant: str, seed: int) -> dict:
     score = score_labels(data.truth, km, cons, per_cluster, iseed)
     sizes = np.bincount(cons[cons >= 0])
     sizes = sizes[sizes > 0]
+    enc = data.config.encode
     return {
-        "set": data.name, "variant": variant, "seed": seed, "n": int(x.shape[0]), "dims": int(y.shape[1]),
+        "set": data.name, "encoder": f"{enc.encoder} x{enc.rotations}", "variant": variant, "seed": seed,
+        "n": int(x.shape[0]), "dims": int(y.shape[1]),
         "kept": score["fraction_kept"], "balacc": score["inspection"]["balanced_accuracy"],
         "kmeans_all": (score["kmeans_all"]["balanced_accuracy"] if "kmeans_all" in score
                        else score["inspection"]["balanced_accuracy"]),
@@ -288,15 +290,20 @@ def summary(path: Path) -> None:
     the consensus balanced accuracy on the kept galaxies and kmeans_all, and the experts' cost."""
     import pandas as pd
 
-    rows = pd.read_json(path, lines=True).drop_duplicates(["set", "variant", "seed"], keep="last")
-    print("| set | variant | kept | balacc on kept | kmeans_all | montages | galaxies shown | seeds |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    rows = pd.read_json(path, lines=True)
+    if "encoder" not in rows:
+        rows["encoder"] = "?"
+    rows = rows.drop_duplicates(["set", "encoder", "variant", "seed"], keep="last")
+    print("| set | encoder | variant | kept | balacc on kept | kmeans_all | montages | galaxies shown "
+          "| seeds |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     def pm(g: pd.DataFrame, col: str, fmt: str = ".3f") -> str:
         half = (g[col].max() - g[col].min()) / 2
         return f"{g[col].mean():{fmt}} ± {half:{fmt}}"
 
-    for (name, variant), g in rows.groupby(["set", "variant"], sort=False):
-        print(f"| {name} | {variant} | {pm(g, 'kept', '.2f')} | {pm(g, 'balacc')} | {pm(g, 'kmeans_all')} | "
+    for (name, encoder, variant), g in rows.groupby(["set", "encoder", "variant"], sort=False):
+        print(f"| {name} | {encoder} | {variant} | {pm(g, 'kept', '.2f')} | {pm(g, 'balacc')} | "
+              f"{pm(g, 'kmeans_all')} | "
               f"{g['montages'].mean():.0f} | {g['shown'].mean():.0f} | {g['seed'].nunique()} |")
 
 

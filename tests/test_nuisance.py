@@ -93,3 +93,17 @@ def test_hybrid_blocks_have_unit_variance_and_the_weight_sets_their_share():
     assert combine_features(deep, None, deep_dims=0).shape == (200, 50)
     with pytest.raises(ValueError, match="descriptor_weight"):
         combine_features(deep, desc, descriptor_weight=-1)
+
+
+def test_the_benchmark_summary_of_the_readme_prints_the_measured_rows():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rows = root / "benchmarks" / "eval_hybrid_results.jsonl"
+    script = root / "benchmarks" / "eval_hybrid.py"
+    out = subprocess.run([sys.executable, str(script), "--summary", str(rows)],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.startswith("| set | encoder | variant | kept | balacc on kept | kmeans_all |")
+    assert "| gz1_sdss | efficientnet_lite2 x4 | hyb1/none/direct/vote/20 |" in out

@@ -118,7 +118,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
 
         shutil.rmtree(run.array_path("descriptors"))
     if prepared:
-        check_features(features, ids)
+        check_features(features, ids=ids)
         features, extra = _prepare(ctx, features)
     result = reduce_features(features, ids=ids, progress=ctx.progress, scaled=prepared,
                              **core_options(cfg))

@@ -104,6 +104,11 @@ def make_polar_run(path: Path, n: int, seed: int = 0):
         flip = rng.random(stop - start) < 0.5
         block[flip] = block[flip, ::-1]
         polar[start:stop] = block
+    # one sources row per image (the run directory checks that arrays and sources agree)
+    import pandas as pd
+
+    pd.DataFrame({"id": [f"p{i:07d}" for i in range(n)], "index": np.arange(n)}).to_parquet(
+        run.path / "sources.parquet", index=False)
     # the benchmark's images stand in for the polar stage's output
     run.mark_done("polar", "benchmark-polar-from-resized-cosmos-stamps", n=n)
     return run

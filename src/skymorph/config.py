@@ -528,6 +528,42 @@ class ReduceConfig:
         flag="--fit-sample",
         min=10,
     )
+    descriptors: float = setting(
+        0.0,
+        "Weight of the cheap shape descriptors (``skymorph.core.descriptors``: C, A, S, Gini, M20, axis "
+        "ratio, r20/r50/r80 of every stamp; clustering features, not physics) beside the encoder's "
+        "features. Both blocks are scaled to unit total variance, then the descriptors' is multiplied by "
+        "this weight; 0 (the default) clusters the encoder's features alone. The descriptors are "
+        "written as the ``descriptors`` array.",
+        flag="--descriptors",
+        min=0,
+    )
+    descriptor_levels: list[float] = setting(
+        [0.05, 0.2],
+        "Isophotes (fractions of the stamp's smoothed peak) at which the descriptors are measured, "
+        "side by side: a faint one follows a disc's outskirts, a bright one the bulge.",
+        min=0,
+        max=1,
+    )
+    deep_dims: int = setting(
+        32,
+        "Principal components kept of the standardised encoder features when ``descriptors`` or a "
+        "``projection`` is used (0: every column).",
+        min=0,
+    )
+    projection: str = setting(
+        "none",
+        "Projection of the features before the reduction: ``none``, ``whiten`` (PCA whitening) or "
+        "``nuisance`` (the directions along which galaxies differ most relative to how nuisance "
+        "copies of one galaxy differ: noise, blur, zoom, sub-pixel shift, brightness stretch; "
+        "``skymorph.core.nuisance``). ``nuisance`` encodes ``nuisance_copies`` copies of "
+        "``nuisance_sample`` stamps, and needs the encoder to read the stamps (denoise and polar off).",
+        flag="--projection",
+        choices=("none", "whiten", "nuisance"),
+    )
+    projection_dims: int = setting(32, "Directions kept by the projection.", min=1)
+    nuisance_sample: int = setting(300, "Stamps (seeded sample) given nuisance copies.", min=2)
+    nuisance_copies: int = setting(2, "Nuisance copies per sampled stamp.", min=1, max=8)
     chunk_size: int = setting(8192, "Galaxies per chunk when transforming and writing.", min=1, result=False)
     seed: int = setting(
         42,

@@ -186,6 +186,10 @@ _PATTERNS: list[tuple[str, str | None, str]] = [
     (r"^p_([A-Z]+)$", None, "probability of type \\1 (extend)"),
     (r"^HSC_[a-zA-Z]$", "mag", "HSC magnitude from the input catalog"),
     (r"^cat_", None, "input catalog column (renamed: ingest has a column of that name)"),
+    (r"^desc_(r20|r50|r80)(_p[0-9.]+)?$", "pix", "cheap shape descriptor \\1\\2 used as a clustering feature "
+     "(skymorph.core.descriptors), not a physical measurement: see measure's columns"),
+    (r"^desc_(.+)$", None, "cheap shape descriptor \\1 used as a clustering feature "
+     "(skymorph.core.descriptors), not a physical measurement: see measure's columns"),
 ]
 
 

@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         except json.JSONDecodeError:
             parsed = value
         overrides.setdefault(section, {})[name] = parsed
-    config = Config().update({"inspect": {"types": ["ETD", "LTD", "UNC"]}, **overrides})
+    config = Config().update({"inspect": {"types": ["ETD", "LTD", "UNC"]}, "validate": {"etg_types": ["ETD"]},
+                              **overrides})
     machine = (f"{os.cpu_count()} CPU cores, shared and loaded while measured (wall seconds are noisy; "
                "CPU seconds are steadier)")
     results: dict[int, dict[str, dict]] = {}

@@ -409,6 +409,26 @@ class EncodeConfig:
         flag="--rotations",
         choices=(1, 2, 4),
     )
+    input_size: int = setting(
+        0,
+        "Side (px) of the square image the encoder sees; 0 uses the model's own (260 for "
+        "EfficientNet-Lite2, 224 for Lite0 and ConvNeXt). Smaller is faster (cost ~ side^2): the "
+        "stamps are 100 px, so 260 spends most arithmetic on interpolated pixels (README: "
+        "throughput against balanced accuracy).",
+        flag="--input-size",
+        min=0,
+        max=1024,
+    )
+    runtime: str = setting(
+        "auto",
+        "What runs the network: ``torch``; ``onnxruntime`` (the model exported to ONNX at run time "
+        "from its weights, cached under ~/.cache/skymorph; ~4x faster than PyTorch on CPU, features "
+        "equal to cosine >= 0.99999); ``auto`` = onnxruntime for fp32 on the CPU when it is "
+        "installed, else torch.",
+        flag="--runtime",
+        choices=("auto", "torch", "onnxruntime"),
+        result=False,
+    )
     # --- encoder = "adapted": a small CNN trained on the run's own stamps (skymorph.core.adapted)
     adapted_size: int = setting(
         64, 'Input size (px) of the ``adapted`` encoder (the stamps are shrunk to it).', min=16, max=512

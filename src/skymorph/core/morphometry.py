@@ -310,12 +310,15 @@ def gradient_asymmetry(image: np.ndarray, segmap: np.ndarray, xc: float | None =
 
 
 def _statmorph_class(include_sersic: bool):
-    import statmorph
+    # statmorph's SourceMorphology with its asymmetry helper done without repeated work
+    # (same values: skymorph.core.fast_statmorph)
+    from .fast_statmorph import fast_class
 
+    base = fast_class()
     if include_sersic:
-        return statmorph.SourceMorphology
+        return base
 
-    class _NoSersic(statmorph.SourceMorphology):
+    class _NoSersic(base):
         # statmorph evaluates every lazy property in _calculate_morphology; skipping the
         # Sersic ones saves most of the time when only non-parametric values are wanted.
         def _calculate_morphology(self) -> None:

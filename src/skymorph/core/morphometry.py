@@ -432,7 +432,9 @@ def morphology(image: np.ndarray, segmap: np.ndarray, label: int | None = None,
         row["g2"] = gradient_asymmetry(data, unmasked, row["xc_asymmetry"], row["yc_asymmetry"],
                                        g2_module_tolerance, g2_phase_tolerance, noise_sigma,
                                        g2_noise_tolerance)
-        row["measure_ok"] = True
+        # measured, and statmorph's flag says the non-parametric values are valid (0 good,
+        # 1 suspect); the raw values of a bad (2) measurement are kept, flagged
+        row["measure_ok"] = bool(morph.flag <= 1)
         if morph.flag >= 2:
             row["measure_reason"] = f"statmorph flag {morph.flag} (bad): {row['measure_warnings']}"[:500]
     except Exception as exc:  # noqa: BLE001 - one galaxy must never abort a run

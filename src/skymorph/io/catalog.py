@@ -131,7 +131,8 @@ COLUMNS: dict[str, tuple[str | None, str]] = {
     "gini_m20_merger": (None, "Gini-M20 merger statistic S(G, M20) (Snyder et al. 2015)"),
     "sn_per_pixel": (None, "mean signal-to-noise per pixel of the galaxy (statmorph)"),
     "concentration": (None, "concentration C = 5 log10(r80 / r20) (Conselice 2003)"),
-    "asymmetry": (None, "rotational asymmetry A (Conselice 2003), background-corrected"),
+    "asymmetry": (None, "rotational asymmetry A (Conselice 2003), background-corrected: can be negative "
+                        "for faint, smooth galaxies (the sky's asymmetry exceeds the galaxy's)"),
     "smoothness": (None, "smoothness (clumpiness) S (Conselice 2003)"),
     "multimode": (None, "multimode M (Freeman et al. 2013)"),
     "intensity": (None, "intensity I (Freeman et al. 2013)"),
@@ -163,9 +164,14 @@ COLUMNS: dict[str, tuple[str | None, str]] = {
     "flag_doublesersic": (None, "statmorph double-Sersic flag; -1 no fit"),
     "psi": (None, "multiplicity Psi (Law et al. 2007)"),
     "g2": (None, "gradient asymmetry G2 (Rosa et al. 2018), noise tolerance as in the settings"),
-    "g2_reliable": (None, "S/N per pixel is high enough for G2 to measure structure (measure.g2_min_sn)"),
+    "g2_reliable": (None, "G2 is valid: nonparam_ok, G2 finite and S/N per pixel >= measure.g2_min_sn"),
+    "nonparam_ok": (None, "non-parametric values (Gini, M20, C, A, S, M, I, D, radii, Psi) are valid: "
+                          "statmorph flag 0 (good) or 1 (suspect)"),
+    "sersic_ok": (None, "Sersic values (n, r_e, ...) are valid: flag_sersic 0 (good) or 1 (suspect) and "
+                        "n finite; raw values of bad fits are kept"),
     "segment_area": ("pix2", "pixels in the galaxy's segment"),
-    "measure_ok": (None, "statmorph measured the galaxy"),
+    "measure_ok": (None, "statmorph measured the galaxy with flag 0 (good) or 1 (suspect), so its "
+                         "non-parametric values are valid (= nonparam_ok); Sersic: sersic_ok, G2: g2_reliable"),
     "measure_reason": (None, "why a galaxy was not measured, or statmorph's flag >= 2 reason"),
     "measure_warnings": (None, "statmorph's warnings"),
     "measure_linear": (None, "measured on linear pixels; false: display-scaled PNG/JPEG, values unreliable"),

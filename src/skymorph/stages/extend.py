@@ -255,7 +255,9 @@ def physical_comparison(catalog: pd.DataFrame, measurements: pd.DataFrame,
     cols = [c for c in PHYSICAL if c in measurements.columns]
     if not cols or "id" not in measurements.columns:
         return None
-    meas = measurements[["id", *cols]].copy()
+    from ..core.quality import valid_values
+
+    meas = valid_values(measurements)[["id", *cols]].copy()  # each value where its family is valid
     meas["id"] = meas["id"].astype(str)
     table = catalog[["id", "morph_type_final", "type_source"]].copy()
     table["id"] = table["id"].astype(str)

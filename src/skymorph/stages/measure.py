@@ -55,7 +55,7 @@ MEASUREMENTS_FILE = "measurements.parquet"
 CATALOG_COLUMNS = [
     "gini", "m20", "concentration", "asymmetry", "smoothness", "multimode", "intensity",
     "deviation", "sersic_n", "sersic_rhalf", "sersic_rhalf_arcsec", "sersic_chi2_dof", "psi", "g2",
-    "g2_reliable", "rpetro_circ", "rhalf_circ", "rhalf_circ_arcsec", "sn_per_pixel", "flag",
+    "g2_reliable", "nonparam_ok", "sersic_ok", "rpetro_circ", "rhalf_circ", "rhalf_circ_arcsec", "sn_per_pixel", "flag",
     "flag_sersic", "measure_ok", "measure_reason", "measure_linear", "measure_psf", "measure_weights",
 ]
 """Columns joined onto the catalog (``measurements.parquet`` holds every statmorph scalar)."""
@@ -283,7 +283,7 @@ def _map_ordered(tasks: list[_Task], config: MeasureConfig, workers: int
 
 
 EXTRA_COLUMNS: dict[str, Any] = {
-    "g2_reliable": False, "measure_linear": True, "measure_psf": "", "measure_weights": "",
+    "nonparam_ok": False, "sersic_ok": False, "g2_reliable": False, "measure_linear": True, "measure_psf": "", "measure_weights": "",
     "stamp_pixel_scale": float("nan"), "sersic_rhalf_arcsec": float("nan"),
     "rhalf_circ_arcsec": float("nan"),
 }
@@ -397,6 +397,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from ..core.quality import validity
     from ..io.catalog import arrow_schema, provenance
 
     run, cfg, progress = ctx.run, ctx.config.measure, ctx.progress
@@ -440,15 +441,15 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     workers = min(workers, len(tasks))
     schema = arrow_schema(_schema(cfg.include_doublesersic), provenance(run.path))
     tmp = run.path / f".{MEASUREMENTS_FILE}.tmp"
-    n_ok = n_flagged = n_psf = n_weights = 0
+    n_ok = n_flagged = n_sersic_bad = n_sersic_ok = n_g2 = n_psf = n_weights = 0
     with pq.ParquetWriter(tmp, schema) as writer, \
             tqdm(total=n, desc="measure", unit="galaxy", disable=not progress) as bar:
         for rows in _map_ordered(tasks, cfg, workers):
-            for row in rows:
+            flags = validity(pd.DataFrame(rows), g2_min_sn=cfg.g2_min_sn)
+            for row, ok in zip(rows, flags.to_dict(orient="records"), strict=True):
                 i = row["index"]
                 row["measure_linear"] = bool(linear[i])
-                row["g2_reliable"] = bool(row["measure_ok"] and np.isfinite(row["g2"])
-                                          and row["sn_per_pixel"] >= cfg.g2_min_sn)
+                row.update({k: bool(v) for k, v in ok.items()})
                 row["stamp_pixel_scale"] = float(scale[i])
                 row["sersic_rhalf_arcsec"] = float(row["sersic_rhalf"] * scale[i])
                 row["rhalf_circ_arcsec"] = float(row["rhalf_circ"] * scale[i])
@@ -457,7 +458,10 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
             n_ok += sum(r["measure_ok"] for r in rows)
             n_psf += sum(r["measure_psf"] != "none" for r in rows)
             n_weights += sum(r["measure_weights"] == weights_used for r in rows)
-            n_flagged += sum(r["measure_ok"] and r["flag"] >= 2 for r in rows)
+            n_flagged += sum(r["flag"] >= 2 for r in rows)
+            n_sersic_bad += sum(r["flag_sersic"] >= 2 for r in rows)
+            n_sersic_ok += sum(r["sersic_ok"] for r in rows)
+            n_g2 += sum(r["g2_reliable"] for r in rows)
             bar.update(len(rows))
     os.replace(tmp, out)
     n_nonlinear = int((~linear).sum())
@@ -465,15 +469,19 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         log.warning("measure: %d stamps are not linear in flux (PNG/JPEG); their values are marked "
                     "measure_linear = false and are not physical", n_nonlinear)
     log.info("measure: %d galaxies, %d measured, %d failed", n, n_ok, n - n_ok)
-    return dict(n_galaxies=n, n_measured=n_ok, n_failed=n - n_ok, n_flag_bad=n_flagged, workers=workers,
+    return dict(n_galaxies=n, n_measured=n_ok, n_failed=n - n_ok, n_flag_bad=n_flagged,
+                n_sersic_bad=n_sersic_bad, n_sersic_ok=n_sersic_ok, n_g2_reliable=n_g2, workers=workers,
                 n_nonlinear=n_nonlinear, psf=psf_used, n_psf=n_psf, weights=weights_used, n_weights=n_weights)
 
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
-    text = (f"{info.get('n_measured', 0)} of {info.get('n_galaxies', 0)} galaxies measured "
-            f"({info.get('n_failed', 0)} failed, {info.get('n_flag_bad', 0)} with statmorph flag >= 2; "
+    text = (f"{info.get('n_measured', 0)} of {info.get('n_galaxies', 0)} galaxies measured with valid "
+            f"non-parametric values (nonparam_ok; {info.get('n_failed', 0)} failed or statmorph flag >= 2), "
+            f"{info.get('n_sersic_ok', 0)} with a valid Sersic fit (sersic_ok; "
+            f"{info.get('n_sersic_bad', 0)} with flag_sersic >= 2), {info.get('n_g2_reliable', 0)} with a "
+            f"reliable G2 (g2_reliable); raw values are kept, each flag says where its family is valid. "
             f"PSF: {info.get('psf', 'none')} for {info.get('n_psf', 0)}, errors: "
-            f"{info.get('weights', 'noise_sigma')} for {info.get('n_weights', 0)}): "
+            f"{info.get('weights', 'noise_sigma')} for {info.get('n_weights', 0)}: "
             f"{run.path / MEASUREMENTS_FILE}")
     if info.get("n_nonlinear"):
         text += (f"\nWARNING: {info['n_nonlinear']} stamps are display-scaled PNG/JPEG (measure_linear = "

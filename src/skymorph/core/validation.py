@@ -38,7 +38,8 @@ __all__ = [
     "NO_CONSENSUS", "AUTO_PREFIX", "NONLINEAR_SUFFIXES", "PARAMETERS", "FIGURE_GROUPS", "GZH_DEFAULT_COLUMNS",
     "normalise_types", "type_counts", "typed_sample", "per_type_medians", "etg_ltg_tests",
     "gini_m20_region", "comparison_columns", "completeness", "kept_rejected", "expert_agreement",
-    "nonlinear_mask", "nonlinear_inputs", "g2_reliability", "g2_reliable_fractions", "gzh_classes", "gzh_agreement", "is_automatic",
+    "nonlinear_mask", "nonlinear_inputs", "g2_reliability", "g2_reliable_fractions", "gzh_classes",
+    "gzh_agreement", "is_automatic",
 ]
 
 NO_CONSENSUS = "NOCONS"

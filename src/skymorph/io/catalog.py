@@ -171,7 +171,8 @@ COLUMNS: dict[str, tuple[str | None, str]] = {
                         "n finite; raw values of bad fits are kept"),
     "segment_area": ("pix2", "pixels in the galaxy's segment"),
     "measure_ok": (None, "statmorph measured the galaxy with flag 0 (good) or 1 (suspect), so its "
-                         "non-parametric values are valid (= nonparam_ok); Sersic: sersic_ok, G2: g2_reliable"),
+                         "non-parametric values are valid (= nonparam_ok); Sersic: sersic_ok, "
+                         "G2: g2_reliable"),
     "measure_reason": (None, "why a galaxy was not measured, or statmorph's flag >= 2 reason"),
     "measure_warnings": (None, "statmorph's warnings"),
     "measure_linear": (None, "measured on linear pixels; false: display-scaled PNG/JPEG, values unreliable"),

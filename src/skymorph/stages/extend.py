@@ -208,6 +208,7 @@ STAGE = Stage(
     compute=_compute,
     sections=("extend",),
     upstream=lambda config: (_input_stage(config),),
+    depends=lambda config: (_input_stage(config), "cluster", "merge"),
     outputs=("extend/extend.json",),
     extra=_extra,
     report=_report,

@@ -55,7 +55,8 @@ MEASUREMENTS_FILE = "measurements.parquet"
 CATALOG_COLUMNS = [
     "gini", "m20", "concentration", "asymmetry", "smoothness", "multimode", "intensity",
     "deviation", "sersic_n", "sersic_rhalf", "sersic_rhalf_arcsec", "sersic_chi2_dof", "psi", "g2",
-    "g2_reliable", "nonparam_ok", "sersic_ok", "rpetro_circ", "rhalf_circ", "rhalf_circ_arcsec", "sn_per_pixel", "flag",
+    "g2_reliable", "nonparam_ok", "sersic_ok", "rpetro_circ", "rhalf_circ", "rhalf_circ_arcsec",
+    "sn_per_pixel", "flag",
     "flag_sersic", "measure_ok", "measure_reason", "measure_linear", "measure_psf", "measure_weights",
 ]
 """Columns joined onto the catalog (``measurements.parquet`` holds every statmorph scalar)."""
@@ -283,7 +284,8 @@ def _map_ordered(tasks: list[_Task], config: MeasureConfig, workers: int
 
 
 EXTRA_COLUMNS: dict[str, Any] = {
-    "nonparam_ok": False, "sersic_ok": False, "g2_reliable": False, "measure_linear": True, "measure_psf": "", "measure_weights": "",
+    "nonparam_ok": False, "sersic_ok": False, "g2_reliable": False, "measure_linear": True, "measure_psf": "",
+    "measure_weights": "",
     "stamp_pixel_scale": float("nan"), "sersic_rhalf_arcsec": float("nan"),
     "rhalf_circ_arcsec": float("nan"),
 }
@@ -511,6 +513,7 @@ STAGE = Stage(
     check=_check,
     extra=_extra,
     finish=lambda ctx: _join_catalog(ctx.run, ctx.run.path / MEASUREMENTS_FILE),
+    rejoin=lambda run: _join_catalog(run, run.path / MEASUREMENTS_FILE),  # survives a new clustering
     report=_report,
     chunked=True,
 )

@@ -346,7 +346,8 @@ def exclusion_note(excluded: dict[str, dict[str, Any]], labels: dict[str, str]) 
     by_reason: dict[tuple[str, int, int], list[str]] = {}
     for col, ex in excluded.items():
         if ex["n_excluded"]:
-            by_reason.setdefault((ex["reason"], ex["n_excluded"], ex["n_raw"]), []).append(labels.get(col, col))
+            key = (ex["reason"], ex["n_excluded"], ex["n_raw"])
+            by_reason.setdefault(key, []).append(labels.get(col, col))
     if not by_reason:
         return ""
     parts = [f"{', '.join(names)}: {k} of {n} galaxies left out ({reason})"
@@ -754,6 +755,7 @@ STAGE = Stage(
     sections=("validate",),
     check=_check,
     always=True,
+    depends=lambda config: ("cluster", "merge", "extend", "measure"),
     arguments=(
         Argument("--physical", "catalog (FITS, CSV, Parquet) of physical quantities: stellar mass, "
                  "redshift, magnitude", metavar="CATALOG"),

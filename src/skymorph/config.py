@@ -827,10 +827,11 @@ class ExtendConfig:
         10000, "Most training galaxies (a seeded sample) the neighbour distances are taken to; 0: all.", min=0
     )
     ood_final: str = setting(
-        "fallback",
-        "Final type of an extended galaxy flagged out of distribution: ``fallback`` (the last of "
-        "``inspect.types``, UNC: it is not forced into a type) or ``predicted``.",
-        choices=["fallback", "predicted"],
+        "ood",
+        "``morph_type_final`` of an extended galaxy flagged out of distribution (its ``type_source`` "
+        "is ``ood`` in every case): ``ood`` (the value OOD: not forced into a type, and not the "
+        "experts' UNC), ``fallback`` (the last of ``inspect.types``) or ``predicted``.",
+        choices=["ood", "fallback", "predicted"],
     )
     exclude_types: list[str] = setting(
         list(),

@@ -50,7 +50,8 @@ TYPES = ["SPH", "ETD", "LTD", "IRR", "UNC"]
 """The paper's types (the default of ``inspect.types``; the report uses the run's own)."""
 
 TYPE_WORDS = {"SPH": "spheroid", "ETD": "early-type disk", "LTD": "late-type disk", "IRR": "irregular",
-              "UNC": "unclassified by the experts", NO_CONSENSUS: "no consensus"}
+              "UNC": "unclassified by the experts", NO_CONSENSUS: "no consensus",
+              "OOD": "outside the training distribution (seen by no expert)"}
 
 NAME_CANDIDATES = {
     "mass": ["mass", "stellar_mass", "mstar", "logmass", "log_mass", "lp_mass_med", "lp_mass_best",
@@ -244,7 +245,7 @@ class _Inputs:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {t: TYPE_WORDS.get(t, t) for t in [*self.types, NO_CONSENSUS]}
+        return {t: TYPE_WORDS.get(t, t) for t in [*self.types, NO_CONSENSUS, "OOD"]}
 
     @property
     def colours(self) -> dict[str, str]:
@@ -552,6 +553,8 @@ def _part_extended(inp: _Inputs, section) -> None:
         section.notes.append(f"skipped: `skymorph extend {inp.run.path}` has not run (only the consensus "
                              "galaxies have a type)")
         return
+    from .extend import agreement_name
+
     report = json.loads(path.read_text())
     cv = report["cv"]
     section.result = {key: report[key] for key in ("n_galaxies", "n_experts", "n_train", "n_extended",
@@ -559,8 +562,34 @@ def _part_extended(inp: _Inputs, section) -> None:
     section.result.update(cv_accuracy=cv["accuracy"], cv_balanced_accuracy=cv["balanced_accuracy"],
                           ece=cv["ece"], classes=report["classes"], confusion=cv.get("confusion_matrix"),
                           physical=report.get("physical"),
-                          threshold=report["settings"]["confidence_threshold"])
+                          threshold=report["settings"]["confidence_threshold"],
+                          cv_measures=report.get("cv_measures")
+                          or agreement_name(report["settings"].get("cv_folds", 5)),
+                          ood_final=report["settings"].get("ood_final", "fallback"),
+                          evaluation=_evaluation(inp.run, section.notes))
     section.figures.append(reliability_figure(cv))
+
+
+def _evaluation(run: RunDir, notes: list[str]) -> dict[str, Any] | None:
+    """The morphology accuracy of the final types against known labels, when ``evaluate`` ran
+    with a truth table on this extension."""
+    path = run.path / "evaluation" / "evaluation.json"
+    if not path.exists():
+        notes.append(f"morphology accuracy against known labels: run `skymorph evaluate {run.path} --truth "
+                     "LABELS ...` to add it here")
+        return None
+    result = json.loads(path.read_text())
+    final = result.get("final_types")
+    if not final:
+        notes.append("evaluate ran before extend: re-run it for the accuracy of the extended types")
+        return None
+    current = (run.stage_info("extend") or {}).get("fingerprint", "")
+    if result.get("extend_fingerprint") != current:
+        notes.append("the evaluation in evaluation/evaluation.json was made on another extension: re-run "
+                     "`skymorph evaluate` for figures of this one")
+        return None
+    return {"truth": Path(str(result.get("truth", ""))).name, "label_col": result.get("label_col", ""),
+            "rows": {key: final[key] for key in ("kept", "extended", "all") if key in final}}
 
 
 PARTS: list[tuple[str, str, Callable[[_Inputs, Any], None]]] = [

@@ -290,8 +290,8 @@ def test_extend_stage_types_every_galaxy_and_evaluate_splits(run, shared_data):
     assert "agreement with the expert-named clusters (3-fold CV)" in html
     assert "cross-validated accuracy" not in html
     shown = numbers["parts"]["extended"]["result"]["evaluation"]["rows"]
-    assert {k: v["accuracy"] for k, v in shown.items()} == {k: final[k]["accuracy"] for k in ("kept", "extended",
-                                                                                               "all")}
+    expected = {k: final[k]["accuracy"] for k in ("kept", "extended", "all")}
+    assert {k: v["accuracy"] for k, v in shown.items()} == expected
     assert 'id="evaluation"' in html and f"{final['extended']['accuracy']:.3g}" in html
     assert "OOD" in html and "seen by no expert" in html
 

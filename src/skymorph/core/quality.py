@@ -104,7 +104,11 @@ def validity(table: pd.DataFrame, *, g2_min_sn: float = 3.0) -> pd.DataFrame:
         nonparam = _bool(table, "measure_ok", False)  # a table without statmorph's flag
     else:
         nonparam = (flag >= 0) & (flag <= MAX_FLAG)
-    sersic = (flag_sersic >= 0) & (flag_sersic <= MAX_FLAG) & np.isfinite(_number(table, "sersic_n"))
+    if "flag_sersic" in table.columns:
+        sersic = (flag_sersic >= 0) & (flag_sersic <= MAX_FLAG)
+    else:  # a table without the fit's own flag: the fit is as valid as the measurement
+        sersic = nonparam.copy()
+    sersic = sersic & np.isfinite(_number(table, "sersic_n"))
     g2 = nonparam & np.isfinite(_number(table, "g2")) & (_number(table, "sn_per_pixel") >= g2_min_sn)
     return pd.DataFrame({"nonparam_ok": nonparam, "sersic_ok": sersic, "g2_reliable": g2}, index=table.index)
 

@@ -372,14 +372,17 @@ def _part_per_type(inp: _Inputs, section) -> None:
     result["excluded"] = excluded
     raw = (inp.raw if inp.raw is not None else inp.table).loc[sample.index]
     g2 = V.g2_reliable_fractions(raw, list(result["n"]), inp.config.measure.g2_min_sn)
-    if g2 is not None:
-        g2["saturation"] = V.g2_reliability(sample, inp.config.measure.g2_noise_tolerance)
+    if g2 is not None:  # on the raw values: whether noise saturates G2 at all at this S/N
+        g2["saturation"] = V.g2_reliability(raw, inp.config.measure.g2_noise_tolerance)
     result["g2"] = g2
     result["asymmetry_caveat"] = ASYMMETRY_CAVEAT if "asymmetry" in result["medians"] else ""
     note = exclusion_note(excluded, labels)
     if note:
         section.notes.append("Medians and Figs. 8-11 use only valid values. " + note)
     for col in result["empty"]:
+        if excluded.get(col, {}).get("n_raw"):
+            section.notes.append(f"{labels.get(col, col)}: no valid value ({excluded[col]['reason']})")
+            continue
         section.notes.append(f"{labels.get(col, col)}: no value measured"
                              + (" (measure ran with --no-sersic)" if col in ("sersic_n", "r_e") else ""))
     section.result = result
@@ -388,7 +391,7 @@ def _part_per_type(inp: _Inputs, section) -> None:
         columns = [(c, labels[c]) for c in group if c in result["medians"]]
         if not columns:
             continue
-        note = exclusion_note({c: excluded[c] for c, _ in columns if c in excluded}, labels)
+        note = exclusion_note({c: excluded[c] for c in group if c in excluded}, labels)
         if "g2" in group and g2 is not None:
             note = f"{g2['text']} {note}".strip()
             saturation = g2.get("saturation")
@@ -659,14 +662,20 @@ def _settings_rows(config: Config, records: dict[str, dict[str, Any]]) -> list[d
     add("experts needed to agree", config.inspect.min_agree, "config.toml [inspect] min_agree")
     if ins:
         add("votes merged", ins.get("n_votes", "?"), "stages/merge.json")
-    add("Sersic fits", "on" if config.measure.include_sersic else "off",
-        "config.toml [measure] include_sersic")
-    add("G2 noise tolerance", f"{config.measure.g2_noise_tolerance:g} sigma"
-        + (" (the paper's definition)" if not config.measure.g2_noise_tolerance else ""),
-        "config.toml [measure] g2_noise_tolerance")
     if mea:
-        add("measured", f"{mea.get('n_measured', '?')} of {mea.get('n_galaxies', '?')}",
-            "stages/measure.json")
+        add("Sersic fits", "on" if config.measure.include_sersic else "off",
+            "config.toml [measure] include_sersic")
+    else:
+        add("Sersic fits", "none: measure has not run", "stages/measure.json (missing)")
+    if mea:
+        add("G2 noise tolerance", f"{config.measure.g2_noise_tolerance:g} sigma"
+            + (" (the paper's definition)" if not config.measure.g2_noise_tolerance else ""),
+            "config.toml [measure] g2_noise_tolerance")
+        add("measured (valid non-parametric values)", f"{mea.get('n_measured', '?')} of "
+            f"{mea.get('n_galaxies', '?')}", "stages/measure.json")
+        if "n_sersic_ok" in mea:
+            add("valid Sersic fits", f"{mea['n_sersic_ok']} of {mea.get('n_galaxies', '?')}",
+                "stages/measure.json")
     add("ETG types", " + ".join(config.validate.etg_types), "config.toml [validate] etg_types")
     add("confidence level", f"{config.validate.confidence * 100:g}%", "config.toml [validate] confidence")
     return rows

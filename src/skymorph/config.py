@@ -730,6 +730,22 @@ class MeasureConfig:
     include_doublesersic: bool = setting(
         False, "Also fit statmorph's double Sersic model.", flag="--doublesersic"
     )
+    zeropoint: float | None = setting(
+        None,
+        "Photometric zero point of the stamps' pixel units: adds mag_petro (flux within 2 Petrosian "
+        "radii) and mag_sersic (the Sersic model's total flux). Default: the input FITS header's "
+        "MAGZERO / PHOTZP where ingest found one, else no magnitudes.",
+        flag="--zeropoint",
+    )
+    resamples: int = setting(
+        0,
+        "Noise resampling for the non-parametric errors (<name>_err of Gini, M20, C, A, S, M, I, D): "
+        "each galaxy is re-measured this many times with Gaussian noise of its pixel errors added "
+        "(seeded per galaxy by ``seed``); 0 (default) is off: it multiplies the time per galaxy.",
+        flag="--resamples",
+        min=0,
+    )
+    seed: int = setting(0, "Seed of the noise resampling (``resamples``).")
     detect_nsigma: float = setting(
         1.5,
         "Segmentation threshold in background sigma (on the smoothed stamp).",

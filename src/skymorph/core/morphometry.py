@@ -418,6 +418,10 @@ def morphology(image: np.ndarray, segmap: np.ndarray, label: int | None = None,
             row[name] = float(value) if value is not None else float("nan")
         row["flag"] = int(morph.flag)
         row["flag_sersic"] = int(morph.flag_sersic) if include_sersic else -1
+        if include_sersic and morph.flag < 4:
+            from .uncertainty import sersic_errors
+
+            row.update(sersic_errors(morph))  # from the fit's covariance
         if include_doublesersic:
             row["flag_doublesersic"] = int(getattr(morph, "flag_doublesersic", -1))
         if morph.flag >= 4:

@@ -194,6 +194,10 @@ COLUMNS: dict[str, tuple[str | None, str]] = {
     "measure_psf": (None, "PSF used in the Sersic fits: none, file, or array (per stamp)"),
     "measure_weights": (None, "per-pixel errors used: noise_sigma (constant), gain, rms array, or the "
                               "named weight array"),
+    "zeropoint": ("mag", "photometric zero point of the stamp's pixel units (measure.zeropoint, else "
+                         "the input header's MAGZERO / PHOTZP); NaN: unknown"),
+    "mag_petro": ("mag", "zeropoint - 2.5 log10(flux_circ): flux within 2 circular Petrosian radii"),
+    "mag_sersic": ("mag", "zeropoint - 2.5 log10(total flux of the Sersic model); valid where sersic_ok"),
     "stamp_pixel_scale": ("arcsec / pix", "pixel scale of the stamp (input scale x frame / stamp size)"),
     "sersic_rhalf_arcsec": ("arcsec", "Sersic effective radius r_e (semi-major axis)"),
     "rhalf_circ_arcsec": ("arcsec", "circular half-light radius (statmorph, non-parametric)"),
@@ -202,6 +206,11 @@ COLUMNS: dict[str, tuple[str | None, str]] = {
 RealGalaxyCatalog columns the bundled data carry)."""
 
 _PATTERNS: list[tuple[str, str | None, str]] = [
+    (r"^sersic_(rhalf|xc|yc)_err$", "pix", "1-sigma error of sersic_\\1 from the fit's covariance matrix"),
+    (r"^sersic_theta_err$", "rad", "1-sigma error of sersic_theta from the fit's covariance matrix"),
+    (r"^sersic_(\w+)_err$", None, "1-sigma error of sersic_\\1 from the fit's covariance matrix"),
+    (r"^(gini|m20|concentration|asymmetry|smoothness|multimode|intensity|deviation)_err$", None,
+     "1-sigma error of \\1 by noise resampling (measure.resamples; NaN when off)"),
     (r"^doublesersic_(xc|yc|rhalf\d)$", "pix", "double-Sersic model parameter (statmorph)"),
     (r"^doublesersic_theta\d$", "rad", "double-Sersic component position angle (statmorph)"),
     (r"^doublesersic_", None, "double-Sersic model parameter (statmorph)"),

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, MeasureConfig
 from ..core.parallel import map_ordered, start_pool
+from ..core.uncertainty import RESAMPLED_QUANTITIES, SERSIC_ERROR_COLUMNS
 from ..io.rundir import RunDir
 from . import Stage, StageContext, execute
 
@@ -51,6 +52,8 @@ __all__ = ["measure", "measure_stamp", "measure_block", "read_measurements", "li
 log = logging.getLogger(__name__)
 
 MEASUREMENTS_FILE = "measurements.parquet"
+SEGMAP_ARRAY = "segmap"
+"""Run array (N x S x S, uint8) of each stamp's segmentation as measured (:data:`SEGMAP_CODES`)."""
 
 CATALOG_COLUMNS = [
     "gini", "m20", "concentration", "asymmetry", "smoothness", "multimode", "intensity",
@@ -58,6 +61,8 @@ CATALOG_COLUMNS = [
     "g2_reliable", "nonparam_ok", "sersic_ok", "rpetro_circ", "rhalf_circ", "rhalf_circ_arcsec",
     "sn_per_pixel", "flag",
     "flag_sersic", "measure_ok", "measure_reason", "measure_linear", "measure_psf", "measure_weights",
+    "sersic_n_err", "sersic_rhalf_err", "gini_err", "m20_err", "concentration_err", "asymmetry_err",
+    "zeropoint", "mag_petro", "mag_sersic",
 ]
 """Columns joined onto the catalog (``measurements.parquet`` holds every statmorph scalar)."""
 
@@ -116,9 +121,14 @@ def _normalised_psf(image: np.ndarray, what: str) -> np.ndarray:
     return image / image.sum()
 
 
+SEGMAP_CODES = {"sky": 0, "galaxy": 1, "neighbour": 2, "bad": 3}
+"""Values of the ``segmap`` array: the measured galaxy's segment, other sources (masked), and
+pixels without a usable error (masked)."""
+
+
 def measure_stamp(stamp: np.ndarray, noise_sigma: float | None = None, background: float = 0.0,
                   weightmap: np.ndarray | None = None, config: MeasureConfig | None = None,
-                  psf: np.ndarray | None = None) -> dict[str, Any]:
+                  psf: np.ndarray | None = None, *, return_segmap: bool = False) -> dict[str, Any]:
     """Measure one stamp: segmentation, statmorph, Psi and G2.
 
     Parameters
@@ -138,16 +148,23 @@ def measure_stamp(stamp: np.ndarray, noise_sigma: float | None = None, backgroun
         Settings; defaults to ``MeasureConfig()``.
     psf : ndarray, optional
         PSF convolved with the Sersic models (normalised here).
+    return_segmap : bool
+        Add ``segmap``: the stamp's segmentation as measured (uint8, :data:`SEGMAP_CODES`;
+        all zero when segmentation failed).
 
     Returns
     -------
     dict
-        The row of :func:`skymorph.core.morphometry.morphology`; never raises.
+        The row of :func:`skymorph.core.morphometry.morphology` (with the Sersic errors),
+        plus the resampled errors of the non-parametric quantities when
+        ``config.resamples``; never raises.
     """
     from ..core import morphometry as mm
 
     cfg = config or MeasureConfig()
     row = mm.empty_result(cfg.include_doublesersic)
+    if return_segmap:
+        row["segmap"] = np.zeros(np.shape(stamp), dtype=np.uint8)
     try:
         image = np.asarray(stamp, dtype=np.float64)
         if cfg.subtract_background and np.isfinite(background):
@@ -176,6 +193,12 @@ def measure_stamp(stamp: np.ndarray, noise_sigma: float | None = None, backgroun
                 raise ValueError("no usable noise estimate (noise_sigma <= 0 or missing)")
         segmap, others = mm.make_segmap(image, sigma, cfg.detect_nsigma, cfg.detect_npixels,
                                         cfg.smooth_fwhm, cfg.deblend, cfg.deblend_contrast, mask=bad)
+        if return_segmap:
+            codes = np.where(segmap > 0, SEGMAP_CODES["galaxy"],
+                             np.where(others, SEGMAP_CODES["neighbour"], SEGMAP_CODES["sky"]))
+            if bad is not None:
+                codes = np.where(bad, SEGMAP_CODES["bad"], codes)
+            row["segmap"] = codes.astype(np.uint8)
         mask = others if bad is None else others | bad
         gain = None
         g2_noise: float | np.ndarray = float(sigma)
@@ -185,12 +208,24 @@ def measure_stamp(stamp: np.ndarray, noise_sigma: float | None = None, backgroun
             gain = cfg.gain
         else:
             g2_noise = weightmap
-        return mm.morphology(image, segmap, 1, mask=mask if mask.any() else None,
-                             weightmap=weightmap, gain=gain, include_sersic=cfg.include_sersic,
-                             include_doublesersic=cfg.include_doublesersic, psf=psf,
-                             g2_module_tolerance=cfg.g2_module_tolerance,
-                             g2_phase_tolerance=cfg.g2_phase_tolerance,
-                             g2_noise_tolerance=cfg.g2_noise_tolerance, noise_sigma=g2_noise)
+        result = mm.morphology(image, segmap, 1, mask=mask if mask.any() else None,
+                               weightmap=weightmap, gain=gain, include_sersic=cfg.include_sersic,
+                               include_doublesersic=cfg.include_doublesersic, psf=psf,
+                               g2_module_tolerance=cfg.g2_module_tolerance,
+                               g2_phase_tolerance=cfg.g2_phase_tolerance,
+                               g2_noise_tolerance=cfg.g2_noise_tolerance, noise_sigma=g2_noise)
+        if cfg.resamples and result["measure_ok"]:
+            import zlib
+
+            from ..core.uncertainty import resampled_errors
+
+            # seeded per galaxy by its pixels, so the errors do not depend on the chunking
+            seed = [int(cfg.seed), zlib.crc32(np.ascontiguousarray(image).tobytes())]
+            result.update(resampled_errors(image, segmap, n=cfg.resamples, sigma=g2_noise, seed=seed,
+                                           mask=mask if mask.any() else None, weightmap=weightmap, gain=gain))
+        if return_segmap:
+            result["segmap"] = row["segmap"]
+        return result
     except Exception as exc:  # noqa: BLE001 - one galaxy never aborts the run
         row["measure_reason"] = f"{type(exc).__name__}: {exc}"[:500]
         return row
@@ -229,7 +264,7 @@ def _usable_weights(weights: np.ndarray | None) -> bool:
 
 def measure_block(stamps: np.ndarray, noise_sigma: np.ndarray, background: np.ndarray,
                   config: MeasureConfig, weights: np.ndarray | None = None,
-                  psf: np.ndarray | None = None) -> list[dict[str, Any]]:
+                  psf: np.ndarray | None = None, *, return_segmap: bool = False) -> list[dict[str, Any]]:
     """Measure a block of stamps (one Dask / worker task); one row per stamp.
 
     ``weights`` holds one error map per stamp; ``psf`` is one PSF for every stamp
@@ -244,7 +279,7 @@ def measure_block(stamps: np.ndarray, noise_sigma: np.ndarray, background: np.nd
         p = None if psf is None else (psf if np.ndim(psf) == 2 else psf[i])
         rows.append(measure_stamp(stamps[i], float(noise_sigma[i]), float(background[i]),
                                   w if _usable_weights(w) else None, config,
-                                  p if _usable_psf(p) else None))
+                                  p if _usable_psf(p) else None, return_segmap=return_segmap))
     return rows
 
 
@@ -258,7 +293,8 @@ def _run_task(task: _Task, config: MeasureConfig) -> list[dict[str, Any]]:
     psf = task.psf
     if psf is None and task.psf_array:
         psf = np.asarray(run.open_array("psf")[task.start: task.stop], dtype=np.float64)
-    rows = measure_block(stamps, np.asarray(task.noise), np.asarray(task.background), config, weights, psf)
+    rows = measure_block(stamps, np.asarray(task.noise), np.asarray(task.background), config, weights, psf,
+                         return_segmap=True)
     fallback = "gain" if config.gain is not None else "noise_sigma"
     for i, (gid, row) in enumerate(zip(task.ids, rows, strict=True)):
         row["id"] = gid
@@ -284,6 +320,9 @@ def _map_ordered(tasks: list[_Task], config: MeasureConfig, workers: int
 
 
 EXTRA_COLUMNS: dict[str, Any] = {
+    **dict.fromkeys(SERSIC_ERROR_COLUMNS, float("nan")),
+    **dict.fromkeys([f"{q}_err" for q in RESAMPLED_QUANTITIES], float("nan")),
+    "zeropoint": float("nan"), "mag_petro": float("nan"), "mag_sersic": float("nan"),
     "nonparam_ok": False, "sersic_ok": False, "g2_reliable": False, "measure_linear": True, "measure_psf": "",
     "measure_weights": "",
     "stamp_pixel_scale": float("nan"), "sersic_rhalf_arcsec": float("nan"),
@@ -395,10 +434,21 @@ def _pixel_scales(sources: pd.DataFrame, cfg: MeasureConfig, stamp_size: int) ->
     return scale
 
 
+def _zeropoints(sources: pd.DataFrame, cfg: MeasureConfig) -> np.ndarray:
+    """Photometric zero point of each stamp: the setting, else ingest's ``zeropoint`` column
+    (MAGZERO / PHOTZP of the input header); NaN where unknown (no magnitudes)."""
+    if cfg.zeropoint is not None:
+        return np.full(len(sources), float(cfg.zeropoint))
+    if "zeropoint" in sources:
+        return pd.to_numeric(sources["zeropoint"], errors="coerce").to_numpy(float)
+    return np.full(len(sources), np.nan)
+
+
 def _compute(ctx: StageContext) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from ..core.photometry import magnitude, sersic_total_flux
     from ..core.quality import validity
     from ..io.catalog import arrow_schema, provenance
 
@@ -442,11 +492,18 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     workers = cfg.workers or os.cpu_count() or 1
     workers = min(workers, len(tasks))
     schema = arrow_schema(_schema(cfg.include_doublesersic), provenance(run.path))
+    zeropoint = _zeropoints(sources, cfg)
+    segmaps = run.create_array(SEGMAP_ARRAY, tuple(stamps.shape), cfg.chunk_size, dtype="uint8",
+                               attributes={"codes": SEGMAP_CODES})
     tmp = run.path / f".{MEASUREMENTS_FILE}.tmp"
     n_ok = n_flagged = n_sersic_bad = n_sersic_ok = n_g2 = n_psf = n_weights = 0
     with pq.ParquetWriter(tmp, schema) as writer, \
             tqdm(total=n, desc="measure", unit="galaxy", disable=not progress) as bar:
         for rows in _map_ordered(tasks, cfg, workers):
+            first = rows[0]["index"]
+            blank = np.zeros(stamps.shape[1:], np.uint8)
+            segmaps[first: first + len(rows)] = np.stack(
+                [seg if (seg := r.pop("segmap", None)) is not None else blank for r in rows])
             flags = validity(pd.DataFrame(rows), g2_min_sn=cfg.g2_min_sn)
             for row, ok in zip(rows, flags.to_dict(orient="records"), strict=True):
                 i = row["index"]
@@ -455,6 +512,11 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
                 row["stamp_pixel_scale"] = float(scale[i])
                 row["sersic_rhalf_arcsec"] = float(row["sersic_rhalf"] * scale[i])
                 row["rhalf_circ_arcsec"] = float(row["rhalf_circ"] * scale[i])
+                row["zeropoint"] = float(zeropoint[i])
+                row["mag_petro"] = float(magnitude(row["flux_circ"], zeropoint[i]))
+                row["mag_sersic"] = float(magnitude(sersic_total_flux(
+                    row["sersic_amplitude"], row["sersic_rhalf"], row["sersic_n"], row["sersic_ellip"]),
+                    zeropoint[i]))
             table = pa.Table.from_pylist(rows, schema=schema)
             writer.write_table(table)
             n_ok += sum(r["measure_ok"] for r in rows)
@@ -509,7 +571,7 @@ STAGE = Stage(
     compute=_compute,
     sections=("measure",),
     upstream=lambda config: ("ingest",),
-    outputs=(MEASUREMENTS_FILE,),
+    outputs=(MEASUREMENTS_FILE, f"{SEGMAP_ARRAY}.zarr"),
     check=_check,
     extra=_extra,
     finish=lambda ctx: _join_catalog(ctx.run, ctx.run.path / MEASUREMENTS_FILE),

@@ -21,9 +21,15 @@ False``.  r_e is also given in arcsec where the pixel scale is known.
 
 Results are streamed to ``RUN_DIR/measurements.parquet`` chunk by chunk (memory
 does not grow with the number of galaxies), with units, descriptions and the
-provenance in its metadata.  A galaxy that cannot be measured gets
-``measure_ok = False`` and a ``measure_reason``; it never stops the run.  When
-the run has a catalog, the main columns are joined onto it.
+provenance in its metadata.  Every raw value is kept, with one validity flag per
+family (:mod:`skymorph.core.quality`): ``nonparam_ok`` (statmorph's flag 0/1, the
+same as ``measure_ok``), ``sersic_ok`` (flag_sersic 0/1) and ``g2_reliable``.  A galaxy
+that cannot be measured gets ``measure_ok = False`` and a ``measure_reason``; it never
+stops the run.  Also written: the Sersic parameters' errors from the fit covariance,
+optional noise-resampled errors of the non-parametric values (``resamples``),
+magnitudes where a zero point is known (``zeropoint``, else the header's MAGZERO /
+PHOTZP) and each stamp's segmentation (``RUN_DIR/segmap.zarr``).  When the run has a
+catalog, the main columns are joined onto it (and again after a new clustering).
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ Catalog columns added (one row per galaxy):
 ``ml_ood``
     The galaxy is farther from every training galaxy than ``extend.ood_quantile`` of the
     training galaxies are from their neighbours (a blank stamp, a star, an artefact).
+``ml_nonfinite``
+    The galaxy's input (features or embedding) holds NaN/inf (e.g. a lost chunk): it gets
+    no type (``morph_type_ml`` empty, ``p_<TYPE>`` NaN), is flagged ``ml_ood``, never
+    trains the classifier, and its ``morph_type_final`` is the last of ``inspect.types``
+    (UNC) with ``type_source = "ood"`` unless the experts typed it; extend.json counts them.
 ``morph_type_final`` / ``type_source``
     The experts' type (``experts``) where the vote kept the galaxy and the experts typed
     its cluster; else the classifier's (``extended``).  An extended galaxy out of the
@@ -47,6 +52,8 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..errors import SkymorphError
+from ..io.csvfile import write_csv
 from ..io.rundir import RunDir, RunDirError
 from . import Stage, StageContext, execute
 
@@ -69,7 +76,7 @@ def agreement_name(folds: int) -> str:
     return f"agreement with the expert-named clusters ({folds}-fold CV)"
 
 
-class ExtendStageError(ValueError):
+class ExtendStageError(SkymorphError, ValueError):
     """The run cannot be extended (no expert types yet, arrays that do not match the catalog)."""
 
 
@@ -139,16 +146,20 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
 
     n = len(catalog)
     columns: dict[str, Any] = {"id": catalog["id"]}
+    nonfinite = result.nonfinite
     for t in types:
-        columns[f"p_{t}"] = (result.proba[:, result.classes.index(t)].astype(np.float64)
-                             if t in result.classes else np.zeros(n))
+        columns[f"p_{t}"] = np.where(nonfinite, np.nan,
+                                     result.proba[:, result.classes.index(t)].astype(np.float64)
+                                     if t in result.classes else np.zeros(n))
     predicted = result.predicted.astype(str)
     final = np.where(typed, mtype, predicted).astype(object)
-    ood = ~typed & result.ood
+    ood = ~typed & (result.ood | nonfinite)
     if cfg.ood_final == "ood":
         final[ood] = OOD
     elif cfg.ood_final == "fallback":
         final[ood] = fallback
+    # no input, no type, whatever ood_final says: OOD (the last type with ood_final = fallback)
+    final[~typed & nonfinite] = fallback if cfg.ood_final == "fallback" else OOD
     source = np.where(typed, "experts", np.where(ood, "ood", "extended")).astype(object)
     columns.update({
         "morph_type_ml": predicted.astype(object),
@@ -157,6 +168,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         "ml_confident": (result.confident & ~result.ood).astype(bool),
         "ml_ood": result.ood.astype(bool),
         "ml_ood_distance": result.ood_distance,
+        "ml_nonfinite": nonfinite.astype(bool),
         "morph_type_final": final,
         "type_source": source,
     })
@@ -173,6 +185,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         "n_extended": int(extended.sum()),
         "n_extended_confident": int((extended & result.confident & ~result.ood).sum()),
         "n_extended_ood": int(ood.sum()),
+        "n_nonfinite": int(nonfinite.sum()),
         # agreement with the expert-named clusters, not morphology accuracy (evaluate measures that)
         "cv_accuracy": cv["accuracy"], "cv_balanced_accuracy": cv["balanced_accuracy"], "ece": cv["ece"],
         "cv_measures": agreement_name(cfg.cv_folds),
@@ -191,7 +204,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     if (run.path / "measurements.parquet").exists():
         physical = physical_comparison(updated, pd.read_parquet(run.path / "measurements.parquet"), types)
         if physical is not None:
-            physical.to_csv(out / "physical.csv", index=False)
+            write_csv(physical, out / "physical.csv")
             report["physical"] = json.loads(physical.to_json(orient="records"))
     tmp = out / ".extend.json.tmp"
     tmp.write_text(json.dumps(report, indent=2, default=float))
@@ -213,10 +226,14 @@ def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
     report = json.loads((run.path / "extend" / "extend.json").read_text())
     ood = {"ood": OOD, "fallback": config.inspect.types[-1]}.get(config.extend.ood_final, "predicted type")
     measures = report.get("cv_measures") or agreement_name(config.extend.cv_folds)
+    no_input = config.inspect.types[-1] if config.extend.ood_final == "fallback" else OOD
     lines = [f"{report['n_extended']} of {report['n_galaxies']} galaxies typed by the classifier "
              f"({report['n_extended_confident']} confident, {report['n_extended_ood']} out of distribution "
              f"-> type_source ood, morph_type_final {ood}); "
-             f"{report['n_experts']} keep the experts' type",
+             f"{report['n_experts']} keep the experts' type"
+             + (f"; {report['n_nonfinite']} have NaN/inf {report['settings']['input']} and get no type "
+                f"(ml_nonfinite; type_source ood, morph_type_final {no_input}): "
+                "re-run the stage that wrote them with --force" if report.get("n_nonfinite") else ""),
              f"{measures} on the {report['n_train']} training galaxies: "
              f"{report['cv_accuracy']:.3f}, balanced {report['cv_balanced_accuracy']:.3f}, "
              f"ECE {report['ece']:.3f} (not morphology accuracy: `skymorph evaluate` measures that "

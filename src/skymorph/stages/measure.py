@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from ..config import Config, MeasureConfig
 from ..core.parallel import map_ordered, start_pool
 from ..core.uncertainty import RESAMPLED_QUANTITIES, SERSIC_ERROR_COLUMNS
+from ..errors import SkymorphError
 from ..io.rundir import RunDir
 from . import Stage, StageContext, execute
 
@@ -76,7 +77,7 @@ NONLINEAR_SUFFIXES = (".jpg", ".jpeg", ".png")
 """Input files whose pixels are display-scaled (gamma, stretch, 8-bit), not flux."""
 
 
-class MeasureError(ValueError):
+class MeasureError(SkymorphError, ValueError):
     """The run cannot be measured as asked (non-linear stamps, an unusable PSF...)."""
 
 

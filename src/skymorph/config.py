@@ -796,6 +796,22 @@ class MeasureConfig:
     include_doublesersic: bool = setting(
         False, "Also fit statmorph's double Sersic model.", flag="--doublesersic"
     )
+    zeropoint: float | None = setting(
+        None,
+        "Photometric zero point of the stamps' pixel units: adds mag_petro (flux within 2 Petrosian "
+        "radii) and mag_sersic (the Sersic model's total flux). Default: the input FITS header's "
+        "MAGZERO / PHOTZP where ingest found one, else no magnitudes.",
+        flag="--zeropoint",
+    )
+    resamples: int = setting(
+        0,
+        "Noise resampling for the non-parametric errors (<name>_err of Gini, M20, C, A, S, M, I, D): "
+        "each galaxy is re-measured this many times with Gaussian noise of its pixel errors added "
+        "(seeded per galaxy by ``seed``); 0 (default) is off: it multiplies the time per galaxy.",
+        flag="--resamples",
+        min=0,
+    )
+    seed: int = setting(0, "Seed of the noise resampling (``resamples``).")
     detect_nsigma: float = setting(
         1.5,
         "Segmentation threshold in background sigma (on the smoothed stamp).",
@@ -893,10 +909,11 @@ class ExtendConfig:
         10000, "Most training galaxies (a seeded sample) the neighbour distances are taken to; 0: all.", min=0
     )
     ood_final: str = setting(
-        "fallback",
-        "Final type of an extended galaxy flagged out of distribution: ``fallback`` (the last of "
-        "``inspect.types``, UNC: it is not forced into a type) or ``predicted``.",
-        choices=["fallback", "predicted"],
+        "ood",
+        "``morph_type_final`` of an extended galaxy flagged out of distribution (its ``type_source`` "
+        "is ``ood`` in every case): ``ood`` (the value OOD: not forced into a type, and not the "
+        "experts' UNC), ``fallback`` (the last of ``inspect.types``) or ``predicted``.",
+        choices=["ood", "fallback", "predicted"],
     )
     exclude_types: list[str] = setting(
         list(),

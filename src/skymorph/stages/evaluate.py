@@ -313,6 +313,8 @@ def evaluate(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | pd.
 
         result["final_types"] = split_scores(aligned, catalog["morph_type_final"].fillna("").to_numpy(),
                                              catalog["type_source"].fillna("").to_numpy())
+        # the report shows these figures only while they belong to the catalog's extension
+        result["extend_fingerprint"] = (run.stage_info("extend") or {}).get("fingerprint", "")
     out_path = Path(out) if out is not None else run.path / "evaluation" / "evaluation.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     result = {

@@ -151,7 +151,9 @@ class RunDir:
         infos = {p.stem: self.stage_info(p.stem) or {} for p in self._stage_records()}
         rank = {name: i for i, name in enumerate(stage_order)}
         for name in sorted(infos, key=lambda n: (rank.get(n, len(rank)), str(infos[n].get("finished")), n)):
-            lines.append(f"  {name:<9} finished {infos[name].get('finished', '?')}")
+            stale = self.stale(name)
+            lines.append(f"  {name:<9} finished {infos[name].get('finished', '?')}"
+                         + (f"  STALE: made from an earlier {', '.join(stale)}; re-run it" if stale else ""))
         partial: dict[str, str] = {}
         for stage, info in self.unfinished().items():
             lines.append(f"  {stage:<9} UNFINISHED: started {info.get('started', '?')} and stopped before "
@@ -366,6 +368,20 @@ class RunDir:
             **summary,
         }
         _atomic_write(self.path / "stages" / f"{stage}.json", json.dumps(info, indent=2, default=str))
+
+    def stale(self, stage: str) -> list[str]:
+        """The stages that ``stage``'s outputs were made from and that have been recomputed
+        (or forgotten) since: non-empty means its outputs are stale.  Empty for a stage that
+        has not run, or that recorded nothing it was made from (runs of an older skymorph)."""
+        info = self.stage_info(stage)
+        if not info:
+            return []
+        changed = []
+        for name, fingerprint in (info.get("made_from") or {}).items():
+            current = self.stage_info(name)
+            if current is None or current.get("fingerprint") != fingerprint:
+                changed.append(name)
+        return changed
 
     def invalidate(self, stage: str) -> None:
         """Forget that ``stage`` finished (before rewriting its outputs)."""

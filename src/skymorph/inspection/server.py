@@ -139,6 +139,13 @@ class _App:
                              for s, i in zip(c["stamp_index"], c["ids"], strict=True)}
         self._read_lock = threading.Lock()
 
+    @functools.cached_property
+    def refine(self) -> Any:
+        """The "teach single galaxies" pages (:class:`skymorph.inspection.refine.RefineApp`)."""
+        from .refine import RefineApp
+
+        return RefineApp(self.run, self.config)
+
     def _cell(self, stamp: int, galaxy_id: str) -> dict[str, Any]:
         scale = self.pixel_scales[stamp]
         return {"stamp": stamp, "id": galaxy_id, "side": self.stamp_side,
@@ -192,7 +199,10 @@ class _App:
 
 _STATIC = {"/": ("app.html", "text/html; charset=utf-8"),
            "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
-           "/static/app.css": ("app.css", "text/css; charset=utf-8")}
+           "/static/app.css": ("app.css", "text/css; charset=utf-8"),
+           "/refine": ("refine.html", "text/html; charset=utf-8"),
+           "/static/refine.js": ("refine.js", "text/javascript; charset=utf-8"),
+           "/static/refine.css": ("refine.css", "text/css; charset=utf-8")}
 _NUMBER = re.compile(r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]{1,3})?")
 
 
@@ -338,7 +348,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise _Reject(400, "too many query parameters") from None
         self._check_token(query)
-        if url.path == "/api/state":
+        if url.path.startswith(("/api/refine/", "/refine/")):
+            self._refine_get(url, query)
+        elif url.path == "/api/state":
             expert = query.get("expert", [""])[0]
             self._json(200, app.state(expert or None))
         elif m := re.fullmatch(r"/montage/([0-9]{1,9})\.png", url.path):
@@ -369,15 +381,30 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise _Reject(400, "too many query parameters") from None
         self._check_token(query)
-        if url.path != "/api/vote":
+        if url.path not in ("/api/vote", "/api/refine/label"):
             raise _Reject(404, "not found")
         payload = self._read_json()
+        app = self.server.app
         try:
-            result = self.server.app.vote(payload)
+            result = app.vote(payload) if url.path == "/api/vote" else app.refine.label(payload)
         except OSError as exc:  # the disk refused the write: the expert must know it was not saved
             log.error("vote not saved: %s", exc)
             raise _Reject(500, f"the vote could not be saved: {exc}") from None
         self._json(200, result)
+
+    def _refine_get(self, url: Any, query: dict[str, list[str]]) -> None:
+        """The teach page's API: the next page of galaxies, and any galaxy's image."""
+        app = self.server.app
+        if url.path == "/api/refine/page":
+            self._json(200, app.refine.page(query.get("expert", [""])[0]))
+        elif m := re.fullmatch(r"/refine/galaxy/([0-9]{1,9})\.png", url.path):
+            try:
+                body = app.refine.galaxy_png(int(m.group(1)))
+            except KeyError:
+                raise _Reject(404, "no such galaxy") from None
+            self._send(200, body, "image/png", "private, max-age=60")
+        else:
+            raise _Reject(404, f"not found: {url.path[:100]}")
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         self._handle("GET")
@@ -508,20 +535,27 @@ def make_server(run_dir: str | os.PathLike | RunDir, config: Config | None = Non
 
 
 def serve(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
-          host: str | None = None, port: int | None = None, open_browser: bool = False) -> None:
+          host: str | None = None, port: int | None = None, open_browser: bool = False,
+          page: str = "") -> None:
     """Run the voting web application until interrupted (Ctrl-C).
 
     Parameters are those of :func:`make_server`; ``open_browser`` opens the page
-    in the default browser.  Prints the address with the session's token.
+    in the default browser; ``page = "refine"`` opens the "teach single galaxies" page
+    (``skymorph inspect refine``).  Prints the address with the session's token.
     """
     server = make_server(run_dir, config, host, port, progress=True)
-    print(f"skymorph inspect: voting on {len(server.app.clusters)} clusters "
-          f"(votes go to {server.app.store.path}); open\n\n    {server.token_url}\n\n"
-          "press Ctrl-C to stop", flush=True)
+    url = server.token_url if not page else f"{server.url}{page}?token={server.token}"
+    if page == "refine":
+        print(f"skymorph inspect refine: experts type single galaxies, least sure first (labels go to "
+              f"{server.app.refine.store.path}); open\n\n    {url}\n\npress Ctrl-C to stop", flush=True)
+    else:
+        print(f"skymorph inspect: voting on {len(server.app.clusters)} clusters "
+              f"(votes go to {server.app.store.path}); open\n\n    {url}\n\n"
+              f"experts teach single galaxies at {server.url}refine\npress Ctrl-C to stop", flush=True)
     if open_browser:
         import webbrowser
 
-        webbrowser.open(server.token_url)
+        webbrowser.open(url)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

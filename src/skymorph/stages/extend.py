@@ -74,17 +74,33 @@ def _training_mask(catalog: pd.DataFrame, types: list[str],
     return typed, learn
 
 
+def _taught_training(run: RunDir, config: Config, catalog: pd.DataFrame) -> tuple[np.ndarray, ...]:
+    """(cluster-typed galaxies, the galaxies learnt from, taught types, their types, sample weights):
+    the named clusters' galaxies (unless ``extend.cluster_labels`` is off) and the galaxies the
+    experts typed one by one (``inspect refine``), weighted by ``extend.taught_weight``."""
+    from ..inspection.refine import training_labels
+
+    labels = training_labels(run, config, catalog)
+    typed = labels["cluster"] != ""
+    if "morph_type" in catalog.columns and config.extend.cluster_labels:
+        typed = _training_mask(catalog, list(config.inspect.types), list(config.extend.exclude_types))[0]
+    return typed, labels["learn"], labels["taught"], labels["y"], labels["weight"]
+
+
 def _input_stage(config: Config) -> str:
     return "encode" if config.extend.input == "features" else "reduce"
 
 
 def _extra(ctx: StageContext) -> dict[str, Any]:
+    from ..inspection.refine import GalaxyVoteStore
+
     catalog = ctx.run.catalog()
-    if "morph_type" not in catalog.columns:
+    taught = GalaxyVoteStore.of(ctx.run).digest()
+    if "morph_type" not in catalog.columns and (taught == "-" or ctx.config.extend.cluster_labels):
         raise ExtendStageError(f"the catalog of {ctx.run.path} has no morph_type; name the clusters first "
                                f"(`skymorph inspect serve/merge {ctx.run.path}` or `skymorph inspect auto`)")
     ctx.state["catalog"] = catalog
-    return {"catalog": _catalog_digest(catalog), "types": list(ctx.config.inspect.types)}
+    return {"catalog": _catalog_digest(catalog), "types": list(ctx.config.inspect.types), "taught": taught}
 
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
@@ -94,7 +110,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     cfg = config.extend
     types = list(config.inspect.types)
     fallback = types[-1]
-    typed, learn = _training_mask(catalog, types, list(cfg.exclude_types))
+    typed, learn, taught, y_learn, weight = _taught_training(run, config, catalog)
     if not learn.any():
         raise ExtendStageError(
             f"no consensus galaxy of {run.path} has an expert type among {', '.join(types)}; run "
@@ -108,10 +124,10 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     if x.shape[0] != len(catalog):
         raise ExtendStageError(f"the '{cfg.input}' array has {x.shape[0]} rows but the catalog "
                                f"{len(catalog)}; re-run the pipeline stages")
-    mtype = catalog["morph_type"].fillna("").astype(str).to_numpy()
+    mtype = catalog["morph_type"].fillna("").astype(str).to_numpy() if "morph_type" in catalog else y_learn
     try:
         result = extend_labels(
-            x, learn, mtype, model=cfg.model, c=cfg.c, class_weight=cfg.class_weight,
+            x, learn, y_learn, sample_weight=weight, model=cfg.model, c=cfg.c, class_weight=cfg.class_weight,
             calibration=cfg.calibration, cv_folds=cfg.cv_folds,
             confidence_threshold=cfg.confidence_threshold, ood_neighbors=cfg.ood_neighbors,
             ood_quantile=cfg.ood_quantile, ood_dims=cfg.ood_dims, ood_reference=cfg.ood_reference,
@@ -128,6 +144,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     final = np.where(typed, mtype, predicted).astype(object)
     if cfg.ood_final == "fallback":
         final[~typed & result.ood] = fallback
+    final[taught != ""] = taught[taught != ""]  # an expert's type of the galaxy itself comes first
     columns.update({
         "morph_type_ml": predicted.astype(object),
         "p_morph_type_ml": result.p_predicted,
@@ -135,23 +152,26 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         "ml_ood": result.ood.astype(bool),
         "ml_ood_distance": result.ood_distance,
         "morph_type_final": final,
-        "type_source": np.where(typed, "experts", "extended").astype(object),
+        "type_source": np.where(taught != "", "taught",
+                                np.where(typed, "experts", "extended")).astype(object),
     })
     updated = run.update_catalog(pd.DataFrame(columns))
 
     out = run.path / "extend"
     out.mkdir(exist_ok=True)
     cv = {k: v for k, v in result.cv.items() if k != "proba_oof"}
-    extended = ~typed
+    extended = ~typed & (taught == "")
     summary = {
         "n_galaxies": n, "n_experts": int(typed.sum()), "n_train": int(learn.sum()),
+        "n_taught": int((taught != "").sum()),
         "n_extended": int(extended.sum()),
         "n_extended_confident": int((extended & result.confident).sum()),
         "n_extended_ood": int((extended & result.ood).sum()),
         "cv_accuracy": cv["accuracy"], "cv_balanced_accuracy": cv["balanced_accuracy"], "ece": cv["ece"],
     }
     counts = {t: {"experts": int(((final == t) & typed).sum()),
-                  "extended": int(((final == t) & extended).sum())} for t in types}
+                  "extended": int(((final == t) & extended).sum()),
+                  "taught": int((taught == t).sum())} for t in types}
     report = {
         "run": str(run.path), **summary, "types": types, "classes": result.classes,
         "temperature": result.temperature, "ood_threshold": result.ood_threshold,
@@ -186,7 +206,9 @@ def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
     lines = [f"{report['n_extended']} of {report['n_galaxies']} galaxies typed by the classifier "
              f"({report['n_extended_confident']} confident, {report['n_extended_ood']} out of distribution "
              f"-> {ood}); "
-             f"{report['n_experts']} keep the experts' type",
+             f"{report['n_experts']} keep the experts' type"
+             + (f"; {report['n_taught']} carry a type an expert gave the galaxy itself (taught)"
+                if report.get("n_taught") else ""),
              f"cross-validated on the {report['n_train']} training galaxies: accuracy "
              f"{report['cv_accuracy']:.3f}, balanced accuracy {report['cv_balanced_accuracy']:.3f}, "
              f"ECE {report['ece']:.3f}",

@@ -288,3 +288,38 @@ def test_refine_page_needs_features(run):
     config = _config().update({"extend": {"input": "embedding"}})  # this run has no UMAP embedding
     with pytest.raises(InspectError, match="skymorph reduce"):
         refine_page(run, config)
+
+
+def test_inspect_refine_command_serves_the_teach_page(run, shared_data):
+    """`skymorph inspect refine RUN` (the README's command) prints the teach page's address."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = _config()
+    auto_votes(run, shared_data / "gz1_sdss" / "labels.csv", "objid", "gz1_name", config,
+               label_map=GZ1_MAP, exclude=GZ1_EXCLUDE)
+    merge(run, config=config, min_agree=1)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "skymorph.cli", "inspect", "refine", str(run.path),
+                             "--port", "0", "--page", "3", "-q"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        url = None
+        for line in proc.stdout:
+            if "/refine?token=" in line:
+                url = line.strip()
+                break
+        assert url is not None, "no address printed"
+        base, _, token = url.partition("refine?token=")
+        with urllib.request.urlopen(url, timeout=30) as r:
+            assert r.status == 200 and b"teach single galaxies" in r.read()
+        request = urllib.request.Request(base + "api/refine/page?expert=Eve",
+                                         headers={"X-Skymorph-Token": token})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            assert len(json.loads(r.read())["items"]) == 3
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        proc.stdout.close()

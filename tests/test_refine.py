@@ -85,8 +85,8 @@ def test_sample_weight_zero_equals_leaving_rows_out():
     np.testing.assert_allclose(a.coef_, b.coef_, atol=2e-3)
     # extend_labels passes the weights through: a weight on the training rows changes the model
     train = np.ones(200, bool)
-    plain = extend_labels(x, train, y, cv_folds=3)
-    weighted = extend_labels(x, train, y, cv_folds=3, sample_weight=np.where(y == "T0", 20.0, 1.0))
+    plain = extend_labels(x, train, y, cv_folds=2)
+    weighted = extend_labels(x, train, y, cv_folds=2, sample_weight=np.where(y == "T0", 20.0, 1.0))
     assert (weighted.predicted == "T0").sum() > (plain.predicted == "T0").sum()
 
 
@@ -146,6 +146,7 @@ def test_galaxy_vote_store_replaces_and_taught_type_is_the_majority(run):
     assert looked_at(run, expert="BOB").tolist()[:2] == [True, False]
 
 
+@pytest.mark.slow
 def test_auto_refine_teaches_and_extend_gives_taught_types(run, shared_data):
     labels_csv = shared_data / "gz1_sdss" / "labels.csv"
     config = _config(refine_page=5)
@@ -290,6 +291,7 @@ def test_refine_page_needs_features(run):
         refine_page(run, config)
 
 
+@pytest.mark.slow
 def test_inspect_refine_command_serves_the_teach_page(run, shared_data):
     """`skymorph inspect refine RUN` (the README's command) prints the teach page's address."""
     import os

@@ -13,7 +13,9 @@ reduce and cluster (``reduce.seed`` = ``cluster.seed``) in copies.  For every se
     drawn at random (``inspect.seed`` = the seed), then pages by least margin.
 
 After 0 (names only), 100, 200, 300 and 500 typed galaxies, ``skymorph extend`` types every galaxy
-and the balanced accuracy (mean recall over the true classes; UNC counts as wrong) of
+(names arm: twice, with ``extend.kept_types`` = ``cluster``, the kept galaxies keep their cluster's
+name, and ``classifier``, the classifier trained on names and taught galaxies types them too) and
+the balanced accuracy (mean recall over the true classes; UNC counts as wrong) of
 ``morph_type_final`` is scored on the galaxies no single-galaxy label touched (``untouched``) and
 on the whole catalog (``all``; taught galaxies carry the expert's type).  The expert effort is the
 number of single galaxies looked at (typed or skipped: the simulated expert skips a galaxy whose
@@ -149,24 +151,28 @@ def run_arm(run_dir: Path, spec: dict, seed: int, arm: str, checkpoints: tuple[i
             seconds_refine += time.perf_counter() - t0
             labelled += result["n_labelled"]
             looked += result["n_looked_at"]
-        t0 = time.perf_counter()
-        extend(run, config, progress=False)
-        row = {"set": spec["name"], "seed": seed, "arm": arm, "labels": labelled, "looked_at": looked,
-               "montages": montages, "montage_galaxies": shown,
-               "taught_weight": config.extend.taught_weight, **score(run, truth),
-               "seconds_refine": round(seconds_refine, 1),
-               "seconds_extend": round(time.perf_counter() - t0, 1)}
-        print(json.dumps(row), flush=True)
-        fh.write(json.dumps(row) + "\n")
-        fh.flush()
+        for kept in (("cluster", "classifier") if arm == "names" else ("classifier",)):
+            t0 = time.perf_counter()
+            extend(run, config.update({"extend": {"kept_types": kept}}), progress=False)
+            row = {"set": spec["name"], "seed": seed, "arm": arm, "kept_types": kept, "labels": labelled,
+                   "looked_at": looked, "montages": montages, "montage_galaxies": shown,
+                   "taught_weight": config.extend.taught_weight, **score(run, truth),
+                   "seconds_refine": round(seconds_refine, 1),
+                   "seconds_extend": round(time.perf_counter() - t0, 1)}
+            print(json.dumps(row), flush=True)
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
         if target > labelled:  # every galaxy has been looked at
             break
 
 
 def summary(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    keys = sorted({(r["set"], r["arm"], r["labels"], r["taught_weight"]) for r in rows},
-                  key=lambda k: (k[0], k[1], k[3], k[2]))
+    def key_of(r: dict) -> tuple:
+        start = "cluster names" if r["arm"] == "names" else "random"
+        return (r["set"], start, r.get("kept_types", "cluster"), r["taught_weight"], r["labels"])
+
+    keys = sorted({key_of(r) for r in rows})
 
     def ms(values: list) -> str:
         values = [v for v in values if v is not None]
@@ -174,12 +180,12 @@ def summary(path: Path) -> None:
             return "-"
         return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
-    print("| set | start | weight | labels | looked at | untouched balacc | all balacc | n untouched "
-          "| seeds |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| set | start | kept galaxies typed by | taught weight | labels | looked at | untouched balacc "
+          "| all balacc | n untouched | seeds |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for key in keys:
-        sel = [r for r in rows if (r["set"], r["arm"], r["labels"], r["taught_weight"]) == key]
-        print(f"| {key[0]} | {'cluster names' if key[1] == 'names' else 'random'} | {key[3]:g} | {key[2]} | "
+        sel = [r for r in rows if key_of(r) == key]
+        print(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]:g} | {key[4]} | "
               f"{np.mean([r['looked_at'] for r in sel]):.0f} | {ms([r['balacc_untouched'] for r in sel])} | "
               f"{ms([r['balacc_all'] for r in sel])} | {np.mean([r['n_untouched'] for r in sel]):.0f} | "
               f"{len(sel)} |")

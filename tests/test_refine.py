@@ -190,6 +190,14 @@ def test_auto_refine_teaches_and_extend_gives_taught_types(run, shared_data):
     assert (cat["morph_type"] == before["morph_type"]).all()  # the cluster names are untouched
     report = json.loads((run.path / "extend" / "extend.json").read_text())
     assert report["n_taught"] == 15 and report["n_extended"] == int((~kept & ~is_taught).sum())
+    # the classifier, taught by the experts, may type the kept galaxies too
+    extend(run, config.update({"extend": {"kept_types": "classifier"}}))
+    cat = run.catalog()
+    assert (cat.loc[is_taught, "type_source"] == "taught").all()
+    assert (cat.loc[~is_taught, "type_source"] == "extended").all()
+    fine = ~is_taught & ~cat["ml_ood"].to_numpy(bool)
+    assert (cat.loc[fine, "morph_type_final"] == cat.loc[fine, "morph_type_ml"]).all()
+    assert (cat["morph_type"] == before["morph_type"]).all()
 
 
 def test_refine_without_cluster_names_starts_at_random(run, shared_data):

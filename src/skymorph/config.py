@@ -862,6 +862,14 @@ class ExtendConfig:
         "Learn from the named clusters' galaxies; false: from the galaxies the experts typed one "
         "by one alone (the cluster names are then not used at all).",
     )
+    kept_types: str = setting(
+        "cluster",
+        "``morph_type_final`` of a galaxy the consensus vote kept: ``cluster`` (its named cluster's "
+        "type, ``type_source = experts``) or ``classifier`` (the classifier's, which has learnt from "
+        "the galaxies experts typed one by one too; ``type_source = extended``).  A galaxy an expert "
+        "typed itself always carries that type (``taught``).",
+        choices=["cluster", "classifier"],
+    )
 
 
 @dataclass

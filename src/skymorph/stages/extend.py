@@ -84,6 +84,8 @@ def _taught_training(run: RunDir, config: Config, catalog: pd.DataFrame) -> tupl
     typed = labels["cluster"] != ""
     if "morph_type" in catalog.columns and config.extend.cluster_labels:
         typed = _training_mask(catalog, list(config.inspect.types), list(config.extend.exclude_types))[0]
+    if config.extend.kept_types == "classifier":  # the cluster names train the classifier, it decides
+        typed = np.zeros(len(catalog), bool)
     return typed, labels["learn"], labels["taught"], labels["y"], labels["weight"]
 
 

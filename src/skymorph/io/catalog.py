@@ -102,7 +102,7 @@ COLUMNS: dict[str, tuple[str | None, str]] = {
     "type_flag": (None, "how the cluster's type was decided (inspect merge)"),
     "type_agreement": (None, "fraction of the experts who voted for the cluster's type"),
     "morph_type_final": (None, "type of every galaxy: experts' where kept, else the extended classifier's"),
-    "type_source": (None, "experts or extended"),
+    "type_source": (None, "experts, extended or taught (an expert typed the galaxy itself)"),
     # measure
     "xc_centroid": ("pix", "x of the flux-weighted centroid (statmorph, 0-based stamp pixels)"),
     "yc_centroid": ("pix", "y of the flux-weighted centroid (statmorph)"),

@@ -20,7 +20,9 @@ the balanced accuracy (mean recall over the true classes; UNC counts as wrong) o
 on the whole catalog (``all``; taught galaxies carry the expert's type).  The expert effort is the
 number of single galaxies looked at (typed or skipped: the simulated expert skips a galaxy whose
 label is excluded, e.g. dont_know, merger, artifact, uncertain) and, for the names arm, the
-montages named.  One JSON line per checkpoint in ``--out/results.jsonl``.
+montages named.  One JSON line per checkpoint in ``--out/results.jsonl``.  ``extend.cv_folds`` is 2
+here: the folds only calibrate the probabilities (one temperature) and report cross-validated
+figures; the types, and so every figure here, do not depend on them.
 
     python benchmarks/eval_refine.py --out /tmp/refine_eval --seeds 42 1 2 \\
         --run gz1_sdss_natural=/work/runs/gz1_sdss_natural --run ceers_f200w=/work/runs/ceers_f200w \\
@@ -124,7 +126,7 @@ def run_arm(run_dir: Path, spec: dict, seed: int, arm: str, checkpoints: tuple[i
     (run_dir / "inspection" / "votes.csv").unlink(missing_ok=True)
     GalaxyVoteStore.of(run).path.unlink(missing_ok=True)
     update = {"inspect": {"types": spec["types"], "seed": seed},
-              "extend": {"cluster_labels": arm == "names"}}
+              "extend": {"cluster_labels": arm == "names", "cv_folds": 2}}
     if weight is not None:
         update["extend"]["taught_weight"] = weight
     config = load_config(run_dir / "config.toml").update(update)

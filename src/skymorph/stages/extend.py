@@ -21,6 +21,9 @@ Catalog columns added (one row per galaxy):
     The experts' type (``experts``) where the vote kept the galaxy and the experts typed
     its cluster; else the classifier's (``extended``) - or, for an out-of-distribution
     galaxy, the last of ``inspect.types`` (UNC) when ``extend.ood_final = "fallback"``.
+    A galaxy an expert typed on its own (``skymorph inspect refine``,
+    ``inspection/galaxy_votes.csv``) carries that type (``taught``); the classifier learns
+    from those galaxies too, each weighing ``extend.taught_weight`` cluster-typed ones.
 
 Files: ``RUN_DIR/extend/extend.json`` (cross-validated accuracy, confusion matrix, ECE,
 reliability bins, settings, counts), ``extend/reliability.png`` and, where

@@ -22,7 +22,10 @@ number of single galaxies looked at (typed or skipped: the simulated expert skip
 label is excluded, e.g. dont_know, merger, artifact, uncertain) and, for the names arm, the
 montages named.  One JSON line per checkpoint in ``--out/results.jsonl``.  ``extend.cv_folds`` is 2
 here: the folds only calibrate the probabilities (one temperature) and report cross-validated
-figures; the types, and so every figure here, do not depend on them.
+figures; the types, and so every figure here, do not depend on them.  Checkpoints other than
+``--stage-at`` (300) are scored from the same classifier fitted once (``fast_types``: the extension's
+logistic regression on the same labels and weights, hence the same types) without the stage's OOD
+fallback; the rows say which (``extend_stage``).
 
     python benchmarks/eval_refine.py --out /tmp/refine_eval --seeds 42 1 2 \\
         --run gz1_sdss_natural=/work/runs/gz1_sdss_natural --run ceers_f200w=/work/runs/ceers_f200w \\
@@ -101,20 +104,44 @@ def _balanced(truth: np.ndarray, pred: np.ndarray, sel: np.ndarray) -> tuple[flo
     return float(np.mean([(p[t == c] == c).mean() for c in classes])), int(sel.sum())
 
 
-def score(run, truth: np.ndarray) -> dict:
+def fast_types(run, config, x: np.ndarray) -> dict:
+    """``morph_type_final`` and ``type_source`` as ``extend`` gives them, without its cross-validation
+    and OOD step: the same classifier (:func:`skymorph.core.refine.uncertainty`: the extension's
+    logistic regression on the same standardised features, the same labels and weights) gives the
+    same most probable type; only the OOD fallback (UNC for a galaxy far from every training one,
+    ~1% of them) is left out.  Per ``kept_types``."""
+    from skymorph.core.refine import uncertainty
+    from skymorph.inspection.refine import training_labels
+
     cat = run.catalog()
-    final = cat["morph_type_final"].fillna("").astype(str).str.upper().to_numpy()
-    source = cat["type_source"].astype(str).to_numpy()
+    labels = training_labels(run, config, cat)
+    cfg = config.extend
+    classes, proba = uncertainty(x, labels["learn"], labels["y"], weight=labels["weight"], model=cfg.model,
+                                 c=cfg.c, class_weight=cfg.class_weight, max_iter=cfg.max_iter, seed=cfg.seed)
+    predicted = np.array(classes, dtype=object)[proba.argmax(axis=1)]
+    taught = labels["taught"] != ""
+    cluster = labels["cluster"] != ""
+    mtype = cat["morph_type"].fillna("").astype(str).to_numpy() if "morph_type" in cat else labels["cluster"]
+    out = {}
+    for kept in ("cluster", "classifier"):
+        typed = cluster if kept == "cluster" else np.zeros(len(cat), bool)
+        final = np.where(taught, labels["taught"], np.where(typed, mtype, predicted)).astype(str)
+        source = np.where(taught, "taught", np.where(typed, "experts", "extended"))
+        out[kept] = (np.char.upper(final.astype(str)), source)
+    return out
+
+
+def score(final: np.ndarray, source: np.ndarray, truth: np.ndarray) -> dict:
     untouched = source != "taught"
     out = {}
-    for name, sel in (("untouched", untouched), ("all", np.ones(len(cat), bool)),
+    for name, sel in (("untouched", untouched), ("all", np.ones(len(final), bool)),
                       ("experts", source == "experts"), ("extended", source == "extended")):
         out[f"balacc_{name}"], out[f"n_{name}"] = _balanced(truth, final, sel)
     return out
 
 
 def run_arm(run_dir: Path, spec: dict, seed: int, arm: str, checkpoints: tuple[int, ...],
-            weight: float | None, fh) -> None:
+            weight: float | None, fh, stage_at: tuple[int, ...] = (300,)) -> None:
     from skymorph import RunDir, load_config
     from skymorph.inspection import consensus_labels
     from skymorph.inspection.auto import auto_votes, truth_types
@@ -141,6 +168,7 @@ def run_arm(run_dir: Path, spec: dict, seed: int, arm: str, checkpoints: tuple[i
         sizes = sizes[sizes > 0]
         montages = int(sizes.size)
         shown = int(np.minimum(sizes, config.inspect.per_cluster).sum())
+    x = np.asarray(run.open_array(config.extend.input)[:], dtype=np.float32)
     labelled = looked = 0
     seconds_refine = 0.0
     for target in checkpoints:
@@ -153,13 +181,22 @@ def run_arm(run_dir: Path, spec: dict, seed: int, arm: str, checkpoints: tuple[i
             seconds_refine += time.perf_counter() - t0
             labelled += result["n_labelled"]
             looked += result["n_looked_at"]
+        t0 = time.perf_counter()
+        fast = fast_types(run, config, x)
         for kept in (("cluster", "classifier") if arm == "names" else ("classifier",)):
-            t0 = time.perf_counter()
-            extend(run, config.update({"extend": {"kept_types": kept}}), progress=False)
+            stage = target in stage_at
+            if stage:  # the real extend stage (its OOD fallback included)
+                t0 = time.perf_counter()
+                extend(run, config.update({"extend": {"kept_types": kept}}), progress=False)
+                cat = run.catalog()
+                final = cat["morph_type_final"].fillna("").astype(str).str.upper().to_numpy()
+                source = cat["type_source"].astype(str).to_numpy()
+            else:
+                final, source = fast[kept]
             row = {"set": spec["name"], "seed": seed, "arm": arm, "kept_types": kept, "labels": labelled,
                    "looked_at": looked, "montages": montages, "montage_galaxies": shown,
-                   "taught_weight": config.extend.taught_weight, **score(run, truth),
-                   "seconds_refine": round(seconds_refine, 1),
+                   "taught_weight": config.extend.taught_weight, "extend_stage": stage,
+                   **score(final, source, truth), "seconds_refine": round(seconds_refine, 1),
                    "seconds_extend": round(time.perf_counter() - t0, 1)}
             print(json.dumps(row), flush=True)
             fh.write(json.dumps(row) + "\n")
@@ -201,6 +238,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--arms", nargs="+", default=["names", "random"], choices=["names", "random"])
     parser.add_argument("--checkpoints", type=int, nargs="+", default=list(CHECKPOINTS))
+    parser.add_argument("--stage-at", type=int, nargs="*", default=[300],
+                        help="checkpoints scored through the real extend stage (the rest: the same "
+                        "classifier without its OOD fallback)")
     parser.add_argument("--taught-weight", type=float, default=None,
                         help="extend.taught_weight (default: the setting's default)")
     parser.add_argument("--summary", type=Path, help="print the table of a results.jsonl and stop")
@@ -216,7 +256,8 @@ def main() -> None:
             for seed in args.seeds:
                 run_dir = seeded_run(Path(path), args.out, seed)
                 for arm in args.arms:
-                    run_arm(run_dir, spec, seed, arm, tuple(args.checkpoints), args.taught_weight, fh)
+                    run_arm(run_dir, spec, seed, arm, tuple(args.checkpoints), args.taught_weight, fh,
+                            tuple(args.stage_at))
     summary(args.out / "results.jsonl")
 
 

@@ -333,3 +333,30 @@ def test_inspect_refine_command_serves_the_teach_page(run, shared_data):
         proc.terminate()
         proc.wait(30)
         proc.stdout.close()
+
+
+@pytest.mark.slow
+def test_eval_refine_benchmark_runs_and_summarises(run, tmp_path):
+    """The README's benchmark command, on a small run: one seed, 0 and 6 single-galaxy labels."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": str(root / "src"), "PATH": "/usr/bin:/bin"}
+    out = tmp_path / "eval"
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "eval_refine.py"), "--out", str(out),
+                           "--seeds", "42", "--checkpoints", "0", "6", "--run", f"gz1_sdss={run.path}"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {(r["arm"], r["kept_types"], r["labels"]) for r in rows} == {
+        ("names", "cluster", 0), ("names", "classifier", 0), ("names", "cluster", 6),
+        ("names", "classifier", 6), ("random", "classifier", 6)}
+    for r in rows:
+        assert r["looked_at"] >= r["labels"] and 0 <= r["balacc_all"] <= 1
+        assert r["n_untouched"] == r["n_all"] - r["labels"]
+    summary = subprocess.run([sys.executable, str(root / "benchmarks" / "eval_refine.py"), "--summary",
+                              str(out / "results.jsonl")], capture_output=True, text=True, env=env,
+                             timeout=120)
+    assert "| gz1_sdss | cluster names | classifier | 5 | 6 |" in summary.stdout

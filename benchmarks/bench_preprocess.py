@@ -10,7 +10,7 @@ Measured (medians of ``--repeats`` runs, in one process so ratios are fair):
   bare PyTorch loop (forward + MSE + backward + Adam on a ready tensor);
 * CAE inference throughput of :func:`skymorph.stages.denoise.apply_cae` (numpy in and
   out, per-stamp normalisation included) against the bare model forward;
-* APCT throughput of :func:`skymorph.stages.polar.apct` against a bare
+* APCT throughput of :func:`skymorph.core.apct.apct` against a bare
   ``grid_sample`` with a precomputed grid;
 * the ``denoise`` (checkpoint given, so inference only) and ``polar`` stages
   end to end on run directories of ``--small`` and ``N`` stamps, each in a fresh
@@ -127,8 +127,9 @@ def main() -> None:
     import torch.nn.functional as F
 
     from skymorph import Config, _cae, ingest
+    from skymorph.core.apct import apct, apct_torch
     from skymorph.stages.denoise import apply_cae
-    from skymorph.stages.polar import _apct_torch, apct
+    from skymorph.stages.polar import core_options
 
     _cae.set_threads()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -201,11 +202,11 @@ def main() -> None:
 
         # --- APCT -----------------------------------------------------------------------------
         pcfg = Config().polar
-        t_apct = median_time(lambda: [apct(block[s:s + pcfg.batch_size], pcfg)
+        t_apct = median_time(lambda: [apct(block[s:s + pcfg.batch_size], **core_options(pcfg))
                                       for s in range(0, len(block), pcfg.batch_size)], args.repeats)
         sub = torch.from_numpy(block[: pcfg.batch_size].copy())
         with torch.inference_mode():
-            out, pole, axis = _apct_torch(sub.clone(), pcfg, geometry=True)
+            out, pole, axis = apct_torch(sub.clone(), geometry=True, **core_options(pcfg))
         theta = axis[:, None] + 0.05 * torch.arange(125)[None, :]
         radii = torch.arange(50) + 0.5
         gx = (pole[:, 1, None, None] + torch.cos(theta)[:, :, None] * radii) * (2 / 99) - 1

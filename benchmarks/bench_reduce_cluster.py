@@ -7,7 +7,7 @@ non-linear map (tanh layer) onto a curved 8-d manifold inside 2048-d, plus isotr
 Steps, each with wall time and peak resident memory:
 
 1. k-NN graph of all galaxies (built once);
-2. the d scan of ``skymorph.stages.reduce.scan_dims`` (on ``scan_sample`` galaxies, its own graph
+2. the d scan of ``skymorph.core.reduction.scan_dims`` (on ``scan_sample`` galaxies, its own graph
    built once), compared with one full UMAP fit at ``--dims`` (target: scan <= 3x one fit);
 3. one UMAP fit to ``--dims`` with the graph reused;
 4. K-means, BIRCH (auto threshold) and ward (the configured route) on that embedding, and
@@ -37,9 +37,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-C = importlib.import_module("skymorph.stages.cluster")  # noqa: E402
-R = importlib.import_module("skymorph.stages.reduce")  # noqa: E402
-from skymorph.config import ClusterConfig, ReduceConfig  # noqa: E402
+C = importlib.import_module("skymorph.core.clustering")  # noqa: E402
+R = importlib.import_module("skymorph.core.reduction")  # noqa: E402
+from skymorph.config import ClusterConfig  # noqa: E402
 
 
 def rss_gib() -> float:
@@ -123,13 +123,10 @@ def main() -> int:
     with Peak() as b:
         x, truth = make_features(args.n, args.features, args.seed)
     report("make features", b, f"{x.nbytes / 2**30:.2f} GiB")
-    cfg = ReduceConfig(dims=args.dims, dims_grid=grid, scan_k=args.k, scan_sample=args.scan_sample,
-                       seed=args.seed)
 
     # Warm numba's JIT caches so that compile time does not count against the first step.
     with Peak() as b:
-        R.scan_dims(x[:600], ReduceConfig(dims_grid=[2, 3], scan_k=5, n_epochs=20, seed=args.seed),
-                    progress=False)
+        R.scan_dims(x[:600], dims_grid=[2, 3], scan_k=5, n_epochs=20, seed=args.seed, progress=False)
     report("numba warm-up (not counted)", b)
 
     if args.load_embedding:
@@ -137,43 +134,43 @@ def main() -> int:
         args.skip_naive = True
     else:
         with Peak() as b:
-            knn = R.knn_graph(x, cfg)
+            knn = R.knn_graph(x, seed=args.seed)
         report(f"k-NN graph, all {args.n}", b)
         t_knn = b.seconds
 
         with Peak() as b:
-            rows = R._sample(args.n, cfg.scan_sample, cfg.seed, 2)
-            scan = R.scan_dims(x[rows], cfg, knn=knn if rows.size == args.n else None, progress=False)
+            rows = R.sample_rows(args.n, args.scan_sample, seed=args.seed, salt=2)
+            scan = R.scan_dims(x[rows], dims_grid=grid, scan_k=args.k, seed=args.seed,
+                               knn=knn if rows.size == args.n else None, progress=False)
         report(f"d scan ({rows.size} galaxies, {len(grid)} d)", b)
         t_scan = b.seconds
         print(scan.to_string(index=False), flush=True)
 
         with Peak() as b:
-            embedding, _ = R.fit_umap(x, args.dims, cfg, knn=knn)
+            embedding, _ = R.fit_umap(x, args.dims, seed=args.seed, knn=knn)
         report(f"UMAP fit to {args.dims}-d (graph reused)", b)
         t_fit = b.seconds
         print(f"  scan / one fit: {t_scan / t_fit:.2f} (graph excluded); {t_scan / (t_fit + t_knn):.2f} "
               f"against one fit that builds its graph  [target <= 3]", flush=True)
-        truth_ari = adjusted_rand_score(truth, C.kmeans_labels(embedding, ClusterConfig(k=args.k)))
+        truth_ari = adjusted_rand_score(truth, C.kmeans_labels(embedding, k=args.k))
         print(f"  K-means on the embedding vs the mixture components: ARI {truth_ari:.3f}", flush=True)
 
         if args.save_embedding:
             np.save(args.save_embedding, embedding)
-    ccfg = ClusterConfig(k=args.k, seed=args.seed)
     times: dict[str, list[float]] = {"kmeans": [], "birch": [], "ward": []}
     with Peak() as total:
         for _ in range(args.repeats):
             with Peak() as b:
-                km = C.kmeans_labels(embedding, ccfg)
+                km = C.kmeans_labels(embedding, k=args.k, seed=args.seed)
             report("K-means", b)
             times["kmeans"].append(b.seconds)
             with Peak() as b:
-                birch, info = C.birch_labels(embedding, ccfg)
+                birch, info = C.birch_labels(embedding, k=args.k, seed=args.seed)
             report("BIRCH (auto threshold)", b, f"threshold {info['birch_threshold']:.3g}, "
                    f"{info['birch_subclusters']} subclusters")
             times["birch"].append(b.seconds)
             with Peak() as b:
-                ward, winfo = C.ward_labels(embedding, ccfg)
+                ward, winfo = C.ward_labels(embedding, k=args.k, seed=args.seed)
             report("ward", b, winfo["ward_route"])
             times["ward"].append(b.seconds)
     _, _, agreed, kept = C.consensus(km, birch, ward)
@@ -182,15 +179,15 @@ def main() -> int:
           f"peak RSS {total.peak:.2f} GiB; kept {kept.mean():.1%}", flush=True)
 
     wn = min(args.ward_n, args.n)
-    sub = embedding[R._sample(args.n, wn, args.seed, 5)]
+    sub = embedding[R.sample_rows(args.n, wn, seed=args.seed, salt=5)]
     with Peak() as b:
         exact = C._exact_ward(sub, args.k)
     report(f"exact ward, {wn} galaxies", b)
-    frac = min(1.0, ccfg.ward_sample / args.n)
-    for route, cfg_w in (("sample", ClusterConfig(k=args.k, ward_sample=max(args.k, int(frac * wn)))),
-                         ("connectivity", ClusterConfig(k=args.k, ward_connectivity=10))):
+    frac = min(1.0, ClusterConfig().ward_sample / args.n)
+    for route, options in (("sample", {"sample": max(args.k, int(frac * wn))}),
+                           ("connectivity", {"connectivity": 10})):
         with Peak() as b:
-            labels, winfo = C.ward_labels(sub, cfg_w, route=route)
+            labels, winfo = C.ward_labels(sub, k=args.k, method=route, **options)
         report(f"ward route {route}, {wn} galaxies", b,
                f"ARI vs exact {adjusted_rand_score(exact, labels):.3f} ({winfo['ward_route']})")
 
@@ -199,9 +196,9 @@ def main() -> int:
 
         nn = min(args.naive_n, args.n)
         xs = x[:nn]
-        ncfg = ReduceConfig(dims_grid=grid, scan_k=args.k, n_epochs=args.naive_epochs, seed=args.seed)
         with Peak() as b:
-            R.scan_dims(xs, ncfg, progress=False)
+            R.scan_dims(xs, dims_grid=grid, scan_k=args.k, n_epochs=args.naive_epochs, seed=args.seed,
+                        progress=False)
         report(f"scan with graph reuse, {nn} galaxies", b)
         t_reuse = b.seconds
         from sklearn.cluster import KMeans

@@ -36,20 +36,24 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-C = importlib.import_module("skymorph.stages.cluster")  # noqa: E402
-R = importlib.import_module("skymorph.stages.reduce")  # noqa: E402
+C = importlib.import_module("skymorph.core.clustering")  # noqa: E402
+R = importlib.import_module("skymorph.core.reduction")  # noqa: E402
+SC = importlib.import_module("skymorph.stages.cluster")  # noqa: E402
+SR = importlib.import_module("skymorph.stages.reduce")  # noqa: E402
 from bench_reduce_cluster import make_features  # noqa: E402
 from skymorph.config import ClusterConfig, ReduceConfig  # noqa: E402
 
 
 def labels_full(x: np.ndarray, cfg: ClusterConfig) -> dict[str, np.ndarray]:
-    result = C.cluster_array(x, replace(cfg, ward_method="exact", fit_sample=None))
+    result = C.consensus_clustering(x, **{**SC.core_options(cfg), "ward_method": "exact"})
     return {"kmeans": result.kmeans, "birch": result.birch_raw, "ward": result.agglomerative_raw,
             "consensus": result.cluster}
 
 
 def labels_sampled(x: np.ndarray, cfg: ClusterConfig) -> dict[str, np.ndarray]:
-    placer = C.fit_placer(lambda rows: x[rows], x.shape[0], replace(cfg, ward_method="sample"))
+    options = {**SC.core_options(cfg), "ward_method": "sample", "fit_sample": cfg.fit_sample}
+    del options["ward_connectivity"]
+    placer = C.fit_placer(lambda rows: x[rows], x.shape[0], **options)
     km, birch, ward = placer.labels(x, 0)
     _, _, agreed, _ = C.consensus(km, birch, ward)
     return {"kmeans": km, "birch": birch, "ward": ward, "consensus": agreed}
@@ -73,13 +77,15 @@ def main() -> int:
 
     timings = {}
     start = time.perf_counter()
-    embedding = R.reduce_array(features, rcfg, progress=False).embedding
+    embedding = R.reduce_features(features, progress=False, **SR.core_options(rcfg)).embedding
     timings["UMAP full"] = time.perf_counter() - start
     start = time.perf_counter()
-    other_seed = R.reduce_array(features, replace(rcfg, seed=args.seed + 1), progress=False).embedding
+    other_seed = R.reduce_features(features, progress=False,
+                                   **SR.core_options(replace(rcfg, seed=args.seed + 1))).embedding
     timings["UMAP full, other seed"] = time.perf_counter() - start
     start = time.perf_counter()
-    sampled = R.reduce_array(features, replace(rcfg, fit_sample=sample), progress=False).embedding
+    sampled = R.reduce_features(features, progress=False,
+                                **SR.core_options(replace(rcfg, fit_sample=sample))).embedding
     timings["UMAP sample + transform"] = time.perf_counter() - start
 
     reference = labels_full(embedding, ccfg)

@@ -1,4 +1,4 @@
-"""Tests of the consensus clustering stage (skymorph.stages.cluster)."""
+"""Consensus clustering: the science on arrays (skymorph.core.clustering) and the ``cluster`` stage."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from skymorph.cli import main as cli_main
-from skymorph.config import ClusterConfig, Config
+from skymorph.config import Config
 from skymorph.io.catalog import unique_names
 from skymorph.io.rundir import RunDir
 
-C = importlib.import_module("skymorph.stages.cluster")
+C = importlib.import_module("skymorph.core.clustering")
 
 
 def _blobs(n=600, k=5, dim=10, seed=0, spread=0.5):
@@ -69,7 +69,7 @@ def test_mapping_ties_go_to_the_smaller_label():
 
 def test_well_separated_blobs_agree_and_nearly_all_are_kept():
     x, truth = _blobs()
-    result = C.cluster_array(x, ClusterConfig(k=5))
+    result = C.consensus_clustering(x, k=5)
     assert result.consensus.mean() > 0.98
     assert adjusted_rand_score(truth, result.kmeans) > 0.99
     assert adjusted_rand_score(truth, result.cluster) > 0.97
@@ -78,9 +78,8 @@ def test_well_separated_blobs_agree_and_nearly_all_are_kept():
 
 def test_reproducible_with_a_fixed_seed():
     x, _ = _blobs(n=500, k=8, spread=3.0, seed=1)  # overlapping: the seed matters
-    cfg = ClusterConfig(k=8, seed=7)
-    first = C.cluster_array(x, cfg)
-    second = C.cluster_array(x, cfg)
+    first = C.consensus_clustering(x, k=8, seed=7)
+    second = C.consensus_clustering(x, k=8, seed=7)
     for name in ("kmeans", "birch", "agglomerative", "cluster", "consensus"):
         np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
 
@@ -89,8 +88,7 @@ def test_birch_auto_threshold_gives_about_the_target_number_of_subclusters():
     # low intrinsic dimension, as in a UMAP embedding: 3-d blobs laid into 30-d
     low, _ = _blobs(n=4000, k=10, dim=3, spread=2.0, seed=2)
     x = (low @ np.random.default_rng(0).normal(size=(3, 30))).astype(np.float32)
-    cfg = ClusterConfig(k=10, birch_subclusters=200)
-    labels, info = C.birch_labels(x, cfg)
+    labels, info = C.birch_labels(x, k=10, n_subclusters=200)
     # scikit-learn's default threshold (0.5) would keep one subcluster per point here.
     assert 50 <= info["birch_subclusters"] <= 800, info
     assert set(np.unique(labels)) == set(range(10))
@@ -101,7 +99,7 @@ def test_birch_auto_threshold_survives_noise_dominated_data():
     # runs low, and the calibration must neither keep ~one subcluster per point nor fall
     # below k subclusters
     x, truth = _blobs(n=3000, k=10, dim=30, spread=2.0, seed=2)
-    labels, info = C.birch_labels(x, ClusterConfig(k=10, birch_subclusters=200))
+    labels, info = C.birch_labels(x, k=10, n_subclusters=200)
     assert 10 <= info["birch_subclusters"] <= 2000, info
     assert adjusted_rand_score(truth, labels) > 0.95
 
@@ -109,9 +107,8 @@ def test_birch_auto_threshold_survives_noise_dominated_data():
 @pytest.mark.parametrize("route", ["sample", "connectivity"])
 def test_approximate_ward_routes_match_exact_ward_on_separated_data(route):
     x, _ = _blobs(n=1500, k=6, dim=20, spread=1.0, seed=3)
-    cfg = ClusterConfig(k=6, ward_sample=300, ward_connectivity=10)
-    exact, _ = C.ward_labels(x, cfg, route="exact")
-    approx, info = C.ward_labels(x, cfg, route=route)
+    exact, _ = C.ward_labels(x, k=6, sample=300, connectivity=10, method="exact")
+    approx, info = C.ward_labels(x, k=6, sample=300, connectivity=10, method=route)
     assert info["ward_route"].startswith(route)
     assert adjusted_rand_score(exact, approx) > 0.99
 
@@ -119,7 +116,7 @@ def test_approximate_ward_routes_match_exact_ward_on_separated_data(route):
 def test_fewer_galaxies_than_k_is_a_clear_error():
     x, _ = _blobs(n=10, k=2)
     with pytest.raises(C.ClusterError, match="k=20 clusters of 10 galaxies"):
-        C.cluster_array(x, ClusterConfig(k=20))
+        C.consensus_clustering(x, k=20)
 
 
 def test_nan_rows_are_a_clear_error_naming_them():
@@ -127,7 +124,7 @@ def test_nan_rows_are_a_clear_error_naming_them():
     x[[4, 17]] = np.nan
     ids = [f"gal{i}" for i in range(100)]
     with pytest.raises(C.ClusterError, match=r"2 of 100 galaxies .*gal4, gal17"):
-        C.cluster_array(x, ClusterConfig(k=3), ids=ids)
+        C.consensus_clustering(x, k=3, ids=ids)
 
 
 # --- the stage on a real run -------------------------------------------------------------

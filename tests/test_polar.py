@@ -16,9 +16,9 @@ import pytest
 from scipy import ndimage
 
 from skymorph import Config, RunDir
-from skymorph.config import PolarConfig
+from skymorph.core.apct import apct, output_shape
 from skymorph.io.rundir import RunDirError
-from skymorph.stages.polar import apct, output_shape, polar, polar_figure
+from skymorph.stages.polar import polar, polar_figure
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +43,12 @@ def best_shift_correlation(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
     return float(corr[shift]), shift
 
 
-def rotation_correlations(images: np.ndarray, angle: float, config=None) -> np.ndarray:
+def rotation_correlations(images: np.ndarray, angle: float, **options) -> np.ndarray:
     if angle % 90 == 0:
         rotated = np.rot90(images, int(angle // 90), axes=(1, 2))
     else:
         rotated = ndimage.rotate(images, angle, axes=(1, 2), reshape=False, order=3, mode="nearest")
-    p0, p1 = apct(images, config), apct(np.ascontiguousarray(rotated), config)
+    p0, p1 = apct(images, **options), apct(np.ascontiguousarray(rotated), **options)
     return np.array([best_shift_correlation(p0[i], p1[i])[0] for i in range(len(images))])
 
 
@@ -62,18 +62,17 @@ def test_shape_mirror_and_no_zero_column(stamps):
     assert not np.any(np.all(out == 0, axis=(0, 1)))
     # Middle columns are the samples nearest the pole: brighter than the ray ends.
     assert np.median(out[:, :, 50].mean(1) - out[:, :, -1].mean(1)) > 0
-    unmirrored = apct(stamps[:3], PolarConfig(mirror=False, n_radii=80, angle_step=0.1))
+    unmirrored = apct(stamps[:3], mirror=False, n_radii=80, angle_step=0.1)
     assert unmirrored.shape == (3, 62, 80)
 
 
 @pytest.mark.parametrize("angle", [90, 180, 270])
 @pytest.mark.parametrize("pole", ["brightest", "peak-near-centre"])
 def test_right_angle_rotation_is_a_row_shift(smooth, stamps, angle, pole):
-    config = PolarConfig(pole=pole)
-    corr = rotation_correlations(smooth, angle, config)
+    corr = rotation_correlations(smooth, angle, pole=pole)
     assert corr.min() >= 0.99, f"{angle} deg: worst {corr.min():.4f}"
     # A right-angle rotation permutes pixels exactly, so even the raw noisy stamps comply.
-    raw = rotation_correlations(stamps[:30], angle, config)
+    raw = rotation_correlations(stamps[:30], angle, pole=pole)
     assert raw.min() >= 0.99
 
 
@@ -92,7 +91,7 @@ def test_bilinear_sampling_of_a_ramp():
     (the scripts' int()) would be off by up to a pixel."""
     s = 100
     ramp = np.tile(np.arange(s, dtype=np.float32), (s, 1))[None]
-    out, pole, axis = apct(ramp, PolarConfig(pole="centre", mirror=False), return_geometry=True)
+    out, pole, axis = apct(ramp, pole="centre", mirror=False, return_geometry=True)
     np.testing.assert_allclose(pole[0], [49.5, 49.5])
     radii = np.arange(50) + 0.5
     theta = axis[0] + 0.05 * np.arange(125)
@@ -107,7 +106,7 @@ def test_outside_samples_are_background_not_wrapped():
     img = np.zeros((1, 100, 100), np.float32)
     img[0, 0, 37] = 10.0          # brightest pixel on the bottom edge
     img[0, 99, 30:45] = 7.0       # a bright strip on the opposite edge
-    out, pole, axis = apct(img, PolarConfig(mirror=False), return_geometry=True)
+    out, pole, axis = apct(img, mirror=False, return_geometry=True)
     np.testing.assert_array_equal(pole[0], [0, 37])
     theta = axis[0] + 0.05 * np.arange(125)
     downward = np.sin(theta) < -0.5     # rays that leave through the bottom edge at once
@@ -154,16 +153,16 @@ def test_peak_near_centre_ignores_a_bright_star(smooth):
     yy, xx = np.mgrid[:100, :100]
     star = np.exp(-((yy - 85) ** 2 + (xx - 12) ** 2) / (2 * 1.5 ** 2)).astype(np.float32)
     with_star = img + 5 * img.max(axis=(1, 2))[:, None, None] * star
-    _, p_b, _ = apct(with_star, PolarConfig(pole="brightest"), return_geometry=True)
-    _, p_c, _ = apct(with_star, PolarConfig(pole="peak-near-centre"), return_geometry=True)
-    _, p_ref, _ = apct(img, PolarConfig(pole="peak-near-centre"), return_geometry=True)
+    _, p_b, _ = apct(with_star, pole="brightest", return_geometry=True)
+    _, p_c, _ = apct(with_star, pole="peak-near-centre", return_geometry=True)
+    _, p_ref, _ = apct(img, pole="peak-near-centre", return_geometry=True)
     assert np.all(np.hypot(*(p_b - [85, 12]).T) < 2)
     np.testing.assert_array_equal(p_c, p_ref)
 
 
 def test_bad_settings():
     with pytest.raises(ValueError, match="polar.pole"):
-        apct(np.zeros((1, 10, 10)), PolarConfig(pole="dimmest"))
+        apct(np.zeros((1, 10, 10)), pole="dimmest")
     with pytest.raises(ValueError, match="square"):
         apct(np.zeros((1, 10, 12)))
 

@@ -11,10 +11,10 @@ import pytest
 from sklearn.datasets import make_blobs
 
 from skymorph.cli import main as cli_main
-from skymorph.config import Config, ReduceConfig
+from skymorph.config import Config
 from skymorph.io.rundir import RunDir
 
-R = importlib.import_module("skymorph.stages.reduce")
+R = importlib.import_module("skymorph.core.reduction")
 
 
 def _blobs(n=300, k=4, dim=20, seed=0):
@@ -40,9 +40,8 @@ def _features_run(cosmos_run, tmp_path, nan_rows=()):
 
 def test_reduce_array_is_reproducible_and_keeps_the_groups():
     x, truth = _blobs()
-    cfg = ReduceConfig(dims=4, n_epochs=60, map_2d=True)
-    first = R.reduce_array(x, cfg, progress=False)
-    second = R.reduce_array(x, cfg, progress=False)
+    first = R.reduce_features(x, dims=4, n_epochs=60, map_2d=True, progress=False)
+    second = R.reduce_features(x, dims=4, n_epochs=60, map_2d=True, progress=False)
     assert first.embedding.shape == (300, 4) and first.embedding.dtype == np.float32
     assert first.embedding_2d.shape == (300, 2)
     np.testing.assert_array_equal(first.embedding, second.embedding)
@@ -56,8 +55,7 @@ def test_reduce_array_is_reproducible_and_keeps_the_groups():
 
 def test_fit_sample_transforms_the_rest():
     x, truth = _blobs(n=400)
-    result = R.reduce_array(x, ReduceConfig(dims=3, n_epochs=60, fit_sample=200, map_2d=False),
-                            progress=False)
+    result = R.reduce_features(x, dims=3, n_epochs=60, fit_sample=200, map_2d=False, progress=False)
     e = result.embedding
     assert e.shape == (400, 3) and np.isfinite(e).all()
     # transformed galaxies land with their own group: nearest group centroid is right
@@ -68,8 +66,8 @@ def test_fit_sample_transforms_the_rest():
 
 def test_scan_reuses_one_graph_and_ranks_every_dimension():
     x, _ = _blobs(n=300)
-    cfg = ReduceConfig(dims="auto", dims_grid=[8, 2, 4], scan_k=4, n_epochs=60, map_2d=False)
-    result = R.reduce_array(x, cfg, progress=False)
+    result = R.reduce_features(x, dims="auto", dims_grid=[8, 2, 4], scan_k=4, n_epochs=60, map_2d=False,
+                               progress=False)
     scan = result.scan
     assert list(scan["dims"]) == [2, 4, 8]
     assert np.isfinite(scan["davies_bouldin"]).all()
@@ -81,12 +79,12 @@ def test_nan_rows_name_the_galaxies():
     x, _ = _blobs(n=50)
     x[[3, 30]] = np.nan
     with pytest.raises(R.ReduceError, match=r"2 of 50 galaxies .*ids g3, g30"):
-        R.reduce_array(x, ReduceConfig(dims=2), ids=[f"g{i}" for i in range(50)], progress=False)
+        R.reduce_features(x, dims=2, ids=[f"g{i}" for i in range(50)], progress=False)
 
 
 def test_too_many_dimensions_for_the_galaxies_are_capped(caplog):
     x, _ = _blobs(n=40)
-    result = R.reduce_array(x, ReduceConfig(dims=300, map_2d=False, n_epochs=20), progress=False)
+    result = R.reduce_features(x, dims=300, map_2d=False, n_epochs=20, progress=False)
     assert result.dims == 20 and result.embedding.shape == (40, 20)
     assert "too many for 40 galaxies" in caplog.text
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
-from skymorph.config import ReduceConfig
-from skymorph.stages.reduce import reduce_array
+from skymorph.core.reduction import reduce_features
 
 
 def _features() -> np.ndarray:
@@ -18,7 +15,7 @@ def _features() -> np.ndarray:
 
 def test_pca_gives_dims_standardised_components():
     x = _features()
-    result = reduce_array(x, replace(ReduceConfig(), method="pca", dims=5, map_2d=False), progress=False)
+    result = reduce_features(x, method="pca", dims=5, map_2d=False, progress=False)
     assert result.embedding.shape == (90, 5) and result.dims == 5 and result.embedding_2d is None
     var = result.embedding.var(0)
     assert np.all(np.diff(var) <= 1e-4)  # ordered components
@@ -27,7 +24,7 @@ def test_pca_gives_dims_standardised_components():
 
 def test_none_keeps_every_standardised_feature():
     x = _features()
-    result = reduce_array(x, replace(ReduceConfig(), method="none", map_2d=False), progress=False)
+    result = reduce_features(x, method="none", map_2d=False, progress=False)
     assert result.embedding.shape == (90, 40) and result.dims == 40
     np.testing.assert_allclose(result.embedding.std(0), 1, atol=1e-4)
     # the same order of galaxies: distances follow the input's
@@ -38,7 +35,7 @@ def test_none_keeps_every_standardised_feature():
 
 def test_the_2d_map_is_still_a_umap_of_the_features():
     x = _features()
-    cfg = replace(ReduceConfig(), method="pca", dims=5, map_2d=True, n_epochs=20, n_neighbors=10)
-    result = reduce_array(x, cfg, progress=False)
+    result = reduce_features(x, method="pca", dims=5, map_2d=True, n_epochs=20, n_neighbors=10,
+                             progress=False)
     assert result.embedding.shape == (90, 5) and result.embedding_2d.shape == (90, 2)
     assert np.isfinite(result.embedding_2d).all()

@@ -1,21 +1,12 @@
 """Reduce: UMAP of the encoder features, optionally scanning the output dimension.
 
 The paper (section 3.3) reduces the 2048-d ConvNeXt features to d = 300 with UMAP and
-picks d as the minimum of the Davies-Bouldin index of K-means (k = 20) over
-d = 50, 100, ..., 500.  Here:
-
-* the k-NN graph does not depend on d, so it is built once (pynndescent, through
-  ``umap.umap_.nearest_neighbors``) and handed to every UMAP fit as ``precomputed_knn``;
-* the scan only has to *rank* d, so it embeds a seeded random sample of
-  ``scan_sample`` galaxies (the Davies-Bouldin index of a random sample estimates
-  that of the whole set) with that sample's graph built once, and computes the
-  spectral initialisation once, for the largest d, using its first d columns for
-  every smaller d (UMAP's spectral init for d dimensions is exactly the first d
-  non-trivial Laplacian eigenvectors).  At 10^5 galaxies the whole scan costs a
-  fraction of one 300-d fit instead of ~9 fits;
-* with ``fit_sample`` UMAP is fitted on a sample and every other galaxy is placed
-  with ``UMAP.transform`` (the route to more galaxies than one machine can fit);
-* a 2-D UMAP on the same graph gives ``embedding_2d`` for maps.
+picks d by the lowest Davies-Bouldin index of K-means (k = 20) over d = 50, ..., 500;
+the science is in :mod:`skymorph.core.reduction`.  This stage reads ``features``,
+unpacks the ``[reduce]`` settings, calls
+:func:`~skymorph.core.reduction.reduce_features` (or, with ``fit_sample`` on a Dask
+cluster, fits on the sample here and places every chunk on the cluster) and writes
+the arrays.
 
 Outputs in ``RUN_DIR``: ``embedding`` (N, d) and ``embedding_2d`` (N, 2) float32
 arrays, and with ``dims = "auto"`` ``reduce/dims_scan.csv`` and ``reduce/dims_scan.png``.
@@ -24,13 +15,9 @@ Everything is seeded: the same features and settings give the same embedding.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
-import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -40,263 +27,30 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..config import Config, ReduceConfig
+from ..core.reduction import (
+    ReduceError,
+    ReduceResult,
+    check_features,
+    place_rows,
+    reduce_features,
+    sample_rows,
+)
 from ..io.rundir import RunDir
 from . import Stage, StageContext, execute
 
-__all__ = [
-    "reduce",
-    "reduce_array",
-    "ReduceError",
-    "ReduceResult",
-    "check_features",
-    "knn_graph",
-    "fit_umap",
-    "scan_dims",
-    "plot_scan",
-]
+__all__ = ["reduce", "core_options", "plot_scan", "ReduceError", "ReduceResult"]
 
 log = logging.getLogger(__name__)
 
 
-class ReduceError(ValueError):
-    """The features cannot be reduced (NaN rows, too few galaxies, bad settings)."""
-
-
-@dataclass
-class ReduceResult:
-    """What :func:`reduce_array` computed."""
-
-    embedding: np.ndarray
-    """(N, d) float32 embedding."""
-    dims: int
-    """The dimension used (scanned or given)."""
-    embedding_2d: np.ndarray | None = None
-    """(N, 2) float32 map, when asked for."""
-    scan: pd.DataFrame | None = None
-    """The dimension scan (``dims``, ``davies_bouldin``, ``seconds``), when ``dims = "auto"``."""
-    timings: dict[str, float] = field(default_factory=dict)
-    """Wall seconds of each step."""
-    models: dict[int, Any] = field(default_factory=dict)
-    """The fitted UMAP of each output dimension and its fitted rows' embedding."""
-
-
-@contextlib.contextmanager
-def _umap_warnings() -> Iterator[None]:
-    """Route umap/pynndescent/numba warnings to the log instead of the warnings machinery:
-    they are advice for interactive users (e.g. that a seed disables parallelism, which we
-    want) and must not abort a pipeline run that treats warnings as errors."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for w in caught:
-        log.debug("umap: %s", w.message)
-
-
-def _umap_module() -> Any:
-    with _umap_warnings():
-        import umap
-        import umap.umap_
-    return umap
-
-
-def check_features(features: np.ndarray, ids: Sequence[Any] | None = None) -> None:
-    """Refuse features that UMAP cannot embed, saying which galaxies are at fault.
-
-    Parameters
-    ----------
-    features : ndarray, shape (N, D)
-    ids : sequence, optional
-        Galaxy ids in row order (the ``sources`` table's ``id``), used in the message.
-
-    Raises
-    ------
-    ReduceError
-        If the array is not 2-D, or some rows hold NaN or infinite values.
-    """
-    if features.ndim != 2:
-        raise ReduceError(f"features must be a 2-D (galaxies x features) array, got shape {features.shape}")
-    bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
-    if bad.size:
-        names = [str(ids[i]) if ids is not None else str(i) for i in bad[:10]]
-        more = f" and {bad.size - 10} more" if bad.size > 10 else ""
-        raise ReduceError(
-            f"{bad.size} of {features.shape[0]} galaxies have NaN or infinite features "
-            f"(ids {', '.join(names)}{more}); re-run `skymorph encode` on them or drop them "
-            "from the input before reducing"
-        )
-
-
-def _check_sizes(n: int, dims: Sequence[int], cfg: ReduceConfig, what: str) -> None:
-    if n <= cfg.n_neighbors:
-        raise ReduceError(
-            f"{what} has {n} galaxies but UMAP needs more than n_neighbors={cfg.n_neighbors}; "
-            "give more galaxies or lower --n-neighbors"
-        )
-    too_big = [d for d in dims if d + 1 >= n]
-    if too_big:
-        raise ReduceError(
-            f"cannot embed {n} galaxies ({what}) in {max(too_big)} dimensions: the spectral "
-            f"initialisation needs fewer dimensions than galaxies - 1; lower --dims / the grid"
-        )
-
-
-def _fit_dims(n: int, cfg: ReduceConfig) -> ReduceConfig:
-    """Cap the output dimension (or the scan grid) for small samples.
-
-    The paper's d = 300 suits 10^5 galaxies; UMAP's spectral start cannot give more
-    dimensions than galaxies - 1, and a run of a few hundred galaxies should still
-    work with the default settings.  A fixed d is capped at n // 2; scan entries
-    above that are dropped.  Both are logged.
-    """
-    cap = max(2, n // 2)
-    if cfg.dims == "auto":
-        grid = [d for d in cfg.dims_grid if d <= cap]
-        if len(grid) < len(cfg.dims_grid):
-            log.warning("reduce: %d galaxies: scanning d in %s only (at most n/2 = %d)", n, grid, cap)
-        return replace(cfg, dims_grid=grid or [cap])
-    if int(cfg.dims) > cap:
-        log.warning("reduce: %d dimensions is too many for %d galaxies; using n/2 = %d", cfg.dims, n, cap)
-        return replace(cfg, dims=cap)
-    return cfg
-
-
-def knn_graph(features: np.ndarray, cfg: ReduceConfig) -> tuple[np.ndarray, np.ndarray, Any]:
-    """The k-NN graph UMAP needs, built once (pynndescent, seeded, single-threaded).
-
-    Parameters
-    ----------
-    features : ndarray, shape (N, D)
-    cfg : ReduceConfig
-        ``n_neighbors``, ``metric`` and ``seed`` are used.
-
-    Returns
-    -------
-    tuple
-        ``(indices, distances, search_index)``, to pass as UMAP's ``precomputed_knn``;
-        the search index lets ``UMAP.transform`` place new galaxies.
-    """
-    if features.shape[0] <= cfg.exact_knn_below and not cfg.fit_sample:
-        return _exact_knn(features, cfg)
-    umap = _umap_module()
-    with _umap_warnings():
-        indices, dists, index = umap.umap_.nearest_neighbors(
-            features, n_neighbors=cfg.n_neighbors, metric=cfg.metric, metric_kwds={},
-            angular=False, random_state=np.random.RandomState(cfg.seed), low_memory=True,
-            use_pynndescent=True, n_jobs=1, verbose=False,
-        )
-    return indices, dists, index
-
-
-def _exact_knn(features: np.ndarray, cfg: ReduceConfig) -> tuple[np.ndarray, np.ndarray, None]:
-    """Brute-force k-NN (scikit-learn): exact, and in small runs far cheaper than
-    compiling pynndescent's numba code (about a minute, once per process).  Each
-    galaxy is its own first neighbour, as in UMAP's own graphs.  No search index:
-    ``UMAP.transform`` is not needed without ``fit_sample``."""
-    from sklearn.neighbors import NearestNeighbors
-
-    k = min(cfg.n_neighbors, features.shape[0])
-    search = NearestNeighbors(n_neighbors=k, metric=cfg.metric, algorithm="brute").fit(features)
-    dists, indices = search.kneighbors(features)
-    return indices.astype(np.int32), dists.astype(np.float32), None
-
-
-def fit_umap(features: np.ndarray, n_components: int, cfg: ReduceConfig,
-             knn: tuple | None = None, init: np.ndarray | str = "spectral",
-             n_epochs: int | None = None) -> tuple[np.ndarray, Any]:
-    """One seeded UMAP fit.
-
-    Parameters
-    ----------
-    features : ndarray, shape (N, D)
-    n_components : int
-        Output dimension.
-    cfg : ReduceConfig
-    knn : tuple, optional
-        A graph from :func:`knn_graph` for these rows; built here when missing.
-    init : ndarray or str
-        UMAP's ``init`` (an (N, n_components) array or ``"spectral"``).
-    n_epochs : int, optional
-        Overrides ``cfg.n_epochs``.
-
-    Returns
-    -------
-    embedding : ndarray, shape (N, n_components), float32
-    model : umap.UMAP
-        The fitted model (its ``transform`` places new galaxies when ``knn`` carries a search index).
-    """
-    umap = _umap_module()
-    if knn is None:
-        knn = knn_graph(features, cfg)
-    model = umap.UMAP(
-        n_components=n_components, n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist,
-        metric=cfg.metric, n_epochs=n_epochs if n_epochs is not None else cfg.n_epochs,
-        init=init, random_state=cfg.seed, n_jobs=1, precomputed_knn=knn, low_memory=True,
-        verbose=False,
-    )
-    with _umap_warnings():
-        embedding = model.fit_transform(features)
-    return np.ascontiguousarray(embedding, dtype=np.float32), model
-
-
-def _spectral_init(features: np.ndarray, knn: tuple, dim: int, cfg: ReduceConfig) -> np.ndarray:
-    """Spectral layout of the fuzzy graph with ``dim`` components, scaled as UMAP does;
-    its first d columns are UMAP's spectral init for any d <= dim."""
-    umap = _umap_module()
-    from umap.spectral import spectral_layout
-
-    state = np.random.RandomState(cfg.seed)
-    with _umap_warnings():
-        graph, _, _ = umap.umap_.fuzzy_simplicial_set(
-            features, cfg.n_neighbors, state, cfg.metric, knn_indices=knn[0], knn_dists=knn[1],
-        )
-        layout = spectral_layout(features, graph, dim, state, metric=cfg.metric)
-    return umap.umap_.noisy_scale_coords(layout, state, max_coord=10, noise=0.0001)
-
-
-def scan_dims(features: np.ndarray, cfg: ReduceConfig, knn: tuple | None = None,
-              progress: bool = True) -> pd.DataFrame:
-    """Davies-Bouldin index of K-means (``cfg.scan_k`` clusters) on the UMAP embedding
-    for every d of ``cfg.dims_grid``.
-
-    Call it on the galaxies to scan (the stage passes a ``scan_sample`` of them). The
-    k-NN graph and the spectral initialisation are computed once and shared by every d.
-
-    Parameters
-    ----------
-    features : ndarray, shape (N, D)
-    cfg : ReduceConfig
-    knn : tuple, optional
-        Graph of these rows from :func:`knn_graph`; built here when missing.
-    progress : bool
-        Show a progress bar over d.
-
-    Returns
-    -------
-    DataFrame
-        One row per d: ``dims``, ``davies_bouldin``, ``seconds`` (embedding + K-means).
-    """
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import davies_bouldin_score
-
-    grid = sorted({int(d) for d in cfg.dims_grid})
-    if not grid:
-        raise ReduceError("reduce.dims_grid is empty; give the dimensions to scan")
-    _check_sizes(features.shape[0], grid, cfg, "the scan sample")
-    if features.shape[0] < cfg.scan_k:
-        raise ReduceError(f"the scan needs at least scan_k={cfg.scan_k} galaxies, got {features.shape[0]}")
-    if knn is None:
-        knn = knn_graph(features, cfg)
-    init = _spectral_init(features, knn, max(grid), cfg)
-    epochs = cfg.scan_epochs if cfg.scan_epochs is not None else cfg.n_epochs
-    rows = []
-    for d in tqdm(grid, desc="reduce: scan d", disable=not progress):
-        start = time.perf_counter()
-        embedding, _ = fit_umap(features, d, cfg, knn=knn, init=init[:, :d], n_epochs=epochs)
-        labels = KMeans(n_clusters=cfg.scan_k, n_init=3, random_state=cfg.seed).fit_predict(embedding)
-        score = float(davies_bouldin_score(embedding, labels))
-        rows.append({"dims": d, "davies_bouldin": score, "seconds": time.perf_counter() - start})
-        log.info("reduce: d=%d Davies-Bouldin %.4f", d, score)
-    return pd.DataFrame(rows)
+def core_options(cfg: ReduceConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`skymorph.core.reduction.reduce_features` that the
+    ``[reduce]`` settings give."""
+    return dict(method=cfg.method, dims=cfg.dims, dims_grid=list(cfg.dims_grid), n_neighbors=cfg.n_neighbors,
+                min_dist=cfg.min_dist, metric=cfg.metric, n_epochs=cfg.n_epochs,
+                exact_knn_below=cfg.exact_knn_below, scan_k=cfg.scan_k, scan_sample=cfg.scan_sample,
+                scan_epochs=cfg.scan_epochs, map_2d=cfg.map_2d, fit_sample=cfg.fit_sample,
+                chunk_size=cfg.chunk_size, seed=cfg.seed)
 
 
 def plot_scan(scan: pd.DataFrame, path: str | PathLike, best: int | None = None) -> Path:
@@ -323,49 +77,6 @@ def plot_scan(scan: pd.DataFrame, path: str | PathLike, best: int | None = None)
     return path
 
 
-def _sample(n: int, size: int | None, seed: int, salt: int) -> np.ndarray:
-    """Sorted seeded random subset of ``range(n)`` (all rows when ``size`` is None or >= n)."""
-    if size is None or size >= n:
-        return np.arange(n)
-    rng = np.random.default_rng([seed, salt])
-    return np.sort(rng.choice(n, size=size, replace=False))
-
-
-def _embed_all(features: np.ndarray, fit_rows: np.ndarray, n_components: int, cfg: ReduceConfig,
-               knn: tuple, init: Any = "spectral", progress: bool = True,
-               models: dict[int, Any] | None = None) -> np.ndarray:
-    """Fit on ``fit_rows`` and ``transform`` every other row, chunk by chunk of the
-    output array (``cfg.chunk_size`` galaxies: the same blocks whether they are placed
-    here or on a Dask cluster by :func:`place_chunk`, so both give the same bytes)."""
-    fitted, model = fit_umap(features[fit_rows], n_components, cfg, knn=knn, init=init)
-    if models is not None:
-        models[n_components] = (model, fitted)
-    n = features.shape[0]
-    if fit_rows.size == n:
-        return fitted
-    out = np.empty((n, n_components), dtype=np.float32)
-    for start in tqdm(range(0, n, cfg.chunk_size), desc=f"reduce: transform ({n_components}-d)",
-                      disable=not progress):
-        stop = min(n, start + cfg.chunk_size)
-        out[start:stop] = _place(features[start:stop], start, fit_rows, fitted, model)
-    return out
-
-
-def _place(block: np.ndarray, start: int, fit_rows: np.ndarray, fitted: np.ndarray, model: Any) -> np.ndarray:
-    """Embedding of galaxies ``start .. start + len(block)``: the fit's own rows keep
-    their fitted coordinates, the others are placed with ``UMAP.transform``."""
-    stop = start + len(block)
-    lo, hi = np.searchsorted(fit_rows, [start, stop])
-    own = fit_rows[lo:hi] - start
-    out = np.empty((len(block), fitted.shape[1]), dtype=np.float32)
-    out[own] = fitted[lo:hi]
-    rest = np.setdiff1d(np.arange(len(block)), own, assume_unique=True)
-    if rest.size:
-        with _umap_warnings():
-            out[rest] = model.transform(np.ascontiguousarray(block[rest], dtype=np.float32))
-    return out
-
-
 def place_chunk(i: int, features: str, outputs: list[tuple[str, Any]], n: int, chunk: int,
                 fit_rows: np.ndarray) -> None:
     """Place chunk ``i`` of the features array at ``features`` into each output array
@@ -377,113 +88,7 @@ def place_chunk(i: int, features: str, outputs: list[tuple[str, Any]], n: int, c
     block = np.asarray(zarr.open_array(store=features, mode="r")[start:stop], dtype=np.float32)
     check_features(block)
     for path, (model, fitted) in outputs:
-        zarr.open_array(store=path, mode="r+")[start:stop] = _place(block, start, fit_rows, fitted, model)
-
-
-def reduce_array(features: np.ndarray, cfg: ReduceConfig, ids: Sequence[Any] | None = None,
-                 progress: bool = True) -> ReduceResult:
-    """Reduce a features array in memory (the work of :func:`reduce`, without a run directory).
-
-    Parameters
-    ----------
-    features : ndarray, shape (N, D)
-    cfg : ReduceConfig
-    ids : sequence, optional
-        Galaxy ids for error messages.
-    progress : bool
-
-    Returns
-    -------
-    ReduceResult
-
-    Raises
-    ------
-    ReduceError
-        NaN rows, fewer galaxies than the settings need, or an unknown ``dims``.
-    """
-    features = np.ascontiguousarray(features, dtype=np.float32)
-    check_features(features, ids)
-    n = features.shape[0]
-    if cfg.method != "umap":
-        return _linear(features, cfg)
-    if isinstance(cfg.dims, str) and cfg.dims != "auto":
-        try:
-            cfg = replace(cfg, dims=int(cfg.dims))
-        except ValueError:
-            raise ReduceError(f"reduce.dims must be an integer or 'auto', got {cfg.dims!r}") from None
-    timings: dict[str, float] = {}
-    fit_rows = _sample(n, cfg.fit_sample, cfg.seed, 1)
-    cfg = _fit_dims(fit_rows.size, cfg)
-    if cfg.dims != "auto":
-        _check_sizes(fit_rows.size, [int(cfg.dims)], cfg, "the fit sample")
-
-    # one bar over the steps: UMAP's optimiser has no per-epoch callback to hook a finer one
-    steps = ["k-NN graph", *(["dimension scan"] if cfg.dims == "auto" else []), "UMAP",
-             *(["2-D map"] if cfg.map_2d else [])]
-    bar = tqdm(total=len(steps), desc="reduce", unit="step", disable=not progress)
-    bar.set_postfix_str(steps[0])
-
-    def advance() -> None:
-        bar.update()
-        if bar.n < len(steps):
-            bar.set_postfix_str(steps[bar.n])
-    start = time.perf_counter()
-    knn = knn_graph(features[fit_rows], cfg)
-    timings["knn"] = time.perf_counter() - start
-    log.info("reduce: k-NN graph of %d galaxies in %.1f s", fit_rows.size, timings["knn"])
-    advance()
-
-    scan = None
-    dims = cfg.dims
-    if dims == "auto":
-        start = time.perf_counter()
-        scan_rows = _sample(fit_rows.size, cfg.scan_sample, cfg.seed, 2)
-        # The fit graph serves the scan when the scan covers the same galaxies.
-        scan_knn = knn if scan_rows.size == fit_rows.size else None
-        scan = scan_dims(features[fit_rows[scan_rows]], cfg, knn=scan_knn, progress=progress)
-        dims = int(scan.loc[scan["davies_bouldin"].idxmin(), "dims"])
-        timings["scan"] = time.perf_counter() - start
-        log.info("reduce: lowest Davies-Bouldin at d=%d (scan %.1f s)", dims, timings["scan"])
-        _check_sizes(fit_rows.size, [dims], cfg, "the fit sample")
-        advance()
-
-    start = time.perf_counter()
-    models: dict[int, Any] = {}
-    embedding = _embed_all(features, fit_rows, int(dims), cfg, knn, progress=progress, models=models)
-    timings["umap"] = time.perf_counter() - start
-    advance()
-    embedding_2d = None
-    if cfg.map_2d:
-        start = time.perf_counter()
-        embedding_2d = _embed_all(features, fit_rows, 2, cfg, knn, progress=progress, models=models)
-        timings["umap_2d"] = time.perf_counter() - start
-        advance()
-    bar.close()
-    return ReduceResult(embedding=embedding, dims=int(dims), embedding_2d=embedding_2d,
-                        scan=scan, timings=timings, models=models)
-
-
-def _linear(features: np.ndarray, cfg: ReduceConfig) -> ReduceResult:
-    """``method = "pca"`` / ``"none"``: standardised features, optionally projected on their
-    first ``dims`` principal components (the 2-D map stays a UMAP of the features)."""
-    start = time.perf_counter()
-    x = features - features.mean(0)
-    x /= np.maximum(x.std(0), 1e-12)
-    dims = x.shape[1]
-    if cfg.method == "pca":
-        from sklearn.decomposition import PCA
-
-        dims = min(int(cfg.dims) if cfg.dims != "auto" else 50, *x.shape)
-        x = PCA(dims, random_state=cfg.seed).fit_transform(x)
-    timings = {cfg.method: time.perf_counter() - start}
-    embedding_2d = None
-    if cfg.map_2d:
-        start = time.perf_counter()
-        rows = _sample(x.shape[0], cfg.fit_sample, cfg.seed, 1)
-        embedding_2d = _embed_all(features, rows, 2, cfg, knn_graph(features[rows], cfg), progress=False)
-        timings["umap_2d"] = time.perf_counter() - start
-    return ReduceResult(embedding=np.ascontiguousarray(x, dtype=np.float32), dims=int(dims),
-                        embedding_2d=embedding_2d, scan=None, timings=timings)
+        zarr.open_array(store=path, mode="r+")[start:stop] = place_rows(block, start, fit_rows, fitted, model)
 
 
 def _write(run: RunDir, name: str, data: np.ndarray, chunk: int) -> None:
@@ -497,7 +102,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     session = ctx.compute
     array = run.open_array("features")
     n = int(array.shape[0])
-    fit_rows = _sample(n, cfg.fit_sample, cfg.seed, 1)
+    fit_rows = sample_rows(n, cfg.fit_sample, seed=cfg.seed, salt=1)
     if session is not None and session.distributed and fit_rows.size < n:
         return _compute_placed(ctx, array, fit_rows)
     features = np.asarray(array[:], dtype=np.float32)
@@ -506,7 +111,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         ids = ids if len(ids) == features.shape[0] else None
     except Exception:  # the ids only improve an error message
         ids = None
-    result = reduce_array(features, cfg, ids=ids, progress=ctx.progress)
+    result = reduce_features(features, ids=ids, progress=ctx.progress, **core_options(cfg))
     chunk = cfg.chunk_size
     _write(run, "embedding", result.embedding, chunk)
     if result.embedding_2d is not None:
@@ -527,7 +132,8 @@ def _compute_placed(ctx: StageContext, array: Any, fit_rows: np.ndarray) -> dict
     sample = np.asarray(array.get_orthogonal_selection((fit_rows,)), dtype=np.float32)
     # the other galaxies are placed with UMAP.transform, which needs pynndescent's search
     # index: never the exact k-NN graph of small runs here (the local path does the same)
-    result = reduce_array(sample, replace(cfg, fit_sample=None, exact_knn_below=0), progress=ctx.progress)
+    result = reduce_features(sample, progress=ctx.progress,
+                             **{**core_options(cfg), "fit_sample": None, "exact_knn_below": 0})
     start = time.perf_counter()
     chunk = cfg.chunk_size
     outputs = []

@@ -28,3 +28,18 @@ def cosmos_run(tmp_path_factory, shared_data):
 
     out = tmp_path_factory.mktemp("cosmos") / "run"
     return ingest([COSMOS_STAMPS], out, Config(), progress=False)
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's ``/usr/bin/chromium``), one for the whole session: the
+    fixture of every test marked ``browser`` (skipped where playwright is not installed)."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

@@ -26,6 +26,7 @@ def test_help_lists_every_stage_of_the_design():
         assert f"    {stage}" in result.stdout
 
 
+@pytest.mark.slow
 def test_every_stage_has_help():
     for stage in STAGES:
         result = _skymorph(stage, "--help")

@@ -146,6 +146,7 @@ def _features_run(cosmos_run, tmp_path):
     return run
 
 
+@pytest.mark.slow
 def test_cli_reduce_then_cluster_writes_the_catalog(cosmos_run, tmp_path, capsys):
     run = _features_run(cosmos_run, tmp_path)
     assert cli_main(["reduce", str(run.path), "--dims", "5", "--n-epochs", "100", "--no-map"]) == 0

@@ -96,6 +96,7 @@ def test_help_and_version_import_no_heavy_library():
     assert "HEAVY []" in result.stdout
 
 
+@pytest.mark.slow
 def test_measure_from_an_unguarded_script_runs_the_script_once(tmp_path):
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(f"""

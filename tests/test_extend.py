@@ -9,13 +9,15 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import zarr
 
 from skymorph import Config, RunDir
 from skymorph.cli import main as cli_main
 from skymorph.core.extend import extend_labels, reliability, split_scores, stratified_folds
 from skymorph.inspection import InspectError, clustering_fingerprint, consensus_labels, sample_members
 from skymorph.inspection.auto import auto_votes, is_automatic
-from skymorph.stages.evaluate import EvaluateError, evaluate
+from skymorph.io.tables import TableError
+from skymorph.stages.evaluate import evaluate
 from skymorph.stages.extend import ExtendStageError, extend
 from skymorph.stages.inspect import merge
 from test_inspection import cluster_catalog
@@ -115,8 +117,23 @@ def test_training_set_errors():
         extend_labels(x, np.ones(50, bool), np.full(50, "T0", dtype=object))
     bad = x.copy()
     bad[3, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        extend_labels(bad, np.ones(50, bool), y)
+    with pytest.raises(ValueError, match="^4 training galaxies are fewer"):  # NaN rows never train
+        extend_labels(bad[:5], np.ones(5, bool), np.array(["T0", "T1", "T0", "T1", "T0"], dtype=object))
+
+
+def test_nonfinite_rows_get_no_type_and_never_train():
+    x, y = blobs(n=120)
+    x[9, 0] = np.nan  # a training galaxy
+    x[70] = np.nan  # a lost feature chunk reads as NaN
+    x[80, 3] = np.inf
+    train = np.arange(120) < 60
+    r = extend_labels(x, train, y, cv_folds=3)
+    bad = [9, 70, 80]
+    assert np.flatnonzero(r.nonfinite).tolist() == bad and r.info["n_nonfinite"] == 3
+    assert r.info["n_train"] == 59
+    assert r.predicted[bad].tolist() == ["", "", ""] and np.isnan(r.proba[bad]).all()
+    assert np.isnan(r.p_predicted[bad]).all() and not r.confident[bad].any() and r.ood[bad].all()
+    assert np.isfinite(r.proba[~r.nonfinite]).all()
 
 
 def test_ood_flags_a_blank_and_a_star_only_stamp(gz1_run):
@@ -214,7 +231,7 @@ def test_auto_votes_errors(run, shared_data):
         auto_votes(run, labels_csv, "objid", "gz1_name",
                    Config().update({"inspect": {"types": ["elliptical", "spiral", "edge_on", "unc"]}}),
                    label_map={"spiral_cw": "spiral", "spiral_acw": "spiral"}, exclude=GZ1_EXCLUDE)
-    with pytest.raises(EvaluateError, match="no label column"):
+    with pytest.raises(TableError, match="no label column"):  # the table reader's error (io.tables)
         auto_votes(run, labels_csv, "objid", "nope", _config())
     with pytest.raises(InspectError, match="auto:"):
         auto_votes(run, labels_csv, "objid", "gz1_name", _config(), label_map=GZ1_MAP,
@@ -273,6 +290,29 @@ def test_extend_stage_types_every_galaxy_and_evaluate_splits(run, shared_data):
     assert numbers["parts"]["extended"]["result"]["n_extended"] == int(ext.sum())
     html = (run.path / "report" / "report.html").read_text()
     assert 'id="extended"' in html and 'id="figure-reliability"' in html
+
+
+def test_extend_gives_no_type_to_galaxies_with_nonfinite_features(run, shared_data):
+    labels_csv = shared_data / "gz1_sdss" / "labels.csv"
+    config = _config()
+    auto_votes(run, labels_csv, "objid", "gz1_name", config, label_map=GZ1_MAP, exclude=GZ1_EXCLUDE)
+    merge(run, config=config, min_agree=1)
+    kept = consensus_labels(run.catalog()) >= 0
+    rejected = np.flatnonzero(~kept)[:2]
+    features = zarr.open_array(store=str(run.array_path("features")), mode="r+")
+    x = np.asarray(features[:])
+    x[rejected[0]] = np.nan
+    x[rejected[1], 3] = np.inf
+    features[:] = x
+    extend(run, config, force=True)
+    cat = run.catalog()
+    bad = cat.iloc[rejected]
+    assert bad["ml_nonfinite"].all() and bad["ml_ood"].all() and not bad["ml_confident"].any()
+    assert (bad["morph_type_ml"] == "").all() and bad[[f"p_{t}" for t in TYPES]].isna().all().all()
+    assert (bad["morph_type_final"] == "UNC").all() and (bad["type_source"] == "ood").all()
+    assert int(cat["ml_nonfinite"].sum()) == 2
+    assert run.stage_info("extend")["n_nonfinite"] == 2
+    assert json.loads((run.path / "extend" / "extend.json").read_text())["n_nonfinite"] == 2
 
 
 def test_physical_comparison_when_measurements_exist(run, shared_data):

@@ -233,6 +233,7 @@ def test_report_numbers(report_run):
     assert "P(merger region | LTG)" in etg["tests"]
 
 
+@pytest.mark.browser
 def test_report_in_chromium(report_run, browser_page):
     numbers = json.loads((report_run.path / "report" / "validation.json").read_text())
     page = browser_page
@@ -313,11 +314,7 @@ def test_etg_types_must_be_expert_types(report_run):
 
 
 @pytest.fixture(scope="module")
-def browser_page():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium",
-                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        yield page
-        browser.close()
+def browser_page(browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    yield page
+    page.close()

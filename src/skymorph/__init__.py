@@ -19,31 +19,23 @@ import importlib
 from typing import Any
 
 from ._version import __version__
+from .registry import STAGES
 
-# public name -> module that defines it
+# public name -> module that defines it; every stage's function comes from the registry
 _EXPORTS: dict[str, str] = {
     "Config": "skymorph.config",
     "ConfigError": "skymorph.config",
     "load_config": "skymorph.config",
+    "SkymorphError": "skymorph.errors",
     "RunDir": "skymorph.io.rundir",
     "RunDirError": "skymorph.io.rundir",
     "execute": "skymorph.stages",
     "STAGES": "skymorph.stages",
-    "ingest": "skymorph.stages.ingest",
-    "denoise": "skymorph.stages.denoise",
-    "polar": "skymorph.stages.polar",
-    "encode": "skymorph.stages.encode",
-    "reduce": "skymorph.stages.reduce",
-    "cluster": "skymorph.stages.cluster",
-    "extend": "skymorph.stages.extend",
-    "measure": "skymorph.stages.measure",
-    "validate": "skymorph.stages.validate",
+    **{name: target.partition(":")[0] for name, target in STAGES.items()},
     "evaluate": "skymorph.stages.evaluate",
     "score_labels": "skymorph.stages.evaluate",
     "aligned_truth": "skymorph.stages.evaluate",
     "run": "skymorph.stages.pipeline",
-    "montage": "skymorph.stages.inspect",
-    "merge": "skymorph.stages.inspect",
     "serve": "skymorph.inspection",
     "make_server": "skymorph.inspection",
 }

@@ -17,31 +17,43 @@ import os
 import re
 import sys
 import tomllib
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ._version import __version__
 from .config import PRESETS, Config, ConfigError, SettingSpec, load_config, read_settings, section_settings
+from .errors import SkymorphError
+from .registry import summaries
 
 __all__ = ["main", "COMMANDS", "config_from_args"]
 
-# sub-command -> (what it does, how it is built); stage commands are built from the registry
-COMMANDS: dict[str, str] = {
-    "ingest": "read cutouts (FITS, PNG/JPEG, NPY, collections, fields) into stamps",
-    "denoise": "train the convolutional autoencoder and denoise every stamp",
-    "polar": "adaptive polar coordinate transform (rotation invariance)",
-    "encode": "encode images with a pretrained network into feature vectors",
-    "reduce": "UMAP reduction of the features (optionally scanning the dimension)",
-    "cluster": "consensus of K-means, BIRCH and ward clustering -> catalog",
+# commands that are not one stage (the stages' own come from their declarations)
+OTHER_COMMANDS: dict[str, str] = {
     "inspect": "montages, browser voting by experts (or labels you have), merge votes into types",
-    "extend": "a classifier trained on the experts' types gives every galaxy a type",
-    "measure": "Sersic, Gini-M20, CAS, MID, Psi and G2 per galaxy",
-    "validate": "statistics, plots and an HTML report of the morphology types",
     "evaluate": "score the clusters against known labels",
     "run": "ingest -> cluster and draw the montages in one go",
     "info": "print what a run directory holds",
 }
+INSPECT_STAGES = ("montage", "merge")
+"""Stages offered as actions of ``skymorph inspect`` rather than as commands of their own."""
+
+
+def _commands() -> dict[str, str]:
+    """Every command and its one-line help: the stages in registry order with their
+    ``Stage.summary`` (``inspect`` where its actions come), then the other commands."""
+    commands: dict[str, str] = {}
+    for name, summary in summaries().items():
+        if name in INSPECT_STAGES:
+            commands.setdefault("inspect", OTHER_COMMANDS["inspect"])
+        else:
+            commands[name] = summary
+    return {**commands, **OTHER_COMMANDS}
+
+
+COMMANDS: dict[str, str] = _commands()
+"""Sub-command -> what it does, in the order ``skymorph --help`` lists them."""
 
 EPILOG = """\
 A typical session:
@@ -148,7 +160,7 @@ def _stage_parser(sub: Any, name: str) -> argparse.ArgumentParser:
     from .stages import get_stage
 
     stage = get_stage(name)
-    parser = sub.add_parser(name, help=COMMANDS.get(name, stage.summary), description=stage.description,
+    parser = sub.add_parser(name, help=stage.summary, description=stage.description,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     if stage.creates_run:
         for argument in stage.arguments:
@@ -355,8 +367,6 @@ def _pairs(items: Sequence[str] | None) -> dict[str, str]:
 
 
 def _auto(args: argparse.Namespace, config: Config) -> int:
-    import pandas as pd
-
     from .inspection.auto import auto_votes, human_voters
     from .inspection.merge import format_counts
     from .io.rundir import RunDir
@@ -378,7 +388,9 @@ def _auto(args: argparse.Namespace, config: Config) -> int:
     min_agree = config.inspect.min_agree if human_voters(run) else 1
     if args.merge:
         merged = merge(run, config=config, min_agree=min_agree)
-        counts = pd.read_csv(run.path / "inspection" / "type_counts.csv")
+        from .io.csvfile import read_csv
+
+        counts = read_csv(run.path / "inspection" / "type_counts.csv")
         print(f"merged with min_agree {min_agree} ({len(merged)} clusters):")
         print(format_counts(counts))
     else:
@@ -467,7 +479,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """
     run_dir = getattr(args, "run_dir", None) or getattr(args, "out", None)
     recorded = Path(run_dir) / "config.toml" if run_dir else None
-    if recorded is not None and recorded.exists():
+    if run_dir and (Path(run_dir) / "skymorph.json").is_file():
+        from .io.rundir import RunDir
+
+        config = RunDir(run_dir).config()  # rebuilt from the stage records when missing or empty
+    elif recorded is not None and recorded.exists():
         try:
             config = load_config(recorded)
         except ConfigError as exc:
@@ -540,27 +556,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     _logging(args)
-    from .io.rundir import RunDirError
-
+    verbose = getattr(args, "verbose", False)
     try:
         config = Config() if getattr(args, "no_config", False) else config_from_args(args)
         return int(args.handler(args, config) or 0)
-    except (ConfigError, RunDirError, FileNotFoundError, ValueError) as exc:
+    except SkymorphError as exc:
+        # raised on purpose: the message says what to do
+        if verbose:
+            traceback.print_exc()
         print(f"skymorph {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"skymorph {args.command}: error: {exc.strerror or exc}{where}; check that the path exists, "
-              "is writable and that the disk has room", file=sys.stderr)
-        return 1
-    except RuntimeError as exc:
-        if getattr(args, "verbose", False):
-            raise
-        print(f"skymorph {args.command}: error: {exc} (-v shows the traceback)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"skymorph {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # the machine's state (a missing path, permissions, a full disk), not a bug
+        if verbose:
+            traceback.print_exc()
+        if exc.strerror is None:  # raised by skymorph with its own message
+            print(f"skymorph {args.command}: error: {exc}", file=sys.stderr)
+            return 1
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"skymorph {args.command}: error: {exc.strerror}{where}; check that the path exists, "
+              "is writable and that the disk has room", file=sys.stderr)
+        return 1
+    except Exception:
+        traceback.print_exc()
+        print(f"skymorph {args.command}: internal error: this is a bug in skymorph {__version__}; please "
+              "report it with the command and the traceback above", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import SkymorphError
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -38,7 +40,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(SkymorphError, ValueError):
     """A setting is unknown or has an unusable value."""
 
 
@@ -968,21 +970,6 @@ class ComputeConfig:
     )
 
 
-_SECTIONS = {
-    "ingest": IngestConfig,
-    "denoise": DenoiseConfig,
-    "polar": PolarConfig,
-    "encode": EncodeConfig,
-    "reduce": ReduceConfig,
-    "cluster": ClusterConfig,
-    "inspect": InspectConfig,
-    "measure": MeasureConfig,
-    "extend": ExtendConfig,
-    "validate": ValidateConfig,
-    "compute": ComputeConfig,
-}
-
-
 @dataclass
 class Config:
     """All settings of a run, one section per stage."""
@@ -1066,6 +1053,10 @@ class Config:
                     lines.append(f"{key} = {_toml_value(value)}")
             lines.append("")
         return "\n".join(lines)
+
+
+_SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+"""Section name -> its settings class, in order: the fields of :class:`Config` (one place to add one)."""
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import EncodeConfig
+from .encoders import EncoderError
 
 __all__ = ["AdaptedNet", "D4Features", "ADAPTED", "train_adapted", "save_checkpoint",
            "load_checkpoint", "build_adapted", "TEACHERS", "d4_views"]
@@ -255,10 +256,10 @@ def train_adapted(images: Any, cfg: EncodeConfig, device: torch.device | None = 
 
     device = device or resolve_device(cfg.device)
     if cfg.train_teacher not in TEACHERS:
-        raise ValueError(f"encode.train_teacher must be one of {', '.join(TEACHERS)}, "
+        raise EncoderError(f"encode.train_teacher must be one of {', '.join(TEACHERS)}, "
                          f"got {cfg.train_teacher!r}")
     if cfg.train_teacher == "none" and float(cfg.train_ssl) <= 0 and targets is None:
-        raise ValueError("the adapted encoder needs an objective: a train_teacher or train_ssl > 0")
+        raise EncoderError("the adapted encoder needs an objective: a train_teacher or train_ssl > 0")
     seed = int(cfg.train_seed)
     n = int(images.shape[0])
     rows = np.sort(np.random.default_rng(seed).permutation(n)[: min(n, int(cfg.train_sample))])
@@ -339,9 +340,9 @@ def load_checkpoint(path: str | Path) -> tuple[AdaptedNet, dict[str, Any]]:
     except FileNotFoundError:
         raise FileNotFoundError(f"adapted-encoder checkpoint {path} does not exist") from None
     except Exception as exc:  # torch raises many types for a corrupt/foreign file
-        raise ValueError(f"{path} is not a readable adapted-encoder checkpoint ({exc})") from None
+        raise EncoderError(f"{path} is not a readable adapted-encoder checkpoint ({exc})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an adapted-encoder checkpoint (written by `skymorph encode "
+        raise EncoderError(f"{path} is not an adapted-encoder checkpoint (written by `skymorph encode "
                          "--encoder adapted` as RUN_DIR/adapted/checkpoint.pt)")
     net = AdaptedNet(**{k: blob["arch"][k] for k in ARCH_KEYS})
     net.load_state_dict(blob["state_dict"])

@@ -38,11 +38,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import SkymorphError
 from .sky import border_sky
 
-__all__ = ["CAE", "train_cae", "predict", "resolve_device", "set_threads", "ARCH_KEYS"]
+__all__ = ["CAE", "CAEError", "train_cae", "predict", "resolve_device", "set_threads", "ARCH_KEYS"]
 
 ARCH_KEYS = ("stamp_size", "channels", "kernel_size", "latent_dim", "unpool")
+
+
+class CAEError(SkymorphError, ValueError):
+    """The CAE cannot be built, trained or loaded (settings, device, checkpoint, stamp shape)."""
+
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,10 +58,10 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ValueError(f"denoise.device={name!r} is not a device PyTorch knows ({exc}); "
+        raise CAEError(f"denoise.device={name!r} is not a device PyTorch knows ({exc}); "
                          "use 'auto', 'cpu' or 'cuda'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("denoise.device='cuda' but PyTorch sees no CUDA GPU; use 'auto' or 'cpu'")
+        raise CAEError("denoise.device='cuda' but PyTorch sees no CUDA GPU; use 'auto' or 'cpu'")
     return device
 
 
@@ -89,13 +95,13 @@ class CAE(nn.Module):
                  latent_dim: int = 40, unpool: str = "nearest") -> None:
         super().__init__()
         if kernel_size % 2 != 1 or kernel_size < 1:
-            raise ValueError(f"denoise.kernel_size must be odd and positive, got {kernel_size}")
+            raise CAEError(f"denoise.kernel_size must be odd and positive, got {kernel_size}")
         if not channels or any(int(c) < 1 for c in channels):
-            raise ValueError(f"denoise.channels must be a non-empty list of positive ints, got {channels}")
+            raise CAEError(f"denoise.channels must be a non-empty list of positive ints, got {channels}")
         if unpool not in ("nearest", "switches"):
-            raise ValueError(f"denoise.unpool must be 'nearest' or 'switches', got {unpool!r}")
+            raise CAEError(f"denoise.unpool must be 'nearest' or 'switches', got {unpool!r}")
         if latent_dim < 1:
-            raise ValueError(f"denoise.latent_dim must be positive, got {latent_dim}")
+            raise CAEError(f"denoise.latent_dim must be positive, got {latent_dim}")
         self.arch = {"stamp_size": int(stamp_size), "channels": [int(c) for c in channels],
                      "kernel_size": int(kernel_size), "latent_dim": int(latent_dim), "unpool": unpool}
         levels = len(channels)
@@ -180,7 +186,7 @@ def normalise(stamps: np.ndarray, border: int | None = None) -> tuple[np.ndarray
     """
     x = np.asarray(stamps, dtype=np.float32)
     if x.ndim != 3:
-        raise ValueError(f"expected stamps of shape (N, S, S), got {x.shape}")
+        raise CAEError(f"expected stamps of shape (N, S, S), got {x.shape}")
     offset, scale, x = normalisation(x)
     y = x - offset[:, None, None].astype(np.float32)
     y /= scale[:, None, None].astype(np.float32)
@@ -366,9 +372,9 @@ def load_checkpoint(path, device: torch.device) -> tuple[CAE, dict[str, Any]]:
     except FileNotFoundError:
         raise FileNotFoundError(f"CAE checkpoint {path} does not exist") from None
     except Exception as exc:  # torch raises many types for a corrupt/foreign file
-        raise ValueError(f"{path} is not a readable skymorph CAE checkpoint ({exc})") from None
+        raise CAEError(f"{path} is not a readable skymorph CAE checkpoint ({exc})") from None
     if not isinstance(blob, dict) or blob.get("format") != "skymorph-cae-1" or "arch" not in blob:
-        raise ValueError(f"{path} is not a skymorph CAE checkpoint (written by `skymorph denoise` "
+        raise CAEError(f"{path} is not a skymorph CAE checkpoint (written by `skymorph denoise` "
                          "as RUN_DIR/cae/checkpoint.pt)")
     model = CAE(**blob["arch"])
     model.load_state_dict(blob["state_dict"])

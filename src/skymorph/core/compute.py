@@ -47,6 +47,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import SkymorphError
+
 __all__ = ["ComputeError", "Session", "session", "current", "check_scheduler", "worker_cached",
            "run_chunks", "ordered_map", "LOCAL_SCHEDULERS"]
 
@@ -57,14 +59,35 @@ POOL_SCHEDULERS = ("local", "threads")
 """Schedulers under which ingest and measure use this machine's process pool."""
 
 
-class ComputeError(RuntimeError):
+class ComputeError(SkymorphError, RuntimeError):
     """The chosen scheduler cannot be used (no answer, no workers, workers that cannot
     see the run directory, a task that keeps killing its worker)."""
 
 
+DASK_PROTOCOLS = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
+"""Protocols of a Dask scheduler address."""
+
+
 def check_scheduler(value: str) -> str:
     """``value`` if it names a scheduler, else a :class:`ComputeError` saying what is allowed."""
-    if value in LOCAL_SCHEDULERS or "://" in str(value):
+    if value in LOCAL_SCHEDULERS:
+        return value
+    if "://" in str(value):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(str(value))
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in DASK_PROTOCOLS:
+            raise ComputeError(
+                f"compute.scheduler = {value!r}: {parts.scheme}:// is not a Dask protocol (the dashboard's "
+                f"http address is not the scheduler's); give the scheduler's, e.g. tcp://HOST:8786")
+        if parts.scheme != "inproc" and (not parts.hostname or port == -1):
+            raise ComputeError(
+                f"compute.scheduler = {value!r} names no host or a bad port; give the scheduler's "
+                "address, e.g. tcp://HOST:8786")
         return value
     raise ComputeError(
         f"compute.scheduler = {value!r} is neither local, threads, synchronous nor a Dask scheduler "

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import EncodeConfig
+from ..errors import SkymorphError
 
 __all__ = ["Encoder", "EncoderError", "build_encoder", "resolve_device", "OFFLINE_ENCODERS",
            "PAPER_ENCODER", "close_names", "weights_identity"]
@@ -71,7 +72,7 @@ ASPECTS = ("stretch", "pad")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-class EncoderError(ValueError):
+class EncoderError(SkymorphError, ValueError):
     """An encoder cannot be built: unknown name, missing or unfitting weights."""
 
 
@@ -321,6 +322,10 @@ def _check_weights_file(weights: str | os.PathLike | None) -> Path | None:
     if weights is None:
         return None
     path = Path(weights).expanduser()
+    if path.is_dir():
+        raise EncoderError(
+            f"weights {path} is a directory (encode.weights / --weights); give the path of the weights "
+            "file in it (a .safetensors file or PyTorch state dict .pth/.pt/.bin)")
     if not path.is_file():
         raise EncoderError(
             f"weights file {path} does not exist (encode.weights / --weights); give the path of a "

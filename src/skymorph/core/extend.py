@@ -74,6 +74,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SkymorphError
+
 __all__ = [
     "ExtendError",
     "ExtendResult",
@@ -88,7 +90,7 @@ __all__ = [
 
 
 
-class ExtendError(ValueError):
+class ExtendError(SkymorphError, ValueError):
     """The training set cannot train a classifier (too few galaxies or types, bad input)."""
 
 
@@ -138,6 +140,9 @@ class ExtendResult:
     cv: dict[str, Any]
     temperature: float
     info: dict[str, Any] = field(default_factory=dict)
+    nonfinite: np.ndarray | None = None
+    """Galaxies whose input holds NaN/inf: no type (``predicted`` ``""``, probabilities
+    NaN), ``ood`` True, never trained on."""
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -542,8 +547,8 @@ def extend_labels(x: np.ndarray, train: np.ndarray, y: np.ndarray, *, model: str
     Raises
     ------
     ExtendError
-        Fewer than two types or fewer than ``cv_folds`` training galaxies, NaN input,
-        or shapes that do not match.
+        Fewer than two types or fewer than ``cv_folds`` training galaxies (those with
+        NaN/inf input left out), or shapes that do not match.
     """
     start = time.perf_counter()
     x = np.asarray(x)
@@ -551,32 +556,37 @@ def extend_labels(x: np.ndarray, train: np.ndarray, y: np.ndarray, *, model: str
     if x.ndim != 2 or train.shape != (x.shape[0],):
         raise ExtendError(f"x must be N x D and train a boolean mask of N galaxies; got {x.shape} "
                           f"and {train.shape}")
-    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-    if bad.size:
-        raise ExtendError(f"{bad.size} galaxies have NaN or infinite input values (rows "
-                          f"{', '.join(map(str, bad[:10]))}); re-run the stage that wrote the input")
     y = np.asarray(y, dtype=object)
     y_train = y[train] if y.shape[0] == x.shape[0] else y
     if y_train.shape[0] != int(train.sum()):
         raise ExtendError(f"{int(train.sum())} training galaxies but {y_train.shape[0]} types")
+    # a galaxy whose input holds NaN/inf gets no type (and does not train): a lost
+    # feature chunk reads as NaN, and a classifier would still give it a confident type
+    nonfinite = ~np.isfinite(x).all(axis=1)
+    w = None
+    if sample_weight is not None:
+        w = np.asarray(sample_weight, dtype=np.float64)
+        w = w[train] if w.shape[0] == x.shape[0] else w
+        if w.shape[0] != y_train.shape[0]:
+            raise ExtendError(f"{y_train.shape[0]} training galaxies but {w.shape[0]} sample weights")
+        w = w[~nonfinite[train]]
+    y_train = y_train[~nonfinite[train]]
+    train = train & ~nonfinite
     est = ExtendModel(model=model, c=c, class_weight=class_weight, calibration=calibration,
                       cv_folds=cv_folds, confidence_threshold=confidence_threshold,
                       ood_neighbors=ood_neighbors, ood_quantile=ood_quantile, ood_dims=ood_dims,
                       ood_reference=ood_reference, max_iter=max_iter, seed=seed)
     train_rows = np.flatnonzero(train)
-    w = None
-    if sample_weight is not None:
-        w = np.asarray(sample_weight, dtype=np.float64)
-        w = w[train] if w.shape[0] == x.shape[0] else w
     est.fit(x[train_rows], y_train, sample_weight=w)
     t0 = time.perf_counter()
-    out = est.predict(x)
+    out = _predict_finite(est, x, nonfinite)
     seconds_predict = time.perf_counter() - t0
     distance = out["ood_distance"]
     distance[train_rows[est.ood.rows]] = est.ood.loo  # training galaxies: leave-one-out
-    ood = distance > est.ood.threshold
+    ood = (distance > est.ood.threshold) | nonfinite
     info = {
         "n_galaxies": int(x.shape[0]), "n_train": int(train_rows.size), "n_features": int(x.shape[1]),
+        "n_nonfinite": int(nonfinite.sum()),
         "classes": est.classes, "train_counts": est.train_counts, "temperature": est.temperature,
         "ood_threshold": est.ood.threshold, "seconds_cv": est.seconds_cv, "seconds_fit": est.seconds_fit,
         "seconds_ood_fit": est.seconds_ood_fit, "seconds_predict": seconds_predict,
@@ -585,7 +595,23 @@ def extend_labels(x: np.ndarray, train: np.ndarray, y: np.ndarray, *, model: str
     return ExtendResult(
         classes=est.classes, proba=out["proba"], predicted=out["predicted"], p_predicted=out["p_predicted"],
         confident=out["confident"], ood=ood, ood_distance=distance, ood_threshold=est.ood.threshold,
-        cv=est.cv, temperature=est.temperature, info=info)
+        cv=est.cv, temperature=est.temperature, info=info, nonfinite=nonfinite)
+
+
+def _predict_finite(est: ExtendModel, x: np.ndarray, nonfinite: np.ndarray) -> dict[str, np.ndarray]:
+    """:meth:`ExtendModel.predict` on the rows without NaN/inf; the others get no type:
+    probabilities NaN, type ``""``, not confident, distance ``inf``."""
+    if not nonfinite.any():
+        return est.predict(x)
+    rows = np.flatnonzero(~nonfinite)
+    part = est.predict(x[rows])
+    n = x.shape[0]
+    out = {"proba": np.full((n, len(est.classes)), np.nan, dtype=np.float32),
+           "predicted": np.full(n, "", dtype=object), "p_predicted": np.full(n, np.nan),
+           "confident": np.zeros(n, dtype=bool), "ood_distance": np.full(n, np.inf)}
+    for key, value in out.items():
+        value[rows] = part[key]
+    return out
 
 
 # --- scoring final types against a truth ---------------------------------------------------------

@@ -88,8 +88,8 @@ def start_pool(workers: int, preload: Sequence[str] = ()) -> ProcessPoolExecutor
                 future.result()
     except BrokenProcessPool as exc:
         pool.shutdown(cancel_futures=True)
-        raise RuntimeError(f"the {workers} worker processes could not start ({exc}); "
-                           "run with --workers 1 to work in this process") from None
+        raise compute.ComputeError(f"the {workers} worker processes could not start ({exc}); "
+                                   "run with --workers 1 to work in this process") from None
     return pool
 
 
@@ -124,5 +124,5 @@ def map_ordered(func: Callable[..., Any], items: Iterable[Any], *args: Any,
         yield from compute.ordered_map(func, items, args, submit=pool.submit, in_flight=2 * workers,
                                        cache=cache)
     except BrokenProcessPool as exc:
-        raise RuntimeError(f"a worker process died ({exc}); the finished chunks are kept: run the same "
-                           "command again to resume, with --workers 1 if it repeats") from None
+        raise compute.ComputeError(f"a worker process died ({exc}); the finished chunks are kept: run the "
+                                   "same command again to resume, with --workers 1 if it repeats") from None

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..io.atomic import write_text_atomic
 from ..io.rundir import RunDir
 
 __all__ = ["auto_votes", "is_automatic", "human_voters", "truth_types", "AUTO_PREFIX"]
@@ -69,7 +70,7 @@ def auto_votes(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | p
     run_dir : str, Path or RunDir
         Run directory with a catalog (``skymorph cluster``).
     truth : str, Path or DataFrame
-        Table of known labels (see :func:`skymorph.stages.evaluate.read_truth`).
+        Table of known labels (see :func:`skymorph.io.tables.read_labels`).
     id_col, label_col : str
         Its id column (matched to the catalog's ``id`` as text) and label column.
     config : Config, optional
@@ -93,7 +94,7 @@ def auto_votes(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | p
     InspectError
         A label that is no type (the message names it and the types), a type that
         ``merge`` cannot read (not upper case), or an expert name without ``auto:``.
-    EvaluateError
+    TableError
         Truth file or column problems, or no id matching the catalog.
     """
     from . import InspectError, VoteStore, clustering_fingerprint, consensus_labels, sample_members
@@ -148,9 +149,7 @@ def auto_votes(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | p
         "n_clusters": len(result), "n_voted": int((result["type"] != "").sum()),
         "clusters": json.loads(result.to_json(orient="records")),
     }
-    tmp = out / ".auto_votes.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, out / "auto_votes.json")
+    write_text_atomic(out / "auto_votes.json", json.dumps(info, indent=2))
     return result
 
 
@@ -170,18 +169,18 @@ def truth_types(catalog: pd.DataFrame, truth: str | os.PathLike | pd.DataFrame, 
     ------
     InspectError
         A label that is neither excluded nor a type (the message names it).
-    EvaluateError
+    TableError
         Truth file or column problems, or no id matching the catalog.
     """
-    from ..stages.evaluate import EvaluateError, read_truth
+    from ..io.tables import TableError, read_labels
     from . import InspectError
 
     types = list(types)
-    table = read_truth(truth, id_col, label_col)
+    table = read_labels(truth, id_col=id_col, label_col=label_col)
     lookup = dict(zip(table["id"], table["label"], strict=True))
     ids = catalog["id"].map(lambda v: v.decode() if isinstance(v, bytes) else str(v)).str.strip()
     if not ids.isin(lookup.keys()).any():
-        raise EvaluateError(
+        raise TableError(
             f"none of the {len(table)} ids in column {id_col!r} of the truth table matches any of the "
             f"{len(ids)} catalog ids (truth ids look like {', '.join(table['id'].head(3))}; catalog ids "
             f"look like {', '.join(ids.head(3))}); check --id-col")

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..io.csvfile import write_csv
 from ..io.rundir import RunDir
 from .montage import InspectError, clustering_fingerprint, consensus_labels, inspection_dir
 from .votes import VOTE_COLUMNS, unescape_cell
@@ -39,7 +40,12 @@ def read_votes(paths: Sequence[str | os.PathLike], types: Sequence[str]) -> pd.D
         path = Path(path)
         if not path.exists():
             raise InspectError(f"vote file {path} does not exist")
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        try:
+            table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        except (UnicodeDecodeError, ValueError, OSError) as exc:
+            raise InspectError(f"vote file {path} cannot be read as CSV text ({type(exc).__name__}: {exc}); "
+                               "give the votes.csv that inspect serve wrote, or a CSV with expert, cluster "
+                               "and type columns") from None
         missing = [c for c in ("expert", "cluster", "type") if c not in table.columns]
         if missing:
             raise InspectError(f"vote file {path} lacks column(s) {', '.join(missing)}; "
@@ -183,9 +189,9 @@ def merge_votes(run: RunDir, votes: Sequence[str | os.PathLike] | None, config: 
         "id": catalog["id"], "morph_type": mtype, "type_flag": flag, "type_agreement": agreement,
     }))
     out = inspection_dir(run)
-    result.to_csv(out / "cluster_types.csv", index=False)
+    write_csv(result, out / "cluster_types.csv")
     counts = type_counts(updated, types)
-    counts.to_csv(out / "type_counts.csv", index=False)
+    write_csv(counts, out / "type_counts.csv")
     (out / "type_counts.json").write_text(json.dumps({
         "min_agree": min_agree, "n_votes": len(table),
         "n_experts": int(table["expert"].str.casefold().nunique()),

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config, InspectConfig
+from ..errors import SkymorphError
 from ..io.rundir import RunDir, RunDirError
 from ._templates import render
 
@@ -54,7 +55,7 @@ DISPLAY_SCALED_SUFFIXES = (".jpg", ".jpeg", ".png")
 STRETCH_MODES = ("auto", "asinh", "linear")
 
 
-class InspectError(ValueError):
+class InspectError(SkymorphError, ValueError):
     """Inputs of the inspection step are unusable (no consensus clusters, bad vote file...)."""
 
 

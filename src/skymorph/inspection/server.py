@@ -40,6 +40,7 @@ from urllib.parse import parse_qs
 import numpy as np
 
 from ..config import Config
+from ..errors import SkymorphError
 from ..io.rundir import RunDir
 from ._templates import read_static
 from .montage import (
@@ -73,7 +74,7 @@ SOFTENING_RANGE = (0.001, 10.0)
 _WILDCARD = {"", "0.0.0.0", "::"}
 
 
-class _Reject(Exception):
+class _Reject(SkymorphError):
     """A request refused with ``status`` and a one-line reason."""
 
     def __init__(self, status: int, reason: str) -> None:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..io.csvfile import escape_cell, unescape_cell
 from .montage import InspectError
 
 VOTE_COLUMNS = ["expert", "cluster", "type", "time", "clustering"]
@@ -19,27 +20,6 @@ montages showed, so votes cast on an older clustering are never applied to a new
 
 MAX_EXPERT_NAME = 80
 LOCK_TIMEOUT_S = 60.0
-
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_QUOTE = "'"
-
-
-def escape_cell(text: str) -> str:
-    """A text cell made safe for spreadsheets (CSV injection): a cell starting with ``=``,
-    ``+``, ``-``, ``@``, tab or CR, which a spreadsheet would take for a formula, is written
-    after a single quote; so is one starting with a quote, so that :func:`unescape_cell`
-    gives back exactly the text written."""
-    if text.startswith((*_FORMULA_START, _QUOTE)):
-        return _QUOTE + text
-    return text
-
-
-def unescape_cell(text: str) -> str:
-    """The text :func:`escape_cell` was given."""
-    if text.startswith(_QUOTE) and text[1:].startswith((*_FORMULA_START, _QUOTE)):
-        return text[1:]
-    return text
-
 
 def clean_expert(name: Any) -> str:
     """The expert's name with blanks collapsed; checks it is usable.

@@ -23,10 +23,12 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from ..errors import SkymorphError
+
 __all__ = [
     "Reject", "GalaxyImage", "read_image", "read_galaxy", "read_error_map", "to_rms", "check_pixels",
     "fits_image", "error_hdu", "hdu_kind", "suffix_of", "stem_of", "FITS_SUFFIXES", "RASTER_SUFFIXES",
-    "NPY_SUFFIXES", "IMAGE_SUFFIXES", "DEFAULT_MAX_PIXELS",
+    "NPY_SUFFIXES", "IMAGE_SUFFIXES", "DEFAULT_MAX_PIXELS", "content_kind",
 ]
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.fz")
@@ -48,7 +50,7 @@ _AUX_HDU_NAMES = set(ERROR_HDU_KINDS) | {"PSF", "MASK", "DQ", "CTX", "CON", "EXP
 """HDUs that are never the galaxy image when the image HDU is chosen automatically."""
 
 
-class Reject(Exception):
+class Reject(SkymorphError):
     """One input is unusable; the message is the reason written to rejects.csv."""
 
 
@@ -295,10 +297,60 @@ def read_error_map(path: str | Path, kind: str, shape: tuple[int, ...],
     return to_rms(data, kind), f"file {where} ({kind})"
 
 
+_MAGIC = ((b"SIMPLE  =", "FITS"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"),
+          (b"\x93NUMPY", "NPY"), (b"\x1f\x8b", "gzip"), (b"PK\x03\x04", "zip"))
+_SUFFIX_KIND = {**dict.fromkeys(FITS_SUFFIXES, "FITS"), ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG",
+                ".npy": "NPY"}
+_RIGHT_SUFFIX = {"FITS": ".fits", "PNG": ".png", "JPEG": ".jpeg", "NPY": ".npy", "gzip": ".fits.gz"}
+
+
+def content_kind(path: Path) -> str | None:
+    """What the file's first bytes say it is (FITS, PNG, JPEG, NPY, gzip, zip), else ``None``."""
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    return next((kind for magic, kind in _MAGIC if head.startswith(magic)), None)
+
+
+def _check_content(path: Path, suffix: str) -> None:
+    """Refuse a file whose content is not what its name says (a FITS file named .png
+    would otherwise be read as a display-scaled image); a gzip file named .fits is fine."""
+    named = _SUFFIX_KIND.get(suffix)
+    found = content_kind(path)
+    if named is None or found is None or found == named:
+        return
+    if named == "FITS" and found == "gzip":  # compressed FITS under a plain name: astropy reads it
+        return
+    right = _RIGHT_SUFFIX.get(found, "")
+    hint = f"rename it to {stem_of(path)}{right}" if right else "convert it to FITS, PNG, JPEG or NPY"
+    raise Reject(f"the file holds {found} data but its name ends in {suffix}; {hint}")
+
+
+def _zero_size(path: Path) -> str:
+    """Why a file of length 0 cannot be read: empty, or a special file (e.g. under /proc)
+    that reports no length."""
+    try:
+        with path.open("rb") as fh:
+            has_data = bool(fh.read(1))
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc}); it reports a length of 0, like a special file"
+    if has_data:
+        return ("a special file (it reports a length of 0 but has content, like a file under /proc), "
+                "not an image file")
+    return "empty (zero-byte) file"
+
+
+def _is_gzip(path: Path) -> bool:
+    try:
+        return content_kind(path) == "gzip"
+    except OSError:
+        return False
+
+
 @contextmanager
 def _open_fits(path: Path, memmap: bool) -> Iterator[tuple[fits.HDUList, int | None]]:
     """``fits.open`` with the file length of uncompressed files (for truncation checks)."""
-    size = None if path.name.lower().endswith(_COMPRESSED) else path.stat().st_size
+    compressed = path.name.lower().endswith(_COMPRESSED) or _is_gzip(path)
+    size = None if compressed else path.stat().st_size
     with fits.open(path, memmap=memmap) as hdul:
         yield hdul, size
 
@@ -332,7 +384,8 @@ def read_galaxy(path: str | Path, hdu: int | None = None, *, max_pixels: float =
     suffix = suffix_of(path)
     try:
         if path.stat().st_size == 0:
-            raise Reject("empty (zero-byte) file")
+            raise Reject(_zero_size(path))
+        _check_content(path, suffix)
         if suffix in FITS_SUFFIXES:
             return _read_fits(path, hdu, max_pixels, with_extras)
         if suffix in RASTER_SUFFIXES:
@@ -346,11 +399,12 @@ def read_galaxy(path: str | Path, hdu: int | None = None, *, max_pixels: float =
         raise
     except MemoryError:
         raise Reject("ran out of memory reading it; lower ingest.max_pixels or --workers") from None
-    except (OSError, ValueError, TypeError, IndexError, EOFError, KeyError) as exc:
+    except Exception as exc:  # any reader's failure on one file is that file's reject
         if suffix in FITS_SUFFIXES and "reshape" in str(exc):
             raise Reject("truncated FITS file (data shorter than its header says)") from None
         kind = {**dict.fromkeys(FITS_SUFFIXES, "FITS"), ".npy": "NPY"}.get(suffix, "image")
-        raise Reject(f"unreadable {kind} file: {exc}") from None
+        detail = str(exc) if isinstance(exc, OSError | ValueError) else f"{type(exc).__name__}: {exc}"
+        raise Reject(f"unreadable {kind} file: {detail}") from None
     raise Reject(f"unsupported file type {suffix!r}; use FITS, PNG, JPEG or NPY")
 
 
@@ -438,8 +492,8 @@ def _read_npy(path: Path, max_pixels: float) -> np.ndarray:
                 shape, _, dtype = npy_format.read_array_header_2_0(fh)
             else:  # 3.0 only differs by UTF-8 field names of structured dtypes
                 shape, _, dtype = npy_format._read_array_header(fh, version)
-        except ValueError as exc:
-            raise Reject(f"unreadable NPY file: {exc}") from None
+        except Exception as exc:  # a damaged header raises ValueError, SyntaxError, TokenError...
+            raise Reject(f"unreadable NPY file: damaged header ({type(exc).__name__}: {exc})") from None
         offset = fh.tell()
     if dtype.kind == "c":
         raise Reject(f"NPY array is complex ({dtype}); ingest reads real images: save the real part "

@@ -4,7 +4,10 @@ Layout (paths relative to ``RUN_DIR``)::
 
     skymorph.json        format version and the skymorph version that created it
     config.toml          every setting used by the last stage that ran
-    stages/<stage>.json  fingerprint of each finished stage (inputs + settings)
+    stages/<stage>.json  fingerprint of each finished stage (inputs + settings) and
+                         ``settings_used``: the settings its outputs were made with
+                         (config.toml is rebuilt from them when missing or empty)
+    stages/<stage>.unfinished  a stage that started writing and has not finished
     stamps.zarr          N x S x S float32 stamps                    (ingest)
     sources.parquet      one row per stamp, same order               (ingest)
     rejects.csv          id, origin, stage, reason of unusable inputs (any stage)
@@ -35,6 +38,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
+import math
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -48,8 +53,12 @@ import zarr
 
 from .._version import __version__
 from ..config import Config, ConfigError, load_config
+from ..errors import SkymorphError
+from .csvfile import escape_cell, read_csv, write_csv
 
-__all__ = ["RunDir", "RunDirError", "ArrayWriter", "REJECT_COLUMNS", "iter_chunks"]
+__all__ = ["RunDir", "RunDirError", "printable", "ArrayWriter", "REJECT_COLUMNS", "iter_chunks"]
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 REJECT_COLUMNS = ["id", "origin", "stage", "reason"]
@@ -58,7 +67,7 @@ REJECT_COLUMNS = ["id", "origin", "stage", "reason"]
 _KEEP_EMPTY_CHUNKS = {"write_empty_chunks": True}
 
 
-class RunDirError(RuntimeError):
+class RunDirError(SkymorphError, RuntimeError):
     """A run directory is missing, incomplete or from an incompatible version."""
 
 
@@ -132,12 +141,27 @@ class RunDir:
     def summary(self) -> str:
         """A few lines on what the run holds: stages finished, arrays, catalog, rejects."""
         lines = [f"run directory {self.path}"]
-        for path in sorted((self.path / "stages").glob("*.json")):
+        for path in self._stage_records():
             info = self.stage_info(path.stem) or {}
             lines.append(f"  {path.stem:<9} finished {info.get('finished', '?')}")
+        partial: dict[str, str] = {}
+        for stage, info in self.unfinished().items():
+            lines.append(f"  {stage:<9} UNFINISHED: started {info.get('started', '?')} and stopped before "
+                         f"the end; its outputs are partial, run `{_command(stage, self.path)}` again")
+            partial.update(dict.fromkeys(info.get("outputs", []), stage))
         for path in sorted(self.path.glob("*.zarr")):
-            array = self.open_array(path.stem, check=False)
-            lines.append(f"  {path.stem:<13} {' x '.join(map(str, array.shape))} {array.dtype}")
+            try:
+                array = self.open_array(path.stem, check=False)
+            except RunDirError as exc:
+                lines.append(f"  {path.stem:<13} DAMAGED: {exc}")
+                continue
+            note = f" (partial: {partial[path.name]} did not finish)" if path.name in partial else ""
+            if not note:
+                try:
+                    self._check_chunks(path.stem, array)
+                except RunDirError as exc:
+                    note = f" DAMAGED: {exc}"
+            lines.append(f"  {path.stem:<13} {' x '.join(map(str, array.shape))} {array.dtype}{note}")
         if (self.path / "catalog.parquet").exists():
             from .catalog import describe_catalog
 
@@ -193,12 +217,57 @@ class RunDir:
             the message names the file.
         """
         path = self.path / "config.toml"
-        if not path.exists():
-            return Config()
+        if not path.exists() or _is_blank_toml(path):
+            return self._config_from_records("missing" if not path.exists() else "empty")
         try:
             return load_config(path)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc} (fix the file or remove the line)") from None
+        except (UnicodeDecodeError, OSError) as exc:
+            raise ConfigError(f"{path} cannot be read as settings ({exc}); restore it, or delete it to "
+                              "rebuild it from the stage records in stages/") from None
+
+    def _stage_records(self) -> list[Path]:
+        """``stages/<stage>.json`` of each finished stage (not the resume records such as
+        ``encode.partial.json``)."""
+        return sorted(p for p in (self.path / "stages").glob("*.json") if "." not in p.stem)
+
+    def recorded_settings(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """``{stage: {section: {key: value}}}``: the settings each finished stage's outputs
+        were made with (``settings_used`` of ``stages/<stage>.json``; stages recorded by an
+        older skymorph are left out)."""
+        out = {}
+        records = [self.stage_info(p.stem) or {} for p in self._stage_records()]
+        for info in sorted(records, key=lambda i: str(i.get("finished", ""))):
+            used = info.get("settings_used")
+            if isinstance(used, dict) and isinstance(info.get("stage"), str):
+                out[info["stage"]] = used
+        return out
+
+    def _config_from_records(self, state: str) -> Config:
+        """The settings rebuilt from the stage records, for a ``config.toml`` that is missing
+        or empty (the defaults for a run where no stage has finished)."""
+        stages = sorted(p.stem for p in self._stage_records())
+        if not stages:
+            return Config()
+        recorded = self.recorded_settings()
+        lacking = [s for s in stages if s not in recorded]
+        if lacking:
+            raise ConfigError(
+                f"{self.path / 'config.toml'} is {state} and stages/{lacking[0]}.json does not record the "
+                "settings its outputs were made with (an older skymorph wrote it); restore config.toml, "
+                "or re-run the pipeline into a new run directory")
+        values: dict[str, dict[str, Any]] = {}
+        for sections in recorded.values():
+            for section, entries in sections.items():
+                values.setdefault(section, {}).update(entries)
+        log.warning("%s is %s: the settings were rebuilt from the records of %s in stages/",
+                    self.path / "config.toml", state, ", ".join(recorded))
+        try:
+            return Config().update(values)
+        except ConfigError as exc:
+            raise ConfigError(f"the stage records in {self.path / 'stages'} hold a setting this skymorph "
+                              f"does not know ({exc}); restore config.toml") from None
 
     # -- settings and staleness ------------------------------------------------
 
@@ -225,11 +294,18 @@ class RunDir:
         for name in upstream:
             info = self.stage_info(name)
             if info is None:
+                state = ("started but did not finish (its outputs are partial)"
+                         if name in self.unfinished() else "has not run")
                 raise RunDirError(
-                    f"stage '{stage}' needs the output of '{name}', which has not run in "
-                    f"{self.path}; run `skymorph {name} {self.path}` first"
+                    f"stage '{stage}' needs the output of '{name}', which {state} in "
+                    f"{self.path}; run `{_command(name, self.path)}` first"
                 )
-            parts.append(info["fingerprint"])
+            fingerprint = info.get("fingerprint")
+            if not isinstance(fingerprint, str):
+                raise RunDirError(
+                    f"{self.path / 'stages' / (name + '.json')} is damaged (its fingerprint is "
+                    f"{fingerprint!r}, not text); run {self.command_for(name)} again with --force")
+            parts.append(fingerprint)
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def is_current(self, stage: str, fingerprint: str) -> bool:
@@ -237,9 +313,33 @@ class RunDir:
         info = self.stage_info(stage)
         return info is not None and info.get("fingerprint") == fingerprint
 
+    def mark_started(self, stage: str, outputs: Iterable[str] = ()) -> None:
+        """Record that ``stage`` is writing ``outputs``; :meth:`mark_done` clears it, so a
+        stage that stops part-way leaves its run marked unfinished (see :meth:`unfinished`)."""
+        (self.path / "stages").mkdir(exist_ok=True)
+        _atomic_write(self.path / "stages" / f"{stage}.unfinished",
+                      json.dumps({"stage": stage, "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                                  "outputs": list(outputs)}))
+
+    def command_for(self, stage: str) -> str:
+        """The command that (re)runs ``stage`` here, saying so when it started but did not finish."""
+        state = " again (it started but did not finish)" if stage in self.unfinished() else ""
+        return f"`{_command(stage, self.path)}`{state}"
+
+    def unfinished(self) -> dict[str, dict[str, Any]]:
+        """Stages that started writing their outputs and stopped before the end."""
+        out = {}
+        for path in sorted((self.path / "stages").glob("*.unfinished")):
+            try:
+                out[path.stem] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                out[path.stem] = {}
+        return out
+
     def mark_done(self, stage: str, fingerprint: str, **summary: Any) -> None:
         """Record that ``stage`` finished, with its fingerprint and a summary."""
         (self.path / "stages").mkdir(exist_ok=True)
+        (self.path / "stages" / f"{stage}.unfinished").unlink(missing_ok=True)
         info = {
             "stage": stage,
             "fingerprint": fingerprint,
@@ -282,7 +382,7 @@ class RunDir:
             raise RunDirError(f"{self.path} has no '{name}' array yet")
         try:
             array = zarr.open_array(store=str(self.array_path(name)), mode="r")
-        except (ValueError, OSError, KeyError) as exc:
+        except (ValueError, OSError, KeyError, TypeError) as exc:
             raise RunDirError(f"the '{name}' array of {self.path} cannot be read ({exc}); "
                               "re-run the stage that writes it with --force") from None
         if check:
@@ -299,6 +399,47 @@ class RunDir:
                 f"the '{name}' array of {self.path} has lost {len(missing)} of {n_chunks} chunks "
                 f"(first: chunk {missing[0]}, galaxies {missing[0] * array.chunks[0]}...); re-run the "
                 "stage that writes it with --force")
+        if not getattr(array, "compressors", ()):  # uncompressed: every chunk file has one length
+            expected = math.prod(array.chunks) * array.dtype.itemsize
+            for i in range(n_chunks):
+                chunk = root.joinpath(str(i), *["0"] * (array.ndim - 1))
+                size = chunk.stat().st_size if chunk.is_file() else expected
+                if size != expected:
+                    raise RunDirError(
+                        f"chunk {i} of the '{name}' array ({chunk}) holds {size} bytes, not {expected}: it "
+                        "is truncated or damaged; re-run the stage that writes it with --force")
+        n_sources = self._n_sources()
+        if n_sources is not None and array.shape[0] != n_sources:
+            raise RunDirError(
+                f"the '{name}' array of {self.path} has {array.shape[0]} rows but sources.parquet "
+                f"{n_sources} galaxies: {self.array_path(name) / 'zarr.json'} or sources.parquet is "
+                "damaged; re-run the stage that writes the array with --force")
+
+    def _n_sources(self) -> int | None:
+        """Rows of ``sources.parquet`` from its footer (``None`` when there is none)."""
+        path = self.path / "sources.parquet"
+        if not path.exists():
+            return None
+        import pyarrow.parquet as pq
+
+        try:
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"{path} is damaged ({exc}); re-run ingest (`skymorph ingest INPUT... "
+                              f"--out {self.path} --force`)") from None
+
+    def damage(self, relative: str) -> str | None:
+        """Why an output (a file, or an array as ``name.zarr``) cannot be reused: missing,
+        or an array with lost or truncated chunks or the wrong number of rows; ``None``
+        when it is fine."""
+        if not self.exists(relative):
+            return "missing"
+        if relative.endswith(".zarr"):
+            try:
+                self.open_array(relative[:-5])
+            except RunDirError as exc:
+                return str(exc)
+        return None
 
     def create_array(self, name: str, shape: tuple[int, ...], chunk: int,
                      dtype: str = "float32", attributes: dict[str, Any] | None = None) -> zarr.Array:
@@ -336,7 +477,7 @@ class RunDir:
             raise RunDirError(
                 f"{self.path} has no sources table; run `skymorph ingest INPUT... --out {self.path}`"
             )
-        return pd.read_parquet(path)
+        return _read_parquet(path, f"re-run ingest (`skymorph ingest INPUT... --out {self.path} --force`)")
 
     @property
     def rejects_path(self) -> Path:
@@ -348,25 +489,33 @@ class RunDir:
         if not rows:
             return 0
         new = not self.rejects_path.exists()
-        with self.rejects_path.open("a", newline="") as fh:
+        with self.rejects_path.open("a", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=REJECT_COLUMNS, extrasaction="ignore")
             if new:
                 writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: escape_cell(printable(row.get(k, ""))) for k in REJECT_COLUMNS}
+                             for row in rows)
         return len(rows)
 
     def rejects(self, stage: str | None = None) -> pd.DataFrame:
         """Rejected inputs, optionally of one stage only."""
         if not self.rejects_path.exists():
             return pd.DataFrame(columns=REJECT_COLUMNS)
-        table = pd.read_csv(self.rejects_path, dtype=str, keep_default_na=False)
+        try:
+            table = read_csv(self.rejects_path, dtype=str, keep_default_na=False, encoding="utf-8")
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+            raise RunDirError(f"{self.rejects_path} is damaged ({exc}); delete it and re-run ingest "
+                              "(it lists the inputs that could not be used)") from None
+        if list(table.columns) != REJECT_COLUMNS:
+            raise RunDirError(f"{self.rejects_path} is damaged (its columns are not "
+                              f"{', '.join(REJECT_COLUMNS)}); delete it and re-run ingest")
         return table if stage is None else table[table["stage"] == stage]
 
     def clear_rejects(self, stage: str) -> None:
         """Drop the reject rows of one stage (before that stage runs again);
         the file always exists afterwards, so an empty one means nothing was rejected."""
         table = self.rejects()
-        table[table["stage"] != stage].to_csv(self.rejects_path, index=False)
+        write_csv(table[table["stage"] != stage], self.rejects_path, encoding="utf-8")
 
     def catalog(self) -> pd.DataFrame:
         """The morphology catalog (``catalog.parquet``)."""
@@ -375,7 +524,7 @@ class RunDir:
             raise RunDirError(
                 f"{self.path} has no catalog yet; run `skymorph cluster {self.path}` first"
             )
-        return pd.read_parquet(path)
+        return _read_parquet(path, f"re-run `skymorph cluster {self.path} --force` (and the stages after it)")
 
     def write_catalog(self, table: pd.DataFrame) -> pd.DataFrame:
         """Write the catalog as Parquet and FITS, with units, descriptions and
@@ -395,6 +544,44 @@ class RunDir:
         return update_catalog(self.path, columns)
 
 
+def _read_parquet(path: Path, remedy: str) -> pd.DataFrame:
+    """A Parquet table of the run; a truncated or damaged one is an error naming it."""
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{path} is damaged ({exc}); {remedy}") from None
+
+
+def _is_blank_toml(path: Path) -> bool:
+    """A settings file with nothing but blanks and comments (``: > config.toml``)."""
+    try:
+        text = path.read_bytes()
+    except OSError:
+        return False
+    return all(not line.strip() or line.lstrip().startswith(b"#") for line in text.splitlines())
+
+
+def _command(stage: str, path: Path) -> str:
+    """The command line that runs ``stage`` on the run ``path``."""
+    if stage == "ingest":
+        return f"skymorph ingest INPUT... --out {path}"
+    return f"skymorph {stage} {path}"
+
+
+def printable(value: Any) -> str:
+    """``value`` as text that can be written anywhere: the bytes of a file name that
+    are not valid UTF-8 (held by Python as surrogates) become ``\\xNN`` escapes."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a lone surrogate that no file name decoded to
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _read_json(path: Path, missing_ok: bool = False) -> dict[str, Any]:
     """A JSON file of the run directory; a damaged one is an error naming it."""
     try:
@@ -412,14 +599,10 @@ def _read_json(path: Path, missing_ok: bool = False) -> dict[str, Any]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so that a
-    reader never sees half a file and a full disk leaves the old one in place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """:func:`skymorph.io.atomic.write_text_atomic`."""
+    from .atomic import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 class ArrayWriter:

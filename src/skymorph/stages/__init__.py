@@ -34,31 +34,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config, ConfigError
-from ..io.rundir import RunDir
+from ..io.rundir import RunDir, RunDirError
+from ..registry import PIPELINE, STAGES
 
 __all__ = ["Stage", "Argument", "StageContext", "STAGES", "PIPELINE", "get_stage", "execute",
            "image_source"]
 
 log = logging.getLogger(__name__)
-
-STAGES: dict[str, str] = {
-    "ingest": "skymorph.stages.ingest:STAGE",
-    "denoise": "skymorph.stages.denoise:STAGE",
-    "polar": "skymorph.stages.polar:STAGE",
-    "encode": "skymorph.stages.encode:STAGE",
-    "reduce": "skymorph.stages.reduce:STAGE",
-    "cluster": "skymorph.stages.cluster:STAGE",
-    "montage": "skymorph.stages.inspect:MONTAGE",
-    "merge": "skymorph.stages.inspect:MERGE",
-    "extend": "skymorph.stages.extend:STAGE",
-    "measure": "skymorph.stages.measure:STAGE",
-    "validate": "skymorph.stages.validate:STAGE",
-}
-"""Every stage, in pipeline order, and the ``module:name`` of its declaration (imported on use)."""
-
-PIPELINE = ("ingest", "denoise", "polar", "encode", "reduce", "cluster", "montage")
-"""What ``skymorph run`` executes, in order (stages switched off are skipped)."""
-
 
 @dataclass(frozen=True)
 class Argument:
@@ -186,6 +168,44 @@ def _session(stage: Stage, config: Config, run: RunDir, fingerprint: str) -> Ite
         yield session
 
 
+def _upstream_closure(stage: Stage, config: Config) -> list[str]:
+    """Every stage whose outputs ``stage`` reads, directly or through another."""
+    seen: list[str] = []
+    todo = list(stage.upstream(config))
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.append(name)
+            todo += list(get_stage(name).upstream(config))
+    return seen
+
+
+def _check_upstream_settings(run: RunDir, config: Config, stage: Stage) -> None:
+    """Refuse to run ``stage`` with settings of an upstream stage that differ from those
+    its outputs were made with: the stage would compute from the old outputs and record
+    the new settings in config.toml as if they had made them."""
+    recorded = run.recorded_settings()
+    for name in _upstream_closure(stage, config):
+        used = recorded.get(name)
+        if used is None:
+            continue
+        sections = [s for s in get_stage(name).sections if s in used]
+        now = config.result_settings(*sections)
+        for section in sections:
+            for key, value in now[section].items():
+                if key in used[section] and _plain(used[section][key]) != _plain(value):
+                    raise RunDirError(
+                        f"{section}.{key} is {value!r} in the settings, but the outputs of '{name}' in "
+                        f"{run.path} were made with {used[section][key]!r} (stages/{name}.json); run "
+                        f"{run.command_for(name)} with the new value first, or set it back "
+                        f"(--set {section}.{key}=...)")
+
+
+def _plain(value: Any) -> Any:
+    """A setting as JSON gives it back (tuples as lists)."""
+    return list(map(_plain, value)) if isinstance(value, list | tuple) else value
+
+
 def execute(name: str, run_dir: str | os.PathLike | RunDir, config: Config | None = None, *,
             force: bool = False, progress: bool = True, options: dict[str, Any] | None = None,
             **settings: Any) -> RunDir:
@@ -242,22 +262,29 @@ def execute(name: str, run_dir: str | os.PathLike | RunDir, config: Config | Non
         stage.check(config)
     ctx = StageContext(run=run, config=config, options=dict(options or {}), progress=progress)
     with run.lock(f"skymorph {name}"):
+        _check_upstream_settings(run, config, stage)
         extra = stage.extra(ctx) if stage.extra is not None else None
         fingerprint = run.fingerprint(name, config, stage.sections, upstream=stage.upstream(config),
                                       extra=extra)
-        if not (force or stage.always) and run.is_current(name, fingerprint) and all(
-                run.exists(path) for path in stage.outputs):
+        current = not (force or stage.always) and run.is_current(name, fingerprint)
+        damaged = {path: run.damage(path) for path in stage.outputs} if current else {}
+        for path, why in damaged.items():
+            if why and why != "missing":
+                log.warning("%s: %s is damaged (%s); computing it again", name, path, why)
+        if current and not any(damaged.values()):
             log.info("%s: inputs and settings unchanged, reusing the output in %s", name, run.path)
         else:
             ctx.fingerprint = fingerprint
             with _session(stage, config, run, fingerprint) as session:
                 ctx.compute = session
                 run.invalidate(name)
+                run.mark_started(name, stage.outputs)
                 run.record_config(config)
                 summary = stage.compute(ctx) or {}
                 if session is not None and session.cache.n_reused:
                     summary.setdefault("n_tasks_resumed", session.cache.n_reused)
-            run.mark_done(name, fingerprint, **summary)
+            used = {s: config.to_dict()[s] for s in stage.sections}
+            run.mark_done(name, fingerprint, **summary, settings_used=used)
             if stage.chunked:
                 from ..io.chunklog import clear_parts
 

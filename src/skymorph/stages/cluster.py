@@ -32,6 +32,7 @@ from ..core.clustering import (
     fit_placer,
     vote,
 )
+from ..io.csvfile import write_csv
 from ..io.rundir import RunDir
 from . import Stage, StageContext, execute
 
@@ -116,7 +117,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     run.write_catalog(catalog)
     out = run.path / "cluster"
     out.mkdir(exist_ok=True)
-    cluster_table(result, k=cfg.k).to_csv(out / "clusters.csv", index=False)
+    write_csv(cluster_table(result, k=cfg.k), out / "clusters.csv")
     log.info("cluster: %d of %d galaxies kept (%.0f%%)", result.info["n_kept"], n,
              100 * result.info["kept_fraction"])
     return {"n_galaxies": n, **result.info}

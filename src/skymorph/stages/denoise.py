@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..config import Config, DenoiseConfig
+from ..config import Config, ConfigError, DenoiseConfig
 from ..core.compute import run_chunks, worker_cached
 from ..core.sky import border_sky
 from ..io.chunklog import ChunkLedger, resume_or_create
@@ -73,7 +73,7 @@ def _check(cfg: DenoiseConfig) -> None:
     if not cfg.learning_rate > 0:
         problems.append(f"learning_rate must be > 0 (got {cfg.learning_rate})")
     if problems:
-        raise ValueError("invalid [denoise] settings: " + "; ".join(problems))
+        raise ConfigError("invalid [denoise] settings: " + "; ".join(problems))
 
 
 def _file_hash(path: Path) -> str:
@@ -119,8 +119,8 @@ def apply_cae(stamps: np.ndarray, model, batch_size: int = 32) -> np.ndarray:
 
     stamps = np.asarray(stamps)
     if stamps.ndim != 3 or stamps.shape[-1] != model.arch["stamp_size"]:
-        raise ValueError(f"the CAE was trained on {model.arch['stamp_size']}-pixel stamps; "
-                         f"got an array of shape {stamps.shape}")
+        raise _cae.CAEError(f"the CAE was trained on {model.arch['stamp_size']}-pixel stamps; "
+                            f"got an array of shape {stamps.shape}")
     device = next(model.parameters()).device
     return _cae.denoise_block(model, stamps, batch_size, device)
 
@@ -246,9 +246,9 @@ def _extra(ctx: StageContext) -> dict[str, Any] | None:
     model, _ = _cae.load_checkpoint(checkpoint, _cae.resolve_device(cfg.device))
     size = ctx.run.open_array("stamps").shape[-1]
     if model.arch["stamp_size"] != size:
-        raise ValueError(f"the CAE in {checkpoint} was trained on {model.arch['stamp_size']}-pixel "
-                         f"stamps; this run has {size}-pixel stamps (train a new one: drop "
-                         "--cae-checkpoint)")
+        raise _cae.CAEError(f"the CAE in {checkpoint} was trained on {model.arch['stamp_size']}-pixel "
+                            f"stamps; this run has {size}-pixel stamps (train a new one: drop "
+                            "--cae-checkpoint)")
     ctx.state["model"] = model
     return {"checkpoint": _file_hash(checkpoint)}
 

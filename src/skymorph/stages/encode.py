@@ -61,7 +61,7 @@ def _extra(ctx: StageContext) -> dict[str, Any]:
         raise RunDirError(
             f"encode reads the '{source}' array (the newest image array of the settings: "
             f"denoise.enabled = {ctx.config.denoise.enabled}, polar.enabled = {ctx.config.polar.enabled}), "
-            f"but {ctx.run.path} has none: run `skymorph {stage} {ctx.run.path}` first, or encode "
+            f"but {ctx.run.path} has none: run {ctx.run.command_for(stage)} first, or encode "
             "another array with --set polar.enabled=false (and --set denoise.enabled=false for the "
             "ingested stamps)"
         )

@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..errors import SkymorphError
+from ..io.atomic import write_text_atomic
 from ..io.rundir import RunDir
 
 __all__ = [
@@ -42,7 +44,7 @@ UNNAMED = "(unnamed)"
 """Prediction for a cluster none of whose sampled members has a label."""
 
 
-class EvaluateError(ValueError):
+class EvaluateError(SkymorphError, ValueError):
     """The truth table or the run cannot be evaluated (wrong column, no matching ids...)."""
 
 
@@ -177,39 +179,10 @@ def _missing_to_empty(value: Any) -> str:
 # --- reading the truth ----------------------------------------------------------------------
 
 
-def _ids_as_str(column: pd.Series, name: str, source: str) -> pd.Series:
-    """Identifiers as exact strings; large integers must never pass through float64."""
-    if pd.api.types.is_integer_dtype(column):
-        return column.astype("int64").astype(str)
-    if pd.api.types.is_float_dtype(column):
-        values = column.dropna()
-        if (values % 1 == 0).all() and (values.abs() < 2**53).all():
-            return column.map(lambda v: "" if pd.isna(v) else str(int(v)))
-        raise EvaluateError(
-            f"id column {name!r} of {source} is stored as floating point, which cannot hold long "
-            "integer ids exactly (e.g. 18-digit SDSS objids); store the ids as integers or text"
-        )
-    return column.map(lambda v: v.decode() if isinstance(v, bytes) else ("" if v is None else str(v)))
-
-
 def read_truth(truth: str | os.PathLike | pd.DataFrame, id_col: str, label_col: str) -> pd.DataFrame:
-    """Read a table of known classes as ``id`` and ``label`` text columns.
-
-    CSV/TSV files are read with every column as text, so long integer ids
-    (e.g. 18-digit SDSS objids) keep every digit; Parquet and FITS integer ids
-    are converted exactly.
-
-    Parameters
-    ----------
-    truth : str, Path or DataFrame
-        CSV, TSV, Parquet or FITS table, or a DataFrame.
-    id_col, label_col : str
-        Columns holding the galaxy id (matched to the catalog's ``id``) and the class.
-
-    Returns
-    -------
-    DataFrame
-        ``id``, ``label`` (empty string where the label is missing).
+    """Read a table of known classes as ``id`` and ``label`` text columns
+    (:func:`skymorph.io.tables.read_labels`, the reader of ingest's catalogs too: long integer
+    ids such as 18-digit SDSS objids keep every digit in every format).
 
     Raises
     ------
@@ -217,44 +190,12 @@ def read_truth(truth: str | os.PathLike | pd.DataFrame, id_col: str, label_col: 
         If the file is missing or unreadable, a column does not exist (the
         message lists the columns), or one id has two different labels.
     """
-    if isinstance(truth, pd.DataFrame):
-        table, source = truth.copy(), "the truth table"
-    else:
-        path = Path(truth)
-        source = str(path)
-        if not path.exists():
-            raise EvaluateError(f"truth file {path} does not exist")
-        name = path.name.lower()
-        try:
-            if name.endswith((".parquet", ".pq")):
-                table = pd.read_parquet(path)
-            elif name.endswith((".fits", ".fit", ".fits.gz")):
-                from astropy.table import Table
+    from ..io.tables import TableError, read_labels
 
-                table = Table.read(path).to_pandas()
-            else:
-                sep = "\t" if name.endswith((".tsv", ".tab")) else ","
-                table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-        except (OSError, ValueError) as exc:
-            raise EvaluateError(f"cannot read truth file {path}: {exc}") from None
-    for role, col in (("id", id_col), ("label", label_col)):
-        if col not in table.columns:
-            raise EvaluateError(f"{source} has no {role} column {col!r}; its columns are: "
-                                f"{', '.join(map(str, table.columns))}")
-    out = pd.DataFrame({
-        "id": _ids_as_str(table[id_col], id_col, source).str.strip(),
-        "label": table[label_col].map(_missing_to_empty),
-    })
-    out = out[out["id"] != ""]
-    conflicting = out.groupby("id")["label"].nunique()
-    conflicting = conflicting[conflicting > 1]
-    if len(conflicting):
-        raise EvaluateError(f"{len(conflicting)} id(s) of {source} have more than one label "
-                            f"(e.g. {', '.join(conflicting.index[:3])}); keep one row per galaxy")
-    n_rows = len(out)
-    out = out.drop_duplicates("id").reset_index(drop=True)
-    out.attrs["n_rows"] = n_rows
-    return out
+    try:
+        return read_labels(truth, id_col=id_col, label_col=label_col)
+    except TableError as exc:
+        raise EvaluateError(str(exc)) from None
 
 
 # --- the run-directory evaluation --------------------------------------------------------------
@@ -371,9 +312,7 @@ def evaluate(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | pd.
         "id_col": id_col, "label_col": label_col, "label_map": dict(label_map or {}),
         "exclude": list(exclude), **info, **result, "output": str(out_path),
     }
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out_path)
+    write_text_atomic(out_path, json.dumps(result, indent=2))
     return result
 
 

@@ -17,6 +17,11 @@ Catalog columns added (one row per galaxy):
 ``ml_ood``
     The galaxy is farther from every training galaxy than ``extend.ood_quantile`` of the
     training galaxies are from their neighbours (a blank stamp, a star, an artefact).
+``ml_nonfinite``
+    The galaxy's input (features or embedding) holds NaN/inf (e.g. a lost chunk): it gets
+    no type (``morph_type_ml`` empty, ``p_<TYPE>`` NaN), is flagged ``ml_ood``, never
+    trains the classifier, and its ``morph_type_final`` is the last of ``inspect.types``
+    (UNC) with ``type_source = "ood"`` unless the experts typed it; extend.json counts them.
 ``morph_type_final`` / ``type_source``
     The experts' type (``experts``) where the vote kept the galaxy and the experts typed
     its cluster; else the classifier's (``extended``) - or, for an out-of-distribution
@@ -44,6 +49,8 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..errors import SkymorphError
+from ..io.csvfile import write_csv
 from ..io.rundir import RunDir, RunDirError
 from . import Stage, StageContext, execute
 
@@ -54,7 +61,7 @@ log = logging.getLogger(__name__)
 PHYSICAL = {"sersic_n": "n", "gini": "G", "m20": "M20", "concentration": "C"}
 
 
-class ExtendStageError(ValueError):
+class ExtendStageError(SkymorphError, ValueError):
     """The run cannot be extended (no expert types yet, arrays that do not match the catalog)."""
 
 
@@ -142,23 +149,28 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
 
     n = len(catalog)
     columns: dict[str, Any] = {"id": catalog["id"]}
+    nonfinite = result.nonfinite
     for t in types:
-        columns[f"p_{t}"] = (result.proba[:, result.classes.index(t)].astype(np.float64)
-                             if t in result.classes else np.zeros(n))
+        columns[f"p_{t}"] = np.where(nonfinite, np.nan,
+                                     result.proba[:, result.classes.index(t)].astype(np.float64)
+                                     if t in result.classes else np.zeros(n))
     predicted = result.predicted.astype(str)
     final = np.where(typed, mtype, predicted).astype(object)
     if cfg.ood_final == "fallback":
         final[~typed & result.ood] = fallback
+    final[~typed & nonfinite] = fallback  # no input, no type: whatever ood_final says
+    source = np.where(typed, "experts", np.where(nonfinite, "ood", "extended")).astype(object)
     final[taught != ""] = taught[taught != ""]  # an expert's type of the galaxy itself comes first
+    source[taught != ""] = "taught"
     columns.update({
         "morph_type_ml": predicted.astype(object),
         "p_morph_type_ml": result.p_predicted,
         "ml_confident": result.confident.astype(bool),
         "ml_ood": result.ood.astype(bool),
         "ml_ood_distance": result.ood_distance,
+        "ml_nonfinite": nonfinite.astype(bool),
         "morph_type_final": final,
-        "type_source": np.where(taught != "", "taught",
-                                np.where(typed, "experts", "extended")).astype(object),
+        "type_source": source,
     })
     updated = run.update_catalog(pd.DataFrame(columns))
 
@@ -172,6 +184,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         "n_extended": int(extended.sum()),
         "n_extended_confident": int((extended & result.confident).sum()),
         "n_extended_ood": int((extended & result.ood).sum()),
+        "n_nonfinite": int(nonfinite.sum()),
         "cv_accuracy": cv["accuracy"], "cv_balanced_accuracy": cv["balanced_accuracy"], "ece": cv["ece"],
     }
     counts = {t: {"experts": int(((final == t) & typed).sum()),
@@ -187,7 +200,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     if (run.path / "measurements.parquet").exists():
         physical = physical_comparison(updated, pd.read_parquet(run.path / "measurements.parquet"), types)
         if physical is not None:
-            physical.to_csv(out / "physical.csv", index=False)
+            write_csv(physical, out / "physical.csv")
             report["physical"] = json.loads(physical.to_json(orient="records"))
     tmp = out / ".extend.json.tmp"
     tmp.write_text(json.dumps(report, indent=2, default=float))
@@ -213,7 +226,10 @@ def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
              f"-> {ood}); "
              f"{report['n_experts']} keep the experts' type"
              + (f"; {report['n_taught']} carry a type an expert gave the galaxy itself (taught)"
-                if report.get("n_taught") else ""),
+                if report.get("n_taught") else "")
+             + (f"; {report['n_nonfinite']} have NaN/inf {report['settings']['input']} and get no type "
+                f"(ml_nonfinite; morph_type_final {config.inspect.types[-1]}): re-run the stage that "
+                "wrote them with --force" if report.get("n_nonfinite") else ""),
              f"cross-validated on the {report['n_train']} training galaxies: accuracy "
              f"{report['cv_accuracy']:.3f}, balanced accuracy {report['cv_balanced_accuracy']:.3f}, "
              f"ECE {report['ece']:.3f}",

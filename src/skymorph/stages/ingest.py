@@ -45,7 +45,6 @@ Besides ``stamps`` the run gets, in the same order:
 
 from __future__ import annotations
 
-import ast
 import errno
 import glob
 import hashlib
@@ -71,6 +70,7 @@ from tqdm.auto import tqdm
 from ..config import Config, ConfigError, IngestConfig
 from ..core.parallel import map_ordered, start_pool
 from ..core.sky import ring_background
+from ..errors import SkymorphError
 from ..io.readers import (
     FITS_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -86,7 +86,8 @@ from ..io.readers import (
 )
 from ..io.readers import stem_of as _stem
 from ..io.readers import suffix_of as _suffix
-from ..io.rundir import RunDir
+from ..io.rundir import RunDir, printable
+from ..io.selection import SelectionError, evaluate_selection, parse_selection
 from . import Argument, Stage, StageContext, execute
 
 __all__ = ["ingest", "IngestError", "Reject", "read_image", "make_stamp", "prepare_psf", "select_rows",
@@ -97,51 +98,23 @@ log = logging.getLogger(__name__)
 COLLECTION_COLUMNS = {"IDENT", "GAL_FILENAME", "GAL_HDU"}
 
 
-class IngestError(ValueError):
+class IngestError(SkymorphError, ValueError):
     """The inputs cannot be ingested at all (as opposed to one bad galaxy)."""
 
 
 # --- catalogs ----------------------------------------------------------------------
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a catalog (FITS table, CSV or Parquet) into a DataFrame.
+def read_table(path: str | Path, id_col: str | None = None) -> pd.DataFrame:
+    """Read a catalog (FITS table, CSV or Parquet) with :func:`skymorph.io.tables.read_table`
+    (``id_col`` as exact text; multi-dimensional FITS columns dropped, byte strings decoded)."""
+    from ..io.tables import TableError
+    from ..io.tables import read_table as _read
 
-    Multi-dimensional FITS columns are dropped; byte strings are decoded.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise IngestError(f"catalog {path} does not exist")
-    name = path.name.lower()
     try:
-        if name.endswith(".parquet"):
-            return pd.read_parquet(path)
-        if name.endswith((".csv", ".txt", ".tsv")):
-            return pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",")
-        from astropy.table import Table
-
-        table = Table.read(path, format="fits")
-    except (OSError, ValueError) as exc:
-        raise IngestError(f"cannot read catalog {path}: {exc}") from None
-    scalar = [c for c in table.colnames if table[c].ndim <= 1]
-    frame = table[scalar].to_pandas()
-    for col in frame.columns:
-        if frame[col].dtype == object:
-            frame[col] = frame[col].map(lambda v: v.decode() if isinstance(v, bytes) else v)
-    return frame
-
-
-_BACKTICK = re.compile(r"`([^`]*)`")
-
-
-def _names_in(expression: str) -> set[str]:
-    names = set(_BACKTICK.findall(expression))
-    try:
-        tree = ast.parse(_BACKTICK.sub("0", expression), mode="eval")
-    except SyntaxError as exc:
-        raise IngestError(f"selection {expression!r} is not a valid expression: {exc.msg}") from None
-    names |= {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
-    return names - {"True", "False", "and", "or", "not"}
+        return _read(path, id_col=id_col, what="catalog")
+    except TableError as exc:
+        raise IngestError(str(exc)) from None
 
 
 def select_rows(table: pd.DataFrame, expressions: Sequence[str], source: str = "catalog") -> np.ndarray:
@@ -149,27 +122,22 @@ def select_rows(table: pd.DataFrame, expressions: Sequence[str], source: str = "
 
     Expressions use column names and Python comparisons, e.g.
     ``"lp_type == 0"``, ``"FLAG_COMBINED == 0"``, ``"0.2 < z < 1.2"``,
-    ``"I < 25"``; names that are not identifiers go in backticks.
+    ``"I < 25"``; names that are not identifiers go in backticks.  They are parsed
+    to a whitelist and evaluated without ``eval`` (:mod:`skymorph.io.selection`).
 
     Raises
     ------
     IngestError
-        If an expression names a column the table does not have (the message
-        lists the columns that exist) or cannot be evaluated.
+        If an expression is not allowed (attribute access, calls other than a few
+        numeric functions), names a column the table does not have (the message
+        lists the columns that exist), or is not a yes/no test per row.
     """
     mask = np.ones(len(table), dtype=bool)
     for expression in expressions:
-        missing = sorted(_names_in(expression) - set(map(str, table.columns)))
-        if missing:
-            raise IngestError(
-                f"selection {expression!r} uses column(s) {', '.join(missing)} that {source} "
-                f"does not have; its columns are: {', '.join(map(str, table.columns))}"
-            )
         try:
-            result = table.eval(expression)
-        except Exception as exc:  # pandas raises many types for bad expressions
-            raise IngestError(f"cannot evaluate selection {expression!r}: {exc}") from None
-        mask &= np.asarray(result, dtype=bool)
+            mask &= evaluate_selection(expression, table, len(table), source)
+        except SelectionError as exc:
+            raise IngestError(str(exc)) from None
     return mask
 
 
@@ -201,6 +169,9 @@ def _region(shape: tuple[int, int], cy: int, cx: int, side: int) -> tuple[int, i
     h, w = shape
     y0, x0 = cy - side // 2, cx - side // 2
     return y0, x0, max(0, y0), min(h, y0 + side), max(0, x0), min(w, x0 + side)
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max) / 1e3  # headroom for the noise fill and resampling
 
 
 def make_stamp(image: np.ndarray, config: IngestConfig, framing: str,
@@ -257,6 +228,10 @@ def make_stamp(image: np.ndarray, config: IngestConfig, framing: str,
     values = image[finite]
     if values.min() == values.max():
         raise Reject(f"image is constant (every pixel = {values.min():g})")
+    largest = float(np.abs(values).max())
+    if largest > _FLOAT32_MAX:
+        raise Reject(f"pixel values reach {largest:.3g}, beyond what a float32 stamp holds "
+                     f"({_FLOAT32_MAX:.3g}); they would become inf: rescale the image first")
     background, sigma = ring_background(image)
     if n_bad:
         image = image.copy()
@@ -450,7 +425,7 @@ def _framing(config: IngestConfig, path: str) -> str:
 
 
 def _rng(config: IngestConfig, gid: str) -> np.random.Generator:
-    digest = hashlib.blake2b(f"{config.seed}:{gid}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{config.seed}:{gid}".encode(errors="surrogateescape"), digest_size=8).digest()
     return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
@@ -500,7 +475,7 @@ class _Reader:
                         item.error_map, config.error_map_kind, image.data.shape, config.max_pixels)
                 except Reject as exc:
                     self.cache[item.error_map] = str(exc)
-                except (OSError, ValueError, TypeError, MemoryError) as exc:
+                except Exception as exc:  # the stamp is kept, without its error map
                     self.cache[item.error_map] = f"error map {item.error_map} unreadable: {exc}"
             found = self.cache[item.error_map]
             if isinstance(found, str):
@@ -525,7 +500,7 @@ class _Reader:
                     self.cache[key] = np.array(data, dtype=np.float64)
                 except Reject as exc:
                     self.cache[key] = f"PSF {psf_path}[{psf_hdu}]: {exc}"
-                except (OSError, ValueError, TypeError, IndexError, MemoryError) as exc:
+                except Exception as exc:  # the stamp is kept, without its PSF
                     self.cache[key] = f"PSF {psf_path}[{psf_hdu}] unreadable: {exc}"
             found = self.cache[key]
             if isinstance(found, str):
@@ -546,7 +521,7 @@ def _process(task: _Task, config: IngestConfig) -> list[tuple]:
         except MemoryError:
             return [("reject", _stem(Path(task.path)), task.path,
                      "ran out of memory detecting sources; lower ingest.max_pixels or --workers")]
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # one bad field never stops the run
             return [("reject", _stem(Path(task.path)), task.path, f"unreadable field: {exc}")]
     results: list[tuple] = []
     reader = _Reader(task, config)
@@ -560,8 +535,8 @@ def _process(task: _Task, config: IngestConfig) -> list[tuple]:
             except MemoryError:
                 results.append(("reject", item.id, origin, "ran out of memory reading it; lower "
                                 "ingest.max_pixels or --workers"))
-            except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError) as exc:
-                results.append(("reject", item.id, origin, f"unreadable: {exc}"))
+            except Exception as exc:  # one bad galaxy never stops the run, whatever it raises
+                results.append(("reject", item.id, origin, f"unreadable: {type(exc).__name__}: {exc}"))
     finally:
         reader.close()
     return results
@@ -591,7 +566,8 @@ def _one(reader: _Reader, item: _Item, config: IngestConfig) -> tuple:
            "has_rms": rms_stamp is not None, "rms_source": image.rms_source if rms_stamp is not None else "",
            "has_psf": psf is not None, "psf_source": image.psf_source if psf is not None else "",
            "psf_flux_fraction": flux_fraction, "note": note}
-    return ("ok", item.id, stamp, row, rms_stamp, psf)
+    row = {k: printable(v) if isinstance(v, str) else v for k, v in row.items()}
+    return ("ok", row["id"], stamp, row, rms_stamp, psf)
 
 
 def _window(image: np.ndarray, rms: np.ndarray | None, centre: tuple[float, float], size: int
@@ -684,6 +660,9 @@ class _Found:
     beside: list[Path] = field(default_factory=list)
     rejects: list[dict[str, Any]] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
+    strays: list[dict[str, Any]] = field(default_factory=list)
+    """Files in a searched directory that are not images (rejects, but no reason to
+    call the directory one of images)."""
     companions: dict[str, str] = field(default_factory=dict)
 
     def reject(self, path: Path, reason: str) -> None:
@@ -765,7 +744,12 @@ def _walk(root: Path, found: _Found) -> int:
             if kind == "dir":
                 stack.append(path)
             elif not image:
-                found.skipped["not an image (" + (_suffix(path) or "no suffix") + ")"] += 1
+                suffix = _suffix(path) or "no suffix"
+                hint = "; save each image of the .npz archive as .npy" if suffix == ".npz" else ""
+                found.strays.append({
+                    "id": _stem(path), "origin": str(path), "stage": "ingest",
+                    "reason": f"not an image file ({suffix}); ingest reads FITS, PNG, JPEG and NPY "
+                              f"files{hint}"})
             elif kind == "file":
                 files.append(path)
             else:
@@ -910,10 +894,10 @@ def _plan(found: _Found, config: IngestConfig
           ) -> tuple[list[_Task], pd.DataFrame | None, list[dict[str, Any]], dict[str, Any]]:
     """Work out what to read: tasks, the catalog columns per id, early rejects, counts."""
     files, catalogs = found.files, found.catalogs
-    rejects: list[dict[str, Any]] = list(found.rejects)
+    rejects: list[dict[str, Any]] = list(found.rejects) + list(found.strays)
     tasks: list[_Task] = []
     meta_tables: list[pd.DataFrame] = []
-    user = read_table(config.catalog) if config.catalog else None
+    user = read_table(config.catalog, config.id_col) if config.catalog else None
     summary: dict[str, Any] = {}
     named: set[Path] = set()
     if config.field:
@@ -968,12 +952,17 @@ def _select_by_catalog(tasks: list[_Task], user: pd.DataFrame, config: IngestCon
     user = user.assign(id=user[id_col].astype(str).str.strip())
     keep = select_rows(user, config.select, source)
     known = set(user["id"])
-    selected = set(user["id"][keep])
+    repeated = _repeated(user["id"])
+    selected = set(user["id"][keep]) - set(repeated)
     rejects, kept, dropped = [], [], 0
     for task in tasks:
         items = []
         for item in task.items:
-            if item.id not in known:
+            if item.id in repeated:
+                rejects.append({"id": item.id, "origin": item.path, "stage": "ingest",
+                                "reason": f"id appears {repeated[item.id]} times in column {id_col!r} of "
+                                          f"{source}, so its catalog row is ambiguous; keep one row per id"})
+            elif item.id not in known:
                 rejects.append({"id": item.id, "origin": item.path, "stage": "ingest",
                                 "reason": f"id not found in column {id_col!r} of {source}"})
             elif item.id in selected:
@@ -985,12 +974,23 @@ def _select_by_catalog(tasks: list[_Task], user: pd.DataFrame, config: IngestCon
     return kept, user[keep], rejects, dropped
 
 
+def _repeated(ids: pd.Series) -> dict[str, int]:
+    """Ids that appear more than once, and how often."""
+    counts = ids.value_counts()
+    return {str(k): int(v) for k, v in counts[counts > 1].items()}
+
+
 def _field_tasks(files: list[Path], user: pd.DataFrame, config: IngestConfig, companions: dict[str, str]):
     source = f"catalog {config.catalog}"
     id_col = _require_column(user, config.id_col, "--id-col (the column holding galaxy ids)", source)
     if config.select:
         user = user[select_rows(user, config.select, source)]
-    ids = user[id_col].astype(str).str.strip().to_numpy()
+    ids = user[id_col].astype(str).str.strip()
+    repeated = _repeated(ids)
+    ambiguous = [{"id": gid, "origin": str(config.catalog), "stage": "ingest",
+                  "reason": f"id appears {n} times in column {id_col!r} of {source}, so its position is "
+                            "ambiguous; keep one row per id"} for gid, n in repeated.items()]
+    user, ids = user[~ids.isin(repeated).to_numpy()], ids[~ids.isin(repeated)].to_numpy()
     use_pixels = config.x_col is not None or config.y_col is not None
     if use_pixels:
         xs = user[_require_column(user, config.x_col, "--x-col", source)].to_numpy(float)
@@ -1027,7 +1027,7 @@ def _field_tasks(files: list[Path], user: pd.DataFrame, config: IngestConfig, co
             tasks.append(_Task("field", str(path), items, error_map))
     rejects += [{"id": ids[i], "origin": str(config.catalog), "stage": "ingest",
                  "reason": "catalog position lies outside every readable field image"}
-                for i in np.flatnonzero(~placed)]
+                for i in np.flatnonzero(~placed)] + ambiguous
     return tasks, user.assign(id=ids), rejects
 
 
@@ -1041,9 +1041,9 @@ def _fingerprint_inputs(found: _Found, config: IngestConfig) -> str:
              *([Path(config.catalog)] if config.catalog else [])]
     for path in paths:
         st = path.stat()
-        digest.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    for row in found.rejects:
-        digest.update(f"{row['origin']}|{row['reason']}\n".encode())
+        digest.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode(errors="surrogateescape"))
+    for row in found.rejects + found.strays:
+        digest.update(f"{row['origin']}|{row['reason']}\n".encode(errors="surrogateescape"))
     return digest.hexdigest()[:16]
 
 
@@ -1145,6 +1145,9 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     writer.close()
     rms.close()
     psf.close()
+    if not rows and summary.get("not_selected") and n_rejected == 0:
+        raise IngestError(f"the selection {' and '.join(map(repr, cfg.select))} keeps none of the "
+                          f"{summary['not_selected']} galaxies; loosen --select")
     if not rows:
         raise IngestError(
             f"none of the inputs gave a usable stamp ({n_rejected} rejected); "
@@ -1191,6 +1194,11 @@ def _kinds(sources: pd.Series) -> dict[str, int]:
 
 
 def _check(config: Config) -> None:
+    for expression in config.ingest.select or ():
+        try:
+            parse_selection(expression)  # before config.toml records it
+        except SelectionError as exc:
+            raise IngestError(str(exc)) from None
     if config.ingest.psf_size % 2 == 0:
         raise ConfigError(f"ingest.psf_size must be odd (the PSF's peak on the central pixel), "
                           f"not {config.ingest.psf_size}")

@@ -29,6 +29,7 @@ from ..inspection.montage import (
     load_manifest,
     montage_settings,
 )
+from ..io.csvfile import read_csv
 from ..io.rundir import RunDir
 from . import Argument, Stage, StageContext, execute
 
@@ -79,7 +80,7 @@ def _merge_report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) ->
 
     config = run.config()
     result = read_cluster_types(run)
-    counts = pd.read_csv(run.path / "inspection" / "type_counts.csv")
+    counts = read_csv(run.path / "inspection" / "type_counts.csv")
     flagged = result[result["type_flag"] != "agreed"]
     return (f"{len(result)} clusters typed from {int(result['n_experts'].sum())} votes "
             f"(min_agree {config.inspect.min_agree}); {len(flagged)} without agreement -> "
@@ -107,7 +108,7 @@ MERGE = Stage(
 
 def read_cluster_types(run: RunDir) -> pd.DataFrame:
     """The per-cluster table that merge wrote (``inspection/cluster_types.csv``)."""
-    return pd.read_csv(run.path / "inspection" / "cluster_types.csv",
+    return read_csv(run.path / "inspection" / "cluster_types.csv",
                        dtype={"morph_type": str, "type_flag": str, "votes": str}, keep_default_na=False,
                        na_values={"type_agreement": [""]})
 

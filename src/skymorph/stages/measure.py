@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, MeasureConfig
 from ..core.parallel import map_ordered, start_pool
+from ..errors import SkymorphError
 from ..io.rundir import RunDir
 from . import Stage, StageContext, execute
 
@@ -64,7 +65,7 @@ NONLINEAR_SUFFIXES = (".jpg", ".jpeg", ".png")
 """Input files whose pixels are display-scaled (gamma, stretch, 8-bit), not flux."""
 
 
-class MeasureError(ValueError):
+class MeasureError(SkymorphError, ValueError):
     """The run cannot be measured as asked (non-linear stamps, an unusable PSF...)."""
 
 

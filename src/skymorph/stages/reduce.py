@@ -35,6 +35,7 @@ from ..core.reduction import (
     reduce_features,
     sample_rows,
 )
+from ..io.csvfile import write_csv
 from ..io.rundir import RunDir
 from . import Stage, StageContext, execute
 
@@ -158,7 +159,7 @@ def _summary(run: RunDir, cfg: ReduceConfig, shape: tuple[int, int], result: Red
     if result.scan is not None:
         out = run.path / "reduce"
         out.mkdir(exist_ok=True)
-        result.scan.to_csv(out / "dims_scan.csv", index=False)
+        write_csv(result.scan, out / "dims_scan.csv")
         plot_scan(result.scan, out / "dims_scan.png", best=result.dims)
         summary["scan"] = result.scan[["dims", "davies_bouldin"]].to_dict("records")
     log.info("reduce: %d galaxies -> %d-d in %.0f s", features_shape[0], result.dims,

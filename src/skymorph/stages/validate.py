@@ -39,6 +39,7 @@ import pandas as pd
 from ..config import Config, ConfigError, ValidateConfig
 from ..core import validation as V
 from ..core.validation import GZH_DEFAULT_COLUMNS, NO_CONSENSUS, normalise_types
+from ..errors import SkymorphError
 from ..io.rundir import RunDir, RunDirError
 from . import STAGES, Argument, Stage, StageContext, execute
 
@@ -60,7 +61,7 @@ NAME_CANDIDATES = {
 }
 
 
-class ValidateError(ValueError):
+class ValidateError(SkymorphError, ValueError):
     """The run cannot be validated (no catalog, no morphology types)."""
 
 
@@ -81,11 +82,11 @@ def _find_column(table: pd.DataFrame, explicit: str | None, role: str) -> str | 
 
 
 def _read_table(path: str | os.PathLike) -> pd.DataFrame:
-    from .ingest import IngestError, read_table
+    from ..io.tables import TableError, read_table
 
     try:
-        return read_table(path)
-    except IngestError as exc:
+        return read_table(path, what="catalog")
+    except TableError as exc:
         raise ValidateError(str(exc)) from None
 
 

@@ -323,11 +323,11 @@ def test_inspect_refine_command_serves_the_teach_page(run, shared_data):
                 break
         assert url is not None, "no address printed"
         base, _, token = url.partition("refine?token=")
-        with urllib.request.urlopen(url, timeout=30) as r:
+        with urllib.request.urlopen(url, timeout=120) as r:
             assert r.status == 200 and b"teach single galaxies" in r.read()
         request = urllib.request.Request(base + "api/refine/page?expert=Eve",
                                          headers={"X-Skymorph-Token": token})
-        with urllib.request.urlopen(request, timeout=60) as r:
+        with urllib.request.urlopen(request, timeout=600) as r:  # the first page imports and fits
             assert len(json.loads(r.read())["items"]) == 3
     finally:
         proc.terminate()

@@ -25,11 +25,20 @@ its increase over the resident size before the phase.
 
 Run: ``.venv/bin/python benchmarks/bench_encode.py`` (10^4 images; on a 2-core CPU
 that is many minutes per encoder) or ``--n 1024`` for a quick look.
+
+Issue 21 (encoder speed settings): with ``--rotations 4`` the plain loop calls ``model(x)``
+once per rotation, as the encoder did before; the stage runs the settings given with
+``--set`` (e.g. ``--set input_size=128``, ``--set runtime=torch``), so the ratio is the
+speed-up over plain PyTorch on the same work:
+
+    python benchmarks/bench_encode.py --n 256 --encoders efficientnet_lite2 --rotations 4 \
+        --set input_size=128 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -95,6 +104,11 @@ def make_polar_run(path: Path, n: int, seed: int = 0):
         flip = rng.random(stop - start) < 0.5
         block[flip] = block[flip, ::-1]
         polar[start:stop] = block
+    # one sources row per image (the run directory checks that arrays and sources agree)
+    import pandas as pd
+
+    pd.DataFrame({"id": [f"p{i:07d}" for i in range(n)], "index": np.arange(n)}).to_parquet(
+        run.path / "sources.parquet", index=False)
     # the benchmark's images stand in for the polar stage's output
     run.mark_done("polar", "benchmark-polar-from-resized-cosmos-stamps", n=n)
     return run
@@ -113,8 +127,10 @@ def run_stage(run, config) -> tuple[float, float, float, PeakRSS]:
     return float(info["images_per_s"]), info["encode_cpu_seconds"] / info["n_images"], wall, mem
 
 
-def run_plain(run, encoder, batch_size: int) -> tuple[float, float, PeakRSS]:
-    """Images/s and CPU seconds per image of ``model(x)`` alone."""
+def run_plain(run, encoder, batch_size: int, rotations: int = 1,
+              precision: str = "fp32") -> tuple[float, float, PeakRSS]:
+    """Images/s and CPU seconds per image of ``model(x)`` alone (one call per rotation, in
+    PyTorch, autocast to ``precision``)."""
     import torch
     import torch.nn.functional as F
 
@@ -131,8 +147,19 @@ def run_plain(run, encoder, batch_size: int) -> tuple[float, float, PeakRSS]:
             block = (block - lo) / (block.amax((1, 2), keepdim=True) - lo).clamp_min(1e-12)
             x = F.interpolate(block[:, None], size=encoder.input_size, mode="bilinear", align_corners=False)
             x = ((x.expand(-1, 3, -1, -1) - mean) / std).contiguous(memory_format=torch.channels_last)
+            cl = torch.channels_last
+            turned = [torch.rot90(x, k * 4 // rotations, dims=(2, 3)).contiguous(memory_format=cl)
+                      for k in range(rotations)]
+            if encoder.device.type == "cuda":
+                turned = [t.to(encoder.device) for t in turned]
+                torch.cuda.synchronize()
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
             t0, c0 = time.perf_counter(), time.process_time()
-            model(x)
+            with torch.autocast(encoder.device.type, dtype=dtype, enabled=precision in ("bf16", "fp16")):
+                for t in turned:
+                    model(t)
+            if encoder.device.type == "cuda":
+                torch.cuda.synchronize()
             timed += time.perf_counter() - t0
             cpu += time.process_time() - c0
     return n / timed, cpu / n, mem
@@ -150,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--random-init", action="store_true",
                         help="random weights (for timm models without local weights, speed only)")
+    parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
+    parser.add_argument("--rotations", type=int, default=1,
+                        help="rotations averaged, in the stage and as separate model(x) calls in the plain "
+                             "loop (default 1; the default setting is 4)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="[encode] setting of the stage (JSON value), e.g. --set input_size=128 "
+                             "--set runtime=torch; the plain loop uses the same input size")
     args = parser.parse_args(argv)
 
     import torch
@@ -168,9 +202,17 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.encoders.split(","):
             # one encoder pass per image on the polar images, as the plain loop does (the
             # default 4-rotation averaging costs four passes by construction)
+            extra = {}
+            for item in args.set:
+                key, _, value = item.partition("=")
+                try:
+                    extra[key] = json.loads(value)
+                except json.JSONDecodeError:
+                    extra[key] = value
             config = Config().update({"denoise": {"enabled": False}, "polar": {"enabled": True}, "encode": {
                 "encoder": name, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
-                "device": args.device, "random_init": args.random_init, "rotations": 1}})
+                "device": args.device, "random_init": args.random_init, "rotations": args.rotations,
+                "precision": args.precision, **extra}})
             encoder = build_encoder(config.encode)
             stage_rates, plain_rates, walls, ratios, cpu_ratios = [], [], [], [], []
             stage_mem, plain_mem = [], []
@@ -183,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                         walls.append(wall)
                         stage_mem.append(mem)
                     else:
-                        rate, cpu, mem = run_plain(run, encoder, args.batch_size)
+                        rate, cpu, mem = run_plain(run, encoder, args.batch_size, args.rotations,
+                                                   encoder.precision)
                         plain_mem.append(mem)
                     rates[phase], cpus[phase] = rate, cpu
                 stage_rates.append(rates["stage"])
@@ -196,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"ratio {cpu_ratios[-1]:.3f}", flush=True)
             med = statistics.median
             print(f"{name} ({encoder.dim}-d, input {encoder.input_size[0]}x{encoder.input_size[1]}, "
-                  f"{encoder.device}, {encoder.precision}, batch {args.batch_size}, n={args.n}):\n"
+                  f"{encoder.device}, {encoder.precision}, runtime {encoder.runtime}, {args.rotations} "
+                  f"rotation(s), batch {args.batch_size}, n={args.n}):\n"
                   f"  stage  {med(stage_rates):8.1f} img/s (median of {args.repeats}; wall incl. "
                   f"model build {med(walls):.1f} s)  peak RSS {max(m.peak for m in stage_mem):.0f} MiB "
                   f"(+{max(m.peak - m.start for m in stage_mem):.0f} MiB over the start of the phase)\n"

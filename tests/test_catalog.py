@@ -161,3 +161,18 @@ def test_measured_catalog_units(catalog_run, tmp_path):
     measurements = pq.read_schema(small / "measurements.parquet")
     assert measurements.field("orientation_centroid").metadata[b"unit"] == b"rad"
     assert json.loads(measurements.metadata[b"skymorph"])["settings"]["measure"]["g2_noise_tolerance"] == 2.45
+
+
+def test_id_dtype_is_recorded_and_a_csv_join_needs_the_string_cast(catalog_run, tmp_path):
+    """Issue 20 item 9: the catalog says how its ids are stored; ids read back from a CSV are
+    integers and join only after the documented string cast."""
+    catalog = catalog_run.catalog()
+    assert read_provenance(catalog_run.path / "catalog.parquet")["id_dtype"] == "string"
+    assert fits.getheader(catalog_run.path / "catalog.fits", 0)["ID_DTYPE"] == "string"
+    assert "astype(str)" in column_info("id")[1]
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"id": catalog["id"], "label": "x"}).to_csv(labels, index=False)
+    read = pd.read_csv(labels)
+    assert read["id"].dtype.kind == "i"  # the ids are numbers in the CSV
+    joined = catalog.merge(read.assign(id=read["id"].astype(str)), on="id")
+    assert len(joined) == len(catalog)

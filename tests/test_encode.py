@@ -287,3 +287,63 @@ def test_rotation_averaged_features_ignore_right_angle_rotations(cosmos_run):
     once, _ = single.encode(stamps)
     once_turned, _ = single.encode(np.ascontiguousarray(np.rot90(stamps, 1, axes=(1, 2))))
     assert not np.allclose(once, once_turned, rtol=1e-3, atol=1e-4)
+
+
+# --- speed settings (issue 21): input size, runtime, rotations in one pass -----------------------
+
+
+def test_input_size_setting_resizes_to_the_chosen_side(stamps):
+    enc = encoders.build_encoder(EncodeConfig(encoder="efficientnet_lite0", input_size=96, runtime="torch"))
+    assert enc.input_size == (96, 96)
+    batch, _ = enc.prepare(torch.from_numpy(stamps[:2]))
+    assert tuple(batch.shape) == (2, 3, 96, 96)
+    feats, _ = enc.encode(stamps[:2])
+    assert feats.shape == (2, 1280) and np.isfinite(feats).all()
+    own = encoders.build_encoder(EncodeConfig(encoder="efficientnet_lite0", runtime="torch"))
+    assert own.input_size == (224, 224)  # 0 = the model's own size
+    with pytest.raises(encoders.EncoderError, match="input_size"):
+        encoders.check_settings(EncodeConfig(input_size=16))
+
+
+def test_rotations_in_one_pass_equal_the_average_of_separate_passes(stamps):
+    enc = encoders.build_encoder(EncodeConfig(encoder="efficientnet_lite0", input_size=64, rotations=4,
+                                              runtime="torch"))
+    feats, _ = enc.encode(stamps[:3])
+    with torch.inference_mode():
+        batch, _ = enc.prepare(torch.from_numpy(stamps[:3]))
+        separate = sum(enc.forward(torch.rot90(batch, k, dims=(2, 3))) for k in range(4)) / 4
+    np.testing.assert_allclose(feats, separate.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_runtime_resolution_and_errors():
+    cpu = torch.device("cpu")
+    assert encoders.resolve_runtime("torch", "efficientnet_lite2", cpu, "fp32") == "torch"
+    assert encoders.resolve_runtime("auto", "efficientnet_lite2", cpu, "fp32") == "onnxruntime"
+    assert encoders.resolve_runtime("auto", "efficientnet_lite2", cpu, "bf16") == "torch"
+    assert encoders.resolve_runtime("auto", "convnext_xlarge.fb_in22k", cpu, "fp32") == "torch"
+    with pytest.raises(encoders.EncoderError, match="fp32 on the CPU"):
+        encoders.resolve_runtime("onnxruntime", "efficientnet_lite2", cpu, "bf16")
+    with pytest.raises(encoders.EncoderError, match="runtime"):
+        encoders.check_settings(EncodeConfig(runtime="tensorrt"))
+
+
+@pytest.mark.slow
+def test_onnxruntime_features_equal_torch_features(stamps, tmp_path, monkeypatch):
+    monkeypatch.setenv("SKYMORPH_CACHE", str(tmp_path / "cache"))
+    settings = dict(encoder="efficientnet_lite0", input_size=64, rotations=4)
+    plain = encoders.build_encoder(EncodeConfig(**settings, runtime="torch"))
+    fast = encoders.build_encoder(EncodeConfig(**settings, runtime="onnxruntime"))
+    assert fast.runtime == "onnxruntime"
+    a, _ = plain.encode(stamps[:5], batch_size=3)
+    b, _ = fast.encode(stamps[:5], batch_size=3)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.99999
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    # exported once from the module's own weights, then reused from the cache
+    files = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert len(files) == 1 and "efficientnet_lite0-64-" in files[0].name
+    before = files[0].stat().st_mtime_ns
+    again = encoders.build_encoder(EncodeConfig(**settings, runtime="onnxruntime"))
+    c, _ = again.encode(stamps[:2])
+    assert files[0].stat().st_mtime_ns == before
+    np.testing.assert_array_equal(c, b[:2])

@@ -94,6 +94,12 @@ def test_consensus_simulated_inspection_and_fraction_kept():
         ["e", "e", "s", "s", "e", "s", "e"], [0, 0, 1, 1, 1, 2, 2]))
     text = format_report(r)
     assert "balanced accuracy 0.708" in text and "consensus galaxies" in text
+    # kmeans_all: the K-means clusters of every galaxy named the same way: 0 -> e (e, e, s),
+    # 1 -> s (s, s, e), 2 -> s (s, e, s); e: 2 of 4 right, s: 4 of 5
+    assert r["kmeans_all"]["n"] == 9
+    assert r["kmeans_all"]["balanced_accuracy"] == pytest.approx((2 / 4 + 4 / 5) / 2)
+    assert "K-means clusters of all 9 labelled galaxies: balanced accuracy 0.650" in text
+    assert "kmeans_all" not in score_labels(truth, kmeans)  # a single clustering: it is the inspection
 
 
 def test_simulated_inspection_uses_the_montage_draw():

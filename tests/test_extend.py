@@ -255,14 +255,27 @@ def test_extend_stage_types_every_galaxy_and_evaluate_splits(run, shared_data):
     p = cat[[f"p_{t}" for t in TYPES]].to_numpy()
     np.testing.assert_allclose(p.sum(axis=1), 1, atol=1e-5)
     kept = consensus_labels(cat) >= 0
-    assert (cat["type_source"] == np.where(kept, "experts", "extended")).all()
-    assert (cat.loc[kept, "morph_type_final"] == cat.loc[kept, "morph_type"]).all()
-    assert cat["morph_type_final"].isin(TYPES).all() and (cat["morph_type_final"] != "").all()
     ext = ~kept
     ood = cat["ml_ood"].to_numpy(bool)
+    assert (ext & ood).any()  # the blank / star-like stamps of this set (as test_ood_flags_...)
+    # an OOD galaxy is its own kind: type_source ood, morph_type_final OOD (not the experts' UNC)
+    assert (cat["type_source"] == np.where(kept, "experts", np.where(ood, "ood", "extended"))).all()
+    assert (cat.loc[kept, "morph_type_final"] == cat.loc[kept, "morph_type"]).all()
+    assert cat["morph_type_final"].isin([*TYPES, "OOD"]).all() and (cat["morph_type_final"] != "").all()
     assert (cat.loc[ext & ~ood, "morph_type_final"] == cat.loc[ext & ~ood, "morph_type_ml"]).all()
-    assert (cat.loc[ext & ood, "morph_type_final"] == "UNC").all()
-    assert cat["ml_confident"].dtype == bool
+    assert (cat.loc[ext & ood, "morph_type_final"] == "OOD").all()
+    assert cat["ml_confident"].dtype == bool and not cat.loc[ood, "ml_confident"].any()
+    # p_* are the per-type probabilities only; the classifier's own probability has its own name
+    assert "p_morph_type_ml" not in cat and "ml_probability" in cat
+    assert all(c[2:] in TYPES for c in cat.columns if c.startswith("p_"))
+    from skymorph.io.catalog import column_info
+
+    generic = column_info("no_such_column")[1]
+    for col in ("morph_type_ml", "ml_probability", "ml_confident", "ml_ood", "ml_ood_distance", "type_source",
+                "p_EDGE_ON", "has_rms", "rms_source", "has_psf", "psf_source", "psf_flux_fraction", "note",
+                "nonfinite_fraction"):
+        assert column_info(col)[1] != generic, col
+    assert "OOD" in column_info("morph_type_final")[1] and "ood" in column_info("type_source")[1]
     report = json.loads((run.path / "extend" / "extend.json").read_text())
     assert report["n_extended"] == int(ext.sum()) and 0 <= report["cv"]["ece"] <= 1
     assert report["settings"]["input"] == "features"
@@ -290,6 +303,14 @@ def test_extend_stage_types_every_galaxy_and_evaluate_splits(run, shared_data):
     assert numbers["parts"]["extended"]["result"]["n_extended"] == int(ext.sum())
     html = (run.path / "report" / "report.html").read_text()
     assert 'id="extended"' in html and 'id="figure-reliability"' in html
+    # the CV figure is named for what it measures; evaluate's kept / extended / all figures are shown
+    assert "agreement with the expert-named clusters (3-fold CV)" in html
+    assert "cross-validated accuracy" not in html
+    shown = numbers["parts"]["extended"]["result"]["evaluation"]["rows"]
+    expected = {k: final[k]["accuracy"] for k in ("kept", "extended", "all")}
+    assert {k: v["accuracy"] for k, v in shown.items()} == expected
+    assert 'id="evaluation"' in html and f"{final['extended']['accuracy']:.3g}" in html
+    assert "OOD" in html and "seen by no expert" in html
 
 
 def test_extend_gives_no_type_to_galaxies_with_nonfinite_features(run, shared_data):
@@ -309,7 +330,7 @@ def test_extend_gives_no_type_to_galaxies_with_nonfinite_features(run, shared_da
     bad = cat.iloc[rejected]
     assert bad["ml_nonfinite"].all() and bad["ml_ood"].all() and not bad["ml_confident"].any()
     assert (bad["morph_type_ml"] == "").all() and bad[[f"p_{t}" for t in TYPES]].isna().all().all()
-    assert (bad["morph_type_final"] == "UNC").all() and (bad["type_source"] == "ood").all()
+    assert (bad["morph_type_final"] == "OOD").all() and (bad["type_source"] == "ood").all()
     assert int(cat["ml_nonfinite"].sum()) == 2
     assert run.stage_info("extend")["n_nonfinite"] == 2
     assert json.loads((run.path / "extend" / "extend.json").read_text())["n_nonfinite"] == 2
@@ -343,7 +364,8 @@ def test_cli_inspect_auto_merge_extend_and_evaluate(run, shared_data, capsys):
     out = capsys.readouterr().out
     assert "named automatically" in out and "merged with min_agree 1" in out
     assert cli_main(["extend", str(run.path), "--set", "extend.cv_folds=3"]) == 0
-    assert "typed by the classifier" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "typed by the classifier" in out and "agreement with the expert-named clusters (3-fold CV)" in out
     assert cli_main(["evaluate", str(run.path), "--truth", labels, "--id-col", "objid",
                      "--label-col", "gz1_name", "--map", "spiral_cw=spiral", "--map", "spiral_acw=spiral",
                      "--exclude", "dont_know", "--exclude", "merger"]) == 0

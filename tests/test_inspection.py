@@ -364,10 +364,19 @@ def test_merge_across_files_keeps_each_experts_latest_vote(clustered_run, tmp_pa
 def test_merge_leaves_out_votes_on_another_clustering(clustered_run, tmp_path, caplog):
     labels = consensus_labels(clustered_run.catalog())
     c0 = int(labels[labels >= 0].min())
-    votes = write_votes(tmp_path / "v.csv", [("A", c0, "SPH"), ("B", c0, "SPH")], clustering="old")
-    table = merge(clustered_run, [votes]).set_index("cluster")
+    c1 = int(sorted(set(labels[labels >= 0].tolist()))[1])
+    old = write_votes(tmp_path / "v.csv", [("A", c0, "SPH"), ("B", c0, "SPH")], clustering="old")
+    current = write_votes(tmp_path / "w.csv", [("A", c1, "LTD"), ("B", c1, "LTD")],
+                          clustering=clustering_fingerprint(clustered_run.catalog()))
+    table = merge(clustered_run, [old, current]).set_index("cluster")
     assert table.loc[c0, "morph_type"] == "UNC" and table.loc[c0, "type_flag"] == "no_votes"
+    assert table.loc[c1, "morph_type"] == "LTD"
     assert "different clustering" in caplog.text
+    # with no vote for this clustering at all, merge invents no types: it fails and says what to do
+    before = clustered_run.catalog()["morph_type"].tolist()
+    with pytest.raises(InspectError, match="no types were written.*inspect serve"):
+        merge(clustered_run, [old])
+    assert clustered_run.catalog()["morph_type"].tolist() == before
 
 
 def test_merge_errors_are_clear(clustered_run, tmp_path):

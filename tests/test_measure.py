@@ -295,3 +295,54 @@ def test_g2_noise_aware_default_on_real_stamps(measured_run):
     paper = [measure_stamp(stamps[i], sources["noise_sigma"][i], sources["background"][i],
                            config=paper_g2)["g2"] for i in range(3)]
     assert min(paper) > 1.7  # the definition without tolerance: saturated by noise
+
+
+# --- speed (issue 21): statmorph's asymmetry helper without repeated work, same numbers ---------
+
+
+def test_fast_rotations_equal_skimage():
+    import skimage.transform
+
+    from skymorph.core.fast_statmorph import rotate_180, rotate_mask_180
+
+    rng = np.random.default_rng(3)
+    for i in range(60):
+        image = rng.normal(size=(40, 50)) + (5.0 if i % 3 == 0 else 0.0)  # with and without both signs
+        mask = rng.random((40, 50)) < 0.2
+        # arbitrary centres and quarter-pixel ones (ties of the nearest-neighbour rounding)
+        xc, yc = (rng.uniform(0, 50), rng.uniform(0, 40)) if i % 2 else (rng.integers(0, 200) / 4,
+                                                                           rng.integers(0, 160) / 4)
+        region = (slice(rng.integers(0, 15), rng.integers(20, 40)), slice(rng.integers(0, 20), 50))
+        expected = skimage.transform.rotate(image, 180.0, center=(xc, yc))
+        np.testing.assert_array_equal(rotate_180(image, xc, yc), expected)
+        np.testing.assert_array_equal(rotate_180(image, xc, yc, region), expected[region])
+        expected_mask = skimage.transform.rotate(mask.copy(), 180.0, center=(xc, yc)) >= 0.5
+        np.testing.assert_array_equal(rotate_mask_180(mask, xc, yc, region), expected_mask[region])
+
+
+@pytest.mark.slow
+def test_fast_statmorph_equals_statmorph(reference, cosmos_run):
+    import warnings
+
+    import statmorph
+
+    from skymorph.core.fast_statmorph import fast_class
+    from skymorph.core.morphometry import STATMORPH_QUANTITIES, make_segmap
+
+    image, segmap, mask, *_ = reference
+    cases = [(image, segmap, mask, {"gain": 1.0})]
+    stamps = np.asarray(cosmos_run.open_array("stamps")[:3], dtype=np.float64)
+    sources = cosmos_run.sources()
+    for i, stamp in enumerate(stamps):  # real stamps, with neighbours masked
+        data = stamp - sources["background"][i]
+        seg, others = make_segmap(data, sources["noise_sigma"][i])
+        cases.append((data, seg, others, {"weightmap": np.full(data.shape, sources["noise_sigma"][i])}))
+    for data, seg, msk, kwargs in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plain = statmorph.SourceMorphology(data, seg, 1, mask=msk, **kwargs)
+            fast = fast_class()(data, seg, 1, mask=msk, **kwargs)
+        for name in STATMORPH_QUANTITIES:
+            expected = pytest.approx(getattr(plain, name), rel=1e-9, abs=1e-12, nan_ok=True)
+            assert getattr(fast, name) == expected, name
+        assert fast.flag == plain.flag

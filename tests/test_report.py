@@ -226,7 +226,11 @@ def test_report_numbers(report_run):
     assert types["n_no_consensus"] == int(np.sum(np.arange(n) % 7 == 0))
     assert types["counts"]["UNC"] == int(np.sum(np.arange(n) % 7 == 5))
     assert numbers["warnings"] and "5 of 100 galaxies" in numbers["warnings"][0]
-    assert parts["per_type"]["result"]["g2"]["reliable"] is False
+    # no g2_reliable column and S/N 2.5 < g2_min_sn: G2 is reliable for none, and the note says so
+    g2 = parts["per_type"]["result"]["g2"]
+    assert g2["n_reliable"] == 0 and g2["saturation"]["reliable"] is False
+    html = (report_run.path / "report" / "report.html").read_text()
+    assert "G2 is not reliable for any of the" in html and "G2 is reliable at this run" not in html
     etg = parts["etg_ltg"]["result"]
     assert etg["etg_types"] == ["SPH"] and etg["ltg_types"] == ["ETD", "LTD", "IRR"]
     assert etg["tests"]["P(n >= split | ETG)"]["confidence"] == 0.9
@@ -286,6 +290,73 @@ def test_report_in_chromium(report_run, browser_page):
     # the G2 caveat beside the G2 figure
     caveat = page.inner_text("#figure-fig10 .caveat")
     assert "not reliable" in caveat and "symmetric gradient pairs" in caveat
+
+
+def test_g2_note_follows_the_per_galaxy_flag(report_run, tmp_path):
+    """Issue 20 item 4: the note gives the share of galaxies whose own g2_reliable flag holds, per
+    type, and the G2 medians use only those galaxies."""
+    path = tmp_path / "run"
+    shutil.copytree(report_run.path, path)
+    run = RunDir(path)
+    catalog = run.catalog()
+    reliable = np.arange(len(catalog)) % 3 == 0
+    run.write_catalog(catalog.assign(g2_reliable=reliable, g2=np.where(reliable, 0.3, 1.9)))
+    summary = validate(run, config=run.config().update({"validate": {"stamps_per_type": 0}}), progress=False)
+    result = summary["parts"]["per_type"]["result"]
+    typed = catalog.assign(g2_reliable=reliable)[catalog["morph_type"].isin(["SPH", "ETD", "LTD", "IRR"])]
+    for t, f in result["g2"]["by_type"].items():
+        sel = typed["morph_type"] == t
+        assert (f["k"], f["n"]) == (int(typed.loc[sel, "g2_reliable"].sum()), int(sel.sum()))
+    assert all(m == pytest.approx(0.3) for m in result["medians"]["g2"].values())  # reliable ones only
+    html = (path / "report" / "report.html").read_text()
+    k, n = int(typed["g2_reliable"].sum()), len(typed)
+    assert f"for {k} of {n} galaxies" in html and "use only these reliable galaxies" in html
+    assert "G2 is reliable at this run" not in html
+
+
+def test_report_cosmetics_without_human_voters_or_measurements(report_run, tmp_path):
+    """Issue 20 item 12: only an automatic voter -> no '0 clusters ... ()' sentence; measure never
+    ran -> no 'Sersic fits: on'."""
+    path = tmp_path / "run"
+    shutil.copytree(report_run.path, path)
+    run = RunDir(path)
+    votes = pd.read_csv(path / "inspection" / "votes.csv")
+    votes[votes["expert"].str.startswith("auto:")].to_csv(path / "inspection" / "votes.csv", index=False)
+    assert run.stage_info("measure") is None
+    validate(run, config=run.config().update({"validate": {"stamps_per_type": 0}}), progress=False)
+    html = (path / "report" / "report.html").read_text()
+    agreement = html[html.index('<section id="agreement">'):]
+    agreement = agreement[:agreement.index("</section>")]
+    assert "0 clusters" not in agreement and "()" not in agreement
+    assert "found 0" in agreement  # the headline still says why kappa is missing
+    row = re.search(r"<td>Sersic fits</td><td><code>([^<]*)</code>", html)
+    assert row and row.group(1) == "none: measure has not run"
+
+
+def test_long_ids_under_the_example_stamps_do_not_overlap():
+    """Issue 20 item 12: 18-digit SDSS ids under the report's thumbnails stay inside their panels."""
+    import matplotlib.pyplot as plt
+
+    from skymorph.report.figures import stamps_axes
+
+    rng = np.random.default_rng(0)
+    ids = [str(587722981736480000 + i) for i in range(16)]
+    images = {"SPH": [(ids[i], rng.random((20, 20))) for i in range(8)],
+              "LTD": [(ids[8 + i], rng.random((20, 20))) for i in range(8)]}
+    fig = stamps_axes(images, {"SPH": "spheroid", "LTD": "late-type disk"}, 8)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for row in fig.axes[:8], fig.axes[8:]:
+        boxes = sorted((ax.xaxis.label.get_window_extent(renderer) for ax in row), key=lambda b: b.x0)
+        for left, right in zip(boxes, boxes[1:], strict=False):
+            assert left.x1 < right.x0  # no label runs into its neighbour
+        for ax in row:
+            label = ax.xaxis.label.get_window_extent(renderer)
+            panel = ax.get_window_extent(renderer)
+            assert label.width <= panel.width * 1.05
+    text = "".join(ax.get_xlabel().replace("\n", "") for ax in fig.axes)
+    assert all(i in text for i in ids)  # every id is shown whole
+    plt.close(fig)
 
 
 def test_report_without_nonlinear_inputs_has_no_warning(report_run, tmp_path):

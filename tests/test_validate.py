@@ -150,13 +150,15 @@ def test_validate_full_report(typed_run, shared_data):
     # medians and ETG/LTG fractions equal a direct computation on the measurements
     m = pd.read_parquet(run.path / "measurements.parquet")
     m = m.merge(catalog[["id", "morph_type", "consensus"]], on="id")
-    ok = m[m["measure_ok"] & m["morph_type"].isin(["SPH", "ETD", "LTD", "IRR"])]
+    typed = m[m["morph_type"].isin(["SPH", "ETD", "LTD", "IRR"])]
+    ok = typed[typed["measure_ok"]]
     sph = ok[ok["morph_type"] == "SPH"]
     assert parts["per_type"]["result"]["medians"]["gini"]["SPH"] == pytest.approx(sph["gini"].median())
-    assert parts["per_type"]["result"]["n"]["SPH"] == len(sph)
+    assert parts["per_type"]["result"]["n"]["SPH"] == int((typed["morph_type"] == "SPH").sum())
     ltg = ok[ok["morph_type"] != "SPH"]
     etg_ltg = parts["etg_ltg"]["result"]
-    assert etg_ltg["tests"]["P(n < split | LTG)"]["fraction"] == pytest.approx((ltg["sersic_n"] < 2.5).mean())
+    ltg_n = ltg.loc[ltg["sersic_ok"], "sersic_n"]  # only valid Sersic fits
+    assert etg_ltg["tests"]["P(n < split | LTG)"]["fraction"] == pytest.approx((ltg_n < 2.5).mean())
     above = sph["gini"] > 0.14 * sph["m20"] + 0.80
     assert etg_ltg["tests"]["P(above line | ETG)"]["k"] == int(above.sum())
     merger = ltg["gini"] > -0.14 * ltg["m20"] + 0.33
@@ -170,7 +172,7 @@ def test_validate_full_report(typed_run, shared_data):
     # kept vs rejected: same numbers as scipy on the same columns
     kr = parts["kept_rejected"]["result"]["tests"]
     kept = m["consensus"].to_numpy()
-    gini = m["gini"].to_numpy()
+    gini = m["gini"].where(m["nonparam_ok"]).to_numpy()  # valid values only
     ref = sps.ks_2samp(gini[kept & np.isfinite(gini)], gini[~kept & np.isfinite(gini)])
     assert kr["gini"]["ks_pvalue"] == pytest.approx(ref.pvalue)
     assert {"snr_pixel", "ZPHOT", "MAG", "sersic_n", "r_e", "gini", "m20"} <= set(kr)
@@ -186,6 +188,49 @@ def test_validate_full_report(typed_run, shared_data):
     both = ours.notna()
     assert g["n_compared"] == int(both.sum())
     assert g["agreement"]["k"] == int((ours[both] == theirs[both]).sum())
+
+
+def test_each_quantity_only_where_its_own_flag_says_valid(typed_run):
+    """Issue 20 item 1: on the COSMOS stamps a dozen Sersic fits run away (flag_sersic = 2, n up to
+    ~200); the catalog keeps their raw values with sersic_ok false, and the report's medians, Fig. 8,
+    Fig. 12 and the Fig. 14 statistics leave them out and say how many and why."""
+    run = typed_run
+    validate(run, config=Config(), progress=False)
+    m = pd.read_parquet(run.path / "measurements.parquet")
+    bad_fit = m["flag_sersic"] >= 2
+    assert bad_fit.sum() >= 8 and m.loc[bad_fit, "sersic_n"].max() > 20  # the run-away fits exist
+    # raw values kept, per-family validity columns, measure_ok = statmorph flag 0/1
+    assert (m["sersic_ok"] == ((m["flag_sersic"].between(0, 1)) & m["sersic_n"].notna())).all()
+    assert (m["nonparam_ok"] == m["flag"].between(0, 1)).all()
+    assert (m["measure_ok"] == m["nonparam_ok"]).all()
+    assert (m["g2_reliable"] <= m["nonparam_ok"]).all()
+    assert m.loc[bad_fit, "sersic_n"].notna().all()
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(run.path / "measurements.parquet")
+    for col in ("sersic_ok", "nonparam_ok", "measure_ok"):
+        assert b"flag" in schema.field(col).metadata[b"description"]
+    numbers = json.loads((run.path / "report" / "validation.json").read_text())
+    parts = numbers["parts"]
+    cat = run.catalog()[["id", "morph_type", "consensus"]].merge(m, on="id")
+    typed = cat[cat["morph_type"].isin(["SPH", "ETD", "LTD", "IRR"])]
+    for t, median in parts["per_type"]["result"]["medians"]["sersic_n"].items():
+        good = typed[(typed["morph_type"] == t) & typed["sersic_ok"]]
+        assert median == pytest.approx(good["sersic_n"].median())
+    excluded = parts["per_type"]["result"]["excluded"]["sersic_n"]
+    assert excluded["n_excluded"] == int((typed["sersic_n"].notna() & ~typed["sersic_ok"]).sum()) > 0
+    kr = parts["kept_rejected"]["result"]
+    n_compared = kr["tests"]["sersic_n"]["n_kept"] + kr["tests"]["sersic_n"]["n_rejected"]
+    assert n_compared == int(m["sersic_ok"].sum())
+    assert kr["excluded"]["sersic_n"]["n_excluded"] == int(bad_fit.sum())
+    html = (run.path / "report" / "report.html").read_text()
+    n_bad = int(bad_fit.sum())
+    assert f"Sersic n, r_e (kpc): {n_bad} of {int(m['sersic_n'].notna().sum())} galaxies left out" in html
+    assert f"{excluded['n_excluded']} of {excluded['n_raw']} galaxies left out (flag_sersic" in html
+    # item 5: the background-corrected asymmetry can be negative: said in the report and the column
+    assert (m["asymmetry"] < 0).any()
+    assert 'id="asymmetry-caveat"' in html and "can be negative" in html
+    assert b"can be negative" in schema.field("asymmetry").metadata[b"description"]
 
 
 def test_validate_without_optional_inputs_skips_with_notes(typed_run, tmp_path, capsys):

@@ -34,6 +34,9 @@ __all__ = [
     "ExtendConfig",
     "ValidateConfig",
     "ComputeConfig",
+    "SimilarConfig",
+    "AnomalyConfig",
+    "SubdivideConfig",
     "PRESETS",
     "load_config",
     "read_settings",
@@ -406,6 +409,26 @@ class EncodeConfig:
         flag="--rotations",
         choices=(1, 2, 4),
     )
+    input_size: int = setting(
+        0,
+        "Side (px) of the square image the encoder sees; 0 uses the model's own (260 for "
+        "EfficientNet-Lite2, 224 for Lite0 and ConvNeXt). Smaller is faster (cost ~ side^2): the "
+        "stamps are 100 px, so 260 spends most arithmetic on interpolated pixels (README: "
+        "throughput against balanced accuracy).",
+        flag="--input-size",
+        min=0,
+        max=1024,
+    )
+    runtime: str = setting(
+        "auto",
+        "What runs the network: ``torch``; ``onnxruntime`` (the model exported to ONNX at run time "
+        "from its weights, cached under ~/.cache/skymorph; ~4x faster than PyTorch on CPU, features "
+        "equal to cosine >= 0.99999); ``auto`` = onnxruntime for fp32 on the CPU when it is "
+        "installed, else torch.",
+        flag="--runtime",
+        choices=("auto", "torch", "onnxruntime"),
+        result=False,
+    )
     # --- encoder = "adapted": a small CNN trained on the run's own stamps (skymorph.core.adapted)
     adapted_size: int = setting(
         64, 'Input size (px) of the ``adapted`` encoder (the stamps are shrunk to it).', min=16, max=512
@@ -508,6 +531,42 @@ class ReduceConfig:
         flag="--fit-sample",
         min=10,
     )
+    descriptors: float = setting(
+        0.0,
+        "Weight of the cheap shape descriptors (``skymorph.core.descriptors``: C, A, S, Gini, M20, axis "
+        "ratio, r20/r50/r80 of every stamp; clustering features, not physics) beside the encoder's "
+        "features. Both blocks are scaled to unit total variance, then the descriptors' is multiplied by "
+        "this weight; 0 (the default) clusters the encoder's features alone. The descriptors are "
+        "written as the ``descriptors`` array.",
+        flag="--descriptors",
+        min=0,
+    )
+    descriptor_levels: list[float] = setting(
+        [0.05, 0.2],
+        "Isophotes (fractions of the stamp's smoothed peak) at which the descriptors are measured, "
+        "side by side: a faint one follows a disc's outskirts, a bright one the bulge.",
+        min=0,
+        max=1,
+    )
+    deep_dims: int = setting(
+        32,
+        "Principal components kept of the standardised encoder features when ``descriptors`` or a "
+        "``projection`` is used (0: every column).",
+        min=0,
+    )
+    projection: str = setting(
+        "none",
+        "Projection of the features before the reduction: ``none``, ``whiten`` (PCA whitening) or "
+        "``nuisance`` (the directions along which galaxies differ most relative to how nuisance "
+        "copies of one galaxy differ: noise, blur, zoom, sub-pixel shift, brightness stretch; "
+        "``skymorph.core.nuisance``). ``nuisance`` encodes ``nuisance_copies`` copies of "
+        "``nuisance_sample`` stamps, and needs the encoder to read the stamps (denoise and polar off).",
+        flag="--projection",
+        choices=("none", "whiten", "nuisance"),
+    )
+    projection_dims: int = setting(32, "Directions kept by the projection.", min=1)
+    nuisance_sample: int = setting(300, "Stamps (seeded sample) given nuisance copies.", min=2)
+    nuisance_copies: int = setting(2, "Nuisance copies per sampled stamp.", min=1, max=8)
     chunk_size: int = setting(8192, "Galaxies per chunk when transforming and writing.", min=1, result=False)
     seed: int = setting(
         42,
@@ -663,6 +722,11 @@ class InspectConfig:
         "learn from yet (no named clusters, or ``extend.cluster_labels = false``).",
         min=1,
     )
+    special_types: list[str] = setting(
+        ["tidal", "lens", "merger", "ring", "compact"],
+        "Special types an expert can give a subclass (``skymorph subdivide``) in the voting "
+        "application, beside free text; ``inspect merge`` writes the agreed one to ``special_type``.",
+    )
 
 
 G2_MIN_SN = 3.0
@@ -745,6 +809,22 @@ class MeasureConfig:
     include_doublesersic: bool = setting(
         False, "Also fit statmorph's double Sersic model.", flag="--doublesersic"
     )
+    zeropoint: float | None = setting(
+        None,
+        "Photometric zero point of the stamps' pixel units: adds mag_petro (flux within 2 Petrosian "
+        "radii) and mag_sersic (the Sersic model's total flux). Default: the input FITS header's "
+        "MAGZERO / PHOTZP where ingest found one, else no magnitudes.",
+        flag="--zeropoint",
+    )
+    resamples: int = setting(
+        0,
+        "Noise resampling for the non-parametric errors (<name>_err of Gini, M20, C, A, S, M, I, D): "
+        "each galaxy is re-measured this many times with Gaussian noise of its pixel errors added "
+        "(seeded per galaxy by ``seed``); 0 (default) is off: it multiplies the time per galaxy.",
+        flag="--resamples",
+        min=0,
+    )
+    seed: int = setting(0, "Seed of the noise resampling (``resamples``).")
     detect_nsigma: float = setting(
         1.5,
         "Segmentation threshold in background sigma (on the smoothed stamp).",
@@ -842,10 +922,11 @@ class ExtendConfig:
         10000, "Most training galaxies (a seeded sample) the neighbour distances are taken to; 0: all.", min=0
     )
     ood_final: str = setting(
-        "fallback",
-        "Final type of an extended galaxy flagged out of distribution: ``fallback`` (the last of "
-        "``inspect.types``, UNC: it is not forced into a type) or ``predicted``.",
-        choices=["fallback", "predicted"],
+        "ood",
+        "``morph_type_final`` of an extended galaxy flagged out of distribution (its ``type_source`` "
+        "is ``ood`` in every case): ``ood`` (the value OOD: not forced into a type, and not the "
+        "experts' UNC), ``fallback`` (the last of ``inspect.types``) or ``predicted``.",
+        choices=["ood", "fallback", "predicted"],
     )
     exclude_types: list[str] = setting(
         list(),
@@ -971,6 +1052,83 @@ class ComputeConfig:
 
 
 @dataclass
+class SimilarConfig:
+    """'More like this': the nearest galaxies to a query (``skymorph similar``)."""
+
+    n: int = setting(50, "Neighbours returned per query.", flag="--n", min=1)
+    input: str = setting(
+        "features",
+        "Space the neighbours are searched in: ``features`` (the encoder features) or ``embedding`` "
+        "(the UMAP embedding).",
+        choices=["features", "embedding"],
+        flag="--input",
+    )
+    metric: str = setting("cosine", "Distance between galaxies: ``cosine`` or ``euclidean``.",
+                          choices=["cosine", "euclidean"], flag="--metric")
+    exact_below: int = setting(
+        20000,
+        "Runs with fewer galaxies are searched exactly (brute force); larger ones through a stored "
+        "inverted-file index (``similar/index/``, built on first use).",
+        min=0,
+    )
+    probe: int = setting(
+        24, "Lists of the index scanned per query (more: closer to exact, slower).", min=1, result=False
+    )
+    seed: int = setting(0, "Seed of the index's K-means.")
+
+
+@dataclass
+class AnomalyConfig:
+    """Anomaly ranking: ``anomaly_score`` for every galaxy (``skymorph anomaly``)."""
+
+    method: str = setting(
+        "knn",
+        "Score: ``knn`` (mean distance to the nearest galaxies), ``lof`` (local outlier factor) or "
+        "``iforest`` (isolation forest); measured in the README.",
+        choices=["knn", "lof", "iforest"],
+        flag="--method",
+    )
+    input: str = setting(
+        "features",
+        "Space the score is taken in: ``features`` or ``embedding``.",
+        choices=["features", "embedding"],
+        flag="--input",
+    )
+    n_neighbors: int = setting(10, "Neighbours of ``knn`` and ``lof``.", min=1)
+    scaling: str = setting(
+        "l2",
+        "``l2`` (every galaxy's vector to unit length: the cosine geometry ``similar`` uses) or "
+        "``standardise`` (every column to zero mean, unit variance) before the principal components.",
+        choices=["l2", "standardise"],
+    )
+    dims: int = setting(
+        64, "Principal components of the scaled input the score is taken in (0: all).", min=0
+    )
+    reference: int = setting(
+        10000, "Galaxies (a seeded sample) the neighbours are searched among / the model is fitted on.",
+        min=10,
+    )
+    top: int = setting(100, "Galaxies shown in the montage of the most unusual ones.", flag="--top", min=1)
+    seed: int = setting(0, "Seed of the samples and of the isolation forest.", flag="--seed")
+
+
+@dataclass
+class SubdivideConfig:
+    """Subclasses of one cluster or type (``skymorph subdivide``)."""
+
+    k: int = setting(5, "Subclasses of each of the three clusterers.", flag="--k", min=2)
+    dims: int = setting(
+        10, "Dimension of the members' own UMAP embedding (0: cluster their PCA-50 features instead).",
+        min=0,
+    )
+    n_neighbors: int = setting(15, "UMAP neighbours of the members' embedding.", min=2)
+    seed: int = setting(42, "Seed of the embedding and the clusterers.", flag="--seed")
+    per_subcluster: int = setting(
+        50, "Members drawn at random for each subclass montage.", min=1
+    )
+
+
+@dataclass
 class Config:
     """All settings of a run, one section per stage."""
 
@@ -985,6 +1143,9 @@ class Config:
     extend: ExtendConfig = field(default_factory=ExtendConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    similar: SimilarConfig = field(default_factory=SimilarConfig)
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    subdivide: SubdivideConfig = field(default_factory=SubdivideConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dictionary of every setting."""

@@ -26,6 +26,9 @@ STAGES: dict[str, str] = {
     "extend": "skymorph.stages.extend:STAGE",
     "measure": "skymorph.stages.measure:STAGE",
     "validate": "skymorph.stages.validate:STAGE",
+    "similar": "skymorph.stages.similar:STAGE",
+    "anomaly": "skymorph.stages.anomaly:STAGE",
+    "subdivide": "skymorph.stages.subdivide:STAGE",
 }
 """Every stage, in pipeline order, and the ``module:name`` of its :class:`~skymorph.stages.Stage`
 (imported on use).  The module also defines the stage's public function, named like the stage."""

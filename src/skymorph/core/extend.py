@@ -631,7 +631,8 @@ def split_scores(truth: np.ndarray, final: np.ndarray, source: np.ndarray) -> di
     final : array of str
         ``morph_type_final``.
     source : array of str
-        ``type_source``: ``experts`` or ``extended``.
+        ``type_source``: ``experts``, ``extended`` or ``ood`` (extended, out of distribution;
+        counted with the extended galaxies).
 
     Returns
     -------
@@ -644,7 +645,8 @@ def split_scores(truth: np.ndarray, final: np.ndarray, source: np.ndarray) -> di
     final = np.array([str(t).strip().casefold() for t in final], dtype=object)
     source = np.asarray(source).astype(str)
     out = {}
-    for name, sel in (("kept", source == "experts"), ("extended", source == "extended"),
+    extended = (source == "extended") | (source == "ood")  # every galaxy the classifier typed
+    for name, sel in (("kept", source == "experts"), ("extended", extended),
                       ("all", np.ones(truth.size, bool))):
         sel = sel & (truth != "")
         t, p = truth[sel], final[sel]

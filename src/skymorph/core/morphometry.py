@@ -310,12 +310,15 @@ def gradient_asymmetry(image: np.ndarray, segmap: np.ndarray, xc: float | None =
 
 
 def _statmorph_class(include_sersic: bool):
-    import statmorph
+    # statmorph's SourceMorphology with its asymmetry helper done without repeated work
+    # (same values: skymorph.core.fast_statmorph)
+    from .fast_statmorph import fast_class
 
+    base = fast_class()
     if include_sersic:
-        return statmorph.SourceMorphology
+        return base
 
-    class _NoSersic(statmorph.SourceMorphology):
+    class _NoSersic(base):
         # statmorph evaluates every lazy property in _calculate_morphology; skipping the
         # Sersic ones saves most of the time when only non-parametric values are wanted.
         def _calculate_morphology(self) -> None:
@@ -418,6 +421,10 @@ def morphology(image: np.ndarray, segmap: np.ndarray, label: int | None = None,
             row[name] = float(value) if value is not None else float("nan")
         row["flag"] = int(morph.flag)
         row["flag_sersic"] = int(morph.flag_sersic) if include_sersic else -1
+        if include_sersic and morph.flag < 4:
+            from .uncertainty import sersic_errors
+
+            row.update(sersic_errors(morph))  # from the fit's covariance
         if include_doublesersic:
             row["flag_doublesersic"] = int(getattr(morph, "flag_doublesersic", -1))
         if morph.flag >= 4:
@@ -432,7 +439,9 @@ def morphology(image: np.ndarray, segmap: np.ndarray, label: int | None = None,
         row["g2"] = gradient_asymmetry(data, unmasked, row["xc_asymmetry"], row["yc_asymmetry"],
                                        g2_module_tolerance, g2_phase_tolerance, noise_sigma,
                                        g2_noise_tolerance)
-        row["measure_ok"] = True
+        # measured, and statmorph's flag says the non-parametric values are valid (0 good,
+        # 1 suspect); the raw values of a bad (2) measurement are kept, flagged
+        row["measure_ok"] = bool(morph.flag <= 1)
         if morph.flag >= 2:
             row["measure_reason"] = f"statmorph flag {morph.flag} (bad): {row['measure_warnings']}"[:500]
     except Exception as exc:  # noqa: BLE001 - one galaxy must never abort a run

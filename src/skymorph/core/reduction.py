@@ -512,7 +512,7 @@ def reduce_features(features: np.ndarray, *, method: str = "umap", dims: int | s
                     exact_knn_below: int = 4096, scan_k: int = 20, scan_sample: int = 20000,
                     scan_epochs: int | None = None, map_2d: bool = True, fit_sample: int | None = None,
                     chunk_size: int = 8192, seed: int = 42, ids: Sequence[Any] | None = None,
-                    progress: bool = True) -> ReduceResult:
+                    progress: bool = True, scaled: bool = False) -> ReduceResult:
     """Reduce a features array in memory: UMAP (optionally scanning d), PCA, or standardisation.
 
     Parameters
@@ -543,6 +543,10 @@ def reduce_features(features: np.ndarray, *, method: str = "umap", dims: int | s
         Galaxy ids for error messages.
     progress : bool
         Show progress bars.
+    scaled : bool
+        The features are already scaled as they should be compared (hybrid blocks or a
+        projection, :func:`skymorph.core.hybrid.prepare_features`): ``pca`` and ``none``
+        keep that scale instead of standardising every column.
 
     Returns
     -------
@@ -572,7 +576,7 @@ def reduce_features(features: np.ndarray, *, method: str = "umap", dims: int | s
     if method != "umap":
         return _linear(features, method, dims, map_2d, fit_sample, seed, chunk_size,
                        _Umap(n_neighbors, min_dist, metric, n_epochs, seed,
-                             0 if fit_sample else exact_knn_below))
+                             0 if fit_sample else exact_knn_below), scaled=scaled)
     if isinstance(dims, str) and dims != "auto":
         try:
             dims = int(dims)
@@ -633,13 +637,14 @@ def reduce_features(features: np.ndarray, *, method: str = "umap", dims: int | s
 
 
 def _linear(features: np.ndarray, method: str, dims: int | str, map_2d: bool, fit_sample: int | None,
-            seed: int, chunk_size: int, p: _Umap) -> ReduceResult:
-    """``method = "pca"`` / ``"none"``: standardised features, optionally projected on their
-    first ``dims`` principal components (the 2-D map stays a UMAP of the features)."""
+            seed: int, chunk_size: int, p: _Umap, scaled: bool = False) -> ReduceResult:
+    """``method = "pca"`` / ``"none"``: standardised (or, ``scaled``, only centred) features,
+    optionally projected on their first ``dims`` principal components (the 2-D map stays a
+    UMAP of the features)."""
     if method not in METHODS:
         raise ReduceError(f"reduce.method must be one of {', '.join(METHODS)}, got {method!r}")
     start = time.perf_counter()
-    x = standardise(features)
+    x = features - features.mean(0) if scaled else standardise(features)
     out_dims = x.shape[1]
     if method == "pca":
         from sklearn.decomposition import PCA

@@ -38,7 +38,8 @@ __all__ = [
     "NO_CONSENSUS", "AUTO_PREFIX", "NONLINEAR_SUFFIXES", "PARAMETERS", "FIGURE_GROUPS", "GZH_DEFAULT_COLUMNS",
     "normalise_types", "type_counts", "typed_sample", "per_type_medians", "etg_ltg_tests",
     "gini_m20_region", "comparison_columns", "completeness", "kept_rejected", "expert_agreement",
-    "nonlinear_mask", "nonlinear_inputs", "g2_reliability", "gzh_classes", "gzh_agreement", "is_automatic",
+    "nonlinear_mask", "nonlinear_inputs", "g2_reliability", "g2_reliable_fractions", "gzh_classes",
+    "gzh_agreement", "is_automatic",
 ]
 
 NO_CONSENSUS = "NOCONS"
@@ -145,8 +146,9 @@ def typed_sample(table: pd.DataFrame, types: Sequence[str], unclassified: str | 
     sample = table[table["morph_type"].isin(types)]
     if exclude_unc and unclassified is not None:
         sample = sample[sample["morph_type"] != unclassified]
-    if "measure_ok" in sample.columns:
-        sample = sample[sample["measure_ok"].fillna(False).astype(bool)]
+    # no cut on measure_ok here: each measured value is blanked where its own family's flag says
+    # it is invalid (skymorph.core.quality.valid_values), so a bad Sersic fit does not drop a
+    # galaxy's valid Gini, nor a valid fit a bad Gini
     if mass_col is not None and min_mass is not None:
         before = len(sample)
         sample = sample[sample[mass_col] > math.log10(min_mass)]
@@ -460,6 +462,56 @@ def g2_reliability(sample: pd.DataFrame, noise_tolerance: float | None, saturate
     return {"reliable": bool(reliable), "share_saturated": share, "median_g2": float(np.median(g2[ok])),
             "median_sn": median_sn, "noise_tolerance": noise_tolerance, "n": int(ok.sum()),
             "threshold": saturated_g2, "reason": reason}
+
+
+def g2_reliable_fractions(sample: pd.DataFrame, types: Sequence[str], min_sn: float) -> dict[str, Any] | None:
+    """How many galaxies of each type have a reliable G2 (the per-galaxy ``g2_reliable`` flag).
+
+    Parameters
+    ----------
+    sample : DataFrame
+        The typed sample with its raw values (``morph_type``, ``g2`` and ``g2_reliable``,
+        or ``sn_per_pixel`` and statmorph's flags to derive it).
+    types : sequence of str
+        The types to report.
+    min_sn : float
+        ``measure.g2_min_sn`` (for the words, and to derive a missing flag).
+
+    Returns
+    -------
+    dict or None
+        ``n`` (galaxies with a G2 value), ``n_reliable``, ``fraction``, ``by_type`` (type ->
+        ``k``, ``n``, ``fraction``), ``min_sn`` and ``text`` (the report's sentence); None
+        without G2.
+    """
+    from .quality import validity
+
+    if "g2" not in sample.columns:
+        return None
+    has = np.isfinite(pd.to_numeric(sample["g2"], errors="coerce").to_numpy(float))
+    if not has.any():
+        return None
+    if "g2_reliable" in sample.columns:
+        reliable = sample["g2_reliable"].astype(object).where(sample["g2_reliable"].notna(), False)
+        reliable = reliable.astype(bool).to_numpy()
+    else:
+        reliable = validity(sample, g2_min_sn=min_sn)["g2_reliable"].to_numpy()
+    reliable = reliable & has
+    mtype = sample["morph_type"].to_numpy()
+    by_type = {}
+    for t in types:
+        sel = (mtype == t) & has
+        k, n = int(reliable[sel].sum()), int(sel.sum())
+        by_type[t] = {"k": k, "n": n, "fraction": k / n if n else None}
+    n, k = int(has.sum()), int(reliable.sum())
+    per_type = ", ".join(f"{t} {v['k']}/{v['n']}" for t, v in by_type.items() if v["n"])
+    text = (f"G2 is reliable (g2_reliable: S/N per pixel >= {min_sn:g}) for {k} of {n} galaxies "
+            f"({k / n:.0%}; per type {per_type}). The G2 medians and the G2 panel use only these "
+            "reliable galaxies, so types are compared at S/N >= the threshold, not matched in S/N.")
+    if k == 0:
+        text = (f"G2 is not reliable for any of the {n} galaxies (S/N per pixel below {min_sn:g}): "
+                "G2 is not compared between types.")
+    return {"n": n, "n_reliable": k, "fraction": k / n, "by_type": by_type, "min_sn": min_sn, "text": text}
 
 
 # --- Galaxy Zoo: Hubble ---------------------------------------------------------------------------

@@ -165,6 +165,14 @@ def merge_votes(run: RunDir, votes: Sequence[str | os.PathLike] | None, config: 
         log.warning("%d vote(s) name clusters that are not consensus clusters of this run (%s); left out",
                     int(unknown.sum()), ", ".join(map(str, sorted(set(table.loc[unknown, "cluster"])))))
     table = table[~unknown]
+    if table.empty:
+        n_read = int(len(stale)) if len(stale) else 0
+        raise InspectError(
+            f"none of the {n_read} vote(s) is for the current clustering of {run.path} "
+            f"({int(stale.sum())} cast on montages of an older clustering, {int(unknown.sum())} naming "
+            "clusters it does not have), so no types were written; vote on the current montages "
+            f"(`skymorph inspect serve {run.path}`) or name the clusters from known labels "
+            f"(`skymorph inspect auto {run.path} ...`), then merge again")
     sizes = Counter(labels[labels >= 0].tolist())
     rows = []
     for cluster in clusters:

@@ -191,11 +191,125 @@ class _App:
                 "votes": {str(k): v for k, v in votes.items() if k in self.clusters}}
 
     def galaxy_png(self, stamp: int, softening: float | None = None) -> bytes:
-        if stamp not in self.ids_by_stamp:
+        if stamp not in self.ids_by_stamp and stamp not in self._catalog_rows()[1]:  # "more like this"
             raise KeyError(stamp)
         with self._read_lock:
             image = np.asarray(self.images[stamp])
         return to_png(display(image, self.config.inspect, bool(self.display_scaled[stamp]), softening))
+
+    # --- "more like this" and subclass names (skymorph similar / subdivide) -------------------------
+
+    def _catalog_rows(self) -> tuple[Any, dict[int, int]]:
+        if getattr(self, "_catalog", None) is None:
+            catalog = self.run.catalog()
+            index = catalog["index"].to_numpy(np.int64) if "index" in catalog else np.arange(len(catalog))
+            self._catalog = catalog
+            self._row_of_stamp = {int(s): r for r, s in enumerate(index)}
+        return self._catalog, self._row_of_stamp
+
+    def similar(self, stamp: int, n: int) -> dict[str, Any]:
+        """The ``n`` galaxies nearest to the galaxy of ``stamp`` (stored index, else exact search)."""
+        from ..core.search import IVFIndex, SearchError, exact_neighbors, index_key
+
+        catalog, row_of = self._catalog_rows()
+        if stamp not in row_of:
+            raise InspectError(f"no galaxy with stamp {stamp} in the catalog")
+        cfg = self.config.similar
+        x = self.run.open_array(cfg.input)
+        row = row_of[stamp]
+        query = np.asarray(x[row], dtype=np.float32)[None]
+        if not np.isfinite(query).all():
+            raise InspectError("this galaxy has no features (its image was empty)")
+        stage = "encode" if cfg.input == "features" else "reduce"
+        key = index_key((self.run.stage_info(stage) or {}).get("fingerprint"), metric=cfg.metric,
+                        seed=cfg.seed, space=cfg.input)
+        folder = self.run.path / "similar" / "index"
+        found = None
+        if (folder / "index.json").exists():
+            try:
+                index = IVFIndex.load(folder)
+                if index.info.get("key") == key:
+                    found, dist = index.search(query, n=n, probe=cfg.probe, exclude=np.array([row]))
+            except SearchError:
+                found = None
+        if found is None:
+            with self._read_lock:
+                if getattr(self, "_search_space", None) is None:
+                    self._search_space = np.asarray(x[:], dtype=np.float32)
+            found, dist = exact_neighbors(self._search_space, query, n=n, metric=cfg.metric,
+                                          exclude=np.array([row]))
+        index_col = catalog["index"].to_numpy(np.int64) if "index" in catalog else np.arange(len(catalog))
+        ids = catalog["id"].astype(str).to_numpy()
+        cells = []
+        for r, d in zip(found[0], dist[0], strict=True):
+            if r < 0:
+                continue
+            cell = self._cell(int(index_col[r]), str(ids[r]))
+            cell["distance"] = float(d)
+            for col in ("cluster", "morph_type"):
+                if col in catalog.columns:
+                    value = catalog[col].iloc[int(r)]
+                    cell[col] = None if value is None or (isinstance(value, float) and math.isnan(value)) \
+                        else (int(value) if col == "cluster" else str(value))
+            cells.append(cell)
+        return {"stamp": stamp, "id": str(ids[row]), "metric": cfg.metric, "neighbours": cells}
+
+    def _subclass_store(self) -> Any:
+        from .special import SubclassVoteStore, subclass_votes_path
+
+        return SubclassVoteStore(subclass_votes_path(self.run), self.manifest["clustering"])
+
+    def _subclass_manifests(self) -> list[dict[str, Any]]:
+        import json as _json
+
+        out = self.run.path / "subdivide"
+        try:
+            groups = _json.loads((out / "groups.json").read_text()).get("groups", [])
+        except (OSError, ValueError):
+            return []
+        manifests = []
+        for path in sorted(out.glob("group_*/montages.json")):
+            try:
+                manifest = _json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if manifest.get("group") in groups and manifest.get("clustering") == self.manifest["clustering"]:
+                manifest["folder"] = path.parent.name
+                manifests.append(manifest)
+        return manifests
+
+    def subclasses(self, expert: str | None) -> dict[str, Any]:
+        """The subdivided groups of the current clustering, their montages and the expert's names."""
+        groups = [{
+            "group": m["group"], "by": m.get("by", ""), "n_members": m.get("n_members"),
+            "subclusters": [{"subcluster": e["subcluster"], "size": e["size"], "n_shown": e["n_shown"],
+                             "png": f"/subclass/{m['folder']}/{e['png'].rsplit('/', 1)[-1]}"}
+                            for e in m.get("subclusters", [])],
+        } for m in self._subclass_manifests()]
+        votes = self._subclass_store().votes_of(expert) if expert else {}
+        return {"special_types": list(self.config.inspect.special_types), "groups": groups, "votes": votes}
+
+    def subclass_vote(self, payload: Any) -> dict[str, Any]:
+        from .special import clean_label
+
+        if not isinstance(payload, dict):
+            raise InspectError("a subclass name is a JSON object {expert, subcluster, label}")
+        expert = clean_expert(payload.get("expert"))
+        sub = payload.get("subcluster")
+        known = {e["subcluster"] for m in self._subclass_manifests() for e in m.get("subclusters", [])}
+        if not isinstance(sub, str) or sub not in known:
+            raise InspectError(f"there is no subclass {_short(sub)} in this run (run `skymorph subdivide` "
+                               "first)")
+        label = clean_label(payload.get("label"), list(self.config.inspect.special_types))
+        store = self._subclass_store()
+        row = store.cast(expert, sub, label)
+        return {"ok": True, "vote": row, "votes": store.votes_of(expert)}
+
+    def subclass_png(self, folder: str, name: str) -> bytes:
+        for m in self._subclass_manifests():
+            if m["folder"] == folder and any(e["png"].rsplit("/", 1)[-1] == name for e in m["subclusters"]):
+                return (self.run.path / "subdivide" / folder / name).read_bytes()
+        raise KeyError(name)
 
 
 _STATIC = {"/": ("app.html", "text/html; charset=utf-8"),
@@ -371,10 +485,30 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 body = app.galaxy_png(int(m.group(1)), softening)
             except KeyError:
-                raise _Reject(404, "no such galaxy in the montages") from None
+                raise _Reject(404, "no such galaxy in the catalog") from None
             self._send(200, body, "image/png", "private, max-age=60")
-        else:
+        elif not self._get_special(url.path, query):
             raise _Reject(404, f"not found: {url.path[:100]}")
+
+    def _get_special(self, path: str, query: dict[str, list[str]]) -> bool:
+        """'More like this' and the subclasses; False when ``path`` is none of theirs."""
+        app = self.server.app
+        if path == "/api/similar":
+            stamp, n = query.get("stamp", [""])[0], query.get("n", ["12"])[0]
+            if not stamp.isdigit() or len(stamp) > 9 or not n.isdigit() or not 1 <= int(n) <= 100:
+                raise _Reject(400, "similar needs stamp=N and n from 1 to 100")
+            self._json(200, app.similar(int(stamp), int(n)))
+        elif path == "/api/subclasses":
+            self._json(200, app.subclasses(query.get("expert", [""])[0] or None))
+        elif m := re.fullmatch(r"/subclass/(group_[A-Za-z0-9_-]{1,60})/(subcluster_[0-9]{3,6}\.png)", path):
+            try:
+                body = app.subclass_png(m.group(1), m.group(2))
+            except KeyError:
+                raise _Reject(404, "no such subclass montage") from None
+            self._send(200, body, "image/png", "no-store")
+        else:
+            return False
+        return True
 
     def _post(self, url: Any) -> None:
         try:
@@ -382,12 +516,14 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise _Reject(400, "too many query parameters") from None
         self._check_token(query)
-        if url.path not in ("/api/vote", "/api/refine/label"):
+        if url.path not in ("/api/vote", "/api/subclass-vote", "/api/refine/label"):
             raise _Reject(404, "not found")
         payload = self._read_json()
         app = self.server.app
+        cast = {"/api/vote": app.vote, "/api/subclass-vote": lambda p: app.subclass_vote(p),
+                "/api/refine/label": lambda p: app.refine.label(p)}[url.path]
         try:
-            result = app.vote(payload) if url.path == "/api/vote" else app.refine.label(payload)
+            result = cast(payload)
         except OSError as exc:  # the disk refused the write: the expert must know it was not saved
             log.error("vote not saved: %s", exc)
             raise _Reject(500, f"the vote could not be saved: {exc}") from None

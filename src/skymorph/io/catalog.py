@@ -42,7 +42,7 @@ import pandas as pd
 
 from .._version import __version__
 
-__all__ = ["NOCONS", "CATALOG_EXTNAME", "PROVENANCE_KEY", "column_info", "provenance",
+__all__ = ["NOCONS", "CATALOG_EXTNAME", "PROVENANCE_KEY", "column_info", "provenance", "id_dtype",
            "unique_names", "normalise_types", "fits_safe", "write_catalog", "update_catalog",
            "write_parquet", "arrow_schema", "read_provenance", "describe_catalog"]
 
@@ -64,7 +64,8 @@ _IMG = "in the input images' pixel units"
 
 COLUMNS: dict[str, tuple[str | None, str]] = {
     # ingest
-    "id": (None, "galaxy identifier (the input catalog's, else the file stem)"),
+    "id": (None, "galaxy identifier (the input catalog's, else the file stem), stored as text: cast the ids "
+                 "of another table to text to join (pandas: .astype(str)); the dtype is in ID_DTYPE"),
     "index": (None, "row of the galaxy in the run's stamp arrays (0-based)"),
     "origin": (None, "input file the stamp was cut from"),
     "hdu": (None, "FITS HDU of the input image"),
@@ -83,6 +84,13 @@ COLUMNS: dict[str, tuple[str | None, str]] = {
     "nan_filled": (None, "number of NaN pixels ingest filled with noise"),
     "linear": (None, "stamp pixels are linear in flux (FITS/NPY); false for display-scaled PNG/JPEG"),
     "stamp_flux": (None, f"flux in the stamp, {_IMG}"),
+    "nonfinite_fraction": (None, "fraction of the stamp's pixels that were NaN or infinite in the input"),
+    "has_rms": (None, "the stamp has a per-pixel error map in the run's rms array"),
+    "rms_source": (None, "where the stamp's error map came from (HDU, companion file, catalog noise)"),
+    "has_psf": (None, "the stamp has a PSF in the run's psf array"),
+    "psf_source": (None, "where the stamp's PSF came from (collection file, PSF HDU)"),
+    "psf_flux_fraction": (None, "fraction of the PSF's flux kept after cropping it to ingest.psf_size"),
+    "note": (None, "ingest's remark on the stamp (e.g. an unusable PSF); empty when none"),
     # GalSim RealGalaxyCatalog columns (the bundled COSMOS collection)
     "IDENT": (None, "input catalog identifier"),
     "RA": ("deg", "right ascension from the input catalog"),
@@ -101,8 +109,16 @@ COLUMNS: dict[str, tuple[str | None, str]] = {
                          f"{NOCONS} = no consensus; missing = not typed yet"),
     "type_flag": (None, "how the cluster's type was decided (inspect merge)"),
     "type_agreement": (None, "fraction of the experts who voted for the cluster's type"),
-    "morph_type_final": (None, "type of every galaxy: experts' where kept, else the extended classifier's"),
-    "type_source": (None, "experts, extended or taught (an expert typed the galaxy itself)"),
+    "morph_type_final": (None, "type of every galaxy: experts' where kept, else the extended classifier's; "
+                               "OOD = outside the classifier's training distribution (extend.ood_final)"),
+    "type_source": (None, "experts (the experts' type), extended (the classifier's), ood (extended, "
+                          "but outside the training distribution: seen by no expert, not confident) or "
+                          "taught (an expert typed the galaxy itself)"),
+    "morph_type_ml": (None, "the extension classifier's type (every galaxy, training ones included)"),
+    "ml_probability": (None, "the classifier's probability of morph_type_ml (not a p_<TYPE> column)"),
+    "ml_confident": (None, "ml_probability >= extend.confidence_threshold and not out of distribution"),
+    "ml_ood": (None, "farther from the training galaxies than extend.ood_quantile of them are from theirs"),
+    "ml_ood_distance": (None, "mean distance to the nearest training galaxies (extend's OOD test)"),
     # measure
     "xc_centroid": ("pix", "x of the flux-weighted centroid (statmorph, 0-based stamp pixels)"),
     "yc_centroid": ("pix", "y of the flux-weighted centroid (statmorph)"),
@@ -131,7 +147,8 @@ COLUMNS: dict[str, tuple[str | None, str]] = {
     "gini_m20_merger": (None, "Gini-M20 merger statistic S(G, M20) (Snyder et al. 2015)"),
     "sn_per_pixel": (None, "mean signal-to-noise per pixel of the galaxy (statmorph)"),
     "concentration": (None, "concentration C = 5 log10(r80 / r20) (Conselice 2003)"),
-    "asymmetry": (None, "rotational asymmetry A (Conselice 2003), background-corrected"),
+    "asymmetry": (None, "rotational asymmetry A (Conselice 2003), background-corrected: can be negative "
+                        "for faint, smooth galaxies (the sky's asymmetry exceeds the galaxy's)"),
     "smoothness": (None, "smoothness (clumpiness) S (Conselice 2003)"),
     "multimode": (None, "multimode M (Freeman et al. 2013)"),
     "intensity": (None, "intensity I (Freeman et al. 2013)"),
@@ -163,15 +180,25 @@ COLUMNS: dict[str, tuple[str | None, str]] = {
     "flag_doublesersic": (None, "statmorph double-Sersic flag; -1 no fit"),
     "psi": (None, "multiplicity Psi (Law et al. 2007)"),
     "g2": (None, "gradient asymmetry G2 (Rosa et al. 2018), noise tolerance as in the settings"),
-    "g2_reliable": (None, "S/N per pixel is high enough for G2 to measure structure (measure.g2_min_sn)"),
+    "g2_reliable": (None, "G2 is valid: nonparam_ok, G2 finite and S/N per pixel >= measure.g2_min_sn"),
+    "nonparam_ok": (None, "non-parametric values (Gini, M20, C, A, S, M, I, D, radii, Psi) are valid: "
+                          "statmorph flag 0 (good) or 1 (suspect)"),
+    "sersic_ok": (None, "Sersic values (n, r_e, ...) are valid: flag_sersic 0 (good) or 1 (suspect) and "
+                        "n finite; raw values of bad fits are kept"),
     "segment_area": ("pix2", "pixels in the galaxy's segment"),
-    "measure_ok": (None, "statmorph measured the galaxy"),
+    "measure_ok": (None, "statmorph measured the galaxy with flag 0 (good) or 1 (suspect), so its "
+                         "non-parametric values are valid (= nonparam_ok); Sersic: sersic_ok, "
+                         "G2: g2_reliable"),
     "measure_reason": (None, "why a galaxy was not measured, or statmorph's flag >= 2 reason"),
     "measure_warnings": (None, "statmorph's warnings"),
     "measure_linear": (None, "measured on linear pixels; false: display-scaled PNG/JPEG, values unreliable"),
     "measure_psf": (None, "PSF used in the Sersic fits: none, file, or array (per stamp)"),
     "measure_weights": (None, "per-pixel errors used: noise_sigma (constant), gain, rms array, or the "
                               "named weight array"),
+    "zeropoint": ("mag", "photometric zero point of the stamp's pixel units (measure.zeropoint, else "
+                         "the input header's MAGZERO / PHOTZP); NaN: unknown"),
+    "mag_petro": ("mag", "zeropoint - 2.5 log10(flux_circ): flux within 2 circular Petrosian radii"),
+    "mag_sersic": ("mag", "zeropoint - 2.5 log10(total flux of the Sersic model); valid where sersic_ok"),
     "stamp_pixel_scale": ("arcsec / pix", "pixel scale of the stamp (input scale x frame / stamp size)"),
     "sersic_rhalf_arcsec": ("arcsec", "Sersic effective radius r_e (semi-major axis)"),
     "rhalf_circ_arcsec": ("arcsec", "circular half-light radius (statmorph, non-parametric)"),
@@ -180,12 +207,21 @@ COLUMNS: dict[str, tuple[str | None, str]] = {
 RealGalaxyCatalog columns the bundled data carry)."""
 
 _PATTERNS: list[tuple[str, str | None, str]] = [
+    (r"^sersic_(rhalf|xc|yc)_err$", "pix", "1-sigma error of sersic_\\1 from the fit's covariance matrix"),
+    (r"^sersic_theta_err$", "rad", "1-sigma error of sersic_theta from the fit's covariance matrix"),
+    (r"^sersic_(\w+)_err$", None, "1-sigma error of sersic_\\1 from the fit's covariance matrix"),
+    (r"^(gini|m20|concentration|asymmetry|smoothness|multimode|intensity|deviation)_err$", None,
+     "1-sigma error of \\1 by noise resampling (measure.resamples; NaN when off)"),
     (r"^doublesersic_(xc|yc|rhalf\d)$", "pix", "double-Sersic model parameter (statmorph)"),
     (r"^doublesersic_theta\d$", "rad", "double-Sersic component position angle (statmorph)"),
     (r"^doublesersic_", None, "double-Sersic model parameter (statmorph)"),
-    (r"^p_([A-Z]+)$", None, "probability of type \\1 (extend)"),
+    (r"^p_([A-Za-z0-9_]+)$", None, "probability of type \\1 (extend); the p_<TYPE> of a galaxy sum to 1"),
     (r"^HSC_[a-zA-Z]$", "mag", "HSC magnitude from the input catalog"),
     (r"^cat_", None, "input catalog column (renamed: ingest has a column of that name)"),
+    (r"^desc_(r20|r50|r80)(_p[0-9.]+)?$", "pix", "cheap shape descriptor \\1\\2 used as a clustering feature "
+     "(skymorph.core.descriptors), not a physical measurement: see measure's columns"),
+    (r"^desc_(.+)$", None, "cheap shape descriptor \\1 used as a clustering feature "
+     "(skymorph.core.descriptors), not a physical measurement: see measure's columns"),
 ]
 
 
@@ -361,6 +397,8 @@ def _primary_header(record: dict[str, Any], n_rows: int):
     _set(header, "DATE", record.get("written", ""), "UTC date and time the file was written")
     _set(header, "RUNDIR", record.get("run", ""), "run directory (name)")
     _set(header, "NGALAXY", n_rows, "rows of the CATALOG table")
+    if record.get("id_dtype"):
+        _set(header, "ID_DTYPE", record["id_dtype"], "dtype of the id column; cast ids to it to join")
     inputs = record.get("inputs") or {}
     if inputs:
         _set(header, "NINFILES", inputs.get("n_files", 0), "distinct input files")
@@ -468,6 +506,14 @@ def _prepare(table: pd.DataFrame) -> pd.DataFrame:
     return normalise_types(unique_names(table.reset_index(drop=True)))
 
 
+def id_dtype(ids: pd.Series) -> str:
+    """How the catalog stores its ids: ``string`` (text, however the input wrote them), or the
+    numeric dtype of an id column that holds numbers."""
+    if ids.dtype == object or pd.api.types.is_string_dtype(ids.dtype):
+        return "string"
+    return str(ids.dtype)
+
+
 def write_catalog(run_path: str | os.PathLike, table: pd.DataFrame) -> pd.DataFrame:
     """Write a run's catalog as ``catalog.parquet`` and ``catalog.fits``.
 
@@ -486,6 +532,8 @@ def write_catalog(run_path: str | os.PathLike, table: pd.DataFrame) -> pd.DataFr
     path = Path(run_path)
     table = _prepare(table)
     record = provenance(path)
+    if "id" in table.columns:
+        record["id_dtype"] = id_dtype(table["id"])
     write_parquet(path / "catalog.parquet", table, record)
     _write_fits(path / "catalog.fits", table, record)
     return table

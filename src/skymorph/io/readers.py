@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -72,6 +73,24 @@ class GalaxyImage:
     psf_source: str = ""
     note: str = ""
     """Why an error map or PSF that was found could not be used."""
+    zeropoint: float = float("nan")
+    """Photometric zero point from the FITS header (MAGZERO, PHOTZP...; NaN when none)."""
+
+
+def header_zeropoint(*headers: Any) -> float:
+    """The first photometric zero point keyword (``MAGZERO``, ``PHOTZP``, ``MAGZPT``, ``ZEROPNT``)
+    found in ``headers`` (image HDU first, then the primary); NaN when none is a number."""
+    from ..core.photometry import ZEROPOINT_KEYWORDS
+
+    for header in headers:
+        for key in ZEROPOINT_KEYWORDS:
+            try:
+                value = float(header.get(key)) if header is not None and key in header else float("nan")
+            except (TypeError, ValueError):
+                continue
+            if np.isfinite(value):
+                return value
+    return float("nan")
 
 
 def suffix_of(path: Path) -> str:
@@ -433,7 +452,8 @@ def _read_fits(path: Path, hdu: int | None, max_pixels: float, with_extras: bool
         warnings.simplefilter("always")
         with _open_fits(path, memmap=False) as (hdul, size):
             data, index = fits_image(hdul, hdu, max_pixels, size)
-            image = GalaxyImage(np.array(data, dtype=np.float64), index, linear=True)
+            image = GalaxyImage(np.array(data, dtype=np.float64), index, linear=True,
+                                zeropoint=header_zeropoint(hdul[index].header, hdul[0].header))
             if with_extras and len(hdul) > 1:
                 image.rms, image.rms_source, note = error_hdu(hdul, index, image.data.shape, max_pixels)
                 psf_note = ""

@@ -143,7 +143,9 @@ class RunDir:
         lines = [f"run directory {self.path}"]
         for path in self._stage_records():
             info = self.stage_info(path.stem) or {}
-            lines.append(f"  {path.stem:<9} finished {info.get('finished', '?')}")
+            stale = self.stale(path.stem)
+            lines.append(f"  {path.stem:<9} finished {info.get('finished', '?')}"
+                         + (f"  STALE: made from an earlier {', '.join(stale)}; re-run it" if stale else ""))
         partial: dict[str, str] = {}
         for stage, info in self.unfinished().items():
             lines.append(f"  {stage:<9} UNFINISHED: started {info.get('started', '?')} and stopped before "
@@ -348,6 +350,20 @@ class RunDir:
             **summary,
         }
         _atomic_write(self.path / "stages" / f"{stage}.json", json.dumps(info, indent=2, default=str))
+
+    def stale(self, stage: str) -> list[str]:
+        """The stages that ``stage``'s outputs were made from and that have been recomputed
+        (or forgotten) since: non-empty means its outputs are stale.  Empty for a stage that
+        has not run, or that recorded nothing it was made from (runs of an older skymorph)."""
+        info = self.stage_info(stage)
+        if not info:
+            return []
+        changed = []
+        for name, fingerprint in (info.get("made_from") or {}).items():
+            current = self.stage_info(name)
+            if current is None or current.get("fingerprint") != fingerprint:
+                changed.append(name)
+        return changed
 
     def invalidate(self, stage: str) -> None:
         """Forget that ``stage`` finished (before rewriting its outputs)."""

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["Figure", "type_colours", "raincloud_figure", "gini_m20_figure", "completeness_figure",
-           "kept_rejected_figure", "maps_figure", "stamps_figure", "WIDTH_IN", "DPI"]
+           "kept_rejected_figure", "maps_figure", "stamps_figure", "stamps_axes", "WIDTH_IN", "DPI"]
 
 WIDTH_IN = 13.0
 """Width of a full-width figure in inches; at 100 CSS px per inch it is shown 1300 px wide."""
@@ -261,11 +261,33 @@ def maps_figure(maps: dict[str, np.ndarray], types: np.ndarray, order: Sequence[
 def stamps_figure(images: dict[str, list[tuple[str, np.ndarray]]], labels: dict[str, str],
                   per_row: int) -> Figure:
     """Example stamps: one row per type, already stretched to [0, 1], the id under each."""
+    fig = stamps_axes(images, labels, per_row)
+    return _finish(fig, "stamps", "Example stamps of each type (random members, shown as in the montages)")
+
+
+def _id_label(gid: str, width_pt: float, fontsize: float) -> str:
+    """The id as it fits under a panel ``width_pt`` points wide: on one line, else broken into
+    lines short enough (a digit is ~0.6 em wide), so long survey ids (18 digits) never run
+    into the next panel."""
+    per_line = max(4, int(width_pt / (0.62 * fontsize)))
+    if len(gid) <= per_line:
+        return gid
+    return "\n".join(gid[i:i + per_line] for i in range(0, len(gid), per_line))
+
+
+def stamps_axes(images: dict[str, list[tuple[str, np.ndarray]]], labels: dict[str, str], per_row: int):
+    """The matplotlib figure of :func:`stamps_figure` (not yet saved)."""
     rows = [t for t in images if images[t]]
     ncol = max(per_row, 1)
     side = WIDTH_IN / ncol
     fig, axes = _subplots(ncol, max(len(rows), 1), height=side + 0.25)
     axes = axes.reshape(max(len(rows), 1), ncol)
+    fontsize = 9.0
+    width_pt = 0.85 * side * 72  # the panel less the gap to its neighbour
+    label_lines = max((_id_label(str(gid), width_pt, fontsize).count("\n") + 1
+                       for t in rows for gid, _ in images[t]), default=1)
+    if label_lines > 1:  # room under every row for the longest id
+        fig.set_size_inches(WIDTH_IN, max(len(rows), 1) * (side + 0.25 + 0.15 * (label_lines - 1)))
     for r, t in enumerate(rows):
         for c in range(ncol):
             ax = axes[r, c]
@@ -274,12 +296,12 @@ def stamps_figure(images: dict[str, list[tuple[str, np.ndarray]]], labels: dict[
             if c < len(images[t]):
                 gid, img = images[t][c]
                 ax.imshow(img, cmap="gray", vmin=0, vmax=1, origin="lower", interpolation="nearest")
-                ax.set_xlabel(f"id {gid}", fontsize=9)
+                ax.set_xlabel(_id_label(str(gid), width_pt, fontsize), fontsize=fontsize, linespacing=1.0)
             else:
                 ax.set_axis_off()
             if c == 0:
                 ax.set_ylabel(_type_label(t, labels).replace(": ", "\n"), fontsize=11)
-    return _finish(fig, "stamps", "Example stamps of each type (random members, shown as in the montages)")
+    return fig
 
 
 def draw_reliability(ax, cv: dict[str, Any]) -> None:

@@ -38,7 +38,7 @@ from ..io.rundir import RunDir, RunDirError
 from ..registry import PIPELINE, STAGES
 
 __all__ = ["Stage", "Argument", "StageContext", "STAGES", "PIPELINE", "get_stage", "execute",
-           "image_source"]
+           "image_source", "dependencies"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,59 @@ class Stage:
     chunked: bool = False
     """The stage maps over chunks of galaxies: it runs where ``[compute] scheduler``
     says (the local pool or a Dask cluster) and resumes from its finished chunks."""
+    depends: Callable[[Config], tuple[str, ...]] | None = None
+    """Stages whose results this one's outputs are made from, beyond ``upstream`` (e.g. the
+    clustering for the experts' types): when one of them is recomputed, this stage's
+    outputs are stale (:meth:`RunDir.stale`).  Default: ``upstream``."""
+    rejoin: Callable[[RunDir], None] | None = None
+    """Joins this stage's columns onto a catalog that another stage rewrote (results that do
+    not depend on that stage, e.g. the measurements after a new clustering, survive it)."""
+
+
+def dependencies(name: str, config: Config) -> list[str]:
+    """Every stage whose result the outputs of stage ``name`` are made from (transitively)."""
+    seen: list[str] = []
+    todo = [name]
+    while todo:
+        stage = get_stage(todo.pop())
+        direct = stage.depends(config) if stage.depends is not None else stage.upstream(config)
+        for dep in direct:
+            if dep not in seen and dep != name:
+                seen.append(dep)
+                todo.append(dep)
+    return [s for s in STAGES if s in seen]
+
+
+def _made_from(run: RunDir, name: str, config: Config) -> dict[str, str]:
+    """Fingerprint of every finished stage that stage ``name``'s outputs are made from."""
+    out = {}
+    for dep in dependencies(name, config):
+        info = run.stage_info(dep)
+        if info is not None:
+            out[dep] = info.get("fingerprint", "")
+    return out
+
+
+def _after_recompute(run: RunDir, name: str, config: Config) -> None:
+    """After stage ``name`` recomputed: rejoin the surviving columns onto a rewritten catalog
+    and say in one line which finished results are now stale."""
+    stage = get_stage(name)
+    if "catalog.parquet" in stage.outputs:
+        for other in STAGES:
+            declared = get_stage(other)
+            if other != name and declared.rejoin is not None and run.stage_info(other) is not None \
+                    and not run.stale(other):
+                declared.rejoin(run)
+    stale = [other for other in STAGES if other != name and name in run.stale(other)]
+    if stale:
+        log.warning("%s: %s %s made from the previous %s and %s now stale (skymorph info lists "
+                    "them); re-run %s", name, ", ".join(stale), "was" if len(stale) == 1 else "were",
+                    name, "is" if len(stale) == 1 else "are", ", ".join(
+                        f"`skymorph {_command(s)} {run.path}`" for s in stale))
+
+
+def _command(stage: str) -> str:
+    return f"inspect {stage}" if stage in ("montage", "merge") else stage
 
 
 def get_stage(name: str) -> Stage:
@@ -284,7 +337,9 @@ def execute(name: str, run_dir: str | os.PathLike | RunDir, config: Config | Non
                 if session is not None and session.cache.n_reused:
                     summary.setdefault("n_tasks_resumed", session.cache.n_reused)
             used = {s: config.to_dict()[s] for s in stage.sections}
-            run.mark_done(name, fingerprint, **summary, settings_used=used)
+            run.mark_done(name, fingerprint, **summary, settings_used=used,
+                          made_from=_made_from(run, name, config))
+            _after_recompute(run, name, config)
             if stage.chunked:
                 from ..io.chunklog import clear_parts
 

@@ -114,6 +114,12 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     catalog["cluster"] = result.cluster
     catalog["consensus"] = result.consensus
     catalog["morph_type"] = np.where(result.consensus, None, "NOCONS")  # typed by inspect merge
+    if run.has_array("descriptors"):  # reduce.descriptors: the clustering's shape features, labelled as such
+        desc = run.open_array("descriptors")
+        if desc.shape[0] == n:
+            values = np.asarray(desc[:])
+            for j, name in enumerate(desc.attrs.get("columns", [])):
+                catalog[f"desc_{name}"] = values[:, j]
     run.write_catalog(catalog)
     out = run.path / "cluster"
     out.mkdir(exist_ok=True)

@@ -114,7 +114,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     n_chunks = -(-n // chunk)
     key = hashlib.sha256(json.dumps(
         [fingerprint, n, encoder.dim, chunk, int(cfg.batch_size), where,
-         encoder.precision, threads], default=str).encode()).hexdigest()[:16]
+         encoder.precision, threads, encoder.runtime], default=str).encode()).hexdigest()[:16]
 
     partial_path = run.path / "stages" / PARTIAL
     partial = _read_partial(partial_path)
@@ -131,9 +131,9 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         _write_json(partial_path, partial)
     done = set(partial["done"])
     todo = [i for i in range(n_chunks) if i not in done]
-    log.info("encode: %s (%s weights, %d-d, input %dx%d, %s %s) on %d images of '%s'",
+    log.info("encode: %s (%s weights, %d-d, input %dx%d, %s %s, %s) on %d images of '%s'",
              encoder.name, encoder.weights_source, encoder.dim, *encoder.input_size,
-             where, encoder.precision, n, source)
+             where, encoder.precision, encoder.runtime, n, source)
 
     def read(i: int) -> np.ndarray:
         return np.asarray(images[i * chunk : min(n, (i + 1) * chunk)], dtype=np.float32)
@@ -195,7 +195,9 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
              len(empty_rows), n_done_before)
     return dict(n_images=n, dim=encoder.dim, encoder=encoder.name,
                 weights=encoder.weights_source, input=source, device=where,
-                precision=encoder.precision, n_rejected=len(empty_rows), n_resumed=n_done_before,
+                precision=encoder.precision, runtime=encoder.runtime,
+                input_size=list(encoder.input_size), rotations=encoder.rotations,
+                n_rejected=len(empty_rows), n_resumed=n_done_before,
                 seconds=round(time.perf_counter() - t0, 2),
                 encode_seconds=round(elapsed, 3), encode_cpu_seconds=round(cpu_elapsed, 3),
                 images_per_s=round(n_new / elapsed, 2) if elapsed > 0 and n_new else None,

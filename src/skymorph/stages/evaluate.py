@@ -113,7 +113,10 @@ def score_labels(truth: Sequence[Any], clusters: Sequence[int],
         ``consensus`` (each ``n``, ``n_clusters``, ``purity``, ``nmi``, ``ari``)
         and ``inspection`` (``cluster_names``, ``accuracy``,
         ``balanced_accuracy``, ``recall_by_class``, ``confusion_matrix`` with
-        rows = true class, columns = predicted, and their ``labels``).
+        rows = true class, columns = predicted, and their ``labels``); with
+        ``consensus_clusters``, also ``kmeans_all``: the same simulated inspection
+        of ``clusters`` on every labelled galaxy (``n``, ``accuracy``,
+        ``balanced_accuracy``, ``recall_by_class``).
     """
     from ..inspection import sample_members
 
@@ -145,6 +148,10 @@ def score_labels(truth: Sequence[Any], clusters: Sequence[int],
     recall = {c: (float(matrix[index[c], index[c]] / matrix[index[c]].sum()) if matrix[index[c]].sum()
                   else None) for c in classes}
     present = [r for r in recall.values() if r is not None]
+    kmeans_all = None
+    if consensus_clusters is not None:  # the same simulated inspection of the K-means clusters of all
+        insp = score_labels(truth_arr, clusters_arr, None, per_cluster, seed)["inspection"]
+        kmeans_all = {key: insp[key] for key in ("n", "accuracy", "balanced_accuracy", "recall_by_class")}
     return {
         "n_galaxies": int(n),
         "n_labelled": int(labelled.sum()),
@@ -165,6 +172,7 @@ def score_labels(truth: Sequence[Any], clusters: Sequence[int],
             "labels": labels,
             "confusion_matrix": matrix.tolist(),
         },
+        **({"kmeans_all": kmeans_all} if kmeans_all is not None else {}),
     }
 
 
@@ -305,6 +313,8 @@ def evaluate(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | pd.
 
         result["final_types"] = split_scores(aligned, catalog["morph_type_final"].fillna("").to_numpy(),
                                              catalog["type_source"].fillna("").to_numpy())
+        # the report shows these figures only while they belong to the catalog's extension
+        result["extend_fingerprint"] = (run.stage_info("extend") or {}).get("fingerprint", "")
     out_path = Path(out) if out is not None else run.path / "evaluation" / "evaluation.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     result = {
@@ -341,6 +351,10 @@ def format_report(result: Mapping[str, Any]) -> str:
     lines.append(f"simulated inspection ({insp['per_cluster']} sampled members per cluster, seed "
                  f"{insp['seed']}) on {insp['n']} labelled consensus galaxies:")
     lines.append(f"  accuracy {_fmt(insp['accuracy'])}, balanced accuracy {_fmt(insp['balanced_accuracy'])}")
+    if "kmeans_all" in result:
+        km = result["kmeans_all"]
+        lines.append(f"  the same inspection of the K-means clusters of all {km['n']} labelled galaxies: "
+                     f"balanced accuracy {_fmt(km['balanced_accuracy'])}")
     names = Counter(insp["cluster_names"].values())
     lines.append("  clusters named: " + ", ".join(f"{k} {v}" for k, v in sorted(names.items())))
     labels = insp["labels"]

@@ -10,10 +10,11 @@ Catalog columns added (one row per galaxy):
 
 ``p_<TYPE>``
     Probability of each of ``inspect.types`` (0 for a type the classifier did not learn).
-``morph_type_ml`` / ``p_morph_type_ml``
+``morph_type_ml`` / ``ml_probability``
     The classifier's type and its probability (for every galaxy, the training ones too).
+    ``ml_probability`` is not a ``p_*`` column: the ``p_<TYPE>`` columns alone sum to 1.
 ``ml_confident``
-    ``p_morph_type_ml >= extend.confidence_threshold``.
+    ``ml_probability >= extend.confidence_threshold`` and not out of distribution.
 ``ml_ood``
     The galaxy is farther from every training galaxy than ``extend.ood_quantile`` of the
     training galaxies are from their neighbours (a blank stamp, a star, an artefact).
@@ -24,13 +25,18 @@ Catalog columns added (one row per galaxy):
     (UNC) with ``type_source = "ood"`` unless the experts typed it; extend.json counts them.
 ``morph_type_final`` / ``type_source``
     The experts' type (``experts``) where the vote kept the galaxy and the experts typed
-    its cluster; else the classifier's (``extended``) - or, for an out-of-distribution
-    galaxy, the last of ``inspect.types`` (UNC) when ``extend.ood_final = "fallback"``.
+    its cluster; else the classifier's (``extended``).  An extended galaxy out of the
+    training distribution has ``type_source = ood`` and, by ``extend.ood_final``, the
+    value ``OOD`` (default: no expert saw it, so not the experts' UNC), the last of
+    ``inspect.types`` (``fallback``) or its predicted type (``predicted``); its
+    probabilities are extrapolation, so ``ml_confident`` is false.
     A galaxy an expert typed on its own (``skymorph inspect refine``,
     ``inspection/galaxy_votes.csv``) carries that type (``taught``); the classifier learns
     from those galaxies too, each weighing ``extend.taught_weight`` cluster-typed ones.
 
-Files: ``RUN_DIR/extend/extend.json`` (cross-validated accuracy, confusion matrix, ECE,
+Files: ``RUN_DIR/extend/extend.json`` (agreement with the expert-named clusters under
+k-fold cross-validation - not morphology accuracy, which ``evaluate`` measures against
+known labels -, confusion matrix, ECE,
 reliability bins, settings, counts), ``extend/reliability.png`` and, where
 ``measurements.parquet`` exists, ``extend/physical.csv`` (median Sersic n, Gini, M20 and
 concentration per type, expert-typed vs extended galaxies).
@@ -59,6 +65,18 @@ __all__ = ["extend", "ExtendStageError", "physical_comparison", "reliability_plo
 log = logging.getLogger(__name__)
 
 PHYSICAL = {"sersic_n": "n", "gini": "G", "m20": "M20", "concentration": "C"}
+
+OOD = "OOD"
+"""``morph_type_final`` of an extended galaxy outside the training distribution (``ood_final =
+"ood"``): no expert saw it, so it is not the experts' unclassified type."""
+
+LEGACY_COLUMNS = ("p_morph_type_ml",)
+"""Columns an older skymorph wrote that the extension replaces (``ml_probability``)."""
+
+
+def agreement_name(folds: int) -> str:
+    """What the extension's cross-validated score measures, in words."""
+    return f"agreement with the expert-named clusters ({folds}-fold CV)"
 
 
 class ExtendStageError(SkymorphError, ValueError):
@@ -156,16 +174,21 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
                                      if t in result.classes else np.zeros(n))
     predicted = result.predicted.astype(str)
     final = np.where(typed, mtype, predicted).astype(object)
-    if cfg.ood_final == "fallback":
-        final[~typed & result.ood] = fallback
-    final[~typed & nonfinite] = fallback  # no input, no type: whatever ood_final says
-    source = np.where(typed, "experts", np.where(nonfinite, "ood", "extended")).astype(object)
+    ood = ~typed & (result.ood | nonfinite) & (taught == "")
+    if cfg.ood_final == "ood":
+        final[ood] = OOD
+    elif cfg.ood_final == "fallback":
+        final[ood] = fallback
+    # no input, no type, whatever ood_final says: OOD (the last type with ood_final = fallback)
+    final[~typed & nonfinite] = fallback if cfg.ood_final == "fallback" else OOD
+    source = np.where(typed, "experts", np.where(ood, "ood", "extended")).astype(object)
     final[taught != ""] = taught[taught != ""]  # an expert's type of the galaxy itself comes first
     source[taught != ""] = "taught"
     columns.update({
         "morph_type_ml": predicted.astype(object),
-        "p_morph_type_ml": result.p_predicted,
-        "ml_confident": result.confident.astype(bool),
+        "ml_probability": result.p_predicted,
+        # a probability far outside the training distribution is extrapolation, never confident
+        "ml_confident": (result.confident & ~result.ood).astype(bool),
         "ml_ood": result.ood.astype(bool),
         "ml_ood_distance": result.ood_distance,
         "ml_nonfinite": nonfinite.astype(bool),
@@ -173,6 +196,8 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         "type_source": source,
     })
     updated = run.update_catalog(pd.DataFrame(columns))
+    if any(c in updated.columns for c in LEGACY_COLUMNS):
+        updated = run.write_catalog(updated.drop(columns=[c for c in LEGACY_COLUMNS if c in updated.columns]))
 
     out = run.path / "extend"
     out.mkdir(exist_ok=True)
@@ -182,14 +207,18 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         "n_galaxies": n, "n_experts": int(typed.sum()), "n_train": int(learn.sum()),
         "n_taught": int((taught != "").sum()),
         "n_extended": int(extended.sum()),
-        "n_extended_confident": int((extended & result.confident).sum()),
-        "n_extended_ood": int((extended & result.ood).sum()),
+        "n_extended_confident": int((extended & result.confident & ~result.ood).sum()),
+        "n_extended_ood": int(ood.sum()),
         "n_nonfinite": int(nonfinite.sum()),
+        # agreement with the expert-named clusters, not morphology accuracy (evaluate measures that)
         "cv_accuracy": cv["accuracy"], "cv_balanced_accuracy": cv["balanced_accuracy"], "ece": cv["ece"],
+        "cv_measures": agreement_name(cfg.cv_folds),
     }
     counts = {t: {"experts": int(((final == t) & typed).sum()),
-                  "extended": int(((final == t) & extended).sum()),
-                  "taught": int((taught == t).sum())} for t in types}
+                  "extended": int(((final == t) & extended & ~ood).sum()),
+                  "ood": int(((final == t) & ood).sum()),
+                  "taught": int((taught == t).sum())}
+              for t in [*types, *([OOD] if cfg.ood_final == "ood" else [])]}
     report = {
         "run": str(run.path), **summary, "types": types, "classes": result.classes,
         "temperature": result.temperature, "ood_threshold": result.ood_threshold,
@@ -210,8 +239,8 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     except ImportError:  # pragma: no cover - matplotlib is a dependency
         log.warning("extend: matplotlib missing, no reliability diagram")
     log.info("extend: %d expert-typed galaxies trained a %s on %s; %d galaxies extended "
-             "(cross-validated accuracy %.3f, ECE %.3f)", int(learn.sum()), cfg.model, cfg.input,
-             int(extended.sum()), cv["accuracy"], cv["ece"])
+             "(%s %.3f, ECE %.3f)", int(learn.sum()), cfg.model, cfg.input,
+             int(extended.sum()), agreement_name(cfg.cv_folds), cv["accuracy"], cv["ece"])
     return summary
 
 
@@ -220,21 +249,25 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
     config = run.config()
     report = json.loads((run.path / "extend" / "extend.json").read_text())
-    ood = config.inspect.types[-1] if config.extend.ood_final == "fallback" else "predicted type"
+    ood = {"ood": OOD, "fallback": config.inspect.types[-1]}.get(config.extend.ood_final, "predicted type")
+    measures = report.get("cv_measures") or agreement_name(config.extend.cv_folds)
+    no_input = config.inspect.types[-1] if config.extend.ood_final == "fallback" else OOD
     lines = [f"{report['n_extended']} of {report['n_galaxies']} galaxies typed by the classifier "
              f"({report['n_extended_confident']} confident, {report['n_extended_ood']} out of distribution "
-             f"-> {ood}); "
+             f"-> type_source ood, morph_type_final {ood}); "
              f"{report['n_experts']} keep the experts' type"
              + (f"; {report['n_taught']} carry a type an expert gave the galaxy itself (taught)"
                 if report.get("n_taught") else "")
              + (f"; {report['n_nonfinite']} have NaN/inf {report['settings']['input']} and get no type "
-                f"(ml_nonfinite; morph_type_final {config.inspect.types[-1]}): re-run the stage that "
-                "wrote them with --force" if report.get("n_nonfinite") else ""),
-             f"cross-validated on the {report['n_train']} training galaxies: accuracy "
-             f"{report['cv_accuracy']:.3f}, balanced accuracy {report['cv_balanced_accuracy']:.3f}, "
-             f"ECE {report['ece']:.3f}",
-             f"{'type':<12}{'experts':>9}{'extended':>10}"]
-    lines += [f"{t:<12}{c['experts']:>9}{c['extended']:>10}" for t, c in report["counts"].items()]
+                f"(ml_nonfinite; type_source ood, morph_type_final {no_input}): "
+                "re-run the stage that wrote them with --force" if report.get("n_nonfinite") else ""),
+             f"{measures} on the {report['n_train']} training galaxies: "
+             f"{report['cv_accuracy']:.3f}, balanced {report['cv_balanced_accuracy']:.3f}, "
+             f"ECE {report['ece']:.3f} (not morphology accuracy: `skymorph evaluate` measures that "
+             "against known labels)",
+             f"{'type':<12}{'experts':>9}{'extended':>10}{'ood':>6}"]
+    lines += [f"{t:<12}{c['experts']:>9}{c['extended']:>10}{c.get('ood', 0):>6}"
+              for t, c in report["counts"].items()]
     lines.append(f"written to {run.path / 'catalog.parquet'} and {run.path / 'extend' / 'extend.json'}")
     return "\n".join(lines)
 
@@ -244,13 +277,16 @@ STAGE = Stage(
     summary="a classifier trained on the experts' types gives every galaxy a type",
     description=__doc__.split("\n\n")[0] + (
         "\n\nThe expert-typed consensus galaxies train a calibrated classifier; every galaxy gets\n"
-        "p_<TYPE>, morph_type_ml, ml_confident, ml_ood, morph_type_final and type_source.\n\n"
+        "p_<TYPE>, morph_type_ml, ml_probability, ml_confident, ml_ood, morph_type_final and\n"
+        "type_source (experts / extended / ood). Its cross-validated score is agreement with the\n"
+        "expert-named clusters, not morphology accuracy (`skymorph evaluate` measures that).\n\n"
         "Examples:\n"
         "  skymorph extend myrun\n"
         "  skymorph extend myrun --input embedding --model hgb"),
     compute=_compute,
     sections=("extend",),
     upstream=lambda config: (_input_stage(config),),
+    depends=lambda config: (_input_stage(config), "cluster", "merge"),
     outputs=("extend/extend.json",),
     extra=_extra,
     report=_report,
@@ -298,14 +334,16 @@ def physical_comparison(catalog: pd.DataFrame, measurements: pd.DataFrame,
     cols = [c for c in PHYSICAL if c in measurements.columns]
     if not cols or "id" not in measurements.columns:
         return None
-    meas = measurements[["id", *cols]].copy()
+    from ..core.quality import valid_values
+
+    meas = valid_values(measurements)[["id", *cols]].copy()  # each value where its family is valid
     meas["id"] = meas["id"].astype(str)
     table = catalog[["id", "morph_type_final", "type_source"]].copy()
     table["id"] = table["id"].astype(str)
     table = table.merge(meas, on="id", how="left")
     rows = []
     for t in types:
-        for source in ("experts", "extended"):
+        for source in ("experts", "extended", "ood"):
             sel = table[(table["morph_type_final"] == t) & (table["type_source"] == source)]
             row: dict[str, Any] = {"type": t, "source": source, "n": len(sel)}
             for c in cols:

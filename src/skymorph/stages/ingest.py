@@ -80,6 +80,7 @@ from ..io.readers import (
     Reject,
     error_hdu,
     fits_image,
+    header_zeropoint,
     read_error_map,
     read_galaxy,
     read_image,
@@ -459,14 +460,15 @@ class _Reader:
             if key not in self.cache:
                 hdul, size = self._open(self.task.path)
                 data, index = fits_image(hdul, item.hdu, config.max_pixels, size)
-                image = GalaxyImage(np.array(data, dtype=np.float64), index, linear=True)
+                image = GalaxyImage(np.array(data, dtype=np.float64), index, linear=True,
+                                    zeropoint=header_zeropoint(hdul[index].header, hdul[0].header))
                 if self.task.kind != "collection" and len(hdul) > 1:
                     image.rms, image.rms_source, image.note = error_hdu(
                         hdul, index, image.data.shape, config.max_pixels)
                 self.cache[key] = image
             cached = self.cache[key]
             image = GalaxyImage(cached.data, cached.hdu, cached.linear, cached.rms, cached.rms_source,
-                                note=cached.note)
+                                note=cached.note, zeropoint=cached.zeropoint)
         notes = [image.note] if image.note else []
         if item.error_map:
             if item.error_map not in self.cache:
@@ -565,7 +567,7 @@ def _one(reader: _Reader, item: _Item, config: IngestConfig) -> tuple:
            "linear": image.linear,
            "has_rms": rms_stamp is not None, "rms_source": image.rms_source if rms_stamp is not None else "",
            "has_psf": psf is not None, "psf_source": image.psf_source if psf is not None else "",
-           "psf_flux_fraction": flux_fraction, "note": note}
+           "psf_flux_fraction": flux_fraction, "note": note, "zeropoint": image.zeropoint}
     row = {k: printable(v) if isinstance(v, str) else v for k, v in row.items()}
     return ("ok", row["id"], stamp, row, rms_stamp, psf)
 

@@ -60,6 +60,8 @@ MONTAGE = Stage(
                 "inspect.per_cluster random members of each consensus cluster.",
     compute=lambda ctx: draw_montages(ctx.run, ctx.config, ctx.progress),
     upstream=lambda config: ("ingest", *(("denoise",) if config.inspect.array == "denoised" else ())),
+    depends=lambda config: ("ingest", *(("denoise",) if config.inspect.array == "denoised" else ()),
+                            "cluster"),
     outputs=("inspection/montages.json", "inspection/index.html"),
     extra=_montage_extra,
     check=_montage_check,
@@ -71,8 +73,34 @@ MONTAGE = Stage(
 
 def _merge(ctx: StageContext) -> dict[str, Any]:
     result = merge_votes(ctx.run, ctx.options.get("votes"), ctx.config)
-    return {"n_clusters": len(result), "n_votes": int(result["n_experts"].sum()),
-            "n_without_agreement": int((result["type_flag"] != "agreed").sum())}
+    summary = {"n_clusters": len(result), "n_votes": int(result["n_experts"].sum()),
+               "n_without_agreement": int((result["type_flag"] != "agreed").sum())}
+    return {**summary, **_merge_special(ctx)}
+
+
+def _merge_special(ctx: StageContext) -> dict[str, Any]:
+    """The subclasses' special types (``special_type``), when experts named subclasses."""
+    from ..inspection.special import merge_special
+
+    table = merge_special(ctx.run, ctx.config)
+    if table is None:
+        return {}
+    return {"n_subclasses_named": int((table["special_type"] != "").sum())}
+
+
+def _merge_extra(ctx: StageContext) -> dict[str, Any]:
+    """The votes and the clustering they are merged onto: a change in either changes the types
+    (and so makes the extension and the report made from them stale)."""
+    import hashlib
+
+    paths = ctx.options.get("votes") or [ctx.run.path / "inspection" / "votes.csv"]
+    digest = hashlib.sha256()
+    for path in paths:
+        if os.path.exists(path):
+            with open(path, "rb") as handle:
+                digest.update(handle.read())
+    clustering = clustering_fingerprint(ctx.run.catalog()) if ctx.run.exists("catalog.parquet") else ""
+    return {"votes": digest.hexdigest()[:16], "clustering": clustering}
 
 
 def _merge_report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
@@ -87,7 +115,9 @@ def _merge_report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) ->
             f"{config.inspect.types[-1]}: {', '.join(map(str, flagged['cluster'])) or 'none'}\n"
             f"{format_counts(counts)}\n"
             f"morph_type written to {run.path / 'catalog.parquet'}; counts in "
-            f"{run.path / 'inspection' / 'type_counts.csv'}")
+            f"{run.path / 'inspection' / 'type_counts.csv'}"
+            + (f"\n{info['n_subclasses_named']} subclasses named by the experts -> special_type "
+               f"({run.path / 'inspection' / 'subclass_types.csv'})" if "n_subclasses_named" in info else ""))
 
 
 MERGE = Stage(
@@ -99,6 +129,8 @@ MERGE = Stage(
     compute=_merge,
     sections=("inspect",),
     always=True,
+    depends=lambda config: ("cluster",),
+    extra=_merge_extra,
     flags=("inspect.min_agree",),
     arguments=(Argument("--votes", "vote file(s) with expert, cluster, type columns (repeatable; "
                         "default RUN_DIR/inspection/votes.csv)", metavar="FILE", action="append"),),

@@ -21,9 +21,15 @@ False``.  r_e is also given in arcsec where the pixel scale is known.
 
 Results are streamed to ``RUN_DIR/measurements.parquet`` chunk by chunk (memory
 does not grow with the number of galaxies), with units, descriptions and the
-provenance in its metadata.  A galaxy that cannot be measured gets
-``measure_ok = False`` and a ``measure_reason``; it never stops the run.  When
-the run has a catalog, the main columns are joined onto it.
+provenance in its metadata.  Every raw value is kept, with one validity flag per
+family (:mod:`skymorph.core.quality`): ``nonparam_ok`` (statmorph's flag 0/1, the
+same as ``measure_ok``), ``sersic_ok`` (flag_sersic 0/1) and ``g2_reliable``.  A galaxy
+that cannot be measured gets ``measure_ok = False`` and a ``measure_reason``; it never
+stops the run.  Also written: the Sersic parameters' errors from the fit covariance,
+optional noise-resampled errors of the non-parametric values (``resamples``),
+magnitudes where a zero point is known (``zeropoint``, else the header's MAGZERO /
+PHOTZP) and each stamp's segmentation (``RUN_DIR/segmap.zarr``).  When the run has a
+catalog, the main columns are joined onto it (and again after a new clustering).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, MeasureConfig
 from ..core.parallel import map_ordered, start_pool
+from ..core.uncertainty import RESAMPLED_QUANTITIES, SERSIC_ERROR_COLUMNS
 from ..errors import SkymorphError
 from ..io.rundir import RunDir
 from . import Stage, StageContext, execute
@@ -52,12 +59,17 @@ __all__ = ["measure", "measure_stamp", "measure_block", "read_measurements", "li
 log = logging.getLogger(__name__)
 
 MEASUREMENTS_FILE = "measurements.parquet"
+SEGMAP_ARRAY = "segmap"
+"""Run array (N x S x S, uint8) of each stamp's segmentation as measured (:data:`SEGMAP_CODES`)."""
 
 CATALOG_COLUMNS = [
     "gini", "m20", "concentration", "asymmetry", "smoothness", "multimode", "intensity",
     "deviation", "sersic_n", "sersic_rhalf", "sersic_rhalf_arcsec", "sersic_chi2_dof", "psi", "g2",
-    "g2_reliable", "rpetro_circ", "rhalf_circ", "rhalf_circ_arcsec", "sn_per_pixel", "flag",
+    "g2_reliable", "nonparam_ok", "sersic_ok", "rpetro_circ", "rhalf_circ", "rhalf_circ_arcsec",
+    "sn_per_pixel", "flag",
     "flag_sersic", "measure_ok", "measure_reason", "measure_linear", "measure_psf", "measure_weights",
+    "sersic_n_err", "sersic_rhalf_err", "gini_err", "m20_err", "concentration_err", "asymmetry_err",
+    "zeropoint", "mag_petro", "mag_sersic",
 ]
 """Columns joined onto the catalog (``measurements.parquet`` holds every statmorph scalar)."""
 
@@ -116,9 +128,14 @@ def _normalised_psf(image: np.ndarray, what: str) -> np.ndarray:
     return image / image.sum()
 
 
+SEGMAP_CODES = {"sky": 0, "galaxy": 1, "neighbour": 2, "bad": 3}
+"""Values of the ``segmap`` array: the measured galaxy's segment, other sources (masked), and
+pixels without a usable error (masked)."""
+
+
 def measure_stamp(stamp: np.ndarray, noise_sigma: float | None = None, background: float = 0.0,
                   weightmap: np.ndarray | None = None, config: MeasureConfig | None = None,
-                  psf: np.ndarray | None = None) -> dict[str, Any]:
+                  psf: np.ndarray | None = None, *, return_segmap: bool = False) -> dict[str, Any]:
     """Measure one stamp: segmentation, statmorph, Psi and G2.
 
     Parameters
@@ -138,16 +155,23 @@ def measure_stamp(stamp: np.ndarray, noise_sigma: float | None = None, backgroun
         Settings; defaults to ``MeasureConfig()``.
     psf : ndarray, optional
         PSF convolved with the Sersic models (normalised here).
+    return_segmap : bool
+        Add ``segmap``: the stamp's segmentation as measured (uint8, :data:`SEGMAP_CODES`;
+        all zero when segmentation failed).
 
     Returns
     -------
     dict
-        The row of :func:`skymorph.core.morphometry.morphology`; never raises.
+        The row of :func:`skymorph.core.morphometry.morphology` (with the Sersic errors),
+        plus the resampled errors of the non-parametric quantities when
+        ``config.resamples``; never raises.
     """
     from ..core import morphometry as mm
 
     cfg = config or MeasureConfig()
     row = mm.empty_result(cfg.include_doublesersic)
+    if return_segmap:
+        row["segmap"] = np.zeros(np.shape(stamp), dtype=np.uint8)
     try:
         image = np.asarray(stamp, dtype=np.float64)
         if cfg.subtract_background and np.isfinite(background):
@@ -176,6 +200,12 @@ def measure_stamp(stamp: np.ndarray, noise_sigma: float | None = None, backgroun
                 raise ValueError("no usable noise estimate (noise_sigma <= 0 or missing)")
         segmap, others = mm.make_segmap(image, sigma, cfg.detect_nsigma, cfg.detect_npixels,
                                         cfg.smooth_fwhm, cfg.deblend, cfg.deblend_contrast, mask=bad)
+        if return_segmap:
+            codes = np.where(segmap > 0, SEGMAP_CODES["galaxy"],
+                             np.where(others, SEGMAP_CODES["neighbour"], SEGMAP_CODES["sky"]))
+            if bad is not None:
+                codes = np.where(bad, SEGMAP_CODES["bad"], codes)
+            row["segmap"] = codes.astype(np.uint8)
         mask = others if bad is None else others | bad
         gain = None
         g2_noise: float | np.ndarray = float(sigma)
@@ -185,12 +215,24 @@ def measure_stamp(stamp: np.ndarray, noise_sigma: float | None = None, backgroun
             gain = cfg.gain
         else:
             g2_noise = weightmap
-        return mm.morphology(image, segmap, 1, mask=mask if mask.any() else None,
-                             weightmap=weightmap, gain=gain, include_sersic=cfg.include_sersic,
-                             include_doublesersic=cfg.include_doublesersic, psf=psf,
-                             g2_module_tolerance=cfg.g2_module_tolerance,
-                             g2_phase_tolerance=cfg.g2_phase_tolerance,
-                             g2_noise_tolerance=cfg.g2_noise_tolerance, noise_sigma=g2_noise)
+        result = mm.morphology(image, segmap, 1, mask=mask if mask.any() else None,
+                               weightmap=weightmap, gain=gain, include_sersic=cfg.include_sersic,
+                               include_doublesersic=cfg.include_doublesersic, psf=psf,
+                               g2_module_tolerance=cfg.g2_module_tolerance,
+                               g2_phase_tolerance=cfg.g2_phase_tolerance,
+                               g2_noise_tolerance=cfg.g2_noise_tolerance, noise_sigma=g2_noise)
+        if cfg.resamples and result["measure_ok"]:
+            import zlib
+
+            from ..core.uncertainty import resampled_errors
+
+            # seeded per galaxy by its pixels, so the errors do not depend on the chunking
+            seed = [int(cfg.seed), zlib.crc32(np.ascontiguousarray(image).tobytes())]
+            result.update(resampled_errors(image, segmap, n=cfg.resamples, sigma=g2_noise, seed=seed,
+                                           mask=mask if mask.any() else None, weightmap=weightmap, gain=gain))
+        if return_segmap:
+            result["segmap"] = row["segmap"]
+        return result
     except Exception as exc:  # noqa: BLE001 - one galaxy never aborts the run
         row["measure_reason"] = f"{type(exc).__name__}: {exc}"[:500]
         return row
@@ -229,7 +271,7 @@ def _usable_weights(weights: np.ndarray | None) -> bool:
 
 def measure_block(stamps: np.ndarray, noise_sigma: np.ndarray, background: np.ndarray,
                   config: MeasureConfig, weights: np.ndarray | None = None,
-                  psf: np.ndarray | None = None) -> list[dict[str, Any]]:
+                  psf: np.ndarray | None = None, *, return_segmap: bool = False) -> list[dict[str, Any]]:
     """Measure a block of stamps (one Dask / worker task); one row per stamp.
 
     ``weights`` holds one error map per stamp; ``psf`` is one PSF for every stamp
@@ -244,7 +286,7 @@ def measure_block(stamps: np.ndarray, noise_sigma: np.ndarray, background: np.nd
         p = None if psf is None else (psf if np.ndim(psf) == 2 else psf[i])
         rows.append(measure_stamp(stamps[i], float(noise_sigma[i]), float(background[i]),
                                   w if _usable_weights(w) else None, config,
-                                  p if _usable_psf(p) else None))
+                                  p if _usable_psf(p) else None, return_segmap=return_segmap))
     return rows
 
 
@@ -258,7 +300,8 @@ def _run_task(task: _Task, config: MeasureConfig) -> list[dict[str, Any]]:
     psf = task.psf
     if psf is None and task.psf_array:
         psf = np.asarray(run.open_array("psf")[task.start: task.stop], dtype=np.float64)
-    rows = measure_block(stamps, np.asarray(task.noise), np.asarray(task.background), config, weights, psf)
+    rows = measure_block(stamps, np.asarray(task.noise), np.asarray(task.background), config, weights, psf,
+                         return_segmap=True)
     fallback = "gain" if config.gain is not None else "noise_sigma"
     for i, (gid, row) in enumerate(zip(task.ids, rows, strict=True)):
         row["id"] = gid
@@ -284,7 +327,11 @@ def _map_ordered(tasks: list[_Task], config: MeasureConfig, workers: int
 
 
 EXTRA_COLUMNS: dict[str, Any] = {
-    "g2_reliable": False, "measure_linear": True, "measure_psf": "", "measure_weights": "",
+    **dict.fromkeys(SERSIC_ERROR_COLUMNS, float("nan")),
+    **dict.fromkeys([f"{q}_err" for q in RESAMPLED_QUANTITIES], float("nan")),
+    "zeropoint": float("nan"), "mag_petro": float("nan"), "mag_sersic": float("nan"),
+    "nonparam_ok": False, "sersic_ok": False, "g2_reliable": False, "measure_linear": True, "measure_psf": "",
+    "measure_weights": "",
     "stamp_pixel_scale": float("nan"), "sersic_rhalf_arcsec": float("nan"),
     "rhalf_circ_arcsec": float("nan"),
 }
@@ -394,10 +441,22 @@ def _pixel_scales(sources: pd.DataFrame, cfg: MeasureConfig, stamp_size: int) ->
     return scale
 
 
+def _zeropoints(sources: pd.DataFrame, cfg: MeasureConfig) -> np.ndarray:
+    """Photometric zero point of each stamp: the setting, else ingest's ``zeropoint`` column
+    (MAGZERO / PHOTZP of the input header); NaN where unknown (no magnitudes)."""
+    if cfg.zeropoint is not None:
+        return np.full(len(sources), float(cfg.zeropoint))
+    if "zeropoint" in sources:
+        return pd.to_numeric(sources["zeropoint"], errors="coerce").to_numpy(float)
+    return np.full(len(sources), np.nan)
+
+
 def _compute(ctx: StageContext) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from ..core.photometry import magnitude, sersic_total_flux
+    from ..core.quality import validity
     from ..io.catalog import arrow_schema, provenance
 
     run, cfg, progress = ctx.run, ctx.config.measure, ctx.progress
@@ -440,25 +499,40 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     workers = cfg.workers or os.cpu_count() or 1
     workers = min(workers, len(tasks))
     schema = arrow_schema(_schema(cfg.include_doublesersic), provenance(run.path))
+    zeropoint = _zeropoints(sources, cfg)
+    segmaps = run.create_array(SEGMAP_ARRAY, tuple(stamps.shape), cfg.chunk_size, dtype="uint8",
+                               attributes={"codes": SEGMAP_CODES})
     tmp = run.path / f".{MEASUREMENTS_FILE}.tmp"
-    n_ok = n_flagged = n_psf = n_weights = 0
+    n_ok = n_flagged = n_sersic_bad = n_sersic_ok = n_g2 = n_psf = n_weights = 0
     with pq.ParquetWriter(tmp, schema) as writer, \
             tqdm(total=n, desc="measure", unit="galaxy", disable=not progress) as bar:
         for rows in _map_ordered(tasks, cfg, workers):
-            for row in rows:
+            first = rows[0]["index"]
+            blank = np.zeros(stamps.shape[1:], np.uint8)
+            segmaps[first: first + len(rows)] = np.stack(
+                [seg if (seg := r.pop("segmap", None)) is not None else blank for r in rows])
+            flags = validity(pd.DataFrame(rows), g2_min_sn=cfg.g2_min_sn)
+            for row, ok in zip(rows, flags.to_dict(orient="records"), strict=True):
                 i = row["index"]
                 row["measure_linear"] = bool(linear[i])
-                row["g2_reliable"] = bool(row["measure_ok"] and np.isfinite(row["g2"])
-                                          and row["sn_per_pixel"] >= cfg.g2_min_sn)
+                row.update({k: bool(v) for k, v in ok.items()})
                 row["stamp_pixel_scale"] = float(scale[i])
                 row["sersic_rhalf_arcsec"] = float(row["sersic_rhalf"] * scale[i])
                 row["rhalf_circ_arcsec"] = float(row["rhalf_circ"] * scale[i])
+                row["zeropoint"] = float(zeropoint[i])
+                row["mag_petro"] = float(magnitude(row["flux_circ"], zeropoint[i]))
+                row["mag_sersic"] = float(magnitude(sersic_total_flux(
+                    row["sersic_amplitude"], row["sersic_rhalf"], row["sersic_n"], row["sersic_ellip"]),
+                    zeropoint[i]))
             table = pa.Table.from_pylist(rows, schema=schema)
             writer.write_table(table)
             n_ok += sum(r["measure_ok"] for r in rows)
             n_psf += sum(r["measure_psf"] != "none" for r in rows)
             n_weights += sum(r["measure_weights"] == weights_used for r in rows)
-            n_flagged += sum(r["measure_ok"] and r["flag"] >= 2 for r in rows)
+            n_flagged += sum(r["flag"] >= 2 for r in rows)
+            n_sersic_bad += sum(r["flag_sersic"] >= 2 for r in rows)
+            n_sersic_ok += sum(r["sersic_ok"] for r in rows)
+            n_g2 += sum(r["g2_reliable"] for r in rows)
             bar.update(len(rows))
     os.replace(tmp, out)
     n_nonlinear = int((~linear).sum())
@@ -466,15 +540,19 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         log.warning("measure: %d stamps are not linear in flux (PNG/JPEG); their values are marked "
                     "measure_linear = false and are not physical", n_nonlinear)
     log.info("measure: %d galaxies, %d measured, %d failed", n, n_ok, n - n_ok)
-    return dict(n_galaxies=n, n_measured=n_ok, n_failed=n - n_ok, n_flag_bad=n_flagged, workers=workers,
+    return dict(n_galaxies=n, n_measured=n_ok, n_failed=n - n_ok, n_flag_bad=n_flagged,
+                n_sersic_bad=n_sersic_bad, n_sersic_ok=n_sersic_ok, n_g2_reliable=n_g2, workers=workers,
                 n_nonlinear=n_nonlinear, psf=psf_used, n_psf=n_psf, weights=weights_used, n_weights=n_weights)
 
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
-    text = (f"{info.get('n_measured', 0)} of {info.get('n_galaxies', 0)} galaxies measured "
-            f"({info.get('n_failed', 0)} failed, {info.get('n_flag_bad', 0)} with statmorph flag >= 2; "
+    text = (f"{info.get('n_measured', 0)} of {info.get('n_galaxies', 0)} galaxies measured with valid "
+            f"non-parametric values (nonparam_ok; {info.get('n_failed', 0)} failed or statmorph flag >= 2), "
+            f"{info.get('n_sersic_ok', 0)} with a valid Sersic fit (sersic_ok; "
+            f"{info.get('n_sersic_bad', 0)} with flag_sersic >= 2), {info.get('n_g2_reliable', 0)} with a "
+            f"reliable G2 (g2_reliable); raw values are kept, each flag says where its family is valid. "
             f"PSF: {info.get('psf', 'none')} for {info.get('n_psf', 0)}, errors: "
-            f"{info.get('weights', 'noise_sigma')} for {info.get('n_weights', 0)}): "
+            f"{info.get('weights', 'noise_sigma')} for {info.get('n_weights', 0)}: "
             f"{run.path / MEASUREMENTS_FILE}")
     if info.get("n_nonlinear"):
         text += (f"\nWARNING: {info['n_nonlinear']} stamps are display-scaled PNG/JPEG (measure_linear = "
@@ -500,10 +578,11 @@ STAGE = Stage(
     compute=_compute,
     sections=("measure",),
     upstream=lambda config: ("ingest",),
-    outputs=(MEASUREMENTS_FILE,),
+    outputs=(MEASUREMENTS_FILE, f"{SEGMAP_ARRAY}.zarr"),
     check=_check,
     extra=_extra,
     finish=lambda ctx: _join_catalog(ctx.run, ctx.run.path / MEASUREMENTS_FILE),
+    rejoin=lambda run: _join_catalog(run, run.path / MEASUREMENTS_FILE),  # survives a new clustering
     report=_report,
     chunked=True,
 )

@@ -112,12 +112,88 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         ids = ids if len(ids) == features.shape[0] else None
     except Exception:  # the ids only improve an error message
         ids = None
-    result = reduce_features(features, ids=ids, progress=ctx.progress, **core_options(cfg))
+    prepared = _prepares(cfg)
+    extra: dict[str, Any] = {}
+    if cfg.descriptors <= 0 and run.has_array("descriptors"):  # from an earlier setting: not current
+        import shutil
+
+        shutil.rmtree(run.array_path("descriptors"))
+    if prepared:
+        check_features(features, ids=ids)
+        features, extra = _prepare(ctx, features)
+    result = reduce_features(features, ids=ids, progress=ctx.progress, scaled=prepared,
+                             **core_options(cfg))
+    result.timings.update(extra)
     chunk = cfg.chunk_size
     _write(run, "embedding", result.embedding, chunk)
     if result.embedding_2d is not None:
         _write(run, "embedding_2d", result.embedding_2d, chunk)
     return _summary(run, cfg, features.shape, result)
+
+
+def _prepares(cfg: ReduceConfig) -> bool:
+    """Whether the features are prepared (descriptors or a projection) before the reduction."""
+    return cfg.descriptors > 0 or cfg.projection != "none"
+
+
+def _prepare(ctx: StageContext, features: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    """Hybrid blocks and projection (:func:`skymorph.core.hybrid.prepare_features`): the shape
+    descriptors of the stamps (written as the ``descriptors`` array) and, for the nuisance
+    projection, the encoder features of nuisance copies of a seeded sample of stamps."""
+    from ..core.descriptors import descriptors_at_levels
+    from ..core.hybrid import prepare_features
+    from . import image_source
+
+    cfg, run = ctx.config.reduce, ctx.run
+    timings: dict[str, float] = {}
+    stamps = run.open_array("stamps")
+    n = features.shape[0]
+    descriptors = copies = copy_desc = rows = None
+    if cfg.descriptors > 0:
+        start = time.perf_counter()
+        parts, names = [], []
+        for lo in range(0, n, cfg.chunk_size):
+            block = np.asarray(stamps[lo:lo + cfg.chunk_size], dtype=np.float32)
+            values, names = descriptors_at_levels(block, levels=cfg.descriptor_levels)
+            parts.append(values)
+        descriptors = np.vstack(parts)
+        units = ["pix" if name.split("_")[0] in ("r20", "r50", "r80") else "" for name in names]
+        array = run.create_array("descriptors", descriptors.shape, cfg.chunk_size, attributes={
+            "columns": names, "units": units,
+            "note": "cheap shape descriptors used as clustering features (skymorph.core.descriptors); "
+                    "not physical measurements: `skymorph measure` gives those"})
+        array[:] = descriptors
+        timings["descriptors"] = time.perf_counter() - start
+    if cfg.projection == "nuisance":
+        if image_source(ctx.config, "encode")[0] != "stamps":
+            raise ReduceError("reduce.projection = nuisance copies the stamps the encoder reads, but this "
+                              "run encodes denoised or polar images; switch denoise and polar off or use "
+                              "--projection whiten")
+        from ..core.encoders import build_encoder
+        from ..core.nuisance import augment
+
+        start = time.perf_counter()
+        rows = sample_rows(n, cfg.nuisance_sample, seed=cfg.seed, salt=7)
+        sample = np.asarray(stamps.get_orthogonal_selection((rows,)), dtype=np.float32)
+        copied = augment(sample, copies=cfg.nuisance_copies, seed=cfg.seed)
+        encoder = build_encoder(ctx.config.encode)
+        copies = np.stack([encoder.encode(c, int(ctx.config.encode.batch_size))[0] for c in copied])
+        if not np.isfinite(copies).all():  # copies of empty stamps: drop those galaxies
+            ok = np.isfinite(copies).all(axis=(0, 2))
+            rows, copies, copied = rows[ok], copies[:, ok], copied[:, ok]
+        if descriptors is not None:
+            copy_desc = np.stack([descriptors_at_levels(c, levels=cfg.descriptor_levels)[0] for c in copied])
+        timings["nuisance_copies"] = time.perf_counter() - start
+    start = time.perf_counter()
+    try:
+        prepared = prepare_features(features, descriptors, descriptor_weight=cfg.descriptors,
+                                    deep_dims=cfg.deep_dims, projection=cfg.projection,
+                                    projection_dims=cfg.projection_dims, copies=copies,
+                                    copy_descriptors=copy_desc, rows=rows)
+    except ValueError as exc:
+        raise ReduceError(f"cannot prepare the features: {exc}") from None
+    timings["prepare"] = time.perf_counter() - start
+    return prepared, timings
 
 
 def _compute_placed(ctx: StageContext, array: Any, fit_rows: np.ndarray) -> dict[str, Any]:
@@ -129,6 +205,9 @@ def _compute_placed(ctx: StageContext, array: Any, fit_rows: np.ndarray) -> dict
     from ..io.chunklog import create_chunked
 
     cfg, run, session = ctx.config.reduce, ctx.run, ctx.compute
+    if _prepares(cfg):
+        raise ReduceError("reduce.descriptors and reduce.projection run on one machine; switch them off "
+                          "for a reduction placed on a Dask cluster (or drop reduce.fit_sample)")
     n, width = int(array.shape[0]), int(array.shape[1])
     sample = np.asarray(array.get_orthogonal_selection((fit_rows,)), dtype=np.float32)
     # the other galaxies are placed with UMAP.transform, which needs pynndescent's search

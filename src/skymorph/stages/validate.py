@@ -51,7 +51,8 @@ TYPES = ["SPH", "ETD", "LTD", "IRR", "UNC"]
 """The paper's types (the default of ``inspect.types``; the report uses the run's own)."""
 
 TYPE_WORDS = {"SPH": "spheroid", "ETD": "early-type disk", "LTD": "late-type disk", "IRR": "irregular",
-              "UNC": "unclassified by the experts", NO_CONSENSUS: "no consensus"}
+              "UNC": "unclassified by the experts", NO_CONSENSUS: "no consensus",
+              "OOD": "outside the training distribution (seen by no expert)"}
 
 NAME_CANDIDATES = {
     "mass": ["mass", "stellar_mass", "mstar", "logmass", "log_mass", "lp_mass_med", "lp_mass_best",
@@ -113,7 +114,10 @@ def _assemble(run: RunDir, physical, id_col: str | None, cfg: ValidateConfig, ty
     mpath = run.path / MEASUREMENTS_FILE
     if "gini" not in table.columns:
         if mpath.exists():
-            m = pd.read_parquet(mpath, columns=["id", *CATALOG_COLUMNS]).assign(
+            import pyarrow.parquet as pq
+
+            present = set(pq.read_schema(mpath).names)  # an older skymorph wrote fewer columns
+            m = pd.read_parquet(mpath, columns=["id", *[c for c in CATALOG_COLUMNS if c in present]]).assign(
                 id=lambda d: d["id"].astype(str))
             table = table.merge(m, on="id", how="left")
         else:
@@ -217,9 +221,12 @@ class _Inputs:
     run: RunDir
     config: Config
     table: pd.DataFrame
+    """The assembled catalog, every measured value its family's flag calls invalid set to NaN."""
     cols: dict[str, Any]
     rng: np.random.Generator
     options: dict[str, Any]
+    raw: pd.DataFrame | None = None
+    """The same rows with the raw values (to count what was left out)."""
 
     @property
     def cfg(self) -> ValidateConfig:
@@ -239,7 +246,7 @@ class _Inputs:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {t: TYPE_WORDS.get(t, t) for t in [*self.types, NO_CONSENSUS]}
+        return {t: TYPE_WORDS.get(t, t) for t in [*self.types, NO_CONSENSUS, "OOD"]}
 
     @property
     def colours(self) -> dict[str, str]:
@@ -252,6 +259,13 @@ class _Inputs:
                                       self.cols["mass"], self.cfg.min_mass)
         notes.extend(more)
         return sample
+
+    def excluded(self, rows: pd.DataFrame, columns: list[str]) -> dict[str, dict[str, Any]]:
+        """What the validity flags left out of ``columns`` among ``rows`` (rows of :attr:`table`)."""
+        from ..core.quality import exclusions
+
+        raw = self.raw if self.raw is not None else self.table
+        return exclusions(raw.loc[rows.index], columns)
 
     def kept(self) -> np.ndarray | None:
         if "consensus" not in self.table.columns:
@@ -324,6 +338,24 @@ G2_CAVEAT = ("Noise breaks the symmetric gradient pairs that G2 counts, so on fa
              "S/N is high, or measure with noise-tolerant pairs (e.g. "
              "--set measure.g2_noise_tolerance=2.45).")
 
+ASYMMETRY_CAVEAT = ("The asymmetry A is background-corrected (the sky's asymmetry is subtracted), so it can "
+                    "be negative for faint, smooth galaxies; a negative A means 'as symmetric as the noise "
+                    "allows', not an error.")
+
+
+def exclusion_note(excluded: dict[str, dict[str, Any]], labels: dict[str, str]) -> str:
+    """One sentence on what each column's validity flag left out ('' when nothing was)."""
+    by_reason: dict[tuple[str, int, int], list[str]] = {}
+    for col, ex in excluded.items():
+        if ex["n_excluded"]:
+            key = (ex["reason"], ex["n_excluded"], ex["n_raw"])
+            by_reason.setdefault(key, []).append(labels.get(col, col))
+    if not by_reason:
+        return ""
+    parts = [f"{', '.join(names)}: {k} of {n} galaxies left out ({reason})"
+             for (reason, k, n), names in by_reason.items()]
+    return "Excluded: " + "; ".join(parts) + "."
+
 
 def _part_per_type(inp: _Inputs, section) -> None:
     from ..report.figures import raincloud_figure
@@ -337,9 +369,21 @@ def _part_per_type(inp: _Inputs, section) -> None:
     labels["r_e"] = f"r_e ({inp.cols['r_e_unit']})"
     result["labels"] = labels
     result["r_e_unit"] = inp.cols["r_e_unit"]
-    g2 = V.g2_reliability(sample, inp.config.measure.g2_noise_tolerance)
+    excluded = inp.excluded(sample, [c for c, _ in V.PARAMETERS])
+    result["excluded"] = excluded
+    raw = (inp.raw if inp.raw is not None else inp.table).loc[sample.index]
+    g2 = V.g2_reliable_fractions(raw, list(result["n"]), inp.config.measure.g2_min_sn)
+    if g2 is not None:  # on the raw values: whether noise saturates G2 at all at this S/N
+        g2["saturation"] = V.g2_reliability(raw, inp.config.measure.g2_noise_tolerance)
     result["g2"] = g2
+    result["asymmetry_caveat"] = ASYMMETRY_CAVEAT if "asymmetry" in result["medians"] else ""
+    note = exclusion_note(excluded, labels)
+    if note:
+        section.notes.append("Medians and Figs. 8-11 use only valid values. " + note)
     for col in result["empty"]:
+        if excluded.get(col, {}).get("n_raw"):
+            section.notes.append(f"{labels.get(col, col)}: no valid value ({excluded[col]['reason']})")
+            continue
         section.notes.append(f"{labels.get(col, col)}: no value measured"
                              + (" (measure ran with --no-sersic)" if col in ("sersic_n", "r_e") else ""))
     section.result = result
@@ -348,10 +392,12 @@ def _part_per_type(inp: _Inputs, section) -> None:
         columns = [(c, labels[c]) for c in group if c in result["medians"]]
         if not columns:
             continue
-        note = ""
+        note = exclusion_note({c: excluded[c] for c in group if c in excluded}, labels)
         if "g2" in group and g2 is not None:
-            verdict = "reliable" if g2["reliable"] else "not reliable"
-            note = f"G2 is {verdict} at this run's S/N: {g2['reason']}. {G2_CAVEAT}"
+            note = f"{g2['text']} {note}".strip()
+            saturation = g2.get("saturation")
+            if saturation is not None and not saturation["reliable"]:
+                note += f" {saturation['reason']}. {G2_CAVEAT}"
         section.figures.append(raincloud_figure(key, title, sample, present, columns, inp.colours, inp.rng,
                                                 note))
 
@@ -368,6 +414,11 @@ def _part_etg_ltg(inp: _Inputs, section) -> None:
     result, notes = V.etg_ltg_tests(sample, cfg.etg_types, inp.ltg_types, cfg.sersic_split, line, merger,
                                     cfg.confidence)
     section.notes.extend(notes)
+    etg_ltg = sample[sample["morph_type"].isin([*cfg.etg_types, *inp.ltg_types])]
+    result["excluded"] = inp.excluded(etg_ltg, ["sersic_n", "gini", "m20"])
+    note = exclusion_note(result["excluded"], dict(V.PARAMETERS))
+    if note:
+        section.notes.append("The tests and Fig. 12 use only valid values. " + note)
     section.result = result
     etg = sample[sample["morph_type"].isin(cfg.etg_types)]
     ltg = sample[sample["morph_type"].isin(inp.ltg_types)]
@@ -390,6 +441,10 @@ def _part_completeness(inp: _Inputs, section) -> None:
                          [(inp.cols["mass"], "stellar mass (give --physical)"), (inp.cols["z"], "redshift")]
                          if col is None)
     result = V.completeness(inp.table, kept, columns, inp.cfg.n_bins, inp.cfg.confidence)
+    result["excluded"] = inp.excluded(inp.table, [c for c, _ in columns])
+    note = exclusion_note(result["excluded"], dict(columns))
+    if note:
+        section.notes.append("The curves of measured quantities use only valid values. " + note)
     section.result = result
     section.figures.append(completeness_figure(result["curves"], result["labels"], inp.cfg.confidence))
 
@@ -406,7 +461,11 @@ def _part_kept_rejected(inp: _Inputs, section) -> None:
         return
     columns = V.comparison_columns(inp.table, inp.cols)
     tests = V.kept_rejected(inp.table, kept, columns)
-    section.result = {"tests": tests, "labels": dict(columns)}
+    excluded = inp.excluded(inp.table, [c for c, _ in columns])
+    note = exclusion_note(excluded, dict(columns))
+    if note:
+        section.notes.append("The statistics and Fig. 14 use only valid values. " + note)
+    section.result = {"tests": tests, "labels": dict(columns), "excluded": excluded}
     section.figures.append(kept_rejected_figure(inp.table, kept, columns, tests))
 
 
@@ -498,6 +557,8 @@ def _part_extended(inp: _Inputs, section) -> None:
         section.notes.append(f"skipped: `skymorph extend {inp.run.path}` has not run (only the consensus "
                              "galaxies have a type)")
         return
+    from .extend import agreement_name
+
     report = json.loads(path.read_text())
     cv = report["cv"]
     section.result = {key: report[key] for key in ("n_galaxies", "n_experts", "n_train", "n_extended",
@@ -505,8 +566,62 @@ def _part_extended(inp: _Inputs, section) -> None:
     section.result.update(cv_accuracy=cv["accuracy"], cv_balanced_accuracy=cv["balanced_accuracy"],
                           ece=cv["ece"], classes=report["classes"], confusion=cv.get("confusion_matrix"),
                           physical=report.get("physical"),
-                          threshold=report["settings"]["confidence_threshold"])
+                          threshold=report["settings"]["confidence_threshold"],
+                          cv_measures=report.get("cv_measures")
+                          or agreement_name(report["settings"].get("cv_folds", 5)),
+                          ood_final=report["settings"].get("ood_final", "fallback"),
+                          evaluation=_evaluation(inp.run, section.notes))
     section.figures.append(reliability_figure(cv))
+
+
+def _part_special(inp: _Inputs, section) -> None:
+    """Subclasses (``skymorph subdivide``), their special types and the most unusual galaxies."""
+    table, result = inp.table, {}
+    if "subcluster" in table.columns and (table["subcluster"].fillna("").astype(str) != "").any():
+        sub = table["subcluster"].fillna("").astype(str)
+        special = (table["special_type"].fillna("").astype(str) if "special_type" in table.columns
+                   else pd.Series("", index=table.index))
+        result["subclasses"] = [{"subcluster": name, "n": int((sub == name).sum()),
+                                 "special_type": special[sub == name].iloc[0]}
+                                for name in sorted(set(sub) - {""})]
+        result["special_counts"] = {str(k): int(v) for k, v in special[special != ""].value_counts().items()}
+    else:
+        section.notes.append(f"no subclasses: `skymorph subdivide {inp.run.path} --cluster C` has not run")
+    if "anomaly_score" in table.columns:
+        score = pd.to_numeric(table["anomaly_score"], errors="coerce")
+        order = score.fillna(-np.inf).to_numpy().argsort()[::-1][:10]
+        mtype = table["morph_type"].fillna("").astype(str).to_numpy() if "morph_type" in table else None
+        info = inp.run.stage_info("anomaly") or {}
+        result["anomaly"] = {"method": info.get("method", ""), "input": info.get("input", ""),
+                             "n_scored": int(score.notna().sum()),
+                             "top": [{"id": str(table["id"].iloc[i]), "score": float(score.iloc[i]),
+                                      "type": "" if mtype is None else mtype[i]} for i in order]}
+    else:
+        section.notes.append(f"no anomaly_score: `skymorph anomaly {inp.run.path}` has not run")
+    if result:
+        section.result = result
+
+
+def _evaluation(run: RunDir, notes: list[str]) -> dict[str, Any] | None:
+    """The morphology accuracy of the final types against known labels, when ``evaluate`` ran
+    with a truth table on this extension."""
+    path = run.path / "evaluation" / "evaluation.json"
+    if not path.exists():
+        notes.append(f"morphology accuracy against known labels: run `skymorph evaluate {run.path} --truth "
+                     "LABELS ...` to add it here")
+        return None
+    result = json.loads(path.read_text())
+    final = result.get("final_types")
+    if not final:
+        notes.append("evaluate ran before extend: re-run it for the accuracy of the extended types")
+        return None
+    current = (run.stage_info("extend") or {}).get("fingerprint", "")
+    if result.get("extend_fingerprint") != current:
+        notes.append("the evaluation in evaluation/evaluation.json was made on another extension: re-run "
+                     "`skymorph evaluate` for figures of this one")
+        return None
+    return {"truth": Path(str(result.get("truth", ""))).name, "label_col": result.get("label_col", ""),
+            "rows": {key: final[key] for key in ("kept", "extended", "all") if key in final}}
 
 
 PARTS: list[tuple[str, str, Callable[[_Inputs, Any], None]]] = [
@@ -520,6 +635,7 @@ PARTS: list[tuple[str, str, Callable[[_Inputs, Any], None]]] = [
     ("kept_rejected", "Kept versus rejected (Fig. 14)", _part_kept_rejected),
     ("maps", "UMAP and t-SNE maps (Figs. 5f, 7)", _part_maps),
     ("gzh", "Galaxy Zoo: Hubble comparison", _part_gzh),
+    ("special", "Special objects: subclasses, special types and the most unusual galaxies", _part_special),
 ]
 
 
@@ -576,14 +692,20 @@ def _settings_rows(config: Config, records: dict[str, dict[str, Any]]) -> list[d
     add("experts needed to agree", config.inspect.min_agree, "config.toml [inspect] min_agree")
     if ins:
         add("votes merged", ins.get("n_votes", "?"), "stages/merge.json")
-    add("Sersic fits", "on" if config.measure.include_sersic else "off",
-        "config.toml [measure] include_sersic")
-    add("G2 noise tolerance", f"{config.measure.g2_noise_tolerance:g} sigma"
-        + (" (the paper's definition)" if not config.measure.g2_noise_tolerance else ""),
-        "config.toml [measure] g2_noise_tolerance")
     if mea:
-        add("measured", f"{mea.get('n_measured', '?')} of {mea.get('n_galaxies', '?')}",
-            "stages/measure.json")
+        add("Sersic fits", "on" if config.measure.include_sersic else "off",
+            "config.toml [measure] include_sersic")
+    else:
+        add("Sersic fits", "none: measure has not run", "stages/measure.json (missing)")
+    if mea:
+        add("G2 noise tolerance", f"{config.measure.g2_noise_tolerance:g} sigma"
+            + (" (the paper's definition)" if not config.measure.g2_noise_tolerance else ""),
+            "config.toml [measure] g2_noise_tolerance")
+        add("measured (valid non-parametric values)", f"{mea.get('n_measured', '?')} of "
+            f"{mea.get('n_galaxies', '?')}", "stages/measure.json")
+        if "n_sersic_ok" in mea:
+            add("valid Sersic fits", f"{mea['n_sersic_ok']} of {mea.get('n_galaxies', '?')}",
+                "stages/measure.json")
     add("ETG types", " + ".join(config.validate.etg_types), "config.toml [validate] etg_types")
     add("confidence level", f"{config.validate.confidence * 100:g}%", "config.toml [validate] confidence")
     return rows
@@ -642,8 +764,10 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     types = [t.upper() for t in config.inspect.types]
     table, cols = _assemble(run, ctx.options.get("physical"), ctx.options.get("id_col"), config.validate,
                             types, notes)
-    inp = _Inputs(run=run, config=config, table=table, cols=cols,
-                  rng=np.random.default_rng(config.validate.seed), options=ctx.options)
+    from ..core.quality import valid_values
+
+    inp = _Inputs(run=run, config=config, table=valid_values(table), cols=cols,
+                  rng=np.random.default_rng(config.validate.seed), options=ctx.options, raw=table)
     sections = []
     for key, title, func in PARTS:
         if ctx.progress:
@@ -699,6 +823,7 @@ STAGE = Stage(
     sections=("validate",),
     check=_check,
     always=True,
+    depends=lambda config: ("cluster", "merge", "extend", "measure"),
     arguments=(
         Argument("--physical", "catalog (FITS, CSV, Parquet) of physical quantities: stellar mass, "
                  "redshift, magnitude", metavar="CATALOG"),

@@ -262,6 +262,7 @@ function zoom(cell) {
   $("zoom-id").textContent = `galaxy ${cell.id}`;
   $("zoom-caption").textContent = `(stamp ${cell.stamp}, ${cell.side} \u00d7 ${cell.side} px)`;
   drawScaleBar(cell);
+  clearSimilar();
   $("zoom").hidden = false;
 }
 
@@ -297,4 +298,132 @@ document.addEventListener("keydown", (e) => {
   else if (e.key === "ArrowRight") show(state.index + 1);
   else if (/^[1-9]$/.test(e.key) && Number(e.key) <= state.types.length) vote(state.types[Number(e.key) - 1].code);
 });
+
+// --- "more like this": the nearest galaxies of the zoomed one ------------------------------------
+
+function clearSimilar() {
+  $("similar-panel").hidden = true;
+  $("similar-grid").replaceChildren();
+}
+
+async function moreLikeThis() {
+  const cell = state.cell;
+  if (!cell) return;
+  $("similar-title").textContent = "Searching\u2026";
+  $("similar-panel").hidden = false;
+  try {
+    const data = await api(`/api/similar?stamp=${cell.stamp}&n=12`);
+    if (state.cell !== cell) return;
+    $("similar-title").textContent = `The ${data.neighbours.length} galaxies most like ${data.id} (${data.metric} distance):`;
+    const grid = $("similar-grid");
+    grid.replaceChildren();
+    for (const n of data.neighbours) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "neighbour";
+      b.dataset.id = n.id;
+      b.title = `galaxy ${n.id} \u00b7 distance ${n.distance.toPrecision(3)}` +
+        (n.cluster !== undefined && n.cluster !== null ? ` \u00b7 cluster ${n.cluster}` : "");
+      const img = document.createElement("img");
+      img.alt = `galaxy ${n.id}`;
+      img.src = withToken(`/galaxy/${n.stamp}.png`);
+      b.append(img);
+      b.addEventListener("click", () => zoom(n));
+      grid.append(b);
+    }
+  } catch (err) {
+    $("similar-title").textContent = `No neighbours: ${err.message}`;
+  }
+}
+
+$("more-like-this").addEventListener("click", moreLikeThis);
+
+// --- subclasses (skymorph subdivide): experts name them with special types or free text ----------
+
+const subclassState = { data: null };
+
+async function showSubclasses() {
+  if (!state.expert) return;
+  try {
+    subclassState.data = await api(`/api/subclasses?expert=${encodeURIComponent(state.expert)}`);
+  } catch (err) {
+    setStatus(`Could not load the subclasses: ${err.message}`, true);
+    return;
+  }
+  $("workspace").hidden = true;
+  $("subclasses").hidden = false;
+  renderSubclasses();
+}
+
+function renderSubclasses() {
+  const data = subclassState.data;
+  const list = $("subclass-list");
+  list.replaceChildren();
+  if (!data.groups.length) {
+    const p = document.createElement("p");
+    p.textContent = "No subclasses yet: run `skymorph subdivide RUN --cluster C` first.";
+    list.append(p);
+    return;
+  }
+  for (const g of data.groups) {
+    const h = document.createElement("h3");
+    h.textContent = `${g.by} ${g.group} \u00b7 ${g.n_members} galaxies`;
+    list.append(h);
+    for (const s of g.subclusters) {
+      const box = document.createElement("div");
+      box.className = "subclass";
+      box.dataset.subcluster = s.subcluster;
+      const title = document.createElement("p");
+      const current = data.votes[s.subcluster];
+      title.textContent = `subclass ${s.subcluster} \u00b7 ${s.size} galaxies` + (current ? ` \u00b7 your name: ${current}` : "");
+      const img = document.createElement("img");
+      img.alt = `montage of subclass ${s.subcluster}`;
+      img.src = withToken(s.png);
+      const buttons = document.createElement("div");
+      for (const t of data.special_types) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = "special" + (current === t ? " selected" : "");
+        b.textContent = t;
+        b.addEventListener("click", () => voteSubclass(s.subcluster, t));
+        buttons.append(b);
+      }
+      const input = document.createElement("input");
+      input.maxLength = 40;
+      input.placeholder = "or your own name";
+      input.setAttribute("aria-label", `name of subclass ${s.subcluster}`);
+      const save = document.createElement("button");
+      save.type = "button";
+      save.textContent = "save";
+      save.addEventListener("click", () => voteSubclass(s.subcluster, input.value));
+      buttons.append(input, save);
+      box.append(title, buttons, img);
+      list.append(box);
+    }
+  }
+}
+
+async function voteSubclass(subcluster, label) {
+  try {
+    const data = await api("/api/subclass-vote", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ expert: state.expert, subcluster, label }),
+    });
+    subclassState.data.votes = data.votes;
+    $("subclass-status").textContent = `Saved: subclass ${subcluster} = ${data.vote.type}`;
+    $("subclass-status").className = "";
+    renderSubclasses();
+  } catch (err) {
+    $("subclass-status").textContent = `Not saved: ${err.message}`;
+    $("subclass-status").className = "error";
+  }
+}
+
+$("show-subclasses").addEventListener("click", showSubclasses);
+$("subclasses-close").addEventListener("click", () => {
+  $("subclasses").hidden = true;
+  $("workspace").hidden = false;
+});
+
 $("expert-name").value = localStorage.getItem("skymorph-expert") || "";

@@ -1,0 +1,376 @@
+"""Similar: 'more like this' - the galaxies nearest to a query galaxy.
+
+``skymorph similar RUN ID [ID ...] [--n 50]`` finds the ``n`` galaxies nearest to each
+query in the run's encoder ``features`` (or its ``embedding``; ``similar.input``) under
+``similar.metric`` (cosine by default).  Runs with fewer than ``similar.exact_below``
+galaxies are searched exactly; larger ones through an inverted-file index stored in
+``RUN_DIR/similar/index/`` (:mod:`skymorph.core.search`), built on the first query and reused
+while the features and the index settings are unchanged.
+
+``--image FILE`` encodes a new cutout with the run's own ingest framing and encoder (and its
+denoise / polar steps when they are on) and searches for it.
+
+Outputs: ``similar/result.csv`` (query, rank, id, distance and the catalog's columns; rank 0
+is the query itself) and one montage per query, ``similar/<query>.png``, the query first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..config import Config
+from ..errors import SkymorphError
+from ..io.rundir import RunDir, RunDirError
+from . import Argument, Stage, StageContext, execute
+
+__all__ = ["similar", "SimilarError", "galaxy_table", "find_rows", "draw_grid"]
+
+log = logging.getLogger(__name__)
+
+SHOWN_COLUMNS = ("cluster", "consensus", "morph_type", "morph_type_final", "subcluster", "special_type",
+                 "anomaly_score")
+
+
+class SimilarError(SkymorphError, ValueError):
+    """A query cannot be answered (unknown or rejected id, unreadable image, nothing to search)."""
+
+
+# --- helpers shared with the anomaly and subdivide stages ----------------------------------------
+
+
+def galaxy_table(run: RunDir) -> pd.DataFrame:
+    """The catalog when the run has one, else the sources table (one row per array row)."""
+    if (run.path / "catalog.parquet").exists():
+        return run.catalog()
+    return run.sources()
+
+
+def find_rows(run: RunDir, table: pd.DataFrame, ids: list[str]) -> np.ndarray:
+    """Row of each id in ``table``; an unknown or rejected id is one sentence saying what to do.
+
+    Raises
+    ------
+    SimilarError
+    """
+    known = pd.Series(np.arange(len(table)), index=table["id"].astype(str))
+    known = known[~known.index.duplicated()]
+    rows = []
+    for gid in ids:
+        gid = str(gid)
+        if gid in known.index:
+            rows.append(int(known[gid]))
+            continue
+        rejects = run.rejects()
+        hit = rejects[rejects["id"].astype(str) == gid] if "id" in rejects else rejects.iloc[:0]
+        if len(hit):
+            raise SimilarError(
+                f"galaxy {gid} was rejected by {hit.iloc[0]['stage']} ({hit.iloc[0]['reason']}), so it has "
+                f"no features; fix that file and re-run the pipeline, or search for it with --image FILE")
+        examples = ", ".join(table["id"].astype(str).head(3))
+        raise SimilarError(f"no galaxy with id {gid!r} in {run.path}; ids are the catalog's 'id' column "
+                           f"(e.g. {examples})")
+    return np.asarray(rows, dtype=np.int64)
+
+
+def _stamp_rows(table: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    if "index" in table.columns:
+        return table["index"].to_numpy(np.int64)[rows]
+    return rows
+
+
+def draw_grid(run: RunDir, config: Config, rows: np.ndarray, title: str, path: Path,
+              first: np.ndarray | None = None) -> None:
+    """A montage of the stamps of ``rows`` (catalog rows; ``first``: an extra stamp shown first)."""
+    from ..inspection.montage import _render_montage, display_scaled_stamps
+
+    table = galaxy_table(run)
+    images = run.open_array(config.inspect.array)
+    idx = _stamp_rows(table, rows)
+    order = np.argsort(idx, kind="stable")
+    pixels = np.empty((len(idx), *images.shape[1:]), dtype=np.float32)
+    if len(idx):
+        pixels[order] = np.asarray(images.oindex[idx[order]], dtype=np.float32)
+    scaled = display_scaled_stamps(run, images.shape[0])[idx] if len(idx) else np.zeros(0, bool)
+    if first is not None:
+        pixels = np.concatenate([first[None].astype(np.float32), pixels])
+        scaled = np.concatenate([[bool(scaled[0]) if len(scaled) else False], scaled])
+    canvas, _ = _render_montage(pixels, scaled, title, config.inspect)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80] or "query"
+
+
+# --- the query image -------------------------------------------------------------------------------
+
+
+def _file_hash(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def encode_image(run: RunDir, config: Config, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Stamp and features of a new cutout, made exactly as the run made its own.
+
+    Returns
+    -------
+    stamp : ndarray (stamp_size x stamp_size)
+    features : ndarray (D,)
+
+    Raises
+    ------
+    SimilarError
+        The file is unreadable or unusable as a galaxy image.
+    """
+    from ..core import encoders as _encoders
+    from ..io.readers import Reject, read_image
+    from .ingest import _framing, _rng, make_stamp
+
+    try:
+        image, _ = read_image(path, config.ingest.hdu, max_pixels=config.ingest.max_pixels)
+        stamp, _, _ = make_stamp(image, config.ingest, _framing(config.ingest, path),
+                                 _rng(config.ingest, Path(path).stem))
+    except FileNotFoundError:
+        raise SimilarError(f"--image {path} does not exist; give the path of a FITS, PNG, JPEG or NPY "
+                           "cutout") from None
+    except (Reject, OSError, ValueError, TypeError, IndexError, KeyError, EOFError) as exc:
+        raise SimilarError(f"--image {path} cannot be used ({exc}); give a readable FITS, PNG, JPEG or "
+                           "NPY cutout of one galaxy") from None
+    images = stamp[None].astype(np.float32)
+    if config.denoise.enabled:
+        from ..core import cae as _cae
+        from .denoise import apply_cae
+
+        checkpoint = Path(config.denoise.checkpoint or run.path / "cae" / "checkpoint.pt")
+        if not checkpoint.is_file():
+            raise SimilarError(f"this run denoises its stamps but its CAE ({checkpoint}) is missing; re-run "
+                               f"`skymorph denoise {run.path}` first")
+        model, _ = _cae.load_checkpoint(checkpoint, _cae.resolve_device(config.denoise.device))
+        images = apply_cae(images, model)
+    if config.polar.enabled:
+        from ..core.apct import apct
+        from .polar import core_options
+
+        images = apct(images, **core_options(config.polar))
+    encoder = _encoders.build_encoder(config.encode)
+    features, empty = encoder.encode(images, 1)
+    if empty[0]:
+        raise SimilarError(f"--image {path} has no finite pixel after ingest; give another cutout")
+    return stamp, features[0]
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+
+def _input_stage(config: Config) -> str:
+    return "encode" if config.similar.input == "features" else "reduce"
+
+
+def _extra(ctx: StageContext) -> dict[str, Any]:
+    ids = [str(i) for i in (ctx.options.get("ids") or [])]
+    image = ctx.options.get("image")
+    if not ids and not image:
+        raise SimilarError("name the galaxies to search for (skymorph similar RUN ID ...) or give "
+                           "--image FILE")
+    if image and not Path(image).is_file():
+        raise SimilarError(f"--image {image} does not exist or is not a file; give the path of a FITS, "
+                           "PNG, JPEG or NPY cutout")
+    return {"ids": ids, "image": _file_hash(image) if image else None}
+
+
+def _index(run: RunDir, config: Config, x: Any, key: str) -> Any:
+    """The stored index of the run's search space, (re)built when its key changed."""
+    from ..core.search import IVFIndex, SearchError, build_ivf
+
+    folder = run.path / "similar" / "index"
+    meta = folder / "index.json"
+    if meta.exists():
+        try:
+            if json.loads(meta.read_text()).get("key") == key:
+                return IVFIndex.load(folder)
+        except (ValueError, SearchError):
+            pass
+    log.info("similar: building the search index of %d galaxies (once; reused while the features "
+             "are unchanged)", x.shape[0])
+    index = build_ivf(np.asarray(x[:], dtype=np.float32), metric=config.similar.metric,
+                      seed=config.similar.seed)
+    index.info["key"] = key
+    index.save(folder)
+    return IVFIndex.load(folder)
+
+
+def _compute(ctx: StageContext) -> dict[str, Any]:
+    from ..core.search import exact_neighbors
+
+    run, config = ctx.run, ctx.config
+    cfg = config.similar
+    table = galaxy_table(run)
+    try:
+        x = run.open_array(cfg.input)
+    except RunDirError:
+        raise SimilarError(f"{run.path} has no '{cfg.input}' array; run `skymorph "
+                           f"{_input_stage(config)} {run.path}` first") from None
+    n = int(x.shape[0])
+    if n != len(table):
+        raise SimilarError(f"the '{cfg.input}' array has {n} rows but the catalog {len(table)}; re-run the "
+                           "pipeline stages")
+    ids = [str(i) for i in (ctx.options.get("ids") or [])]
+    rows = find_rows(run, table, ids)
+    queries = [np.asarray(x[int(r)], dtype=np.float32) for r in rows]
+    for gid, q in zip(ids, queries, strict=True):
+        if not np.isfinite(q).all():
+            raise SimilarError(f"galaxy {gid} has no features (its image was empty; see "
+                               f"{run.rejects_path}); choose another id")
+    names, exclude, extra_stamp = list(ids), list(rows), None
+    image = ctx.options.get("image")
+    if image:
+        if cfg.input != "features":
+            raise SimilarError("--image searches the encoder features; use --input features")
+        extra_stamp, feats = encode_image(run, config, image)
+        queries.append(feats)
+        names.append(Path(image).name)
+        exclude.append(-1)
+    q = np.stack(queries)
+    exclude_arr = np.asarray(exclude, dtype=np.int64)
+    k = min(cfg.n, n - 1) if n > 1 else 1
+    if n < cfg.exact_below:
+        route = "exact"
+        found, dist = exact_neighbors(np.asarray(x[:], dtype=np.float32), q, n=k, metric=cfg.metric,
+                                      exclude=exclude_arr)
+    else:
+        route = "index"
+        index = _index(run, config, x, _upstream_key(run, config))
+        found, dist = index.search(q, n=k, probe=cfg.probe, exclude=exclude_arr)
+    shown = [c for c in SHOWN_COLUMNS if c in table.columns]
+    out_rows = []
+    for i, name in enumerate(names):
+        if exclude[i] >= 0:
+            out_rows.append({"query": name, "rank": 0, "row": int(exclude[i]), "distance": 0.0})
+        keep = found[i] >= 0
+        out_rows += [{"query": name, "rank": r + 1, "row": int(row), "distance": float(d)}
+                     for r, (row, d) in enumerate(zip(found[i][keep], dist[i][keep], strict=True))]
+    result = pd.DataFrame(out_rows)
+    result.insert(2, "id", table["id"].astype(str).to_numpy()[result["row"].to_numpy()])
+    for col in shown:
+        result[col] = table[col].to_numpy()[result["row"].to_numpy()]
+    out = run.path / "similar"
+    out.mkdir(exist_ok=True)
+    for old in out.glob("*.png"):
+        old.unlink()
+    montages = []
+    for i, name in enumerate(names):
+        sel = result[result["query"] == name]
+        grid_rows = sel["row"].to_numpy()
+        first = extra_stamp if exclude[i] < 0 else None
+        png = out / f"{_safe(name)}.png"
+        draw_grid(run, config, grid_rows, f"query {name} (first) + {int((sel['rank'] > 0).sum())} nearest "
+                  f"({cfg.metric})", png, first=first)
+        montages.append(png.name)
+    tmp = out / ".result.csv.tmp"
+    result.drop(columns="row").to_csv(tmp, index=False)
+    os.replace(tmp, out / "result.csv")
+    return {"queries": names, "n": k, "route": route, "metric": cfg.metric, "input": cfg.input,
+            "montages": montages, "n_galaxies": n}
+
+
+def _upstream_key(run: RunDir, config: Config) -> str:
+    from ..core.search import index_key
+
+    info = run.stage_info(_input_stage(config)) or {}
+    return index_key(info.get("fingerprint"), metric=config.similar.metric, seed=config.similar.seed,
+                     space=config.similar.input)
+
+
+def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
+    result = pd.read_csv(run.path / "similar" / "result.csv", dtype={"id": str, "query": str})
+    lines = []
+    for name, sel in result.groupby("query", sort=False):
+        lines.append(f"nearest to {name} ({info.get('metric')} distance in the {info.get('input')}, "
+                     f"{info.get('route')} search):")
+        cols = [c for c in ("rank", "id", "distance", "cluster", "morph_type") if c in sel.columns]
+        lines.append(sel[sel["rank"] > 0][cols].head(10).to_string(index=False))
+        if (sel["rank"] > 0).sum() > 10:
+            lines.append(f"  ... {int((sel['rank'] > 0).sum()) - 10} more")
+    lines.append(f"table {run.path / 'similar' / 'result.csv'}; montages (query first) in "
+                 f"{run.path / 'similar'}: {', '.join(info.get('montages', []))}")
+    return "\n".join(lines)
+
+
+STAGE = Stage(
+    name="similar",
+    summary="'more like this': the galaxies nearest to a galaxy or a new image",
+    description=__doc__.split("\n\n")[0] + (
+        "\n\nExamples:\n"
+        "  skymorph similar myrun 587722982 --n 20\n"
+        "  skymorph similar myrun --image new_cutout.jpg"),
+    compute=_compute,
+    sections=("similar",),
+    upstream=lambda config: (_input_stage(config),),
+    outputs=("similar/result.csv",),
+    extra=_extra,
+    report=_report,
+    arguments=(
+        Argument("ids", "ids of the query galaxies (the catalog's 'id' column)", nargs="*", metavar="ID"),
+        Argument("--image", "a new cutout (FITS, PNG, JPEG, NPY) to encode and search for", metavar="FILE"),
+    ),
+)
+
+
+def similar(run_dir: str | PathLike | RunDir, ids: Any = (), n: int | None = None, *,
+            image: str | PathLike | None = None, config: Config | None = None, force: bool = False,
+            progress: bool = True, **settings: Any) -> pd.DataFrame:
+    """The galaxies nearest to each query, as a table (and montages in ``RUN_DIR/similar``).
+
+    Parameters
+    ----------
+    run_dir : str, Path or RunDir
+        A run where ``encode`` (``similar.input = "features"``) or ``reduce`` has run.
+    ids : str or sequence of str
+        Ids of the query galaxies.
+    n : int, optional
+        Neighbours per query (``similar.n``).
+    image : str or Path, optional
+        A new cutout, encoded like the run's own stamps, to search for.
+    config : Config, optional
+        All settings; by default the run's own ``config.toml``.
+    force : bool
+        Search again even when the query and settings are unchanged.
+    progress : bool
+        Kept for the common stage signature.
+    **settings
+        Overrides of the ``[similar]`` settings, e.g. ``metric="euclidean"``.
+
+    Returns
+    -------
+    DataFrame
+        ``query``, ``rank`` (0: the query itself), ``id``, ``distance`` and catalog columns.
+
+    Raises
+    ------
+    SimilarError
+        Unknown or rejected id, unreadable image.
+    """
+    if isinstance(ids, str):
+        ids = [ids]
+    if n is not None:
+        settings["n"] = n
+    options = {"ids": [str(i) for i in ids], "image": str(image) if image is not None else None}
+    run = execute("similar", run_dir, config, force=force, progress=progress, options=options, **settings)
+    return pd.read_csv(run.path / "similar" / "result.csv", dtype={"id": str, "query": str})

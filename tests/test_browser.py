@@ -8,6 +8,7 @@ import json
 import pytest
 
 from skymorph import RunDir
+from test_extend import gz1_run  # noqa: F401 - a fixture
 from test_inspection import Server, clustered_run  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.browser
@@ -237,3 +238,67 @@ def test_cross_origin_pages_cannot_vote(browser, run, tmp_path, caplog):
         assert all(server.token not in m for m in refused)  # the token is kept out of the log
     path = run.path / "inspection" / "votes.csv"
     assert not path.exists() or "Mallory" not in path.read_text()
+
+
+# --- teach single galaxies (inspect refine) ------------------------------------------------------------
+
+
+def test_an_expert_teaches_single_galaxies_page_by_page(browser, gz1_run, tmp_path, shared_data):  # noqa: F811
+    import shutil
+
+    from skymorph.inspection.auto import auto_votes
+    from skymorph.inspection.refine import SKIP, GalaxyVoteStore
+    from skymorph.stages.extend import extend
+    from skymorph.stages.inspect import merge
+    from test_extend import GZ1_EXCLUDE, GZ1_MAP, TYPES, _config
+
+    shutil.copytree(gz1_run.path, tmp_path / "run")
+    run = RunDir(tmp_path / "run")
+    config = _config(refine_page=4)
+    auto_votes(run, shared_data / "gz1_sdss" / "labels.csv", "objid", "gz1_name", config,
+               label_map=GZ1_MAP, exclude=GZ1_EXCLUDE)
+    merge(run, config=config, min_agree=1)
+    with Server(run, config) as server:
+        page = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True).new_page()
+        # from the clusters page, the link to the teach page keeps the session's token
+        page.goto(server.server.token_url)
+        page.click("#to-refine")
+        page.wait_for_url(f"{server.url}refine")
+        page.fill("#expert-name", "Dana")
+        page.click("#start")
+        page.wait_for_function("document.querySelectorAll('#cards .card').length === 4")
+        assert page.locator("#login").is_hidden() and page.text_content("#expert-label") == "Dana"
+        first_rows = page.eval_on_selector_all("#cards .card", "els => els.map(e => Number(e.dataset.row))")
+        assert page.get_attribute("#cards", "data-reason") == "margin"
+        # every galaxy of the page is drawn
+        page.wait_for_function("[...document.querySelectorAll('#cards img')].every(i => i.naturalWidth > 0)")
+        answers = ["SPIRAL", SKIP, "ELLIPTICAL", "EDGE_ON"]
+        for row, code in zip(first_rows, answers, strict=True):
+            page.click(f".card[data-row='{row}'] button[data-type='{code}']")
+            page.wait_for_function(f"document.querySelector(\".card[data-row='{row}']\").dataset.answer "
+                                   f"=== '{code}'")
+        assert page.locator("#page-done").is_visible()
+        counts = page.text_content("#teach-counts")
+        assert counts.startswith("4 / 4 on this page \u00b7 3 galaxies typed by you")
+        # a changed mind replaces the answer
+        page.click(f".card[data-row='{first_rows[0]}'] button[data-type='ELLIPTICAL']")
+        page.wait_for_function(
+            "document.getElementById('refine-status').textContent.endsWith('= ELLIPTICAL')")
+        page.screenshot(path=str(tmp_path / "teach.png"), full_page=True)
+        # the next page holds none of the galaxies already looked at
+        page.click("#next-page")
+        page.wait_for_function(f"!document.querySelector(\".card[data-row='{first_rows[1]}']\")")
+        page.wait_for_function("document.querySelectorAll('#cards .card').length === 4")
+        second_rows = page.eval_on_selector_all("#cards .card", "els => els.map(e => Number(e.dataset.row))")
+        assert not set(second_rows) & set(first_rows)
+        counts = page.text_content("#teach-counts")
+        assert counts.startswith("0 / 4 on this page \u00b7 3 galaxies typed by you, 4 looked")
+    ids = run.catalog()["id"].astype(str).to_numpy()
+    stored = {(r["expert"], r["id"]): r["type"] for r in GalaxyVoteStore.of(run).rows()}
+    final = ["ELLIPTICAL", *answers[1:]]
+    assert stored == {("Dana", ids[r]): t for r, t in zip(first_rows, final, strict=True)}
+    extend(run, config)
+    cat = run.catalog()
+    taught = cat["type_source"] == "taught"
+    assert sorted(cat.index[taught]) == sorted(r for r, t in zip(first_rows, final, strict=True) if t != SKIP)
+    assert set(cat.loc[taught, "morph_type_final"]) <= set(TYPES)

@@ -720,6 +720,19 @@ class InspectConfig:
         "Morphology types the experts choose from; the last is the 'unclassified' type given to "
         "clusters without agreement.",
     )
+    refine_page: int = setting(
+        20,
+        "Galaxies per page of ``inspect refine`` (the experts type single galaxies, least sure "
+        "first) and per round of ``inspect auto --refine``.",
+        flag="--page",
+        min=1,
+    )
+    refine_start: int = setting(
+        20,
+        "Galaxies drawn at random for the first page when the classifier has no two types to "
+        "learn from yet (no named clusters, or ``extend.cluster_labels = false``).",
+        min=1,
+    )
     special_types: list[str] = setting(
         ["tidal", "lens", "merger", "ring", "compact"],
         "Special types an expert can give a subclass (``skymorph subdivide``) in the voting "
@@ -932,6 +945,25 @@ class ExtendConfig:
         "keep them, and no other galaxy is given them.",
     )
     seed: int = setting(0, "Seed of the folds, the PCA of the OOD distance and the model.", flag="--seed")
+    taught_weight: float = setting(
+        5.0,
+        "Sample weight of a galaxy an expert typed on its own (``inspect refine``) against 1 for a "
+        "galaxy typed through its named cluster.",
+        min=1e-3,
+    )
+    cluster_labels: bool = setting(
+        True,
+        "Learn from the named clusters' galaxies; false: from the galaxies the experts typed one "
+        "by one alone (the cluster names are then not used at all).",
+    )
+    kept_types: str = setting(
+        "cluster",
+        "``morph_type_final`` of a galaxy the consensus vote kept: ``cluster`` (its named cluster's "
+        "type, ``type_source = experts``) or ``classifier`` (the classifier's, which has learnt from "
+        "the galaxies experts typed one by one too; ``type_source = extended``).  A galaxy an expert "
+        "typed itself always carries that type (``taught``).",
+        choices=["cluster", "classifier"],
+    )
 
 
 @dataclass

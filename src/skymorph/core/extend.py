@@ -163,13 +163,16 @@ class _Standardiser:
 
 
 def fit_model(x: np.ndarray, y: np.ndarray, *, model: str = "logistic", c: float = 0.1,
-              class_weight: str = "balanced", max_iter: int = 300, seed: int = 0) -> Any:
+              class_weight: str = "balanced", max_iter: int = 300, seed: int = 0,
+              sample_weight: np.ndarray | None = None) -> Any:
     """Fit the classifier on standardised rows ``x`` with types ``y``.
 
     ``model``: ``logistic`` (multinomial logistic regression, L2 penalty ``1 / c``,
     lbfgs) or ``hgb`` (scikit-learn's HistGradientBoostingClassifier, early stopping
     off, 100 iterations).  ``class_weight = "balanced"`` weights each type by the
-    inverse of its frequency.  Returns the fitted scikit-learn estimator.
+    inverse of its frequency.  ``sample_weight`` (n, optional) weighs single rows on top of
+    that (e.g. galaxies an expert typed one by one above cluster-derived types).  Returns
+    the fitted scikit-learn estimator.
     """
     weight = "balanced" if class_weight == "balanced" else None
     if model == "logistic":
@@ -180,14 +183,14 @@ def fit_model(x: np.ndarray, y: np.ndarray, *, model: str = "logistic", c: float
         with warnings.catch_warnings():
             # A cap on iterations is a speed setting: the fit is used as it stands.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            est.fit(x, y)
+            est.fit(x, y, sample_weight=sample_weight)
         return est
     if model == "hgb":
         from sklearn.ensemble import HistGradientBoostingClassifier
 
         est = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, early_stopping=False,
                                              class_weight=weight, random_state=seed)
-        return est.fit(x, y)
+        return est.fit(x, y, sample_weight=sample_weight)
     raise ExtendError(f"extend.model must be 'logistic' or 'hgb', got {model!r}")
 
 
@@ -417,8 +420,9 @@ class ExtendModel:
                          "ood_neighbors": ood_neighbors, "ood_quantile": ood_quantile, "ood_dims": ood_dims,
                          "ood_reference": ood_reference, "max_iter": max_iter, "seed": seed}
 
-    def fit(self, x: np.ndarray, y: Any) -> ExtendModel:
-        """Fit on the training rows ``x`` (n x D) with types ``y`` (n)."""
+    def fit(self, x: np.ndarray, y: Any, sample_weight: np.ndarray | None = None) -> ExtendModel:
+        """Fit on the training rows ``x`` (n x D) with types ``y`` (n) and optional per-row
+        weights ``sample_weight`` (n; the cross-validation's figures stay unweighted)."""
         st = self.settings
         x = np.asarray(x)
         y_train = np.asarray(y, dtype=object).astype(str)
@@ -440,6 +444,10 @@ class ExtendModel:
         self.scaler = _Standardiser(x)
         z_train = self.scaler(x)
         kwargs = {k: st[k] for k in ("model", "c", "class_weight", "max_iter", "seed")}
+        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        if w is not None and w.shape != (n_train,):
+            raise ExtendError(f"sample_weight must hold one weight per training galaxy ({n_train}), "
+                              f"got shape {w.shape}")
 
         t0 = time.perf_counter()
         folds = stratified_folds(y_train, st["cv_folds"], st["seed"])
@@ -447,7 +455,8 @@ class ExtendModel:
         for f in range(st["cv_folds"]):
             test = folds == f
             if test.any():
-                est = fit_model(z_train[~test], y_train[~test], **kwargs)
+                est = fit_model(z_train[~test], y_train[~test], **kwargs,
+                                sample_weight=None if w is None else w[~test])
                 logp_oof[test] = _log_proba(est, z_train[test], classes)
         self.seconds_cv = time.perf_counter() - t0
         self.temperature = (_fit_temperature(logp_oof, y_index) if st["calibration"] == "temperature"
@@ -470,7 +479,7 @@ class ExtendModel:
             "proba_oof": p_oof,
         }
         t0 = time.perf_counter()
-        self.estimator = fit_model(z_train, y_train, **kwargs)
+        self.estimator = fit_model(z_train, y_train, **kwargs, sample_weight=w)
         self.seconds_fit = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.ood = _OODReference(z_train, k=st["ood_neighbors"], dims=st["ood_dims"],
@@ -503,7 +512,8 @@ def extend_labels(x: np.ndarray, train: np.ndarray, y: np.ndarray, *, model: str
                   c: float = 0.1, class_weight: str = "balanced", calibration: str = "temperature",
                   cv_folds: int = 5, confidence_threshold: float = 0.7, ood_neighbors: int = 5,
                   ood_quantile: float = 0.99, ood_dims: int = 64, ood_reference: int = 10000,
-                  max_iter: int = 300, seed: int = 0) -> ExtendResult:
+                  max_iter: int = 300, seed: int = 0, sample_weight: np.ndarray | None = None
+                  ) -> ExtendResult:
     """Train on the expert-typed galaxies and type every galaxy.
 
     Parameters
@@ -525,6 +535,10 @@ def extend_labels(x: np.ndarray, train: np.ndarray, y: np.ndarray, *, model: str
     ood_reference : int
         Most training galaxies (a seeded sample) the neighbour distances are taken to;
         0 uses all of them.
+    sample_weight : ndarray, optional
+        Weight of each training galaxy: shape (N,) (only ``sample_weight[train]`` is read)
+        or (n_train,); e.g. galaxies an expert typed one by one weigh more than those
+        typed through their cluster.  Unweighted by default.
 
     Returns
     -------
@@ -549,6 +563,13 @@ def extend_labels(x: np.ndarray, train: np.ndarray, y: np.ndarray, *, model: str
     # a galaxy whose input holds NaN/inf gets no type (and does not train): a lost
     # feature chunk reads as NaN, and a classifier would still give it a confident type
     nonfinite = ~np.isfinite(x).all(axis=1)
+    w = None
+    if sample_weight is not None:
+        w = np.asarray(sample_weight, dtype=np.float64)
+        w = w[train] if w.shape[0] == x.shape[0] else w
+        if w.shape[0] != y_train.shape[0]:
+            raise ExtendError(f"{y_train.shape[0]} training galaxies but {w.shape[0]} sample weights")
+        w = w[~nonfinite[train]]
     y_train = y_train[~nonfinite[train]]
     train = train & ~nonfinite
     est = ExtendModel(model=model, c=c, class_weight=class_weight, calibration=calibration,
@@ -556,7 +577,7 @@ def extend_labels(x: np.ndarray, train: np.ndarray, y: np.ndarray, *, model: str
                       ood_neighbors=ood_neighbors, ood_quantile=ood_quantile, ood_dims=ood_dims,
                       ood_reference=ood_reference, max_iter=max_iter, seed=seed)
     train_rows = np.flatnonzero(train)
-    est.fit(x[train_rows], y_train)
+    est.fit(x[train_rows], y_train, sample_weight=w)
     t0 = time.perf_counter()
     out = _predict_finite(est, x, nonfinite)
     seconds_predict = time.perf_counter() - t0

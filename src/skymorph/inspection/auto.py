@@ -43,7 +43,7 @@ from ..config import Config
 from ..io.atomic import write_text_atomic
 from ..io.rundir import RunDir
 
-__all__ = ["auto_votes", "is_automatic", "human_voters", "AUTO_PREFIX"]
+__all__ = ["auto_votes", "is_automatic", "human_voters", "truth_types", "AUTO_PREFIX"]
 
 AUTO_PREFIX = "auto:"
 """Expert names starting with this are automatic voters."""
@@ -97,7 +97,6 @@ def auto_votes(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | p
     TableError
         Truth file or column problems, or no id matching the catalog.
     """
-    from ..io.tables import TableError, read_labels
     from . import InspectError, VoteStore, clustering_fingerprint, consensus_labels, sample_members
 
     config = config or Config()
@@ -116,29 +115,8 @@ def auto_votes(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | p
     if not is_automatic(expert):
         raise InspectError(f"an automatic voter's name must start with {AUTO_PREFIX!r}, got {expert!r}")
 
-    table = read_labels(truth, id_col=id_col, label_col=label_col)
-    lookup = dict(zip(table["id"], table["label"], strict=True))
-    ids = catalog["id"].map(lambda v: v.decode() if isinstance(v, bytes) else str(v)).str.strip()
-    if not ids.isin(lookup.keys()).any():
-        raise TableError(
-            f"none of the {len(table)} ids in column {id_col!r} of the truth table matches any of the "
-            f"{len(ids)} catalog ids (truth ids look like {', '.join(table['id'].head(3))}; catalog ids "
-            f"look like {', '.join(ids.head(3))}); check --id-col")
+    mapped = truth_types(catalog, truth, id_col, label_col, types, label_map=label_map, exclude=exclude)
     label_map = dict(label_map or {})
-    to_type = _type_lookup(types, label_map)
-    excluded = {e.casefold() for e in exclude}
-    raw = ids.map(lambda i: lookup.get(i, "")).to_numpy(dtype=object)
-    mapped = np.array(["" if (r == "" or r.casefold() in excluded
-                              or label_map.get(r, r).casefold() in excluded)
-                       else to_type.get(r.casefold(), to_type.get(label_map.get(r, r).casefold(), None))
-                       for r in raw], dtype=object)
-    unmapped = sorted({r for r, m in zip(raw, mapped, strict=True)
-                       if m is None or (m != "" and m not in types)})
-    if unmapped:
-        raise InspectError(
-            f"label(s) {', '.join(map(repr, unmapped))} of {label_col!r} name no type of inspect.types "
-            f"({', '.join(types)}); map them with --map LABEL=TYPE, exclude them with --exclude LABEL, "
-            "or set inspect.types to the label names")
 
     rows = []
     for cluster, members in sorted(sample_members(labels, cfg.per_cluster, cfg.seed).items()):
@@ -173,6 +151,56 @@ def auto_votes(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | p
     }
     write_text_atomic(out / "auto_votes.json", json.dumps(info, indent=2))
     return result
+
+
+def truth_types(catalog: pd.DataFrame, truth: str | os.PathLike | pd.DataFrame, id_col: str, label_col: str,
+                types: Sequence[str], *, label_map: Mapping[str, str] | None = None,
+                exclude: Sequence[str] = ()) -> np.ndarray:
+    """The type of ``inspect.types`` that a table of known labels gives each catalog row.
+
+    Labels become types through ``label_map`` or by name (case-insensitively); excluded
+    labels (raw or mapped), missing labels and ids not in the table give ``""``.
+
+    Returns
+    -------
+    ndarray of str, shape (len(catalog),)
+
+    Raises
+    ------
+    InspectError
+        A label that is neither excluded nor a type (the message names it).
+    TableError
+        Truth file or column problems, or no id matching the catalog.
+    """
+    from ..io.tables import TableError, read_labels
+    from . import InspectError
+
+    types = list(types)
+    table = read_labels(truth, id_col=id_col, label_col=label_col)
+    lookup = dict(zip(table["id"], table["label"], strict=True))
+    ids = catalog["id"].map(lambda v: v.decode() if isinstance(v, bytes) else str(v)).str.strip()
+    if not ids.isin(lookup.keys()).any():
+        raise TableError(
+            f"none of the {len(table)} ids in column {id_col!r} of the truth table matches any of the "
+            f"{len(ids)} catalog ids (truth ids look like {', '.join(table['id'].head(3))}; catalog ids "
+            f"look like {', '.join(ids.head(3))}); check --id-col")
+    label_map = dict(label_map or {})
+    to_type = _type_lookup(types, label_map)
+    excluded = {e.casefold() for e in exclude}
+    raw = ids.map(lambda i: lookup.get(i, "")).to_numpy(dtype=object)
+    mapped = np.array(["" if (r == "" or r.casefold() in excluded
+                              or label_map.get(r, r).casefold() in excluded)
+                       else to_type.get(r.casefold(), to_type.get(label_map.get(r, r).casefold(), None))
+                       for r in raw], dtype=object)
+    unmapped = sorted({r for r, m in zip(raw, mapped, strict=True)
+                       if m is None or (m != "" and m not in types)})
+    if unmapped:
+        raise InspectError(
+            f"label(s) {', '.join(map(repr, unmapped))} of {label_col!r} name no type of inspect.types "
+            f"({', '.join(types)}); map them with --map LABEL=TYPE, exclude them with --exclude LABEL, "
+            "or set inspect.types to the label names")
+
+    return mapped.astype(str)
 
 
 def human_voters(run: RunDir) -> list[str]:

@@ -144,6 +144,13 @@ class _App:
         self._read_lock = threading.Lock()
         self._init_expert_view()
 
+    @functools.cached_property
+    def refine(self) -> Any:
+        """The "teach single galaxies" pages (:class:`skymorph.inspection.refine.RefineApp`)."""
+        from .refine import RefineApp
+
+        return RefineApp(self.run, self.config)
+
     def _cell(self, stamp: int, galaxy_id: str) -> dict[str, Any]:
         scale = self.pixel_scales[stamp]
         return {"stamp": stamp, "id": galaxy_id, "side": self.stamp_side,
@@ -365,6 +372,9 @@ class _App:
 _STATIC = {"/": ("app.html", "text/html; charset=utf-8"),
            "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
            "/static/app.css": ("app.css", "text/css; charset=utf-8"),
+           "/refine": ("refine.html", "text/html; charset=utf-8"),
+           "/static/refine.js": ("refine.js", "text/javascript; charset=utf-8"),
+           "/static/refine.css": ("refine.css", "text/css; charset=utf-8"),
            # asked for by the browser itself, without the token: served, not refused with 403
            "/favicon.ico": ("favicon.svg", "image/svg+xml"),
            "/static/favicon.svg": ("favicon.svg", "image/svg+xml")}
@@ -513,7 +523,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise _Reject(400, "too many query parameters") from None
         self._check_token(query)
-        if url.path == "/api/state":
+        if url.path.startswith(("/api/refine/", "/refine/")):
+            self._refine_get(url, query)
+        elif url.path == "/api/state":
             expert = query.get("expert", [""])[0]
             self._json(200, app.state(expert or None))
         elif m := re.fullmatch(r"/montage/([0-9]{1,9})\.png", url.path):
@@ -570,17 +582,32 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise _Reject(400, "too many query parameters") from None
         self._check_token(query)
-        if url.path not in ("/api/vote", "/api/subclass-vote", "/api/flag"):
+        if url.path not in ("/api/vote", "/api/subclass-vote", "/api/flag", "/api/refine/label"):
             raise _Reject(404, "not found")
         payload = self._read_json()
         app = self.server.app
-        cast = app.vote if url.path == "/api/vote" else app.subclass_vote
+        cast = {"/api/vote": app.vote, "/api/subclass-vote": app.subclass_vote, "/api/flag": app.flag,
+                "/api/refine/label": lambda p: app.refine.label(p)}[url.path]
         try:
-            result = app.flag(payload) if url.path == "/api/flag" else cast(payload)
+            result = cast(payload)
         except OSError as exc:  # the disk refused the write: the expert must know it was not saved
             log.error("vote not saved: %s", exc)
             raise _Reject(500, f"the vote could not be saved: {exc}") from None
         self._json(200, result)
+
+    def _refine_get(self, url: Any, query: dict[str, list[str]]) -> None:
+        """The teach page's API: the next page of galaxies, and any galaxy's image."""
+        app = self.server.app
+        if url.path == "/api/refine/page":
+            self._json(200, app.refine.page(query.get("expert", [""])[0]))
+        elif m := re.fullmatch(r"/refine/galaxy/([0-9]{1,9})\.png", url.path):
+            try:
+                body = app.refine.galaxy_png(int(m.group(1)))
+            except KeyError:
+                raise _Reject(404, "no such galaxy") from None
+            self._send(200, body, "image/png", "private, max-age=60")
+        else:
+            raise _Reject(404, f"not found: {url.path[:100]}")
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         self._handle("GET")
@@ -711,20 +738,27 @@ def make_server(run_dir: str | os.PathLike | RunDir, config: Config | None = Non
 
 
 def serve(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
-          host: str | None = None, port: int | None = None, open_browser: bool = False) -> None:
+          host: str | None = None, port: int | None = None, open_browser: bool = False,
+          page: str = "") -> None:
     """Run the voting web application until interrupted (Ctrl-C).
 
     Parameters are those of :func:`make_server`; ``open_browser`` opens the page
-    in the default browser.  Prints the address with the session's token.
+    in the default browser; ``page = "refine"`` opens the "teach single galaxies" page
+    (``skymorph inspect refine``).  Prints the address with the session's token.
     """
     server = make_server(run_dir, config, host, port, progress=True)
-    print(f"skymorph inspect: voting on {len(server.app.clusters)} clusters "
-          f"(votes go to {server.app.store.path}); open\n\n    {server.token_url}\n\n"
-          "press Ctrl-C to stop", flush=True)
+    url = server.token_url if not page else f"{server.url}{page}?token={server.token}"
+    if page == "refine":
+        print(f"skymorph inspect refine: experts type single galaxies, least sure first (labels go to "
+              f"{server.app.refine.store.path}); open\n\n    {url}\n\npress Ctrl-C to stop", flush=True)
+    else:
+        print(f"skymorph inspect: voting on {len(server.app.clusters)} clusters "
+              f"(votes go to {server.app.store.path}); open\n\n    {url}\n\n"
+              f"experts teach single galaxies at {server.url}refine\npress Ctrl-C to stop", flush=True)
     if open_browser:
         import webbrowser
 
-        webbrowser.open(server.token_url)
+        webbrowser.open(url)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -113,8 +113,9 @@ COLUMNS: dict[str, tuple[str | None, str]] = {
     "expert_comment": (None, "the flagging experts' comments, 'name: comment' joined by ' | '"),
     "morph_type_final": (None, "type of every galaxy: experts' where kept, else the extended classifier's; "
                                "OOD = outside the classifier's training distribution (extend.ood_final)"),
-    "type_source": (None, "experts (the experts' type), extended (the classifier's) or ood (extended, "
-                          "but outside the training distribution: seen by no expert, not confident)"),
+    "type_source": (None, "experts (the experts' type), extended (the classifier's), ood (extended, "
+                          "but outside the training distribution: seen by no expert, not confident) or "
+                          "taught (an expert typed the galaxy itself)"),
     "morph_type_ml": (None, "the extension classifier's type (every galaxy, training ones included)"),
     "ml_probability": (None, "the classifier's probability of morph_type_ml (not a p_<TYPE> column)"),
     "ml_confident": (None, "ml_probability >= extend.confidence_threshold and not out of distribution"),

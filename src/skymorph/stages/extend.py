@@ -30,6 +30,9 @@ Catalog columns added (one row per galaxy):
     value ``OOD`` (default: no expert saw it, so not the experts' UNC), the last of
     ``inspect.types`` (``fallback``) or its predicted type (``predicted``); its
     probabilities are extrapolation, so ``ml_confident`` is false.
+    A galaxy an expert typed on its own (``skymorph inspect refine``,
+    ``inspection/galaxy_votes.csv``) carries that type (``taught``); the classifier learns
+    from those galaxies too, each weighing ``extend.taught_weight`` cluster-typed ones.
 
 Files: ``RUN_DIR/extend/extend.json`` (agreement with the expert-named clusters under
 k-fold cross-validation - not morphology accuracy, which ``evaluate`` measures against
@@ -100,17 +103,35 @@ def _training_mask(catalog: pd.DataFrame, types: list[str],
     return typed, learn
 
 
+def _taught_training(run: RunDir, config: Config, catalog: pd.DataFrame) -> tuple[np.ndarray, ...]:
+    """(cluster-typed galaxies, the galaxies learnt from, taught types, their types, sample weights):
+    the named clusters' galaxies (unless ``extend.cluster_labels`` is off) and the galaxies the
+    experts typed one by one (``inspect refine``), weighted by ``extend.taught_weight``."""
+    from ..inspection.refine import training_labels
+
+    labels = training_labels(run, config, catalog)
+    typed = labels["cluster"] != ""
+    if "morph_type" in catalog.columns and config.extend.cluster_labels:
+        typed = _training_mask(catalog, list(config.inspect.types), list(config.extend.exclude_types))[0]
+    if config.extend.kept_types == "classifier":  # the cluster names train the classifier, it decides
+        typed = np.zeros(len(catalog), bool)
+    return typed, labels["learn"], labels["taught"], labels["y"], labels["weight"]
+
+
 def _input_stage(config: Config) -> str:
     return "encode" if config.extend.input == "features" else "reduce"
 
 
 def _extra(ctx: StageContext) -> dict[str, Any]:
+    from ..inspection.refine import GalaxyVoteStore
+
     catalog = ctx.run.catalog()
-    if "morph_type" not in catalog.columns:
+    taught = GalaxyVoteStore.of(ctx.run).digest()
+    if "morph_type" not in catalog.columns and (taught == "-" or ctx.config.extend.cluster_labels):
         raise ExtendStageError(f"the catalog of {ctx.run.path} has no morph_type; name the clusters first "
                                f"(`skymorph inspect serve/merge {ctx.run.path}` or `skymorph inspect auto`)")
     ctx.state["catalog"] = catalog
-    return {"catalog": _catalog_digest(catalog), "types": list(ctx.config.inspect.types)}
+    return {"catalog": _catalog_digest(catalog), "types": list(ctx.config.inspect.types), "taught": taught}
 
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
@@ -120,7 +141,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     cfg = config.extend
     types = list(config.inspect.types)
     fallback = types[-1]
-    typed, learn = _training_mask(catalog, types, list(cfg.exclude_types))
+    typed, learn, taught, y_learn, weight = _taught_training(run, config, catalog)
     if not learn.any():
         raise ExtendStageError(
             f"no consensus galaxy of {run.path} has an expert type among {', '.join(types)}; run "
@@ -134,10 +155,10 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     if x.shape[0] != len(catalog):
         raise ExtendStageError(f"the '{cfg.input}' array has {x.shape[0]} rows but the catalog "
                                f"{len(catalog)}; re-run the pipeline stages")
-    mtype = catalog["morph_type"].fillna("").astype(str).to_numpy()
+    mtype = catalog["morph_type"].fillna("").astype(str).to_numpy() if "morph_type" in catalog else y_learn
     try:
         result = extend_labels(
-            x, learn, mtype, model=cfg.model, c=cfg.c, class_weight=cfg.class_weight,
+            x, learn, y_learn, sample_weight=weight, model=cfg.model, c=cfg.c, class_weight=cfg.class_weight,
             calibration=cfg.calibration, cv_folds=cfg.cv_folds,
             confidence_threshold=cfg.confidence_threshold, ood_neighbors=cfg.ood_neighbors,
             ood_quantile=cfg.ood_quantile, ood_dims=cfg.ood_dims, ood_reference=cfg.ood_reference,
@@ -154,7 +175,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
                                      if t in result.classes else np.zeros(n))
     predicted = result.predicted.astype(str)
     final = np.where(typed, mtype, predicted).astype(object)
-    ood = ~typed & (result.ood | nonfinite)
+    ood = ~typed & (result.ood | nonfinite) & (taught == "")
     if cfg.ood_final == "ood":
         final[ood] = OOD
     elif cfg.ood_final == "fallback":
@@ -162,6 +183,8 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     # no input, no type, whatever ood_final says: OOD (the last type with ood_final = fallback)
     final[~typed & nonfinite] = fallback if cfg.ood_final == "fallback" else OOD
     source = np.where(typed, "experts", np.where(ood, "ood", "extended")).astype(object)
+    final[taught != ""] = taught[taught != ""]  # an expert's type of the galaxy itself comes first
+    source[taught != ""] = "taught"
     columns.update({
         "morph_type_ml": predicted.astype(object),
         "ml_probability": result.p_predicted,
@@ -180,9 +203,10 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     out = run.path / "extend"
     out.mkdir(exist_ok=True)
     cv = {k: v for k, v in result.cv.items() if k != "proba_oof"}
-    extended = ~typed
+    extended = ~typed & (taught == "")
     summary = {
         "n_galaxies": n, "n_experts": int(typed.sum()), "n_train": int(learn.sum()),
+        "n_taught": int((taught != "").sum()),
         "n_extended": int(extended.sum()),
         "n_extended_confident": int((extended & result.confident & ~result.ood).sum()),
         "n_extended_ood": int(ood.sum()),
@@ -193,7 +217,8 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     }
     counts = {t: {"experts": int(((final == t) & typed).sum()),
                   "extended": int(((final == t) & extended & ~ood).sum()),
-                  "ood": int(((final == t) & ood).sum())}
+                  "ood": int(((final == t) & ood).sum()),
+                  "taught": int((taught == t).sum())}
               for t in [*types, *([OOD] if cfg.ood_final == "ood" else [])]}
     report = {
         "run": str(run.path), **summary, "types": types, "classes": result.classes,
@@ -232,6 +257,8 @@ def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
              f"({report['n_extended_confident']} confident, {report['n_extended_ood']} out of distribution "
              f"-> type_source ood, morph_type_final {ood}); "
              f"{report['n_experts']} keep the experts' type"
+             + (f"; {report['n_taught']} carry a type an expert gave the galaxy itself (taught)"
+                if report.get("n_taught") else "")
              + (f"; {report['n_nonfinite']} have NaN/inf {report['settings']['input']} and get no type "
                 f"(ml_nonfinite; type_source ood, morph_type_final {no_input}): "
                 "re-run the stage that wrote them with --force" if report.get("n_nonfinite") else ""),

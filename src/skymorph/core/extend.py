@@ -76,7 +76,7 @@ import numpy as np
 
 from ..errors import SkymorphError
 
-__all__ = [
+__all__ = ["agreement_name",
     "ExtendError",
     "ExtendResult",
     "extend_labels",
@@ -88,6 +88,11 @@ __all__ = [
     "split_scores",
 ]
 
+
+
+def agreement_name(folds: int) -> str:
+    """What the extension's cross-validated score measures, in words."""
+    return f"agreement with the expert-named clusters ({folds}-fold CV)"
 
 
 class ExtendError(SkymorphError, ValueError):

@@ -56,6 +56,7 @@ import pandas as pd
 
 from .._text import text_table
 from ..config import Config
+from ..core.extend import agreement_name
 from ..errors import SkymorphError
 from ..io.csvfile import write_csv
 from ..io.rundir import RunDir, RunDirError
@@ -73,11 +74,6 @@ OOD = "OOD"
 
 LEGACY_COLUMNS = ("p_morph_type_ml",)
 """Columns an older skymorph wrote that the extension replaces (``ml_probability``)."""
-
-
-def agreement_name(folds: int) -> str:
-    """What the extension's cross-validated score measures, in words."""
-    return f"agreement with the expert-named clusters ({folds}-fold CV)"
 
 
 class ExtendStageError(SkymorphError, ValueError):

@@ -557,7 +557,7 @@ def _part_extended(inp: _Inputs, section) -> None:
         section.notes.append(f"skipped: `skymorph extend {inp.run.path}` has not run (only the consensus "
                              "galaxies have a type)")
         return
-    from .extend import agreement_name
+    from ..core.extend import agreement_name
 
     report = json.loads(path.read_text())
     cv = report["cv"]

@@ -10,7 +10,6 @@ and ``expert_comment`` columns (written by ``inspect merge``).
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .montage import InspectError
-from .votes import VoteStore, _now, clean_expert, escape_cell, unescape_cell
+from .votes import CsvStore, _now, clean_expert
 
 __all__ = ["FLAG_COLUMNS", "MAX_COMMENT", "FlagStore", "flag_columns", "clean_comment"]
 
@@ -47,33 +46,11 @@ def clean_comment(text: object) -> str:
     return " ".join(text.split())
 
 
-class FlagStore:
+class FlagStore(CsvStore):
     """``flags.csv``: one row per (expert, galaxy), replaced when the expert edits it; written
     under the same locks and atomic rewrite as the votes (the vote store's ``_locked``)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self._locked = VoteStore(self.path)._locked  # the same thread + file lock pattern, on flags.csv
-
-    def rows(self) -> list[dict[str, str]]:
-        """Every flag, text as written."""
-        if not self.path.exists():
-            return []
-        with open(self.path, newline="", encoding="utf-8") as fh:
-            return [{k: unescape_cell(row.get(k) or "") for k in FLAG_COLUMNS} for row in csv.DictReader(fh)]
-
-    def _write_flags(self, rows: list[dict[str, str]]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, fieldnames=FLAG_COLUMNS)
-                writer.writeheader()
-                writer.writerows({k: escape_cell(v) for k, v in row.items()} for row in rows)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    columns = FLAG_COLUMNS
 
     def set_flag(self, expert: str, galaxy_id: str, stamp: int, comment: str | None,
                  flagged: bool = True) -> dict[str, str] | None:
@@ -88,7 +65,7 @@ class FlagStore:
             if flagged:
                 rows.append(row)
             rows.sort(key=lambda r: (r["expert"].casefold(), r["id"]))
-            self._write_flags(rows)
+            self._write(rows)
         return row if flagged else None
 
     def flags_of(self, expert: str) -> dict[str, str]:

@@ -24,13 +24,11 @@ or no names yet), from ``inspect.refine_start`` galaxies drawn at random.
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +38,7 @@ import pandas as pd
 from ..config import Config
 from ..io.rundir import RunDir, RunDirError
 from .montage import InspectError, consensus_labels
-from .votes import LOCK_TIMEOUT_S, _now, clean_expert, escape_cell, unescape_cell
+from .votes import CsvStore, _now, clean_expert
 
 __all__ = ["GalaxyVoteStore", "GALAXY_VOTE_COLUMNS", "SKIP", "taught_types", "looked_at", "refine_page",
            "auto_refine", "training_labels", "RefineApp"]
@@ -52,7 +50,7 @@ SKIP = "skip"
 FILE = "galaxy_votes.csv"
 
 
-class GalaxyVoteStore:
+class GalaxyVoteStore(CsvStore):
     """The experts' single-galaxy labels, ``RUN_DIR/inspection/galaxy_votes.csv``.
 
     Written as :class:`~skymorph.inspection.votes.VoteStore` writes ``votes.csv``: the whole
@@ -61,45 +59,12 @@ class GalaxyVoteStore:
     expert's earlier one.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        from filelock import FileLock
-
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._file_lock = FileLock(self.path.with_name(f".{self.path.name}.lock"), timeout=LOCK_TIMEOUT_S)
+    columns = GALAXY_VOTE_COLUMNS
 
     @classmethod
     def of(cls, run: RunDir) -> GalaxyVoteStore:
         """The store of a run directory."""
         return cls(run.path / "inspection" / FILE)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._file_lock:
-                yield
-
-    def rows(self) -> list[dict[str, str]]:
-        """Every label (all experts), text as cast."""
-        if not self.path.exists():
-            return []
-        with open(self.path, newline="", encoding="utf-8") as fh:
-            return [{k: unescape_cell(row.get(k) or "") for k in GALAXY_VOTE_COLUMNS}
-                    for row in csv.DictReader(fh)]
-
-    def _write(self, rows: list[dict[str, str]]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, fieldnames=GALAXY_VOTE_COLUMNS)
-                writer.writeheader()
-                writer.writerows({k: escape_cell(v) for k, v in row.items()} for row in rows)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def cast(self, expert: str, labels: Mapping[str, str]) -> list[dict[str, str]]:
         """Record ``expert``'s labels ``{galaxy id: type or "skip"}`` (replacing earlier ones)."""

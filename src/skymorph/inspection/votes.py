@@ -47,7 +47,50 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-class VoteStore:
+class CsvStore:
+    """A CSV file of expert input (votes, flags, single-galaxy labels) that is safe against
+    concurrent writers and crashes: rewritten whole to a temporary file renamed over it, under a
+    thread lock and a :class:`filelock.FileLock`; text cells spreadsheet-safe. Subclasses set
+    :attr:`columns`."""
+
+    columns: list[str] = []
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        from filelock import FileLock
+
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._file_lock = FileLock(self.path.with_name(f".{self.path.name}.lock"), timeout=LOCK_TIMEOUT_S)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._file_lock:
+                yield
+
+    def rows(self) -> list[dict[str, str]]:
+        """Every row of the file, text as written."""
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="", encoding="utf-8") as fh:
+            return [{k: unescape_cell(row.get(k) or "") for k in self.columns} for row in csv.DictReader(fh)]
+
+    def _write(self, rows: list[dict[str, str]]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.DictWriter(fh, fieldnames=self.columns)
+                writer.writeheader()
+                writer.writerows({k: escape_cell(v) for k, v in row.items()} for row in rows)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class VoteStore(CsvStore):
     """The votes file, safe against concurrent writers and crashes.
 
     Every vote rewrites the whole file to a temporary file and renames it over
@@ -61,40 +104,11 @@ class VoteStore:
     An expert is identified by the name, case and surrounding blanks ignored.
     """
 
+    columns = VOTE_COLUMNS
+
     def __init__(self, path: str | os.PathLike, clustering: str = "") -> None:
-        from filelock import FileLock
-
-        self.path = Path(path)
+        super().__init__(path)
         self.clustering = clustering
-        self._lock = threading.Lock()
-        self._file_lock = FileLock(self.path.with_name(f".{self.path.name}.lock"), timeout=LOCK_TIMEOUT_S)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._file_lock:
-                yield
-
-    def rows(self) -> list[dict[str, str]]:
-        """Every row of the file (all experts, all clusterings), text as cast."""
-        if not self.path.exists():
-            return []
-        with open(self.path, newline="", encoding="utf-8") as fh:
-            return [{k: unescape_cell(row.get(k) or "") for k in VOTE_COLUMNS} for row in csv.DictReader(fh)]
-
-    def _write(self, rows: list[dict[str, str]]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, fieldnames=VOTE_COLUMNS)
-                writer.writeheader()
-                writer.writerows({k: escape_cell(v) for k, v in row.items()} for row in rows)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def cast(self, expert: str, cluster: int, type_: str) -> dict[str, str]:
         """Record (or replace) ``expert``'s vote for ``cluster``; returns the stored row."""

@@ -207,8 +207,8 @@ def test_cli_on_cosmos_stamps(run_copy, capsys, caplog):
     assert 'encoder = "efficientnet_lite0"' in (run_copy.path / "config.toml").read_text()
     assert not (run_copy.path / "stages" / "encode.partial.json").exists()
     # unchanged settings: reused, not recomputed; a bigger batch does not count as a change
-    with caplog.at_level(logging.INFO, logger="skymorph.stages.encode"):
-        assert cli.main(argv[:5] + ["64"] + argv[6:]) == 0
+    with caplog.at_level(logging.INFO, logger="skymorph.stages"):
+        assert cli.main(argv[:5] + ["64"] + argv[6:] + ["-v"]) == 0  # INFO lines need -v
     assert "unchanged, reusing" in caplog.text
     # a bad name is reported by the CLI as an error, exit status 1
     assert cli.main(argv[:3] + ["convnext_xlarg"] + argv[4:]) == 1

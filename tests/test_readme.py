@@ -100,16 +100,28 @@ CASES: dict[str, str | list[str]] = {
     "reduce.fit_sample=100000 --set cluster.fit_sample=100000": "on_dask",
     "skymorph measure /lustre/runs/big --scheduler tcp://head:8786": "on_dask",
 }
-# Examples merged into the README from other branches after this test was written; not run here
-# yet (listed so that the list is explicit: any further new example fails the coverage test).
+# Examples run by the test file of their own feature, on that file's run (listed so that the list
+# is explicit: any further new example fails the coverage test).
 PENDING = {
+    # tests/test_hybrid_stage.py::test_the_readme_commands
     "skymorph reduce myrun --descriptors 1 --method none",
     "skymorph reduce myrun --descriptors 1 --projection nuisance --method none",
+    # tests/test_special.py::test_readme_commands_of_the_unusual_galaxies
     "skymorph similar myrun 587722982825001149 --n 20",
     "skymorph similar myrun --image new_cutout.jpeg",
     "skymorph anomaly myrun --top 50",
     "skymorph subdivide myrun --cluster 3 --k 4",
     "skymorph subdivide myrun --type UNC",
+    # tests/test_refine.py: the teach page's command, `inspect auto --refine` (with fewer labels on
+    # its small run) and the benchmark with its summary (one seed, on that small run)
+    "skymorph inspect refine myrun",
+    "skymorph inspect auto myrun --truth labels.csv --id-col objid --label-col gz1_name --set "
+    "'inspect.types=[\"ELLIPTICAL\",\"SPIRAL\",\"EDGE_ON\",\"UNC\"]' --map spiral_cw=SPIRAL --map "
+    "spiral_acw=SPIRAL --exclude dont_know --exclude merger --merge --refine 300",
+    "python benchmarks/eval_refine.py --out /tmp/refine_eval --seeds 42 1 2 --run "
+    "gz1_sdss_natural=/work/runs/gz1_sdss_natural --run ceers_f200w=/work/runs/ceers_f200w --run "
+    "gz1_sdss=/work/runs/gz1_sdss",
+    "python benchmarks/eval_refine.py --summary /tmp/refine_eval/results.jsonl",
 }
 PYTHON_CASES = 1
 """The README's python blocks, run whole by :func:`test_python_example`."""
@@ -301,7 +313,7 @@ def test_python_example(base_run, tmp_path, capsys):
     finally:
         os.chdir(here)
     assert "run directory myrun" in capsys.readouterr().out
-    assert RunDir(work / "myrun").config().cluster.k == 20  # the paper preset's, run last
+    assert RunDir(work / "myrun").config().cluster.k == 20  # the last call set it back to 20
 
 
 @pytest.mark.slow

@@ -69,8 +69,8 @@ def test_core_defaults_are_the_settings_defaults(function, section, renamed):
 @pytest.mark.parametrize("stage, section, kept", [
     ("cluster", ClusterConfig, {"fit_sample"}),
     # the hybrid features and the projection are prepared by the adapter before the reduction
-    ("reduce", ReduceConfig, {"descriptors", "descriptor_levels", "deep_dims", "projection", "projection_dims",
-                              "nuisance_sample", "nuisance_copies"}),
+    ("reduce", ReduceConfig, {"descriptors", "descriptor_levels", "deep_dims", "projection",
+                              "projection_dims", "nuisance_sample", "nuisance_copies"}),
     ("polar", PolarConfig, {"enabled", "batch_size"}),
 ])
 def test_every_setting_reaches_the_science(stage, section, kept):

@@ -66,7 +66,7 @@ def test_any_other_exception_is_a_bug_shown_with_its_traceback(tmp_path, capsys,
     the command line printed it as one line, like bad input, and hid where it came from."""
     run = RunDir.create(tmp_path / "run")
 
-    def broken(self):
+    def broken(self, **options):
         return np.zeros(2) @ np.zeros(3)  # a genuine numpy ValueError
 
     monkeypatch.setattr(RunDir, "summary", broken)

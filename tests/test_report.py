@@ -389,3 +389,15 @@ def browser_page(browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     yield page
     page.close()
+
+
+def test_kept_rejected_figure_with_a_group_outside_the_bins():
+    """Fig. 14 with few valid values: a group whose values all lie outside the 1-99% bins, or a
+    constant column, gave a divide-by-zero in the density and the whole part was dropped."""
+    from skymorph.report.figures import kept_rejected_figure
+
+    table = pd.DataFrame({"x": [1.0] * 5 + [100.0, np.nan, np.nan],
+                          "y": np.r_[np.arange(6.0), [np.nan, 5.0]]})
+    kept = np.array([0, 0, 0, 0, 0, 1, 1, 1], bool)
+    figure = kept_rejected_figure(table, kept, [("x", "x"), ("y", "y")], {})
+    assert figure is not None

@@ -285,14 +285,15 @@ def test_validate_mass_cut_and_kpc(typed_run, tmp_path):
     summary = validate(run, physical=phys, id_col="ID", progress=False)
     assert summary["columns"]["mass"] == "log_mass" and summary["columns"]["z"] == "z"
     m = pd.read_parquet(path / "measurements.parquet").merge(catalog[["id", "morph_type"]], on="id")
-    massive = m.assign(lm=log_mass)[lambda d: d["measure_ok"] & (d["lm"] > 9.0)]
+    # every typed galaxy above the mass cut counts; each value is used where its own flag allows
+    massive = m.assign(lm=log_mass)[lambda d: d["lm"] > 9.0]
     n_sph = int((massive["morph_type"] == "SPH").sum())
     assert summary["parts"]["per_type"]["result"]["n"]["SPH"] == n_sph
     # r_e in kpc at z = 0.5 with 0.03"/px: Planck18 gives ~6.2 kpc/arcsec
     from astropy.cosmology import Planck18
 
     scale = Planck18.kpc_proper_per_arcmin(0.5).value / 60 * 0.03
-    sph = massive[massive["morph_type"] == "SPH"]
+    sph = massive[(massive["morph_type"] == "SPH") & massive["sersic_ok"]]
     expected = float(np.median(sph["sersic_rhalf"] * scale))
     assert summary["parts"]["per_type"]["result"]["medians"]["r_e"]["SPH"] == pytest.approx(expected)
     assert "log_mass" in summary["parts"]["completeness"]["result"]["curves"]

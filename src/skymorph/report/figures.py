@@ -223,10 +223,13 @@ def kept_rejected_figure(table: pd.DataFrame, kept: np.ndarray, columns: Sequenc
         values = pd.to_numeric(table[col], errors="coerce").to_numpy(float)
         a, b = values[kept], values[~kept]
         both = values[np.isfinite(values)]
-        bins = np.linspace(np.percentile(both, 1), np.percentile(both, 99), 25) if both.size > 1 else 10
-        ax.hist(a[np.isfinite(a)], bins=bins, histtype="step", density=True, lw=1.5, label="kept", color="C0")
-        ax.hist(b[np.isfinite(b)], bins=bins, histtype="step", density=True, lw=1.5, label="rejected",
-                color="C3")
+        low, high = (np.percentile(both, 1), np.percentile(both, 99)) if both.size > 1 else (0.0, 0.0)
+        bins = np.linspace(low, high, 25) if high > low else 10
+        for group, name, colour in ((a, "kept", "C0"), (b, "rejected", "C3")):
+            group = group[np.isfinite(group)]
+            # a density of a group with no value inside the bins would divide by zero
+            if np.histogram(group, bins=bins)[0].sum() > 0:
+                ax.hist(group, bins=bins, histtype="step", density=True, lw=1.5, label=name, color=colour)
         ax.set_xlabel(label)
         ax.set_ylabel("probability density")
         t = tests.get(col, {})

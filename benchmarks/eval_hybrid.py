@@ -45,15 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SETS = {
-    "gz1_sdss": dict(truth=DATA / "gz1_sdss" / "labels.csv", id_col="objid", label_col="gz1_name",
-                     label_map={"spiral_cw": "spiral", "spiral_acw": "spiral"},
-                     exclude=["dont_know", "merger"]),
-    "ceers_f200w": dict(truth=DATA / "ceers_f200w" / "labels.csv", id_col="id", label_col="label",
-                        label_map={}, exclude=["artifact", "uncertain"]),
-}
-SETS["gz1_sdss_natural"] = {**SETS["gz1_sdss"], "truth": DATA / "gz1_sdss_natural" / "labels.csv"}
+from eval_adapted import SETS  # the three labelled sets, as every eval_* script scores them
+
 DEFAULT_VARIANTS = [
     "deep/none/umap300/vote/20",
     "deep/none/direct/vote/20",

@@ -32,18 +32,33 @@ import numpy as np
 __all__ = ["fast_class", "prepare_image", "rotate_180", "rotate_mask_180"]
 
 
+_ROTATION_PI = None
+
+
 def _rotation_matrix(xc: float, yc: float) -> np.ndarray:
     """The inverse map skimage's ``rotate(image, 180, center=(xc, yc))`` warps with:
     translation(-c), rotation(pi), translation(+c), composed as skimage composes them."""
-    angle = np.deg2rad(180.0)
+    global _ROTATION_PI
+    if _ROTATION_PI is None:
+        angle = np.deg2rad(180.0)
+        _ROTATION_PI = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0],
+                                 [0.0, 0.0, 1.0]])
     t1 = np.array([[1.0, 0.0, xc], [0.0, 1.0, yc], [0.0, 0.0, 1.0]])
-    t2 = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0],
-                   [0.0, 0.0, 1.0]])
     t3 = np.array([[1.0, 0.0, -xc], [0.0, 1.0, -yc], [0.0, 0.0, 1.0]])
     # SimilarityTransform addition: (t3 + t2 + t1).params = t1 @ (t2 @ t3)
-    matrix = t1 @ (t2 @ t3)
+    matrix = t1 @ (_ROTATION_PI @ t3)
     matrix[2] = (0.0, 0.0, 1.0)
     return matrix
+
+
+def _map_coordinates(h: np.ndarray, rows_sl: slice, cols_sl: slice) -> tuple[np.ndarray, np.ndarray]:
+    # c = h00 * col + h01 * row + h02 (and r likewise) on the grid, element by element as
+    # skimage computes it, by broadcasting a row and a column (the same operations)
+    rows = np.arange(rows_sl.start, rows_sl.stop, dtype=np.float64)[:, None]
+    cols = np.arange(cols_sl.start, cols_sl.stop, dtype=np.float64)[None, :]
+    c = (h[0, 0] * cols + h[0, 1] * rows) + h[0, 2]
+    r = (h[1, 0] * cols + h[1, 1] * rows) + h[1, 2]
+    return r, c
 
 
 def prepare_image(image: np.ndarray) -> tuple[float, float, bool, np.ndarray]:
@@ -89,20 +104,21 @@ def rotate_180(image: np.ndarray, xc: float, yc: float,
     else:
         rows_sl, cols_sl = (slice(*sl.indices(n)[:2]) for sl, n in zip(region, (ny, nx), strict=True))
     h = _rotation_matrix(float(xc), float(yc))
-    rows, cols = np.mgrid[rows_sl, cols_sl].astype(np.float64)
-    c = h[0, 0] * cols + h[0, 1] * rows + h[0, 2]
-    r = h[1, 0] * cols + h[1, 1] * rows + h[1, 2]
+    r, c = _map_coordinates(h, rows_sl, cols_sl)
     minr, minc = np.floor(r), np.floor(c)
     maxr, maxc = np.ceil(r), np.ceil(c)
     dr, dc = r - minr, c - minc
-    minr, minc, maxr, maxc = (a.astype(np.int64) for a in (minr, minc, maxr, maxc))
-
-    def pixel(rr: np.ndarray, cc: np.ndarray) -> np.ndarray:
-        # outside the image: 0 (skimage's mode "constant", cval 0)
-        return padded[np.clip(rr + 1, 0, ny + 1), np.clip(cc + 1, 0, nx + 1)]
-
-    top = (1 - dc) * pixel(minr, minc) + dc * pixel(minr, maxc)
-    bottom = (1 - dc) * pixel(maxr, minc) + dc * pixel(maxr, maxc)
+    # outside the image: 0 (skimage's mode "constant", cval 0): indices clipped into the
+    # padded image's ring of zeros, as flat indices (one gather per corner)
+    width = nx + 2
+    flat = padded.ravel()
+    row_lo = np.minimum(np.maximum(minr.astype(np.int64) + 1, 0), ny + 1) * width
+    row_hi = np.minimum(np.maximum(maxr.astype(np.int64) + 1, 0), ny + 1) * width
+    col_lo = np.minimum(np.maximum(minc.astype(np.int64) + 1, 0), nx + 1)
+    col_hi = np.minimum(np.maximum(maxc.astype(np.int64) + 1, 0), nx + 1)
+    one_dc = 1 - dc
+    top = one_dc * flat.take(row_lo + col_lo) + dc * flat.take(row_lo + col_hi)
+    bottom = one_dc * flat.take(row_hi + col_lo) + dc * flat.take(row_hi + col_hi)
     out = (1 - dr) * top + dr * bottom
     # skimage's clip to the input's range, widened to cval (0) when 0 lies outside the
     # input's range but inside the output's
@@ -110,7 +126,8 @@ def rotate_180(image: np.ndarray, xc: float, yc: float,
         omin, omax = (np.min(out), np.max(out)) if finite_range else (np.nanmin(out), np.nanmax(out))
         if omin <= 0.0 <= omax:
             lo, hi = min(lo, 0.0), max(hi, 0.0)
-    np.clip(out, lo, hi, out=out)
+    np.maximum(out, lo, out=out)  # np.clip(out, lo, hi) without its per-call overhead
+    np.minimum(out, hi, out=out)
     if needs_whole and region is not None:
         return out[region]
     return out
@@ -125,19 +142,24 @@ def rotate_mask_180(mask: np.ndarray, xc: float, yc: float,
     rows_sl, cols_sl = (slice(0, ny), slice(0, nx)) if region is None else \
         (slice(*sl.indices(n)[:2]) for sl, n in zip(region, (ny, nx), strict=True))
     h = _rotation_matrix(float(xc), float(yc))
-    rows, cols = np.mgrid[rows_sl, cols_sl].astype(np.float64)
-    c = h[0, 0] * cols + h[0, 1] * rows + h[0, 2]
-    r = h[1, 0] * cols + h[1, 1] * rows + h[1, 2]
+    r, c = _map_coordinates(h, rows_sl, cols_sl)
     ri = np.floor(r + 0.5).astype(np.int64)
     ci = np.floor(c + 0.5).astype(np.int64)
     inside = (ri >= 0) & (ri < ny) & (ci >= 0) & (ci < nx)
-    return inside & mask[np.clip(ri, 0, ny - 1), np.clip(ci, 0, nx - 1)]
+    return inside & mask.ravel().take(np.minimum(np.maximum(ri, 0), ny - 1) * nx
+                                      + np.minimum(np.maximum(ci, 0), nx - 1))
 
 
 def _make_class():
+    import scipy.ndimage as ndi
+    import scipy.optimize as opt
     import statmorph
+    from astropy.utils.decorators import lazyproperty
     from astropy.utils.exceptions import AstropyUserWarning
-    from photutils.aperture import CircularAperture, EllipticalAnnulus
+
+    from . import fast_apertures as fa
+
+    _EIGHT_NEIGHBOURS = ndi.generate_binary_structure(2, 2)
 
     class FastSourceMorphology(statmorph.SourceMorphology):
         """:class:`statmorph.SourceMorphology` with a faster ``_asymmetry_function``
@@ -163,23 +185,23 @@ def _make_class():
                 self.flag = max(self.flag, 1)
                 return 100.0
             if kind in ("cas", "rms"):
-                ap = CircularAperture(center, self._petro_extent_cas * self._rpetro_circ_centroid)
+                ap = fa.circle(center, self._petro_extent_cas * self._rpetro_circ_centroid, image.shape)
             elif kind == "outer":
                 a_in, a_out = self.rhalf_ellip, self.rmax_ellip
                 b_out = a_out / self.elongation_asymmetry
                 assert (a_in > 0) & (a_out > 0)
-                ap = EllipticalAnnulus(center, a_in, a_out, b_out, theta=self.orientation_asymmetry)
+                ap = fa.elliptical_annulus(center, a_in, a_out, b_out, self.orientation_asymmetry,
+                                           image.shape)
             elif kind == "shape":
                 if np.isnan(self.rmax_circ) or (self.rmax_circ <= 0):
                     warnings.warn('[shape_asym] Invalid rmax_circ value.', AstropyUserWarning, stacklevel=2)
                     self.flag = 2
                     return -99.0
-                ap = CircularAperture(center, self.rmax_circ)
+                ap = fa.circle(center, self.rmax_circ, image.shape)
             else:
                 raise NotImplementedError('Asymmetry kind not understood:', kind)
             # only the aperture's pixels enter the sums: rotate just those
-            apermask = ap.to_mask(method="exact")
-            slc_large, slc_small = apermask.get_overlap_slices(image.shape)
+            slc_large = ap.large
             if slc_large is None:
                 ap_area, sums = float("nan"), [float("nan")] * (4 if kind == "rms" else 2)
             else:
@@ -192,7 +214,7 @@ def _make_class():
                     cut_180 = np.where(~mask_symmetric, cut_180, 0.0)
                 else:
                     mask_symmetric = None
-                weights = apermask.data[slc_small]
+                weights = ap.data
                 if mask_symmetric is None:
                     ap_area = np.sum(weights)
                 else:
@@ -221,6 +243,142 @@ def _make_class():
             if self._sky_asymmetry == -99.0:
                 return ap_abs_diff / ap_abs_sum
             return (ap_abs_diff - ap_area * self._sky_asymmetry) / ap_abs_sum
+
+        # --- radii: statmorph's root finders, each step with fast_apertures' sums ---
+
+        def _petrosian_function_circ(self, r, center):
+            image, mask = self._cutout_stamp_maskzeroed, self._mask_stamp
+            r_in = r - 0.5 * self._annulus_width
+            r_out = r + 0.5 * self._annulus_width
+            annulus_mean = np.abs(fa.aperture_mean(fa.circular_annulus(center, r_in, r_out, image.shape),
+                                                   image, mask))
+            aperture_mean = np.abs(fa.aperture_mean(fa.circle(center, r, image.shape), image, mask))
+            if aperture_mean == 0:
+                warnings.warn('[rpetro_circ] Mean flux is zero.', AstropyUserWarning, stacklevel=2)
+                ratio = float(annulus_mean != 0)
+                self.flag = 2
+            else:
+                ratio = annulus_mean / aperture_mean
+            return ratio - self._eta
+
+        def _petrosian_function_ellip(self, a, center, elongation, theta):
+            image, mask = self._cutout_stamp_maskzeroed, self._mask_stamp
+            b = a / elongation
+            a_in = a - 0.5 * self._annulus_width
+            a_out = a + 0.5 * self._annulus_width
+            b_out = a_out / elongation
+            annulus_mean = np.abs(fa.aperture_mean(
+                fa.elliptical_annulus(center, a_in, a_out, b_out, theta, image.shape), image, mask))
+            aperture_mean = np.abs(fa.aperture_mean(fa.ellipse(center, a, b, theta, image.shape),
+                                                    image, mask))
+            if aperture_mean == 0:
+                warnings.warn('[rpetro_ellip] Mean flux is zero.', AstropyUserWarning, stacklevel=2)
+                ratio = float(annulus_mean != 0)
+                self.flag = 2
+            else:
+                ratio = annulus_mean / aperture_mean
+            return ratio - self._eta
+
+        def _radius_at_fraction_of_total_cas(self, fraction):
+            image = self._cutout_stamp_maskzeroed
+            center = self._asymmetry_center
+            r_upper = self._petro_extent_cas * self.rpetro_circ
+            r, flag = _radius_at_fraction(image, lambda r: fa.circle(center, r, image.shape), r_upper,
+                                          fraction, "r_circ")
+            self.flag = max(self.flag, flag)
+            if np.isnan(r) or (r <= 0.0):
+                warnings.warn('[CAS] Invalid radius_at_fraction_of_total.', AstropyUserWarning, stacklevel=2)
+                self.flag = 2
+                r = -99.0  # invalid
+            return r
+
+        @lazyproperty
+        def rhalf_circ(self):
+            image = self._cutout_stamp_maskzeroed
+            center = self._asymmetry_center
+            if self.rmax_circ == 0:
+                return 0.0
+            r, flag = _radius_at_fraction(image, lambda r: fa.circle(center, r, image.shape), self.rmax_circ,
+                                          0.5, "r_circ")
+            self.flag = max(self.flag, flag)
+            return r
+
+        @lazyproperty
+        def rhalf_ellip(self):
+            image = self._cutout_stamp_maskzeroed
+            center = self._asymmetry_center
+            if self.rmax_ellip == 0:
+                return 0.0
+            elongation, theta = self.elongation_asymmetry, self.orientation_asymmetry
+            r, flag = _radius_at_fraction(
+                image, lambda a: fa.ellipse(center, a, a / elongation, theta, image.shape), self.rmax_ellip,
+                0.5, "r_ellip")
+            self.flag = max(self.flag, flag)
+            return r
+
+        # --- multimode: each threshold's clumps counted once (basin-hopping revisits them) ---
+
+        def _multimode_function(self, q):
+            sorted_values = self._sorted_pixelvals_mid
+            if hasattr(q, '__len__'):  # statmorph's _quantile
+                assert len(q) == 1
+                q = q[0]
+            if q < 0 or q > 1:
+                raise ValueError('Quantiles must be in the range [0, 1].')
+            k = int(q * (len(sorted_values) - 1))
+            cache = self.__dict__.setdefault("_skymorph_multimode_cache", {})
+            if k not in cache:
+                above_threshold = self._cutout_mid >= sorted_values[k]
+                labeled_array, num_features = ndi.label(above_threshold, structure=_EIGHT_NEIGHBOURS)
+                # every label 1..num_features occurs: bincount gives np.unique's counts
+                counts = np.bincount(labeled_array.ravel(), minlength=num_features + 1)[1:]
+                cache[k] = np.sort(counts)[::-1]
+            return cache[k]
+
+        def _multimode_ratio(self, q):
+            invalid = self.__dict__.get("_skymorph_multimode_invalid")
+            if invalid is None:
+                invalid = self.__dict__["_skymorph_multimode_invalid"] = np.sum(self._cutout_mid)
+            if (q < 0) or (q > 1):
+                return invalid
+            sorted_counts = self._multimode_function(q)
+            if len(sorted_counts) == 1:
+                return invalid
+            return -1.0 * float(sorted_counts[1]) ** 2 / float(sorted_counts[0])
+
+    def _radius_at_fraction(image, aperture, r_total, fraction, what):
+        # statmorph's _radius_at_fraction_of_total_circ / _ellip with ``aperture(r)`` the
+        # weights of the circle (ellipse) of radius (semi-major axis) r
+        flag = 0
+        total_sum = fa.aperture_sum(aperture(r_total), image)
+        if total_sum == 0:
+            warnings.warn(f'[{what}] Total flux sum is zero.', AstropyUserWarning, stacklevel=2)
+            return r_total, 2
+        elif total_sum < 0:
+            warnings.warn(f'[{what}] Total flux sum is negative.', AstropyUserWarning, stacklevel=2)
+            flag = 2
+            total_sum = np.abs(total_sum)
+
+        def function(r):
+            assert (r >= 0) & (fraction >= 0) & (fraction <= 1) & (total_sum > 0)
+            if r == 0:
+                return 0.0 - fraction
+            return np.abs(fa.aperture_sum(aperture(r), image)) / total_sum - fraction
+
+        npoints = 100
+        r_grid = np.linspace(0.0, r_total, num=npoints)
+        i = 0
+        while True:
+            assert i < npoints, 'Root not found within range.'
+            r = r_grid[i]
+            curval = function(r)
+            if curval <= 0:
+                r_min = r
+            elif curval > 0:
+                r_max = r
+                break
+            i += 1
+        return opt.brentq(function, r_min, r_max, xtol=1e-6), flag
 
     return FastSourceMorphology
 

@@ -25,6 +25,8 @@ direct statmorph call to 1e-9.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 
 import numpy as np
@@ -160,6 +162,7 @@ def _make_class():
     from . import fast_apertures as fa
 
     _EIGHT_NEIGHBOURS = ndi.generate_binary_structure(2, 2)
+    convolved = _convolved_sersic_class()
 
     class FastSourceMorphology(statmorph.SourceMorphology):
         """:class:`statmorph.SourceMorphology` with a faster ``_asymmetry_function``
@@ -243,6 +246,45 @@ def _make_class():
             if self._sky_asymmetry == -99.0:
                 return ap_abs_diff / ap_abs_sum
             return (ap_abs_diff - ap_area * self._sky_asymmetry) / ap_abs_sum
+
+        # --- Sersic fit: statmorph's own, its PSF-convolved model with the PSF's FFT kept ---
+
+        @lazyproperty
+        def _sersic_model(self):
+            with _statmorph_uses(ConvolvedSersic2D=convolved):
+                return statmorph.SourceMorphology.__dict__["_sersic_model"].__get__(self, type(self))
+
+        # --- sky box: statmorph's first empty box in row-major order, found with box sums ---
+
+        @lazyproperty
+        def _slice_skybox(self):
+            segmap = self._segmap.data[self._slice_stamp]
+            ny, nx = segmap.shape
+            bad = segmap != 0
+            if self._mask is not None:
+                bad = bad | self._mask[self._slice_stamp]
+            assert self._skybox_size >= 2
+            # integral image: the number of bad pixels of any box in four lookups
+            integral = np.zeros((ny + 1, nx + 1), dtype=np.int64)
+            integral[1:, 1:] = bad.cumsum(axis=0, dtype=np.int64).cumsum(axis=1)
+            size = self._skybox_size
+            while True:
+                if ny - size > 0 and nx - size > 0:
+                    # boxes at rows 0 .. ny - size - 1 and columns 0 .. nx - size - 1, as statmorph's loops
+                    counts = (integral[size:ny, size:nx] - integral[:ny - size, size:nx]
+                              - integral[size:ny, :nx - size] + integral[:ny - size, :nx - size])
+                    empty = np.flatnonzero(counts.ravel() == 0)
+                    if empty.size:
+                        i, j = divmod(int(empty[0]), nx - size)
+                        return slice(i, i + size), slice(j, j + size)
+                if size <= 2:
+                    warnings.warn('[skybox] Skybox not found.', AstropyUserWarning, stacklevel=2)
+                    self.flag = 2
+                    return slice(0, 0), slice(0, 0)
+                size //= 2
+                if self._verbose:
+                    warnings.warn(f'[skybox] Reducing skybox size to {size}.', AstropyUserWarning,
+                                  stacklevel=2)
 
         # --- radii: statmorph's root finders, each step with fast_apertures' sums ---
 
@@ -381,6 +423,78 @@ def _make_class():
         return opt.brentq(function, r_min, r_max, xtol=1e-6), flag
 
     return FastSourceMorphology
+
+
+_PATCH_LOCK = threading.Lock()
+_PATCH_DEPTH = 0
+
+
+@contextlib.contextmanager
+def _statmorph_uses(**classes):
+    """statmorph's module uses these classes (same values, faster) while the block runs.
+
+    statmorph builds its PSF-convolved model by its module-level name; the name is swapped
+    only while a :class:`FastSourceMorphology` fits (counted across threads), so a plain
+    ``statmorph.source_morphology`` call outside measure keeps statmorph's own class.
+    """
+    global _PATCH_DEPTH
+    import statmorph.statmorph as module
+
+    with _PATCH_LOCK:
+        if _PATCH_DEPTH == 0:
+            _statmorph_uses.originals = {name: getattr(module, name) for name in classes}
+            for name, cls in classes.items():
+                setattr(module, name, cls)
+        _PATCH_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _PATCH_LOCK:
+            _PATCH_DEPTH -= 1
+            if _PATCH_DEPTH == 0:
+                for name, cls in _statmorph_uses.originals.items():
+                    setattr(module, name, cls)
+
+
+def _convolved_sersic_class():
+    import scipy.fft
+    from statmorph.statmorph import ConvolvedSersic2D
+
+    class FastConvolvedSersic2D(ConvolvedSersic2D):
+        """statmorph's ``ConvolvedSersic2D`` with the PSF's Fourier transform computed once per
+        FFT shape instead of at every evaluation: the same operations as
+        ``scipy.signal.fftconvolve(z, psf, mode='same')`` (rfftn of both at the next fast
+        lengths, product, irfftn, centred slice), so the same bits."""
+
+        def set_psf(self, psf):
+            super().set_psf(psf)
+            self._psf_fft = {}
+
+        def evaluate(self, x, y, amplitude, r_eff, n, x_0, y_0, ellip, theta):
+            from astropy.modeling import models
+
+            z = models.Sersic2D.evaluate(x, y, amplitude, r_eff, n, x_0, y_0, ellip, theta)
+            psf = self.psf
+            if psf is None:
+                raise AssertionError('Must specify PSF using set_psf method.')
+            z = np.asarray(z)
+            if z.ndim != 2 or psf.ndim != 2 or 1 in z.shape or 1 in psf.shape or z.dtype.kind == "c":
+                return scipy.signal.fftconvolve(z, psf, mode='same')
+            shape = [z.shape[i] + psf.shape[i] - 1 for i in range(2)]
+            fshape = tuple(scipy.fft.next_fast_len(n_i, True) for n_i in shape)
+            cache = self.__dict__.setdefault("_psf_fft", {})
+            key = (fshape, id(psf))
+            if key not in cache:
+                cache.clear()
+                cache[key] = (psf, scipy.fft.rfftn(psf, fshape, axes=[0, 1]))
+            full = scipy.fft.irfftn(scipy.fft.rfftn(z, fshape, axes=[0, 1]) * cache[key][1], fshape,
+                                    axes=[0, 1])[:shape[0], :shape[1]]
+            start = [(full.shape[i] - z.shape[i]) // 2 for i in range(2)]
+            return full[start[0]: start[0] + z.shape[0], start[1]: start[1] + z.shape[1]]
+
+    import scipy.signal  # noqa: F401 - the fallback above
+
+    return FastConvolvedSersic2D
 
 
 _CLASS = None

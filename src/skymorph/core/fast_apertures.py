@@ -27,14 +27,17 @@ class ApertureWeights:
     """Exact-overlap weights of one aperture on an image of a given shape.
 
     ``large`` are the image's slices that the aperture's bounding box overlaps (None when it
-    does not overlap) and ``data`` the weights on those pixels, as photutils'
-    ``ApertureMask.data[slices_small]``.
+    does not overlap), ``full`` the weights on the whole bounding box (photutils'
+    ``ApertureMask.data``) and ``small`` its slices on the image, so that ``data``, the weights
+    on the overlapping pixels, is the same (possibly strided) view as photutils sums.
     """
 
-    __slots__ = ("large", "data", "area")
+    __slots__ = ("large", "small", "full", "data", "area")
 
-    def __init__(self, large: tuple[slice, slice] | None, data: np.ndarray | None, area: float) -> None:
-        self.large, self.data, self.area = large, data, area
+    def __init__(self, large: tuple[slice, slice] | None, small: tuple[slice, slice] | None,
+                 full: np.ndarray | None, area: float) -> None:
+        self.large, self.small, self.full, self.area = large, small, full, area
+        self.data = None if large is None else full[small]
 
 
 def _box(x: float, y: float, dx: float, dy: float, shape: tuple[int, int]):
@@ -59,7 +62,7 @@ def _finite(*values: float) -> bool:
 def _from_photutils(aperture, shape: tuple[int, int]) -> ApertureWeights:
     mask = aperture.to_mask(method="exact")
     large, small = mask.get_overlap_slices(shape)
-    return ApertureWeights(large, None if large is None else mask.data[small], float(aperture.area))
+    return ApertureWeights(large, small, mask.data, float(aperture.area))
 
 
 def _center(center) -> tuple[float, float]:
@@ -79,9 +82,9 @@ def circle(center, r: float, shape: tuple[int, int]) -> ApertureWeights:
         return _from_photutils(CircularAperture((x, y), r), shape)
     edges, nx, ny, large, small = _box(x, y, r, r, shape)
     if large is None:
-        return ApertureWeights(None, None, math.pi * r ** 2)
+        return ApertureWeights(None, None, None, math.pi * r ** 2)
     overlap = circular_overlap_grid(*edges, nx, ny, r, 1, 1)
-    return ApertureWeights(large, overlap[small], math.pi * r ** 2)
+    return ApertureWeights(large, small, overlap, math.pi * r ** 2)
 
 
 def circular_annulus(center, r_in: float, r_out: float, shape: tuple[int, int]) -> ApertureWeights:
@@ -97,10 +100,10 @@ def circular_annulus(center, r_in: float, r_out: float, shape: tuple[int, int]) 
     area = math.pi * (r_out ** 2 - r_in ** 2)
     edges, nx, ny, large, small = _box(x, y, r_out, r_out, shape)
     if large is None:
-        return ApertureWeights(None, None, area)
+        return ApertureWeights(None, None, None, area)
     overlap = circular_overlap_grid(*edges, nx, ny, r_out, 1, 1)
     overlap -= circular_overlap_grid(*edges, nx, ny, r_in, 1, 1)
-    return ApertureWeights(large, overlap[small], area)
+    return ApertureWeights(large, small, overlap, area)
 
 
 def _extents(a: float, b: float, theta: float) -> tuple[float, float]:
@@ -125,9 +128,9 @@ def ellipse(center, a: float, b: float, theta: float, shape: tuple[int, int]) ->
     dx, dy = _extents(a, b, theta)
     edges, nx, ny, large, small = _box(x, y, dx, dy, shape)
     if large is None:
-        return ApertureWeights(None, None, math.pi * a * b)
+        return ApertureWeights(None, None, None, math.pi * a * b)
     overlap = elliptical_overlap_grid(*edges, nx, ny, a, b, theta, 1, 1)
-    return ApertureWeights(large, overlap[small], math.pi * a * b)
+    return ApertureWeights(large, small, overlap, math.pi * a * b)
 
 
 def elliptical_annulus(center, a_in: float, a_out: float, b_out: float, theta: float,
@@ -146,10 +149,10 @@ def elliptical_annulus(center, a_in: float, a_out: float, b_out: float, theta: f
     dx, dy = _extents(a_out, b_out, theta)
     edges, nx, ny, large, small = _box(x, y, dx, dy, shape)
     if large is None:
-        return ApertureWeights(None, None, area)
+        return ApertureWeights(None, None, None, area)
     overlap = elliptical_overlap_grid(*edges, nx, ny, a_out, b_out, theta, 1, 1)
     overlap -= elliptical_overlap_grid(*edges, nx, ny, a_in, b_in, theta, 1, 1)
-    return ApertureWeights(large, overlap[small], area)
+    return ApertureWeights(large, small, overlap, area)
 
 
 def aperture_sum(weights: ApertureWeights, image: np.ndarray) -> float:
@@ -161,14 +164,17 @@ def aperture_sum(weights: ApertureWeights, image: np.ndarray) -> float:
         return (image[weights.large] * w)[w > 0].sum()
 
 
-def area_overlap(weights: ApertureWeights, mask: np.ndarray | None = None) -> float:
-    """``aperture.area_overlap(image, mask=mask, method='exact')`` (NaN without overlap)."""
+def area_overlap(weights: ApertureWeights, mask: np.ndarray | None = None, *, region: bool = False) -> float:
+    """``aperture.area_overlap(image, mask=mask, method='exact')`` (NaN without overlap);
+    ``region=True``: ``mask`` is already cut to the overlap (``mask[weights.large]``)."""
     if weights.large is None:
         return float("nan")
     w = weights.data
     if mask is not None:
-        w = w.copy()
-        w[mask[weights.large]] = 0.0
+        # zeroed in a copy of the whole box, summed as the same strided view as photutils
+        # (numpy's pairwise sums depend on the layout)
+        w = weights.full.copy()[weights.small]
+        w[mask if region else mask[weights.large]] = 0.0
     return np.sum(w)
 
 

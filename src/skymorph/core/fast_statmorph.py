@@ -35,12 +35,16 @@ __all__ = ["fast_class", "prepare_image", "rotate_180", "rotate_mask_180"]
 
 
 _ROTATION_PI = None
+_LAST_MATRIX: tuple = (None, None)
 
 
 def _rotation_matrix(xc: float, yc: float) -> np.ndarray:
     """The inverse map skimage's ``rotate(image, 180, center=(xc, yc))`` warps with:
     translation(-c), rotation(pi), translation(+c), composed as skimage composes them."""
-    global _ROTATION_PI
+    global _ROTATION_PI, _LAST_MATRIX
+    last = _LAST_MATRIX  # the image and then its mask are rotated about the same centre
+    if last[0] == (xc, yc):
+        return last[1]
     if _ROTATION_PI is None:
         angle = np.deg2rad(180.0)
         _ROTATION_PI = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0],
@@ -50,7 +54,24 @@ def _rotation_matrix(xc: float, yc: float) -> np.ndarray:
     # SimilarityTransform addition: (t3 + t2 + t1).params = t1 @ (t2 @ t3)
     matrix = t1 @ (_ROTATION_PI @ t3)
     matrix[2] = (0.0, 0.0, 1.0)
+    _LAST_MATRIX = ((xc, yc), matrix)
     return matrix
+
+
+_LAST_MAP: tuple = (None, None, None)
+
+
+def _mapped(xc: float, yc: float, rows_sl: slice, cols_sl: slice) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_map_coordinates` of the rotation about (xc, yc), remembered for the last call
+    (the asymmetry rotates the image and then its mask about the same centre)."""
+    global _LAST_MAP
+    key = (xc, yc, rows_sl.start, rows_sl.stop, cols_sl.start, cols_sl.stop)
+    last = _LAST_MAP
+    if last[0] == key:
+        return last[1], last[2]
+    r, c = _map_coordinates(_rotation_matrix(xc, yc), rows_sl, cols_sl)
+    _LAST_MAP = (key, r, c)
+    return r, c
 
 
 def _map_coordinates(h: np.ndarray, rows_sl: slice, cols_sl: slice) -> tuple[np.ndarray, np.ndarray]:
@@ -73,6 +94,87 @@ def prepare_image(image: np.ndarray) -> tuple[float, float, bool, np.ndarray]:
     padded = np.zeros((image.shape[0] + 2, image.shape[1] + 2))
     padded[1:-1, 1:-1] = image
     return lo, hi, finite, padded
+
+
+_KERNELS: dict | None = None
+
+
+def _kernels() -> dict:
+    """numba versions of the two rotations' per-pixel arithmetic (the same operations in the
+    same order, no fast-math: the same bits as the numpy code below), compiled once and
+    cached on disk; an empty dict where numba is unavailable (numpy is used then)."""
+    global _KERNELS
+    if _KERNELS is not None:
+        return _KERNELS
+    _KERNELS = {}
+    try:
+        import math
+
+        import numba
+    except ImportError:  # pragma: no cover - numba comes with umap-learn
+        return _KERNELS
+
+    @numba.njit(cache=True, nogil=True)
+    def bilinear(padded, h, r0, r1, c0, c1):  # pragma: no cover - compiled
+        ny, nx = padded.shape[0] - 2, padded.shape[1] - 2
+        out = np.empty((r1 - r0, c1 - c0))
+        for i in range(r1 - r0):
+            row = float(r0 + i)
+            for j in range(c1 - c0):
+                col = float(c0 + j)
+                c = (h[0, 0] * col + h[0, 1] * row) + h[0, 2]
+                r = (h[1, 0] * col + h[1, 1] * row) + h[1, 2]
+                minr, minc = math.floor(r), math.floor(c)
+                maxr, maxc = math.ceil(r), math.ceil(c)
+                dr, dc = r - minr, c - minc
+                rlo = min(max(int(minr) + 1, 0), ny + 1)
+                rhi = min(max(int(maxr) + 1, 0), ny + 1)
+                clo = min(max(int(minc) + 1, 0), nx + 1)
+                chi = min(max(int(maxc) + 1, 0), nx + 1)
+                one_dc = 1 - dc
+                top = one_dc * padded[rlo, clo] + dc * padded[rlo, chi]
+                bottom = one_dc * padded[rhi, clo] + dc * padded[rhi, chi]
+                out[i, j] = (1 - dr) * top + dr * bottom
+        return out
+
+    @numba.njit(cache=True, nogil=True)
+    def nearest(mask, h, r0, r1, c0, c1):  # pragma: no cover - compiled
+        ny, nx = mask.shape
+        out = np.zeros((r1 - r0, c1 - c0), dtype=np.bool_)
+        for i in range(r1 - r0):
+            row = float(r0 + i)
+            for j in range(c1 - c0):
+                col = float(c0 + j)
+                c = (h[0, 0] * col + h[0, 1] * row) + h[0, 2]
+                r = (h[1, 0] * col + h[1, 1] * row) + h[1, 2]
+                ri, ci = int(math.floor(r + 0.5)), int(math.floor(c + 0.5))
+                if 0 <= ri < ny and 0 <= ci < nx:
+                    out[i, j] = mask[ri, ci]
+        return out
+
+    _KERNELS.update(bilinear=bilinear, nearest=nearest)
+    return _KERNELS
+
+
+def _bilinear_numpy(padded: np.ndarray, ny: int, nx: int, xc: float, yc: float, rows_sl: slice,
+                    cols_sl: slice) -> np.ndarray:
+    r, c = _mapped(xc, yc, rows_sl, cols_sl)
+    minr, minc = np.floor(r), np.floor(c)
+    maxr, maxc = np.ceil(r), np.ceil(c)
+    dr, dc = r - minr, c - minc
+    # outside the image: 0 (skimage's mode "constant", cval 0): indices clipped into the
+    # padded image's ring of zeros, as flat indices (one gather per corner)
+    width = nx + 2
+    flat = padded.ravel()
+    row_lo = np.minimum(np.maximum(minr.astype(np.int64) + 1, 0), ny + 1) * width
+    row_hi = np.minimum(np.maximum(maxr.astype(np.int64) + 1, 0), ny + 1) * width
+    col_lo = np.minimum(np.maximum(minc.astype(np.int64) + 1, 0), nx + 1)
+    col_hi = np.minimum(np.maximum(maxc.astype(np.int64) + 1, 0), nx + 1)
+    one_dc = 1 - dc
+    top = one_dc * flat.take(row_lo + col_lo) + dc * flat.take(row_lo + col_hi)
+    bottom = one_dc * flat.take(row_hi + col_lo) + dc * flat.take(row_hi + col_hi)
+    out = (1 - dr) * top + dr * bottom
+    return out
 
 
 def rotate_180(image: np.ndarray, xc: float, yc: float,
@@ -105,23 +207,12 @@ def rotate_180(image: np.ndarray, xc: float, yc: float,
         rows_sl, cols_sl = slice(0, ny), slice(0, nx)
     else:
         rows_sl, cols_sl = (slice(*sl.indices(n)[:2]) for sl, n in zip(region, (ny, nx), strict=True))
-    h = _rotation_matrix(float(xc), float(yc))
-    r, c = _map_coordinates(h, rows_sl, cols_sl)
-    minr, minc = np.floor(r), np.floor(c)
-    maxr, maxc = np.ceil(r), np.ceil(c)
-    dr, dc = r - minr, c - minc
-    # outside the image: 0 (skimage's mode "constant", cval 0): indices clipped into the
-    # padded image's ring of zeros, as flat indices (one gather per corner)
-    width = nx + 2
-    flat = padded.ravel()
-    row_lo = np.minimum(np.maximum(minr.astype(np.int64) + 1, 0), ny + 1) * width
-    row_hi = np.minimum(np.maximum(maxr.astype(np.int64) + 1, 0), ny + 1) * width
-    col_lo = np.minimum(np.maximum(minc.astype(np.int64) + 1, 0), nx + 1)
-    col_hi = np.minimum(np.maximum(maxc.astype(np.int64) + 1, 0), nx + 1)
-    one_dc = 1 - dc
-    top = one_dc * flat.take(row_lo + col_lo) + dc * flat.take(row_lo + col_hi)
-    bottom = one_dc * flat.take(row_hi + col_lo) + dc * flat.take(row_hi + col_hi)
-    out = (1 - dr) * top + dr * bottom
+    kernel = _kernels().get("bilinear")
+    if kernel is not None:
+        out = kernel(padded, _rotation_matrix(float(xc), float(yc)), rows_sl.start, rows_sl.stop,
+                     cols_sl.start, cols_sl.stop)
+    else:
+        out = _bilinear_numpy(padded, ny, nx, float(xc), float(yc), rows_sl, cols_sl)
     # skimage's clip to the input's range, widened to cval (0) when 0 lies outside the
     # input's range but inside the output's
     if needs_whole:
@@ -143,8 +234,11 @@ def rotate_mask_180(mask: np.ndarray, xc: float, yc: float,
     ny, nx = mask.shape
     rows_sl, cols_sl = (slice(0, ny), slice(0, nx)) if region is None else \
         (slice(*sl.indices(n)[:2]) for sl, n in zip(region, (ny, nx), strict=True))
-    h = _rotation_matrix(float(xc), float(yc))
-    r, c = _map_coordinates(h, rows_sl, cols_sl)
+    kernel = _kernels().get("nearest")
+    if kernel is not None:
+        return kernel(np.ascontiguousarray(mask, dtype=bool), _rotation_matrix(float(xc), float(yc)),
+                      rows_sl.start, rows_sl.stop, cols_sl.start, cols_sl.stop)
+    r, c = _mapped(float(xc), float(yc), rows_sl, cols_sl)
     ri = np.floor(r + 0.5).astype(np.int64)
     ci = np.floor(c + 0.5).astype(np.int64)
     inside = (ri >= 0) & (ri < ny) & (ci >= 0) & (ci < nx)
@@ -221,9 +315,7 @@ def _make_class():
                 if mask_symmetric is None:
                     ap_area = np.sum(weights)
                 else:
-                    masked = weights.copy()
-                    masked[mask_symmetric] = 0.0
-                    ap_area = np.sum(masked)
+                    ap_area = fa.area_overlap(ap, mask_symmetric, region=True)
                 diff = cut_180 - cut
                 images = [np.abs(cut), np.abs(diff)]
                 if kind == "rms":

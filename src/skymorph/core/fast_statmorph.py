@@ -544,10 +544,17 @@ def _make_class():
                 invalid = self.__dict__["_skymorph_multimode_invalid"] = np.sum(self._cutout_mid)
             if (q < 0) or (q > 1):
                 return invalid
-            sorted_counts = self._multimode_function(q)
-            if len(sorted_counts) == 1:
-                return invalid
-            return -1.0 * float(sorted_counts[1]) ** 2 / float(sorted_counts[0])
+            # the ratio of each threshold (quantile index) once
+            sorted_values = self._sorted_pixelvals_mid
+            k = int((q[0] if hasattr(q, '__len__') and len(q) == 1 else q) * (len(sorted_values) - 1))
+            ratios = self.__dict__.setdefault("_skymorph_multimode_ratios", {})
+            if k not in ratios:
+                sorted_counts = self._multimode_function(q)
+                if len(sorted_counts) == 1:
+                    ratios[k] = invalid
+                else:
+                    ratios[k] = -1.0 * float(sorted_counts[1]) ** 2 / float(sorted_counts[0])
+            return ratios[k]
 
     def _radius_at_fraction(image, aperture, r_total, fraction, what):
         # statmorph's _radius_at_fraction_of_total_circ / _ellip with ``aperture(r)`` the

@@ -10,7 +10,11 @@ stamp's own noise level (so copies differ).  Timed, each in a fresh subprocess
 * ``measure_1_psf``: 1 worker with each stamp's own PSF (the run's ``psf`` array,
   from the collection's PSF images) convolved in the Sersic fit;
 * the plain library call: ``statmorph.source_morphology`` in a loop over the same
-  stamps with segmaps made beforehand (not timed), i.e. statmorph's own cost.
+  stamps with segmaps made beforehand (not timed), i.e. statmorph's own cost;
+* with ``--baseline REV``: ``measure_1@baseline``, the same as ``measure_1`` with the
+  ``src/`` of that git revision (exported with ``git archive``, not checked out), so the
+  before/after ratio of a change comes from one run on one machine state (issue 21:
+  ``--baseline 4bc10c9``, main before the measurement speed-up).
 
 Wall seconds and CPU seconds (this process and its workers) are both timed: on a shared,
 loaded machine the CPU seconds per galaxy are the steadier comparison.  measure (with
@@ -23,7 +27,8 @@ the statmorph loop, and the projected time for 10^5 galaxies on this machine.
     python benchmarks/bench_measure.py                     # N = 1000, 1 repeat
     python benchmarks/bench_measure.py --n 200 --repeats 3
     python benchmarks/bench_measure.py --n 100 --modes measure_1,measure_1_psf
-    python benchmarks/bench_measure.py --n 100 --repeats 3 --modes measure_1,statmorph   # README
+    python benchmarks/bench_measure.py --n 100 --repeats 3 --modes measure_1,statmorph \
+        --baseline 4bc10c9                                            # README, issue 21
 """
 
 from __future__ import annotations

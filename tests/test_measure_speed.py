@@ -115,3 +115,22 @@ def test_fast_statmorph_is_statmorph_bit_for_bit(cosmos_run, shared_data):
                 assert np.array_equal(getattr(fast, name), getattr(plain, name), equal_nan=True), (i, name)
     # the faster PSF-convolved model is statmorph's only while a fast fit runs
     assert module.ConvolvedSersic2D is original_convolved
+
+
+@pytest.mark.slow
+def test_bench_measure_prints_the_before_after_ratio():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout: --baseline exports a revision with git archive")
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_measure.py"), "--n", "3",
+                          "--modes", "measure_1", "--baseline", "HEAD"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "measure_1@baseline N=" in out.stdout
+    assert "speed-up of measure_1 over HEAD" in out.stdout

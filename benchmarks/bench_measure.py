@@ -11,7 +11,7 @@ stamp's own noise level (so copies differ).  Timed, each in a fresh subprocess
   from the collection's PSF images) convolved in the Sersic fit;
 * the plain library call: ``statmorph.source_morphology`` in a loop over the same
   stamps with segmaps made beforehand (not timed), i.e. statmorph's own cost;
-* with ``--baseline REV``: ``measure_1@baseline``, the same as ``measure_1`` with the
+* with ``--baseline REV``: ``<mode>@baseline`` for each measure mode, the same with the
   ``src/`` of that git revision (exported with ``git archive``, not checked out), so the
   before/after ratio of a change comes from one run on one machine state (issue 21:
   ``--baseline 4bc10c9``, main before the measurement speed-up).
@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--modes", default="measure_1,measure_2,statmorph",
                         help="comma-separated: measure_1, measure_2, measure_1_psf, statmorph")
     parser.add_argument("--baseline", metavar="REV",
-                        help="also time measure_1 with the skymorph source of this git revision "
+                        help="also time each measure mode with the skymorph source of this git revision "
                              "(e.g. 4bc10c9, main before issue 21's speed-up), in the same run")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "RUN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -163,8 +163,9 @@ def main() -> None:
             archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "src"],
                                      check=True, capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
-            modes.append("measure_1@baseline")
-            envs["measure_1@baseline"] = {**os.environ, "PYTHONPATH": str(base / "src")}
+            for mode in [m for m in modes if m.startswith("measure")]:
+                modes.append(f"{mode}@baseline")
+                envs[f"{mode}@baseline"] = {**os.environ, "PYTHONPATH": str(base / "src")}
         results: dict[str, list[dict]] = {}
         for _ in range(args.repeats):
             for mode in modes:
@@ -182,12 +183,12 @@ def main() -> None:
             print(f"{mode:18s} N={n:6d}  {sec:8.1f} s  {n / sec:6.2f} galaxies/s  "
                   f"{cpu_medians[mode]:.3f} CPU s/galaxy  peak RSS {peak:7.0f} MiB  "
                   f"(median of {len(runs)}: {each})")
-        if "measure_1@baseline" in medians and "measure_1" in medians:
-            print(f"speed-up of measure_1 over {args.baseline} (same run, seconds per galaxy): "
-                  f"{medians['measure_1@baseline'] / medians['measure_1']:.2f}x; CPU seconds per galaxy: "
-                  f"{cpu_medians['measure_1@baseline'] / cpu_medians['measure_1']:.2f}x")
+        for mode in [m for m in medians if f"{m}@baseline" in medians]:
+            print(f"speed-up of {mode} over {args.baseline} (same run, seconds per galaxy): "
+                  f"{medians[f'{mode}@baseline'] / medians[mode]:.2f}x; CPU seconds per galaxy: "
+                  f"{cpu_medians[f'{mode}@baseline'] / cpu_medians[mode]:.2f}x")
         if "statmorph" in medians:
-            for mode in ("measure_1", "measure_2", "measure_1_psf", "measure_1@baseline"):
+            for mode in [m for m in medians if m.startswith("measure")]:
                 if mode in medians:
                     ratio = medians[mode] / medians["statmorph"]
                     cpu_ratio = cpu_medians[mode] / cpu_medians["statmorph"]

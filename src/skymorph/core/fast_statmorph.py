@@ -162,13 +162,21 @@ def _kernels() -> dict:
         # row-major order: numpy sums these rows exactly as it sums the boolean-indexed arrays
         ny, nx = padded.shape[0] - 2, padded.shape[1] - 2
         out = np.empty((n_terms, (r1 - r0) * (c1 - c0)))
+        # the products h00 * col and h10 * col of each column, h01 * row and h11 * row of each
+        # row, computed once (the same products, summed in the same order below)
+        h02, h12 = h[0, 2], h[1, 2]
+        col_c = np.empty(c1 - c0)
+        col_r = np.empty(c1 - c0)
+        for j in range(c1 - c0):
+            col_c[j] = h[0, 0] * float(c0 + j)
+            col_r[j] = h[1, 0] * float(c0 + j)
         k = 0
         for i in range(r1 - r0):
-            row = float(r0 + i)
+            row_c = h[0, 1] * float(r0 + i)
+            row_r = h[1, 1] * float(r0 + i)
             for j in range(c1 - c0):
-                col = float(c0 + j)
-                c = (h[0, 0] * col + h[0, 1] * row) + h[0, 2]
-                r = (h[1, 0] * col + h[1, 1] * row) + h[1, 2]
+                c = (col_c[j] + row_c) + h02
+                r = (col_r[j] + row_r) + h12
                 minr, minc = math.floor(r), math.floor(c)
                 maxr, maxc = math.ceil(r), math.ceil(c)
                 dr, dc = r - minr, c - minc

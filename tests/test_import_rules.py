@@ -49,13 +49,6 @@ KNOWN = {
     "skymorph.inspection.server imports skymorph.stages.inspect",
     # validate reads measure's column list and file name (issues 20/21 rework both modules)
     "skymorph.stages.validate imports skymorph.stages.measure",
-    # issue 22's tools share the query montage of `similar`, and `similar --image` makes its stamp
-    # with the ingest/denoise/polar code, until stamp making moves to core (issue 18, not yet done)
-    "skymorph.stages.anomaly imports skymorph.stages.similar",
-    "skymorph.stages.subdivide imports skymorph.stages.similar",
-    "skymorph.stages.similar imports skymorph.stages.denoise",
-    "skymorph.stages.similar imports skymorph.stages.ingest",
-    "skymorph.stages.similar imports skymorph.stages.polar",
 }
 """Exceptions still to remove; each must still exist, so the list only shrinks."""
 

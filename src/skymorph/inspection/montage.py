@@ -345,6 +345,42 @@ def _render_montage(images: np.ndarray, scaled: np.ndarray, title: str,
     return canvas, geom
 
 
+# --- query and anomaly grids (``skymorph similar``, ``anomaly``, ``subdivide``) ----------------
+
+SHOWN_COLUMNS = ("cluster", "consensus", "morph_type", "morph_type_final", "subcluster", "special_type",
+                 "anomaly_score")
+"""Catalog columns that the grids' tables show when the run has them."""
+
+
+def galaxy_table(run: RunDir) -> pd.DataFrame:
+    """The catalog when the run has one, else the sources table (one row per array row)."""
+    if (run.path / "catalog.parquet").exists():
+        return run.catalog()
+    return run.sources()
+
+
+def draw_grid(run: RunDir, config: Config, rows: np.ndarray, title: str, path: Path,
+              first: np.ndarray | None = None) -> None:
+    """A montage of the stamps of ``rows`` (rows of :func:`galaxy_table`; ``first``: an extra
+    stamp shown first, e.g. the query image of ``skymorph similar --image``)."""
+    table = galaxy_table(run)
+    images = run.open_array(config.inspect.array)
+    idx = _stamp_index(table)[rows]
+    order = np.argsort(idx, kind="stable")
+    pixels = np.empty((len(idx), *images.shape[1:]), dtype=np.float32)
+    if len(idx):
+        pixels[order] = np.asarray(images.oindex[idx[order]], dtype=np.float32)
+    scaled = display_scaled_stamps(run, images.shape[0])[idx] if len(idx) else np.zeros(0, bool)
+    if first is not None:
+        pixels = np.concatenate([first[None].astype(np.float32), pixels])
+        scaled = np.concatenate([[bool(scaled[0]) if len(scaled) else False], scaled])
+    canvas, _ = _render_montage(pixels, scaled, title, config.inspect)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
 def inspection_dir(run: RunDir) -> Path:
     """``RUN_DIR/inspection`` (created when missing)."""
     path = run.path / "inspection"

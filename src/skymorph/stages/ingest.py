@@ -64,12 +64,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from astropy.io import fits
-from scipy import ndimage
 from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, IngestConfig
+from ..core.detect import detect_sources_in
 from ..core.parallel import map_ordered, start_pool
-from ..core.sky import ring_background
+from ..core.stamps import field_window, make_stamp, prepare_psf, resolve_framing, stamp_rng
 from ..errors import SkymorphError
 from ..io.readers import (
     FITS_SUFFIXES,
@@ -89,7 +89,7 @@ from ..io.readers import stem_of as _stem
 from ..io.readers import suffix_of as _suffix
 from ..io.rundir import RunDir, printable
 from ..io.selection import SelectionError, evaluate_selection, parse_selection
-from . import Argument, Stage, StageContext, execute
+from . import Argument, Stage, StageContext, execute, stamp_options
 
 __all__ = ["ingest", "IngestError", "Reject", "read_image", "make_stamp", "prepare_psf", "select_rows",
            "read_table"]
@@ -151,242 +151,6 @@ def _require_column(table: pd.DataFrame, column: str | None, what: str, source: 
     return column
 
 
-# --- stamps ------------------------------------------------------------------------
-
-
-def _peak_near_centre(image: np.ndarray) -> tuple[int, int]:
-    h, w = image.shape
-    radius = max(2, min(h, w) // 8)
-    cy, cx = h // 2, w // 2
-    y0, x0 = max(0, cy - radius), max(0, cx - radius)
-    window = image[y0 : cy + radius + 1, x0 : cx + radius + 1]
-    smooth = ndimage.gaussian_filter(window, 1.5, mode="nearest")
-    py, px = np.unravel_index(np.argmax(smooth), smooth.shape)
-    return int(y0 + py), int(x0 + px)
-
-
-def _region(shape: tuple[int, int], cy: int, cx: int, side: int) -> tuple[int, int, int, int, int, int]:
-    """Corner of a ``side`` square centred on (cy, cx) and the part of it inside the image."""
-    h, w = shape
-    y0, x0 = cy - side // 2, cx - side // 2
-    return y0, x0, max(0, y0), min(h, y0 + side), max(0, x0), min(w, x0 + side)
-
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max) / 1e3  # headroom for the noise fill and resampling
-
-
-def make_stamp(image: np.ndarray, config: IngestConfig, framing: str,
-               rng: np.random.Generator, centre: tuple[float, float] | None = None,
-               rms: np.ndarray | None = None, valid: np.ndarray | None = None,
-               ) -> tuple[np.ndarray, dict[str, Any], np.ndarray | None]:
-    """Centre, crop or pad (or resample) one image to a square float32 stamp.
-
-    Parameters
-    ----------
-    image : ndarray
-        2-D image; NaN/inf pixels are allowed and get filled.
-    config : IngestConfig
-        ``stamp_size``, ``min_size``, ``recentre``, ``frame_fraction``,
-        ``max_nonfinite_fraction``.
-    framing : {"crop", "resample"}
-        Cut at native scale, or cut ``frame_fraction`` of the frame and resample.
-    rng : numpy.random.Generator
-        Source of the padding / filling noise.
-    centre : (y, x), optional
-        Galaxy position in pixels; found from the image when not given.
-    rms : ndarray, optional
-        1-sigma error map of ``image`` (same shape); cut exactly like the stamp.
-    valid : ndarray of bool, optional
-        Pixels that belong to the survey image (``False``: outside a field's edge);
-        they count as padding, not as NaN pixels of the galaxy.
-
-    Returns
-    -------
-    stamp : ndarray
-        ``stamp_size`` x ``stamp_size`` float32.
-    info : dict
-        ``y``, ``x`` (centre used), ``orig_height``, ``orig_width``, ``padded``,
-        ``framing``, ``background``, ``noise_sigma``, ``snr_pixel``, ``nan_filled``,
-        ``nonfinite_fraction``.
-    rms_stamp : ndarray or None
-        The error map cut like the stamp (float32), ``inf`` where the stamp holds no
-        measurement (padding, filled NaN pixels); ``None`` without ``rms``.
-
-    Raises
-    ------
-    Reject
-        All-NaN, constant or too small images, or a stamp whose share of NaN/inf
-        pixels exceeds ``max_nonfinite_fraction``.
-    """
-    size = config.stamp_size
-    h, w = image.shape
-    if h < config.min_size or w < config.min_size:
-        raise Reject(f"image is {h}x{w} pixels, smaller than min_size={config.min_size}")
-    finite = np.isfinite(image)
-    n_bad = int(image.size - np.count_nonzero(finite))
-    if n_bad == image.size:
-        raise Reject("image is entirely NaN/inf")
-    values = image[finite]
-    if values.min() == values.max():
-        raise Reject(f"image is constant (every pixel = {values.min():g})")
-    largest = float(np.abs(values).max())
-    if largest > _FLOAT32_MAX:
-        raise Reject(f"pixel values reach {largest:.3g}, beyond what a float32 stamp holds "
-                     f"({_FLOAT32_MAX:.3g}); they would become inf: rescale the image first")
-    background, sigma = ring_background(image)
-    if n_bad:
-        image = image.copy()
-        image[~finite] = background + sigma * rng.standard_normal(n_bad)
-    if centre is None:
-        cy, cx = _peak_near_centre(image) if config.recentre else (h // 2, w // 2)
-    else:
-        cy, cx = int(round(centre[0])), int(round(centre[1]))
-    side = size
-    if framing == "resample":
-        side = max(config.min_size, int(round(config.frame_fraction * min(h, w))))
-    # The share of NaN/inf among the survey pixels that land in the stamp: filling
-    # most of a stamp with noise would hand the later stages a made-up galaxy.
-    _, _, ys, ye, xs, xe = _region((h, w), cy, cx, side)
-    bad_in = ~finite[ys:ye, xs:xe]
-    outside = None
-    if valid is not None:
-        outside = ~valid[ys:ye, xs:xe]
-        bad_in = bad_in & ~outside
-        n_real = int(outside.size - np.count_nonzero(outside))
-    else:
-        n_real = bad_in.size
-    fraction = np.count_nonzero(bad_in) / n_real if n_real else 1.0
-    if fraction > config.max_nonfinite_fraction:
-        raise Reject(f"{fraction:.0%} of the stamp's pixels are NaN/inf, more than "
-                     f"ingest.max_nonfinite_fraction = {config.max_nonfinite_fraction:g}")
-    stamp, padded = _cut(image, cy, cx, side, background, sigma, rng)
-    padded = padded or bool(outside is not None and outside.any())
-    rms_stamp = None
-    if rms is not None:
-        rms = np.array(rms, dtype=np.float64)
-        rms[~finite] = np.inf
-        if valid is not None:
-            rms[~valid] = np.inf
-        rms_stamp = _cut_plain(rms, cy, cx, side, np.inf)
-    if framing == "resample" and side != size:
-        stamp = _resize(stamp, size)
-        if rms_stamp is not None:
-            rms_stamp = _resample_rms(rms_stamp, size)
-        background, sigma = ring_background(stamp)
-    stamp = stamp.astype(np.float32, copy=False)
-    signal = (stamp - background) / sigma if sigma > 0 else np.zeros_like(stamp)
-    footprint = signal > 2.0
-    info = {
-        "y": cy, "x": cx, "orig_height": h, "orig_width": w, "padded": padded,
-        "framing": framing, "frame_side": side, "background": background,
-        "noise_sigma": sigma,
-        "snr_pixel": float(signal[footprint].mean()) if footprint.any() else 0.0,
-        "nan_filled": n_bad, "nonfinite_fraction": float(fraction),
-    }
-    return stamp, info, None if rms_stamp is None else rms_stamp.astype(np.float32)
-
-
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    side = image.shape[0]
-    return np.asarray(
-        Image.fromarray(image.astype(np.float32), mode="F").resize(
-            (size, size), Image.Resampling.LANCZOS if side < size else Image.Resampling.BOX
-        )
-    )
-
-
-def _resample_rms(rms: np.ndarray, size: int) -> np.ndarray:
-    """The error map of a resampled stamp: variances resampled like the pixels and,
-    when ``side`` > ``size`` pixels are averaged (BOX), divided by the number averaged
-    (independent noise assumed; the resampled noise is correlated either way).
-    Output pixels touched by an unmeasured input pixel stay ``inf``."""
-    side = rms.shape[0]
-    unknown = ~np.isfinite(rms)
-    variance = np.where(unknown, 0.0, rms) ** 2
-    out = _resize(variance, size).astype(np.float64)
-    if side > size:
-        out /= (side / size) ** 2
-    out = np.sqrt(np.clip(out, 0, None))
-    out[_resize(unknown.astype(np.float32), size) > 1e-3] = np.inf
-    return out
-
-
-def _cut(image: np.ndarray, cy: int, cx: int, side: int, background: float, sigma: float,
-         rng: np.random.Generator) -> tuple[np.ndarray, bool]:
-    y0, x0, ys, ye, xs, xe = _region(image.shape, cy, cx, side)
-    if ys == y0 and xs == x0 and ye == y0 + side and xe == x0 + side:
-        return image[ys:ye, xs:xe].copy(), False
-    out = rng.standard_normal((side, side), dtype=np.float32)
-    out *= sigma
-    out += background
-    out[ys - y0 : ye - y0, xs - x0 : xe - x0] = image[ys:ye, xs:xe]
-    return out, True
-
-
-def _cut_plain(image: np.ndarray, cy: int, cx: int, side: int, fill: float) -> np.ndarray:
-    """The same square as :func:`_cut`, padded with a constant."""
-    y0, x0, ys, ye, xs, xe = _region(image.shape, cy, cx, side)
-    out = np.full((side, side), fill, dtype=image.dtype)
-    out[ys - y0 : ye - y0, xs - x0 : xe - x0] = image[ys:ye, xs:xe]
-    return out
-
-
-def prepare_psf(psf: np.ndarray, size: int, zoom: float = 1.0) -> tuple[np.ndarray, float]:
-    """A PSF image as a ``size`` x ``size`` kernel: peak on the central pixel, cropped
-    or zero-padded, normalised to sum 1.
-
-    Parameters
-    ----------
-    psf : ndarray
-        2-D PSF image at the galaxy image's pixel scale.
-    size : int
-        Odd side of the result.
-    zoom : float
-        Pixel-scale change of the stamp (stamp_size / frame side of a resampled
-        stamp); the PSF is resampled by the same factor, each new pixel averaging
-        bilinear samples over its footprint.
-
-    Returns
-    -------
-    kernel : ndarray
-        float32, sums to 1.
-    flux_fraction : float
-        Share of the PSF's flux inside the ``size`` square (before normalising).
-
-    Raises
-    ------
-    Reject
-        Not 2-D, non-finite pixels, or no positive flux.
-    """
-    psf = np.squeeze(np.asarray(psf, dtype=np.float64))
-    if psf.ndim != 2:
-        raise Reject(f"PSF is {psf.ndim}-dimensional")
-    if not np.isfinite(psf).all():
-        raise Reject("PSF has NaN/inf pixels")
-    total = psf.sum()
-    if not total > 0:
-        raise Reject("PSF has no positive flux")
-    py, px = np.unravel_index(np.argmax(psf), psf.shape)
-    if zoom == 1.0:
-        kernel = _cut_plain(psf, int(py), int(px), size, 0.0)
-        inside = kernel.sum()
-    else:
-        # each new pixel averages n x n bilinear samples across its footprint of
-        # 1/zoom old pixels (the stamp's BOX/LANCZOS resampling integrates the same way)
-        n = max(1, int(np.ceil(1 / zoom)))
-        sub = (np.arange(n) + 0.5) / n - 0.5
-        offsets = ((np.arange(size) - size // 2)[:, None] + sub[None, :]).ravel() / zoom
-        yy, xx = np.meshgrid(py + offsets, px + offsets, indexing="ij")
-        samples = ndimage.map_coordinates(psf, [yy, xx], order=1, mode="constant", cval=0.0)
-        kernel = samples.reshape(size, n, size, n).mean(axis=(1, 3))
-        inside = kernel.sum() / zoom**2
-    if not inside > 0:
-        raise Reject("PSF has no positive flux near its peak")
-    return (kernel / kernel.sum()).astype(np.float32), float(min(1.0, inside / total))
-
-
 # --- work items ----------------------------------------------------------------------
 
 
@@ -415,19 +179,6 @@ class _Task:
     path: str
     items: list[_Item] = field(default_factory=list)
     error_map: str | None = None
-
-
-def _framing(config: IngestConfig, path: str) -> str:
-    if config.framing in ("crop", "resample"):
-        return config.framing
-    if config.framing != "auto":
-        raise IngestError(f"framing must be crop, resample or auto, not {config.framing!r}")
-    return "resample" if _suffix(Path(path)) in RASTER_SUFFIXES else "crop"
-
-
-def _rng(config: IngestConfig, gid: str) -> np.random.Generator:
-    digest = hashlib.blake2b(f"{config.seed}:{gid}".encode(errors="surrogateescape"), digest_size=8).digest()
-    return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
 def _fits_size(path: str) -> int | None:
@@ -549,17 +300,17 @@ def _one(reader: _Reader, item: _Item, config: IngestConfig) -> tuple:
     data, rms, valid = image.data, image.rms, None
     centre = item.centre
     if centre is not None:
-        data, rms, valid, centre = _window(data, rms, centre, config.stamp_size)
-    framing = _framing(config, item.path)
-    stamp, info, rms_stamp = make_stamp(data, config, framing, _rng(config, item.id), centre,
-                                        rms=rms, valid=valid)
+        data, rms, valid, centre = field_window(data, centre=centre, size=config.stamp_size, rms=rms)
+    framing = resolve_framing(config.framing, raster=_suffix(Path(item.path)) in RASTER_SUFFIXES)
+    stamp, info, rms_stamp = make_stamp(data, framing=framing, rng=stamp_rng(item.id, seed=config.seed),
+                                        centre=centre, rms=rms, valid=valid, **stamp_options(config))
     if centre is not None:
         info["y"], info["x"] = item.centre
     psf, flux_fraction, note = None, np.nan, image.note
     if image.psf is not None:
         zoom = config.stamp_size / info["frame_side"] if framing == "resample" else 1.0
         try:
-            psf, flux_fraction = prepare_psf(image.psf, config.psf_size, zoom)
+            psf, flux_fraction = prepare_psf(image.psf, size=config.psf_size, zoom=zoom)
         except Reject as exc:
             note = "; ".join(n for n in (note, f"PSF {image.psf_source} unusable: {exc}") if n)
     ra, dec = item.sky if item.sky is not None else (np.nan, np.nan)
@@ -572,64 +323,14 @@ def _one(reader: _Reader, item: _Item, config: IngestConfig) -> tuple:
     return ("ok", row["id"], stamp, row, rms_stamp, psf)
 
 
-def _window(image: np.ndarray, rms: np.ndarray | None, centre: tuple[float, float], size: int
-            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, tuple[float, float]]:
-    """A Cutout2D around a field position, with its centre in the cutout's pixels.
-
-    The cutout is twice the stamp size so that the background is measured on
-    sky rather than on the galaxy; parts outside the field are NaN (marked in the
-    returned ``valid`` mask) and become noise padding.
-    """
-    from astropy.nddata import Cutout2D, NoOverlapError
-
-    try:
-        cut = Cutout2D(image, (centre[1], centre[0]), (2 * size, 2 * size), mode="partial",
-                       fill_value=np.nan, copy=True)
-    except NoOverlapError:
-        raise Reject(f"position x={centre[1]:.1f}, y={centre[0]:.1f} is outside the image") from None
-    (ys, ye), (xs, xe) = [(s.start, s.stop) for s in cut.slices_cutout]
-    valid = np.zeros(cut.data.shape, dtype=bool)
-    valid[ys:ye, xs:xe] = True
-    rms_cut = None
-    if rms is not None:
-        rms_cut = np.full(cut.data.shape, np.inf)
-        rms_cut[ys:ye, xs:xe] = rms[cut.slices_original]
-    x, y = cut.to_cutout_position((centre[1], centre[0]))
-    return cut.data, rms_cut, valid, (y, x)
-
-
 def _detect(task: _Task, config: IngestConfig) -> _Task:
     """Find sources in a field with photutils and return one item per source."""
-    from astropy.convolution import convolve
-    from astropy.stats import sigma_clipped_stats
-    from photutils.segmentation import (
-        SourceCatalog,
-        deblend_sources,
-        detect_sources,
-        make_2dgaussian_kernel,
-    )
-
     image, hdu = read_image(task.path, config.hdu, config.max_pixels)
-    finite = np.isfinite(image)
-    if not finite.any():
-        raise Reject("field is entirely NaN/inf")
-    _, median, std = sigma_clipped_stats(image[finite], sigma=3.0)
-    data = np.where(finite, image, median) - median
-    kernel = make_2dgaussian_kernel(2.0, size=5)
-    smooth = convolve(data, kernel)
-    segm = detect_sources(smooth, config.detect_nsigma * std, n_pixels=config.detect_npixels)
-    if segm is None:
-        raise Reject(f"no sources above {config.detect_nsigma} sigma in the field")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deblending warns about small sources; harmless
-        segm = deblend_sources(smooth, segm, n_pixels=config.detect_npixels,
-                               contrast=config.detect_contrast, progress_bar=False)
-    cat = SourceCatalog(data, segm, convolved_data=smooth)
+    labels, xs, ys = detect_sources_in(image, nsigma=config.detect_nsigma, npixels=config.detect_npixels,
+                                       contrast=config.detect_contrast)
     wcs = _wcs(task.path, hdu)
     items = []
-    for label, x, y in zip(cat.labels, cat.x_centroid, cat.y_centroid, strict=True):
-        if not (np.isfinite(x) and np.isfinite(y)):
-            continue
+    for label, x, y in zip(labels, xs, ys, strict=True):
         sky = None
         if wcs is not None:
             ra, dec = wcs.pixel_to_world_values(x, y)

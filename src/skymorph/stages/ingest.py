@@ -45,19 +45,11 @@ Besides ``stamps`` the run gets, in the same order:
 
 from __future__ import annotations
 
-import errno
-import glob
-import hashlib
 import logging
 import os
 import re
-import shutil
-import stat
-import warnings
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,23 +63,20 @@ from ..core.detect import detect_sources_in
 from ..core.parallel import map_ordered, start_pool
 from ..core.stamps import field_window, make_stamp, prepare_psf, resolve_framing, stamp_rng
 from ..errors import SkymorphError
-from ..io.readers import (
-    FITS_SUFFIXES,
-    IMAGE_SUFFIXES,
-    NPY_SUFFIXES,
-    RASTER_SUFFIXES,
-    GalaxyImage,
-    Reject,
-    error_hdu,
-    fits_image,
-    header_zeropoint,
-    read_error_map,
-    read_galaxy,
-    read_image,
+from ..io.inputs import (
+    InputError,
+    InputFiles,
+    Item,
+    Task,
+    TaskReader,
+    celestial_wcs,
+    companion_files,
+    expand_inputs,
 )
+from ..io.readers import RASTER_SUFFIXES, Reject, read_image
 from ..io.readers import stem_of as _stem
 from ..io.readers import suffix_of as _suffix
-from ..io.rundir import RunDir, printable
+from ..io.rundir import OptionalArrayWriter, RunDir, printable
 from ..io.selection import SelectionError, evaluate_selection, parse_selection
 from . import Argument, Stage, StageContext, execute, stamp_options
 
@@ -95,9 +84,6 @@ __all__ = ["ingest", "IngestError", "Reject", "read_image", "make_stamp", "prepa
            "read_table"]
 
 log = logging.getLogger(__name__)
-
-COLLECTION_COLUMNS = {"IDENT", "GAL_FILENAME", "GAL_HDU"}
-
 
 class IngestError(SkymorphError, ValueError):
     """The inputs cannot be ingested at all (as opposed to one bad galaxy)."""
@@ -154,117 +140,7 @@ def _require_column(table: pd.DataFrame, column: str | None, what: str, source: 
 # --- work items ----------------------------------------------------------------------
 
 
-@dataclass
-class _Item:
-    """One galaxy to ingest (picklable, so worker processes can take it)."""
-
-    id: str
-    path: str
-    hdu: int | None = None
-    centre: tuple[float, float] | None = None
-    sky: tuple[float, float] | None = None
-    noise_variance: float | None = None
-    """A collection catalog's NOISE_VARIANCE (one value for the whole stamp)."""
-    psf: tuple[str, int] | None = None
-    """A collection catalog's PSF file and HDU."""
-    error_map: str | None = None
-    """Companion error-map file (``error_maps``); ``""``: asked for, none found."""
-
-
-@dataclass
-class _Task:
-    """Items read together: one file, a collection's image file, or one field."""
-
-    kind: str  # "file", "collection", "field", "detect"
-    path: str
-    items: list[_Item] = field(default_factory=list)
-    error_map: str | None = None
-
-
-def _fits_size(path: str) -> int | None:
-    return None if path.lower().endswith((".gz", ".fz")) else os.stat(path).st_size
-
-
-class _Reader:
-    """Reads the images of one task, keeping open files and whole fields for its items."""
-
-    def __init__(self, task: _Task, config: IngestConfig) -> None:
-        self.task, self.config = task, config
-        self.files: dict[str, tuple[fits.HDUList, int | None]] = {}
-        self.cache: dict[Any, Any] = {}
-
-    def close(self) -> None:
-        for hdul, _ in self.files.values():
-            hdul.close()
-
-    def _open(self, path: str) -> tuple[fits.HDUList, int | None]:
-        if path not in self.files:
-            self.files[path] = (fits.open(path, memmap=True), _fits_size(path))
-        return self.files[path]
-
-    def read(self, item: _Item) -> GalaxyImage:
-        config = self.config
-        if self.task.kind == "file":
-            image = read_galaxy(item.path, config.hdu, max_pixels=config.max_pixels)
-        else:
-            key = ("image", item.hdu)
-            if key not in self.cache:
-                hdul, size = self._open(self.task.path)
-                data, index = fits_image(hdul, item.hdu, config.max_pixels, size)
-                image = GalaxyImage(np.array(data, dtype=np.float64), index, linear=True,
-                                    zeropoint=header_zeropoint(hdul[index].header, hdul[0].header))
-                if self.task.kind != "collection" and len(hdul) > 1:
-                    image.rms, image.rms_source, image.note = error_hdu(
-                        hdul, index, image.data.shape, config.max_pixels)
-                self.cache[key] = image
-            cached = self.cache[key]
-            image = GalaxyImage(cached.data, cached.hdu, cached.linear, cached.rms, cached.rms_source,
-                                note=cached.note, zeropoint=cached.zeropoint)
-        notes = [image.note] if image.note else []
-        if item.error_map:
-            if item.error_map not in self.cache:
-                try:
-                    self.cache[item.error_map] = read_error_map(
-                        item.error_map, config.error_map_kind, image.data.shape, config.max_pixels)
-                except Reject as exc:
-                    self.cache[item.error_map] = str(exc)
-                except Exception as exc:  # the stamp is kept, without its error map
-                    self.cache[item.error_map] = f"error map {item.error_map} unreadable: {exc}"
-            found = self.cache[item.error_map]
-            if isinstance(found, str):
-                notes.append(found)
-            else:
-                image.rms, image.rms_source = found
-        elif item.error_map == "" and image.rms is None:
-            notes.append("no file matches ingest.error_maps")
-        if item.noise_variance is not None:
-            if np.isfinite(item.noise_variance) and item.noise_variance > 0:
-                image.rms = np.full(image.data.shape, np.sqrt(item.noise_variance))
-                image.rms_source = "catalog NOISE_VARIANCE"
-            else:
-                notes.append(f"catalog NOISE_VARIANCE is {item.noise_variance:g}")
-        if item.psf is not None:
-            psf_path, psf_hdu = item.psf
-            key = ("psf", psf_path, psf_hdu)
-            if key not in self.cache:
-                try:
-                    hdul, size = self._open(psf_path)
-                    data, _ = fits_image(hdul, psf_hdu, config.max_pixels, size)
-                    self.cache[key] = np.array(data, dtype=np.float64)
-                except Reject as exc:
-                    self.cache[key] = f"PSF {psf_path}[{psf_hdu}]: {exc}"
-                except Exception as exc:  # the stamp is kept, without its PSF
-                    self.cache[key] = f"PSF {psf_path}[{psf_hdu}] unreadable: {exc}"
-            found = self.cache[key]
-            if isinstance(found, str):
-                notes.append(found)
-            else:
-                image.psf, image.psf_source = found, f"{psf_path}[{psf_hdu}]"
-        image.note = "; ".join(notes)
-        return image
-
-
-def _process(task: _Task, config: IngestConfig) -> list[tuple]:
+def _process(task: Task, config: IngestConfig) -> list[tuple]:
     """Worker: returns ``("ok", id, stamp, row, rms, psf)`` or ``("reject", id, origin, reason)``."""
     if task.kind == "detect":
         try:
@@ -277,7 +153,8 @@ def _process(task: _Task, config: IngestConfig) -> list[tuple]:
         except Exception as exc:  # one bad field never stops the run
             return [("reject", _stem(Path(task.path)), task.path, f"unreadable field: {exc}")]
     results: list[tuple] = []
-    reader = _Reader(task, config)
+    reader = TaskReader(task, hdu=config.hdu, max_pixels=config.max_pixels,
+                        error_map_kind=config.error_map_kind)
     try:
         for item in task.items:
             origin = f"{item.path}[{item.hdu}]" if item.hdu is not None else item.path
@@ -295,7 +172,7 @@ def _process(task: _Task, config: IngestConfig) -> list[tuple]:
     return results
 
 
-def _one(reader: _Reader, item: _Item, config: IngestConfig) -> tuple:
+def _one(reader: TaskReader, item: Item, config: IngestConfig) -> tuple:
     image = reader.read(item)
     data, rms, valid = image.data, image.rms, None
     centre = item.centre
@@ -323,240 +200,21 @@ def _one(reader: _Reader, item: _Item, config: IngestConfig) -> tuple:
     return ("ok", row["id"], stamp, row, rms_stamp, psf)
 
 
-def _detect(task: _Task, config: IngestConfig) -> _Task:
+def _detect(task: Task, config: IngestConfig) -> Task:
     """Find sources in a field with photutils and return one item per source."""
     image, hdu = read_image(task.path, config.hdu, config.max_pixels)
     labels, xs, ys = detect_sources_in(image, nsigma=config.detect_nsigma, npixels=config.detect_npixels,
                                        contrast=config.detect_contrast)
-    wcs = _wcs(task.path, hdu)
+    wcs = celestial_wcs(task.path, hdu)
     items = []
     for label, x, y in zip(labels, xs, ys, strict=True):
         sky = None
         if wcs is not None:
             ra, dec = wcs.pixel_to_world_values(x, y)
             sky = (float(ra), float(dec))
-        items.append(_Item(f"{_stem(Path(task.path))}_{label}", task.path, hdu,
+        items.append(Item(f"{_stem(Path(task.path))}_{label}", task.path, hdu,
                            (float(y), float(x)), sky, error_map=task.error_map))
-    return _Task("field", task.path, items, task.error_map)
-
-
-def _wcs(path: str, hdu: int | None):
-    from astropy.wcs import WCS, FITSFixedWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        header = fits.getheader(path, 0 if hdu is None or hdu < 0 else hdu)
-        wcs = WCS(header)
-    return wcs if wcs.has_celestial else None
-
-
-# --- discovery -------------------------------------------------------------------------
-
-
-@dataclass
-class _Found:
-    """What the inputs hold: image files, collection catalogs, files beside a catalog
-    (its own images, PSFs... or strays), inputs that cannot be read, and what was skipped."""
-
-    files: list[Path] = field(default_factory=list)
-    catalogs: list[Path] = field(default_factory=list)
-    beside: list[Path] = field(default_factory=list)
-    rejects: list[dict[str, Any]] = field(default_factory=list)
-    skipped: Counter = field(default_factory=Counter)
-    strays: list[dict[str, Any]] = field(default_factory=list)
-    """Files in a searched directory that are not images (rejects, but no reason to
-    call the directory one of images)."""
-    companions: dict[str, str] = field(default_factory=dict)
-
-    def reject(self, path: Path, reason: str) -> None:
-        self.rejects.append({"id": _stem(path), "origin": str(path), "stage": "ingest", "reason": reason})
-
-
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
-def _classify(path: Path) -> tuple[str, os.stat_result | None]:
-    """``("file", stat)``, ``("dir", stat)`` or ``("reject", reason)`` for one path
-    (symbolic links followed)."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return "reject", f"symbolic link loop ({path.name} -> {_readlink(path)})"
-        if os.path.islink(path):
-            return "reject", (f"dangling symbolic link: its target {_readlink(path)!r} does not exist "
-                              f"({exc.strerror})")
-        return "reject", f"cannot be read: {exc.strerror or exc}"
-    if stat.S_ISDIR(st.st_mode):
-        return "dir", st
-    if stat.S_ISREG(st.st_mode):
-        return "file", st
-    kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a plain file")
-    return "reject", f"{kind}, not a regular file; ingest reads image files"
-
-
-def _readlink(path: Path) -> str:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return "?"
-
-
-def _walk(root: Path, found: _Found) -> int:
-    """Every image file under ``root`` (links followed, each directory once); what
-    cannot be listed or read becomes a reject.  Returns how many paths it added."""
-    def count() -> int:
-        return len(found.files) + len(found.rejects) + len(found.catalogs) + len(found.beside)
-
-    before = count()
-    seen: set[tuple[int, int]] = set()
-    stack, files = [root], []
-    while stack:
-        directory = stack.pop()
-        try:
-            st = os.stat(directory)
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
-                found.reject(directory, "directory already searched through another path (a "
-                             "symbolic link loop, or a second link to it); not searched again")
-                continue
-            seen.add(key)
-            with os.scandir(directory) as listing:
-                entries = sorted(listing, key=lambda e: e.name)
-        except OSError as exc:
-            found.reject(directory, f"directory cannot be listed ({exc.strerror or exc}); the files "
-                         "in it were not read")
-            continue
-        for entry in entries:
-            path = Path(entry.path)
-            if entry.name.startswith("."):
-                found.skipped["hidden"] += 1
-                continue
-            image = _suffix(path) in IMAGE_SUFFIXES
-            if entry.is_symlink():
-                kind, info = _classify(path)
-            else:
-                try:
-                    kind = ("dir" if entry.is_dir(follow_symlinks=False)
-                            else "file" if entry.is_file(follow_symlinks=False) else None)
-                except OSError:
-                    kind = None
-                if kind is None:
-                    kind, info = _classify(path)
-            if kind == "dir":
-                stack.append(path)
-            elif not image:
-                suffix = _suffix(path) or "no suffix"
-                hint = "; save each image of the .npz archive as .npy" if suffix == ".npz" else ""
-                found.strays.append({
-                    "id": _stem(path), "origin": str(path), "stage": "ingest",
-                    "reason": f"not an image file ({suffix}); ingest reads FITS, PNG, JPEG and NPY "
-                              f"files{hint}"})
-            elif kind == "file":
-                files.append(path)
-            else:
-                found.reject(path, info)
-    files.sort()
-    by_directory: dict[Path, list[Path]] = {}
-    for path in files:
-        by_directory.setdefault(path.parent, []).append(path)
-    for paths in by_directory.values():
-        catalogs = [p for p in paths if _is_collection(p)]
-        found.catalogs += catalogs
-        # a collection's directory holds its image and PSF files: they are read through
-        # its catalog, and anything else there is checked against it in _plan
-        (found.beside if catalogs else found.files).extend(p for p in paths if p not in catalogs)
-    return count() - before
-
-
-def _expand(inputs: Sequence[str | os.PathLike]) -> _Found:
-    """Find the image files, collection catalogs and unreadable paths of the inputs;
-    directories are searched recursively.  Missing paths and directories without
-    any image raise."""
-    found = _Found()
-    for raw in inputs:
-        text = str(raw)
-        if any(ch in text for ch in "*?["):
-            matches = sorted(glob.glob(text, recursive=True))
-            if not matches:
-                raise IngestError(f"the pattern {text!r} matches no files; check the path")
-        else:
-            if not os.path.lexists(text):
-                raise IngestError(f"input {text!r} does not exist; check the path")
-            matches = [text]
-        for match in matches:
-            path = Path(match)
-            kind, info = _classify(path)
-            if kind == "reject":
-                found.reject(path, info)
-            elif kind == "dir":
-                if not _walk(path, found):
-                    raise IngestError(
-                        f"directory {path} contains no image files "
-                        f"({', '.join(sorted(set(IMAGE_SUFFIXES)))}); point at the files themselves "
-                        "or at a directory that holds them"
-                    )
-            elif _is_collection(path):
-                found.catalogs.append(path)
-            else:
-                found.files.append(path)
-    return found
-
-
-def _is_collection(path: Path) -> bool:
-    if "catalog" not in path.name.lower() or _suffix(path) not in FITS_SUFFIXES:
-        return False
-    try:
-        with fits.open(path) as hdul:
-            return any(
-                isinstance(h, fits.BinTableHDU) and COLLECTION_COLUMNS <= set(h.columns.names)
-                for h in hdul
-            )
-    except (OSError, ValueError):
-        return False
-
-
-def _companions(files: list[Path], setting: str | None) -> dict[str, str]:
-    """Companion error map of each image file (``error_maps``): a directory holding a
-    file of the image's name (or stem with a FITS/NPY suffix), or a pattern with
-    ``{stem}`` / ``{name}`` and optional wildcards.  Images without one map to ``""``."""
-    if not setting:
-        return {}
-    text = os.path.expanduser(setting)
-    out = dict.fromkeys(map(str, files), "")
-    if "{stem}" not in text and "{name}" not in text:
-        directory = Path(text)
-        if not directory.is_dir():
-            raise IngestError(f"ingest.error_maps {setting!r} is neither a directory nor a pattern "
-                              "with {stem}, e.g. 'rms/{stem}_rms.fits'")
-        names = {e.name: e.path for e in os.scandir(directory) if e.is_file()}
-        for path in files:
-            candidates = [path.name] + [_stem(path) + s for s in FITS_SUFFIXES + NPY_SUFFIXES]
-            match = next((names[c] for c in candidates if c in names), "")
-            out[str(path)] = match if match and not os.path.samefile(match, path) else ""
-        return out
-    if not any(ch in text for ch in "*?["):
-        for path in files:
-            candidate = text.replace("{stem}", _stem(path)).replace("{name}", path.name)
-            if os.path.isfile(candidate) and not os.path.samefile(candidate, path):
-                out[str(path)] = candidate
-        return out
-    # one glob for all files, then the stem read back from each match (a glob per file
-    # would list the directory once per image)
-    pattern = re.escape(text).replace(r"\{stem\}", "(?P<stem>.+)").replace(r"\{name\}", "(?P<name>.+)")
-    pattern = pattern.replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
-    regex = re.compile(pattern + r"\Z")
-    by_key: dict[str, str] = {}
-    for match in sorted(glob.glob(text.replace("{stem}", "*").replace("{name}", "*"))):
-        m = regex.match(match)
-        if m:
-            by_key.setdefault(m.groupdict().get("stem") or m.groupdict().get("name"), match)
-    for path in files:
-        candidate = by_key.get(_stem(path) if "{stem}" in text else path.name, "")
-        if candidate and not os.path.samefile(candidate, path):
-            out[str(path)] = candidate
-    return out
+    return Task("field", task.path, items, task.error_map)
 
 
 def _collection_table(path: Path) -> pd.DataFrame:
@@ -579,26 +237,26 @@ def _collection_files(path: Path, table: pd.DataFrame) -> set[Path]:
     return named
 
 
-def _collection_tasks(path: Path, table: pd.DataFrame) -> list[_Task]:
-    tasks: dict[str, _Task] = {}
+def _collection_tasks(path: Path, table: pd.DataFrame) -> list[Task]:
+    tasks: dict[str, Task] = {}
     has_psf = {"PSF_FILENAME", "PSF_HDU"} <= set(table.columns)
     has_noise = "NOISE_VARIANCE" in table.columns
     for row in table.itertuples(index=False):
         image_file = str(path.parent / str(row.GAL_FILENAME).strip())
-        task = tasks.setdefault(image_file, _Task("collection", image_file))
+        task = tasks.setdefault(image_file, Task("collection", image_file))
         psf = (str(path.parent / str(row.PSF_FILENAME).strip()), int(row.PSF_HDU)) if has_psf else None
         noise = float(row.NOISE_VARIANCE) if has_noise else None
-        task.items.append(_Item(str(row.IDENT), image_file, int(row.GAL_HDU), noise_variance=noise,
+        task.items.append(Item(str(row.IDENT), image_file, int(row.GAL_HDU), noise_variance=noise,
                                 psf=psf))
     return list(tasks.values())
 
 
-def _plan(found: _Found, config: IngestConfig
-          ) -> tuple[list[_Task], pd.DataFrame | None, list[dict[str, Any]], dict[str, Any]]:
+def _plan(found: InputFiles, config: IngestConfig
+          ) -> tuple[list[Task], pd.DataFrame | None, list[dict[str, Any]], dict[str, Any]]:
     """Work out what to read: tasks, the catalog columns per id, early rejects, counts."""
     files, catalogs = found.files, found.catalogs
-    rejects: list[dict[str, Any]] = list(found.rejects) + list(found.strays)
-    tasks: list[_Task] = []
+    rejects: list[dict[str, Any]] = [{**row, "stage": "ingest"} for row in (*found.rejects, *found.strays)]
+    tasks: list[Task] = []
     meta_tables: list[pd.DataFrame] = []
     user = read_table(config.catalog, config.id_col) if config.catalog else None
     summary: dict[str, Any] = {}
@@ -610,7 +268,7 @@ def _plan(found: _Found, config: IngestConfig
                                       "ingest collections in a run without --field"})
         files = files + found.beside
         if user is None:
-            tasks = [_Task("detect", str(p), error_map=found.companions.get(str(p))) for p in files]
+            tasks = [Task("detect", str(p), error_map=found.companions.get(str(p))) for p in files]
         else:
             tasks, meta, field_rejects = _field_tasks(files, user, config, found.companions)
             rejects += field_rejects
@@ -632,7 +290,7 @@ def _plan(found: _Found, config: IngestConfig
                                 "reason": f"lies beside the collection catalog {found_in.name} but is "
                                           "none of its files; give it as an input of its own to ingest it"})
         for path in files:
-            tasks.append(_Task("file", str(path), [_Item(_stem(path), str(path),
+            tasks.append(Task("file", str(path), [Item(_stem(path), str(path),
                                                          error_map=found.companions.get(str(path)))]))
         if user is not None:
             tasks, meta, extra_rejects, not_selected = _select_by_catalog(tasks, user, config)
@@ -649,7 +307,7 @@ def _plan(found: _Found, config: IngestConfig
     return tasks, meta, rejects, summary
 
 
-def _select_by_catalog(tasks: list[_Task], user: pd.DataFrame, config: IngestConfig):
+def _select_by_catalog(tasks: list[Task], user: pd.DataFrame, config: IngestConfig):
     source = f"catalog {config.catalog}"
     id_col = _require_column(user, config.id_col, "--id-col (the column holding galaxy ids)", source)
     user = user.assign(id=user[id_col].astype(str).str.strip())
@@ -673,7 +331,7 @@ def _select_by_catalog(tasks: list[_Task], user: pd.DataFrame, config: IngestCon
             else:
                 dropped += 1
         if items:
-            kept.append(_Task(task.kind, task.path, items))
+            kept.append(Task(task.kind, task.path, items))
     return kept, user[keep], rejects, dropped
 
 
@@ -706,7 +364,7 @@ def _field_tasks(files: list[Path], user: pd.DataFrame, config: IngestConfig, co
     for path in files:
         try:
             header = fits.getheader(path, config.hdu or 0)
-            wcs = None if use_pixels else _wcs(str(path), config.hdu)
+            wcs = None if use_pixels else celestial_wcs(str(path), config.hdu)
         except (OSError, ValueError, IndexError, KeyError, TypeError) as exc:
             rejects.append({"id": _stem(path), "origin": str(path), "stage": "ingest",
                             "reason": f"unreadable field image: {exc}"})
@@ -722,12 +380,12 @@ def _field_tasks(files: list[Path], user: pd.DataFrame, config: IngestConfig, co
             sky = list(zip(ra, dec, strict=True))
         inside = ~placed & (px > -0.5) & (px < nx - 0.5) & (py > -0.5) & (py < ny - 0.5)
         error_map = companions.get(str(path))
-        items = [_Item(ids[i], str(path), config.hdu, (float(py[i]), float(px[i])), sky[i],
+        items = [Item(ids[i], str(path), config.hdu, (float(py[i]), float(px[i])), sky[i],
                        error_map=error_map)
                  for i in np.flatnonzero(inside)]
         placed |= inside
         if items:
-            tasks.append(_Task("field", str(path), items, error_map))
+            tasks.append(Task("field", str(path), items, error_map))
     rejects += [{"id": ids[i], "origin": str(config.catalog), "stage": "ingest",
                  "reason": "catalog position lies outside every readable field image"}
                 for i in np.flatnonzero(~placed)] + ambiguous
@@ -737,21 +395,8 @@ def _field_tasks(files: list[Path], user: pd.DataFrame, config: IngestConfig, co
 # --- the stage ---------------------------------------------------------------------------
 
 
-def _fingerprint_inputs(found: _Found, config: IngestConfig) -> str:
-    digest = hashlib.sha256()
-    companions = [Path(p) for p in found.companions.values() if p]
-    paths = [*found.files, *found.catalogs, *found.beside, *companions,
-             *([Path(config.catalog)] if config.catalog else [])]
-    for path in paths:
-        st = path.stat()
-        digest.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode(errors="surrogateescape"))
-    for row in found.rejects + found.strays:
-        digest.update(f"{row['origin']}|{row['reason']}\n".encode(errors="surrogateescape"))
-    return digest.hexdigest()[:16]
-
-
-def _batches(tasks: list[_Task], size: int) -> Iterator[list[_Task]]:
-    batch: list[_Task] = []
+def _batches(tasks: list[Task], size: int) -> Iterator[list[Task]]:
+    batch: list[Task] = []
     for task in tasks:
         batch.append(task)
         if len(batch) >= size or task.kind != "file":
@@ -761,7 +406,7 @@ def _batches(tasks: list[_Task], size: int) -> Iterator[list[_Task]]:
         yield batch
 
 
-def _run_batch(batch: list[_Task], config: IngestConfig) -> list[tuple]:
+def _run_batch(batch: list[Task], config: IngestConfig) -> list[tuple]:
     return [result for task in batch for result in _process(task, config)]
 
 
@@ -769,47 +414,19 @@ def _extra(ctx: StageContext) -> str:
     inputs = ctx.options.get("inputs")
     if not inputs:
         raise IngestError("no inputs given; name image files, directories or glob patterns")
-    found = _expand(inputs)
     cfg = ctx.config.ingest
-    found.companions = _companions(found.files + (found.beside if cfg.field else []), cfg.error_maps)
+    try:
+        found = expand_inputs(inputs)
+        found.companions = companion_files(found.files + (found.beside if cfg.field else []), cfg.error_maps)
+    except InputError as exc:
+        raise IngestError(str(exc)) from None
     ctx.state["found"] = found
-    return _fingerprint_inputs(found, cfg)
-
-
-class _OptionalArray:
-    """An array of the run written only once some stamp has a value for it: NaN for
-    the stamps before that and for every stamp without one, in stamp order."""
-
-    def __init__(self, run: RunDir, name: str, shape: tuple[int, int], chunk: int) -> None:
-        self.run, self.name, self.shape, self.chunk = run, name, shape, chunk
-        self.nan = np.full(shape, np.nan, dtype=np.float32)
-        self.before = 0
-        self.count = 0
-        self.writer = None
-        shutil.rmtree(run.array_path(name), ignore_errors=True)  # never leave a stale one
-
-    def append(self, item: np.ndarray | None) -> None:
-        if item is None:
-            if self.writer is None:
-                self.before += 1
-            else:
-                self.writer.append(self.nan)
-            return
-        if self.writer is None:
-            self.writer = self.run.writer(self.name, self.shape, self.chunk)
-            for _ in range(self.before):
-                self.writer.append(self.nan)
-        self.writer.append(item)
-        self.count += 1
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    return found.fingerprint(cfg.catalog)
 
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
     run, cfg, progress = ctx.run, ctx.config.ingest, ctx.progress
-    found: _Found = ctx.state["found"]
+    found: InputFiles = ctx.state["found"]
     tasks, meta, early_rejects, summary = _plan(found, cfg)
     run.clear_rejects("ingest")
     run.add_rejects(early_rejects)
@@ -821,8 +438,8 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     n_rejected = len(early_rejects)
     pool = start_pool(workers, [__name__]) if workers > 1 and n_items > 200 else None
     writer = run.writer("stamps", (size, size), cfg.chunk_size)
-    rms = _OptionalArray(run, "rms", (size, size), cfg.chunk_size)
-    psf = _OptionalArray(run, "psf", (cfg.psf_size, cfg.psf_size), cfg.chunk_size)
+    rms = OptionalArrayWriter(run, "rms", (size, size), cfg.chunk_size)
+    psf = OptionalArrayWriter(run, "psf", (cfg.psf_size, cfg.psf_size), cfg.chunk_size)
     batches = _batches(tasks, 64)
     with pool or nullcontext(), tqdm(total=n_items, desc="ingest", unit="stamp",
                                      disable=not progress) as bar:

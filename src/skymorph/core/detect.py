@@ -66,6 +66,7 @@ def detect_sources_in(image: np.ndarray, *, nsigma: float = 3.0, npixels: int = 
     from astropy.convolution import convolve
     from astropy.stats import sigma_clipped_stats
     from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources, make_2dgaussian_kernel
+    from photutils.utils.exceptions import NoDetectionsWarning
 
     finite = np.isfinite(image)
     if not finite.any():
@@ -74,7 +75,9 @@ def detect_sources_in(image: np.ndarray, *, nsigma: float = 3.0, npixels: int = 
     data = np.where(finite, image, median) - median
     kernel = make_2dgaussian_kernel(2.0, size=5)
     smooth = convolve(data, kernel)
-    segm = detect_sources(smooth, nsigma * std, n_pixels=npixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoDetectionsWarning)  # said in the Reject below
+        segm = detect_sources(smooth, nsigma * std, n_pixels=npixels)
     if segm is None:
         raise Reject(f"no sources above {nsigma} sigma in the field")
     with warnings.catch_warnings():

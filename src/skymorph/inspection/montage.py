@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config, InspectConfig
+from ..core.scores import sample_members
 from ..errors import SkymorphError
 from ..io.rundir import RunDir, RunDirError
 from ._templates import render
@@ -88,40 +89,6 @@ def clustering_fingerprint(catalog: pd.DataFrame) -> str:
     digest.update("\n".join(catalog["id"].astype(str)).encode())
     digest.update(labels.astype("<i8").tobytes())
     return digest.hexdigest()[:12]
-
-
-def sample_members(labels: np.ndarray, per_cluster: int, seed: int) -> dict[int, np.ndarray]:
-    """Draw up to ``per_cluster`` members of each cluster at random.
-
-    Each cluster's draw uses its own generator seeded by ``(seed, cluster)``, so
-    it does not change when other clusters do.  The montages and the simulated
-    inspection of :func:`skymorph.stages.evaluate.score_labels` both use this function,
-    so they look at the same galaxies.
-
-    Parameters
-    ----------
-    labels : ndarray of int
-        Cluster of every galaxy; negative values (rejected galaxies) are skipped.
-    per_cluster : int
-        Members drawn per cluster (all of them when the cluster is smaller).
-    seed : int
-        Seed of the draw.
-
-    Returns
-    -------
-    dict of int to ndarray
-        Cluster id -> positions (into ``labels``) of the drawn members, in draw order.
-    """
-    labels = np.asarray(labels)
-    if per_cluster < 1:
-        raise InspectError(f"per_cluster must be at least 1 (got {per_cluster})")
-    out: dict[int, np.ndarray] = {}
-    for cluster in np.unique(labels[labels >= 0]):
-        members = np.flatnonzero(labels == cluster)
-        rng = np.random.default_rng([int(seed), int(cluster)])
-        take = min(per_cluster, members.size)
-        out[int(cluster)] = members[rng.choice(members.size, size=take, replace=False)]
-    return out
 
 
 # --- display ----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from astropy.io import fits
 
 from ..errors import SkymorphError
@@ -41,9 +42,11 @@ from .readers import (
     stem_of,
     suffix_of,
 )
+from .tables import read_table
 
 __all__ = ["InputFiles", "InputError", "expand_inputs", "companion_files", "is_collection",
-           "COLLECTION_COLUMNS", "Item", "Task", "TaskReader", "celestial_wcs"]
+           "COLLECTION_COLUMNS", "Item", "Task", "TaskReader", "celestial_wcs", "collection_table",
+           "collection_files", "collection_tasks"]
 
 COLLECTION_COLUMNS = {"IDENT", "GAL_FILENAME", "GAL_HDU"}
 """Columns of a GalSim / COSMOS ``RealGalaxyCatalog`` table (a stamp collection)."""
@@ -307,6 +310,44 @@ class Task:
 
 def _fits_length(path: str) -> int | None:
     return None if path.lower().endswith((".gz", ".fz")) else os.stat(path).st_size
+
+
+def collection_table(path: Path) -> pd.DataFrame:
+    """A collection catalog, joined row by row with its companion ``<catalog>_fits.fits`` table
+    when that has as many rows (:func:`skymorph.io.tables.read_table`; raises its ``TableError``)."""
+    table = read_table(path, what="catalog")
+    companion = path.with_name(stem_of(path) + "_fits.fits")
+    if companion.exists():
+        extra = read_table(companion, what="catalog")
+        if len(extra) == len(table):
+            extra = extra.drop(columns=[c for c in extra.columns if c in table.columns])
+            table = pd.concat([table, extra.reset_index(drop=True)], axis=1)
+    return table
+
+
+def collection_files(path: Path, table: pd.DataFrame) -> set[Path]:
+    """Files a collection catalog names (images, PSFs, noise correlation functions)."""
+    named = {path, path.with_name(stem_of(path) + "_fits.fits")}
+    for column in ("GAL_FILENAME", "PSF_FILENAME", "NOISE_FILENAME"):
+        if column in table.columns:
+            named |= {path.parent / str(name).strip() for name in table[column].unique()}
+    return named
+
+
+def collection_tasks(path: Path, table: pd.DataFrame) -> list[Task]:
+    """One task per image file of a collection, one item per catalog row (its HDU, and its PSF
+    and noise variance when the catalog has those columns)."""
+    tasks: dict[str, Task] = {}
+    has_psf = {"PSF_FILENAME", "PSF_HDU"} <= set(table.columns)
+    has_noise = "NOISE_VARIANCE" in table.columns
+    for row in table.itertuples(index=False):
+        image_file = str(path.parent / str(row.GAL_FILENAME).strip())
+        task = tasks.setdefault(image_file, Task("collection", image_file))
+        psf = (str(path.parent / str(row.PSF_FILENAME).strip()), int(row.PSF_HDU)) if has_psf else None
+        noise = float(row.NOISE_VARIANCE) if has_noise else None
+        task.items.append(Item(str(row.IDENT), image_file, int(row.GAL_HDU), noise_variance=noise,
+                                psf=psf))
+    return list(tasks.values())
 
 
 class TaskReader:

@@ -70,6 +70,9 @@ from ..io.inputs import (
     Task,
     TaskReader,
     celestial_wcs,
+    collection_files,
+    collection_table,
+    collection_tasks,
     companion_files,
     expand_inputs,
 )
@@ -78,6 +81,8 @@ from ..io.readers import stem_of as _stem
 from ..io.readers import suffix_of as _suffix
 from ..io.rundir import OptionalArrayWriter, RunDir, printable
 from ..io.selection import SelectionError, evaluate_selection, parse_selection
+from ..io.tables import TableError
+from ..io.tables import read_table as _read_table
 from . import Argument, Stage, StageContext, execute, stamp_options
 
 __all__ = ["ingest", "IngestError", "Reject", "read_image", "make_stamp", "prepare_psf", "select_rows",
@@ -95,11 +100,8 @@ class IngestError(SkymorphError, ValueError):
 def read_table(path: str | Path, id_col: str | None = None) -> pd.DataFrame:
     """Read a catalog (FITS table, CSV or Parquet) with :func:`skymorph.io.tables.read_table`
     (``id_col`` as exact text; multi-dimensional FITS columns dropped, byte strings decoded)."""
-    from ..io.tables import TableError
-    from ..io.tables import read_table as _read
-
     try:
-        return _read(path, id_col=id_col, what="catalog")
+        return _read_table(path, id_col=id_col, what="catalog")
     except TableError as exc:
         raise IngestError(str(exc)) from None
 
@@ -217,40 +219,6 @@ def _detect(task: Task, config: IngestConfig) -> Task:
     return Task("field", task.path, items, task.error_map)
 
 
-def _collection_table(path: Path) -> pd.DataFrame:
-    table = read_table(path)
-    companion = path.with_name(_stem(path) + "_fits.fits")
-    if companion.exists():
-        extra = read_table(companion)
-        if len(extra) == len(table):
-            extra = extra.drop(columns=[c for c in extra.columns if c in table.columns])
-            table = pd.concat([table, extra.reset_index(drop=True)], axis=1)
-    return table
-
-
-def _collection_files(path: Path, table: pd.DataFrame) -> set[Path]:
-    """Files a collection catalog names (images, PSFs, noise correlation functions)."""
-    named = {path, path.with_name(_stem(path) + "_fits.fits")}
-    for column in ("GAL_FILENAME", "PSF_FILENAME", "NOISE_FILENAME"):
-        if column in table.columns:
-            named |= {path.parent / str(name).strip() for name in table[column].unique()}
-    return named
-
-
-def _collection_tasks(path: Path, table: pd.DataFrame) -> list[Task]:
-    tasks: dict[str, Task] = {}
-    has_psf = {"PSF_FILENAME", "PSF_HDU"} <= set(table.columns)
-    has_noise = "NOISE_VARIANCE" in table.columns
-    for row in table.itertuples(index=False):
-        image_file = str(path.parent / str(row.GAL_FILENAME).strip())
-        task = tasks.setdefault(image_file, Task("collection", image_file))
-        psf = (str(path.parent / str(row.PSF_FILENAME).strip()), int(row.PSF_HDU)) if has_psf else None
-        noise = float(row.NOISE_VARIANCE) if has_noise else None
-        task.items.append(Item(str(row.IDENT), image_file, int(row.GAL_HDU), noise_variance=noise,
-                                psf=psf))
-    return list(tasks.values())
-
-
 def _plan(found: InputFiles, config: IngestConfig
           ) -> tuple[list[Task], pd.DataFrame | None, list[dict[str, Any]], dict[str, Any]]:
     """Work out what to read: tasks, the catalog columns per id, early rejects, counts."""
@@ -275,13 +243,16 @@ def _plan(found: InputFiles, config: IngestConfig
             meta_tables.append(meta)
     else:
         for catalog in catalogs:
-            table = _collection_table(catalog)
-            named |= _collection_files(catalog, table)
+            try:
+                table = collection_table(catalog)
+            except TableError as exc:
+                raise IngestError(str(exc)) from None
+            named |= collection_files(catalog, table)
             if config.select and user is None:
                 keep = select_rows(table, config.select, f"collection catalog {catalog}")
                 summary["not_selected"] = summary.get("not_selected", 0) + int((~keep).sum())
                 table = table[keep]
-            tasks += _collection_tasks(catalog, table)
+            tasks += collection_tasks(catalog, table)
             meta_tables.append(table.assign(id=table["IDENT"].astype(str)))
         for path in found.beside:
             if path not in named:

@@ -159,6 +159,10 @@ def test_a_field_window_marks_what_lies_outside_the_field():
     assert valid[:, :13].all() and not valid[:, 13:].any()
     assert np.isnan(window[~valid]).all() and np.isinf(rms[~valid]).all() and (rms[valid] == 1).all()
     assert window[10, 10] == field[50, 97]
+    # near the low edges the window is padded before the field starts: the centre moves with it
+    window, _, valid, centre = field_window(field, centre=(3.0, 4.0), size=10)
+    assert centre == (10.0, 10.0) and window[10, 10] == field[3, 4]
+    assert valid[7:, 6:].all() and not valid[:7].any() and not valid[:, :6].any()
     with pytest.raises(Reject, match="outside the image"):
         field_window(field, centre=(500.0, 500.0), size=10)
 

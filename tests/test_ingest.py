@@ -93,6 +93,16 @@ def test_field_detection_gives_stamps(tmp_path):
     centre = stamps[:, 45:55, 45:55].mean(axis=(1, 2))
     border = stamps[:, :10, :].mean(axis=(1, 2))
     assert (centre > border).all()
+    # exactly: the stamp's central pixel is the field's pixel at the source, also for the sources
+    # less than a stamp size from the field's low x/y edges (their windows are padded there)
+    fields = {name: fits.getdata(COSMOS_FIELDS / name).astype(np.float32) for name in ("Cut_HST.fits",
+                                                                                      "Cut_HST1.fits")}
+    near_low_edge = 0
+    for stamp, row in zip(stamps, sources.itertuples(), strict=True):
+        field = fields[row.origin.rsplit("/", 1)[-1]]
+        assert stamp[50, 50] == field[int(round(row.y)), int(round(row.x))], row.id
+        near_low_edge += min(row.x, row.y) < 50
+    assert near_low_edge >= 2
 
 
 def test_field_with_catalog_positions(tmp_path):

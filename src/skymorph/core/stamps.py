@@ -438,7 +438,7 @@ def field_window(image: np.ndarray, *, centre: tuple[float, float], size: int,
     --------
     >>> import numpy as np
     >>> from skymorph.core.stamps import field_window
-    >>> window, _, valid, centre = field_window(np.ones((100, 100)), centre=(95.0, 50.0), size=16)
+    >>> window, _, valid, centre = field_window(np.ones((100, 100)), centre=(5.0, 50.0), size=16)
     >>> window.shape, int(valid.sum()), centre
     ((32, 32), 672, (16.0, 16.0))
     """
@@ -456,5 +456,7 @@ def field_window(image: np.ndarray, *, centre: tuple[float, float], size: int,
     if rms is not None:
         rms_cut = np.full(cut.data.shape, np.inf)
         rms_cut[ys:ye, xs:xe] = rms[cut.slices_original]
-    x, y = cut.to_cutout_position((centre[1], centre[0]))
-    return cut.data, rms_cut, valid, (y, x)
+    # the position in the padded window (to_cutout_position counts from the overlap's corner,
+    # which is not the window's corner where the window leaves the field's low x or y edge)
+    x, y = cut.input_position_cutout
+    return cut.data, rms_cut, valid, (float(y), float(x))

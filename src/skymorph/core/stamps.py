@@ -23,6 +23,9 @@ import hashlib
 from typing import Any
 
 import numpy as np
+
+# imported with the module, not on first use: ingest's fork-started workers see a blanked
+# ``__main__`` (core.parallel), and astropy.nddata cannot be imported there
 from astropy.nddata import NoOverlapError, extract_array, overlap_slices
 from scipy import ndimage
 
@@ -442,7 +445,7 @@ def field_window(image: np.ndarray, *, centre: tuple[float, float], size: int,
     >>> window.shape, int(valid.sum()), centre
     ((32, 32), 672, (16.0, 16.0))
     """
-    from astropy.nddata import Cutout2D
+    from astropy.nddata import Cutout2D  # loaded with extract_array above
 
     try:
         cut = Cutout2D(image, (centre[1], centre[0]), (2 * size, 2 * size), mode="partial",

@@ -34,6 +34,7 @@ CANDIDATES = {
     "s192": {"input_size": 192},
     "s160": {"input_size": 160},
     "s128": {"input_size": 128},
+    "s128r2": {"input_size": 128, "rotations": 2},
     "s128r1": {"input_size": 128, "rotations": 1},
     "lite0s128": {"encoder": "efficientnet_lite0", "input_size": 128},
 }

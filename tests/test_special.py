@@ -131,6 +131,27 @@ def test_anomaly_scores_put_injected_oddities_first(method):
     np.testing.assert_allclose(score, again, rtol=1e-5, equal_nan=True)
 
 
+@pytest.mark.parametrize("scaling", ["l2", "standardise"])
+def test_project_keeps_the_leading_principal_axes_of_the_sample(scaling):
+    from skymorph.core.anomaly import project
+
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(600, 40)) * np.linspace(5, 0.1, 40)).astype(np.float32)
+    z = project(x, dims=6, sample=400, seed=1, scaling=scaling, block=128)
+    # the reference: a full SVD of the same scaled sample, applied to all rows at once
+    xs = x / np.linalg.norm(x, axis=1, keepdims=True) if scaling == "l2" else x
+    fit = xs[np.sort(np.random.default_rng(1).choice(600, 400, replace=False))]
+    mean = fit.mean(axis=0)
+    scale = fit.std(axis=0) if scaling == "standardise" else 1.0
+    zf = (fit - mean) / scale
+    _, _, vt = np.linalg.svd(zf - zf.mean(axis=0), full_matrices=False)
+    ref = ((xs - mean) / scale) @ vt[:6].T
+    # the same axes up to sign: the pairwise distances agree
+    d = np.linalg.norm(z[:50, None] - z[None, :50], axis=-1)
+    d_ref = np.linalg.norm(ref[:50, None] - ref[None, :50], axis=-1)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-3, atol=1e-4)
+
+
 def test_own_embedding_and_subcluster_names():
     x, _ = blobs(n=60, d=20, classes=2, seed=4, sep=3.0)
     emb = own_embedding(x, dims=0)

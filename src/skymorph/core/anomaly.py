@@ -37,14 +37,19 @@ class AnomalyError(SkymorphError, ValueError):
     """The galaxies cannot be scored (unknown method, too few galaxies)."""
 
 
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
+
+
 def project(x: np.ndarray, *, dims: int = 64, sample: int = 10000, seed: int = 0,
-            scaling: str = "l2") -> np.ndarray:
+            scaling: str = "l2", block: int = 16384) -> np.ndarray:
     """Scale the rows or columns and keep the first ``dims`` principal components.
 
     Parameters
     ----------
     x : ndarray, shape (N, D)
-        Finite rows only.
+        Finite rows only (an array-like that can be sliced by rows, e.g. a zarr array).
     dims : int
         Principal components kept; 0 keeps the scaled input whole.
     scaling : {"l2", "standardise"}
@@ -53,28 +58,48 @@ def project(x: np.ndarray, *, dims: int = 64, sample: int = 10000, seed: int = 0
     sample : int
         Rows (seeded sample) the mean, scale and components are fitted on.
     seed : int
+    block : int
+        Rows scaled and projected at a time (bounds the memory to one block of D columns).
 
     Returns
     -------
     ndarray of float32, shape (N, min(dims, D))
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).normal(size=(500, 32))
+    >>> project(x, dims=8).shape
+    (500, 8)
     """
-    x = np.asarray(x, dtype=np.float32)
-    if scaling == "l2":
-        norm = np.linalg.norm(x, axis=1, keepdims=True)
-        x = x / np.where(norm > 0, norm, 1.0)
-    elif scaling != "standardise":
+    if scaling not in ("l2", "standardise"):
         raise AnomalyError(f"anomaly.scaling must be 'l2' or 'standardise' (got {scaling!r})")
+    n, d = x.shape
     rng = np.random.default_rng(seed)
-    fit = x if len(x) <= sample else x[np.sort(rng.choice(len(x), sample, replace=False))]
+    rows = np.arange(n) if n <= sample else np.sort(rng.choice(n, sample, replace=False))
+    fit = np.asarray(x[rows], dtype=np.float32)
+    if scaling == "l2":
+        fit = _unit_rows(fit)
     mean = fit.mean(axis=0)
-    scale = fit.std(axis=0) if scaling == "standardise" else np.ones(x.shape[1], np.float32)
-    scale = np.where(scale > 0, scale, 1.0)
-    z = (x - mean) / scale
-    if not dims or dims >= x.shape[1]:
-        return z.astype(np.float32)
-    zf = (fit - mean) / scale
-    _, _, vt = np.linalg.svd(zf - zf.mean(axis=0), full_matrices=False)
-    return (z @ vt[:dims].T).astype(np.float32)
+    scale = fit.std(axis=0) if scaling == "standardise" else np.ones(d, np.float32)
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    components = None
+    if dims and dims < d:
+        zf = (fit - mean) / scale
+        zf -= zf.mean(axis=0)
+        # the leading eigenvectors of the D x D covariance are the right singular vectors of the
+        # sample: the same axes (up to sign, which no distance sees) for a tenth of the cost of
+        # a full SVD of the sample
+        _, vectors = np.linalg.eigh(np.asarray(zf.T @ zf, dtype=np.float64))
+        components = vectors[:, ::-1][:, :dims].astype(np.float32)
+    out = np.empty((n, d if components is None else dims), dtype=np.float32)
+    for start in range(0, n, block):
+        z = np.asarray(x[start:start + block], dtype=np.float32)
+        if scaling == "l2":
+            z = _unit_rows(z)
+        z = (z - mean) / scale
+        out[start:start + block] = z if components is None else z @ components
+    return out
 
 
 def _knn_score(z: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
@@ -120,12 +145,13 @@ def anomaly_scores(x: np.ndarray, *, method: str = "knn", n_neighbors: int = 10,
     """
     if method not in METHODS:
         raise AnomalyError(f"anomaly.method must be one of {', '.join(METHODS)} (got {method!r})")
-    x = np.asarray(x, dtype=np.float32)
-    ok = np.isfinite(x).all(axis=1)
+    ok = np.concatenate([np.isfinite(np.asarray(x[a:a + 16384])).all(axis=1)
+                         for a in range(0, len(x), 16384)]) if len(x) else np.zeros(0, bool)
     out = np.full(len(x), np.nan)
     if ok.sum() < 3:
         raise AnomalyError(f"only {int(ok.sum())} galaxies have finite values; at least 3 are needed")
-    z = project(x[ok], dims=dims, seed=seed, scaling=scaling)
+    z = project(x if ok.all() else np.asarray(x, dtype=np.float32)[ok], dims=dims, seed=seed,
+                scaling=scaling)
     rng = np.random.default_rng(seed)
     m = len(z)
     ref = np.arange(m) if m <= reference else np.sort(rng.choice(m, reference, replace=False))

@@ -262,8 +262,32 @@ class IVFIndex:
         return cls(metric=metric, info=info, **arrays)
 
 
+def _lloyd(x: np.ndarray, k: int, *, metric: str, iterations: int, rng: np.random.Generator) -> np.ndarray:
+    """K-means centres of ``x`` by Lloyd's iterations from ``k`` seeded rows (spherical for cosine).
+
+    The lists only need to be roughly balanced and compact (a query scans several of them), so
+    a random start and a few float32 matrix-product iterations do; scikit-learn's k-means++ start
+    and float64 convergence took 14 min for 20,000 x 2048 rows into 316 lists here.
+    """
+    from scipy import sparse
+
+    centres = x[np.sort(rng.choice(len(x), k, replace=False))].copy()
+    for _ in range(iterations):
+        assign = _distances(x, centres, metric).argmin(axis=1)
+        counts = np.bincount(assign, minlength=k)
+        members = sparse.csr_matrix((np.ones(len(x), np.float32), (assign, np.arange(len(x)))),
+                                    shape=(k, len(x)))
+        sums = np.asarray(members @ x)
+        filled = counts > 0
+        # an empty list keeps its old centre rather than collapsing to the origin
+        centres[filled] = sums[filled] / counts[filled, None]
+        if metric == "cosine":
+            centres = normalise(centres, metric="cosine")
+    return centres.astype(np.float32)
+
+
 def build_ivf(x: np.ndarray, *, metric: str = "cosine", n_lists: int | None = None, seed: int = 0,
-              train_sample: int = 20000) -> IVFIndex:
+              train_sample: int = 20000, iterations: int = 15) -> IVFIndex:
     """Build an :class:`IVFIndex` of the finite rows of ``x``.
 
     Parameters
@@ -276,13 +300,13 @@ def build_ivf(x: np.ndarray, *, metric: str = "cosine", n_lists: int | None = No
         Seed of the K-means sample and initialisation.
     train_sample : int
         Rows (a seeded sample) the K-means centres are fitted on.
+    iterations : int
+        Lloyd iterations of the K-means that makes the lists.
 
     Returns
     -------
     IVFIndex
     """
-    from sklearn.cluster import KMeans
-
     start = time.perf_counter()
     xn = normalise(x, metric=metric)
     ok = np.flatnonzero(np.isfinite(xn).all(axis=1))
@@ -292,10 +316,7 @@ def build_ivf(x: np.ndarray, *, metric: str = "cosine", n_lists: int | None = No
     n_lists = min(n_lists, ok.size)
     rng = np.random.default_rng(seed)
     sample = ok if ok.size <= train_sample else np.sort(rng.choice(ok, train_sample, replace=False))
-    km = KMeans(n_clusters=n_lists, n_init=1, max_iter=50, random_state=seed).fit(xn[sample])
-    centres = km.cluster_centers_.astype(np.float32)
-    if metric == "cosine":
-        centres = normalise(centres, metric="cosine")
+    centres = _lloyd(xn[sample], n_lists, metric=metric, iterations=iterations, rng=rng)
     assign = np.empty(ok.size, dtype=np.int64)
     for a in range(0, ok.size, 16384):
         block = xn[ok[a:a + 16384]]

@@ -232,7 +232,7 @@ def run_variant(data: SetData, variant: str, seed: int) -> dict:
     else:
         raise SystemExit(f"unknown clustering {clu!r}")
     t_clu = time.perf_counter() - t0 - t_feat - t_red
-    score = score_labels(data.truth, km, cons, per_cluster, iseed)
+    score = score_labels(data.truth, km, cons, per_cluster=per_cluster, seed=iseed)
     sizes = np.bincount(cons[cons >= 0])
     sizes = sizes[sizes > 0]
     enc = data.config.encode

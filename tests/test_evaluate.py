@@ -11,6 +11,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from skymorph import Config, RunDir
+from skymorph.core.scores import ScoreError
 from skymorph.inspection import consensus_labels, load_manifest, sample_members
 from skymorph.stages.evaluate import (
     EvaluateError,
@@ -119,7 +120,7 @@ def test_cluster_without_labelled_sample_is_unnamed():
 
 
 def test_mismatched_lengths_are_an_error():
-    with pytest.raises(EvaluateError, match="one entry per galaxy"):
+    with pytest.raises(ScoreError, match="one entry per galaxy"):
         score_labels(["a", "b"], [0, 1, 2])
 
 

@@ -47,15 +47,6 @@ MODULES = set(IMPORTS)
 KNOWN = {
     # the voting server has the montage stage draw montages that are missing or stale
     "skymorph.inspection.server imports skymorph.stages.inspect",
-    # validate reads measure's column list and file name (issues 20/21 rework both modules)
-    "skymorph.stages.validate imports skymorph.stages.measure",
-    # issue 22's tools share the query montage of `similar`, and `similar --image` makes its stamp
-    # with the ingest/denoise/polar code, until stamp making moves to core (issue 18, not yet done)
-    "skymorph.stages.anomaly imports skymorph.stages.similar",
-    "skymorph.stages.subdivide imports skymorph.stages.similar",
-    "skymorph.stages.similar imports skymorph.stages.denoise",
-    "skymorph.stages.similar imports skymorph.stages.ingest",
-    "skymorph.stages.similar imports skymorph.stages.polar",
 }
 """Exceptions still to remove; each must still exist, so the list only shrinks."""
 
@@ -88,7 +79,7 @@ def test_stage_modules_do_not_import_each_other():
     stages = {m for m in MODULES if m.startswith("skymorph.stages.")}
     bad = [f"{module} imports {target}" for module in sorted(stages)
            for target in sorted(IMPORTS[module] & stages) if target != module]
-    assert [v for v in bad if v not in KNOWN] == []
+    assert bad == []  # no exception left: they share code through core/, io/, inspection/
 
 
 def test_the_known_exceptions_still_exist():

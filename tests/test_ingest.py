@@ -93,6 +93,16 @@ def test_field_detection_gives_stamps(tmp_path):
     centre = stamps[:, 45:55, 45:55].mean(axis=(1, 2))
     border = stamps[:, :10, :].mean(axis=(1, 2))
     assert (centre > border).all()
+    # exactly: the stamp's central pixel is the field's pixel at the source, also for the sources
+    # less than a stamp size from the field's low x/y edges (their windows are padded there)
+    fields = {name: fits.getdata(COSMOS_FIELDS / name).astype(np.float32) for name in ("Cut_HST.fits",
+                                                                                      "Cut_HST1.fits")}
+    near_low_edge = 0
+    for stamp, row in zip(stamps, sources.itertuples(), strict=True):
+        field = fields[row.origin.rsplit("/", 1)[-1]]
+        assert stamp[50, 50] == field[int(round(row.y)), int(round(row.x))], row.id
+        near_low_edge += min(row.x, row.y) < 50
+    assert near_low_edge >= 2
 
 
 def test_field_with_catalog_positions(tmp_path):
@@ -215,3 +225,20 @@ def test_run_directory_from_another_format_version(tmp_path, cosmos_run):
     (run_dir / "skymorph.json").write_text(json.dumps({"format_version": 0, "created_by": "0.0.1"}))
     with pytest.raises(RunDirError, match="format 0.*new directory"):
         RunDir(run_dir)
+
+
+def test_a_field_read_by_worker_processes_gives_the_stamps_of_one_process(tmp_path):
+    """More than 200 positions start the worker pool, whose processes see a blanked ``__main__``:
+    a library imported there on first use (astropy.nddata for the cut-outs) used to fail, and
+    the first source of each worker was rejected as unreadable."""
+    rng = np.random.default_rng(0)
+    catalog = tmp_path / "positions.csv"
+    pd.DataFrame({"ID": [f"s{i}" for i in range(210)], "X": rng.uniform(10, 240, 210),
+                  "Y": rng.uniform(10, 240, 210)}).to_csv(catalog, index=False)
+    settings = dict(field=True, catalog=str(catalog), id_col="ID", x_col="X", y_col="Y", stamp_size=32)
+    pooled = ingest([COSMOS_FIELDS / "Cut_HST.fits"], tmp_path / "pool", _config(workers=2, **settings),
+                    progress=False)
+    alone = ingest([COSMOS_FIELDS / "Cut_HST.fits"], tmp_path / "one", _config(workers=1, **settings),
+                   progress=False)
+    assert len(pooled.rejects("ingest")) == 0
+    assert np.array_equal(np.asarray(pooled.open_array("stamps")), np.asarray(alone.open_array("stamps")))

@@ -13,8 +13,8 @@ from astropy.table import Table
 
 from conftest import COSMOS_STAMPS, GZ1
 from skymorph import Config, RunDir, ingest
-from skymorph.config import IngestConfig
-from skymorph.stages.ingest import IngestError, make_stamp, prepare_psf
+from skymorph.core.stamps import make_stamp, prepare_psf
+from skymorph.stages.ingest import IngestError
 
 
 def _config(**ingest_settings) -> Config:
@@ -187,8 +187,7 @@ def test_pixels_beyond_a_field_edge_are_padding_not_nan():
     valid = np.zeros(window.shape, dtype=bool)
     valid[:, 130:] = True  # a source near a field's left edge: most of its window lies outside
     window[~valid] = np.nan
-    config = IngestConfig()
-    stamp, info, rms = make_stamp(window, config, "crop", rng, (100.0, 100.0),
+    stamp, info, rms = make_stamp(window, framing="crop", rng=rng, centre=(100.0, 100.0),
                                   rms=np.ones_like(window), valid=valid)
     assert info["padded"] and info["nonfinite_fraction"] == 0.0
     assert np.isinf(rms[:, :80]).all() and (rms[:, 80:] == 1).all()
@@ -245,7 +244,7 @@ def test_cosmos_collection_gives_rms_and_psf_in_stamp_order(cosmos_run):
     assert all(np.unravel_index(p.argmax(), p.shape) == (20, 20) for p in psf)
     with fits.open(COSMOS_STAMPS / "real_galaxy_PSF_images_extension.fits") as hdul:
         for i in (0, 37, 99):
-            expected, fraction = prepare_psf(hdul[int(catalog["PSF_HDU"][i])].data, 41)
+            expected, fraction = prepare_psf(hdul[int(catalog["PSF_HDU"][i])].data, size=41)
             assert np.array_equal(psf[i], expected)
             assert sources["psf_flux_fraction"][i] == pytest.approx(fraction)
     assert 0.98 < sources["psf_flux_fraction"].min() < 0.99
@@ -319,8 +318,8 @@ def test_resampled_stamp_rms_and_psf_follow_the_pixel_scale():
     image[90:110, 90:110] += 10
     rms_map = np.ones_like(image)
     rms_map[:, :20] = np.inf  # unmeasured columns stay unmeasured after resampling
-    config = IngestConfig(frame_fraction=1.0, recentre=False)
-    stamp, info, rms = make_stamp(image, config, "resample", rng, rms=rms_map)
+    stamp, info, rms = make_stamp(image, framing="resample", rng=rng, frame_fraction=1.0, recentre=False,
+                                  rms=rms_map)
     assert info["frame_side"] == 200 and stamp.shape == rms.shape == (100, 100)
     # 2 x 2 pixels averaged: the noise halves, as the stamp's own noise does
     assert np.allclose(rms[:, 12:], 0.5) and np.isinf(rms[:, :10]).all()
@@ -328,7 +327,7 @@ def test_resampled_stamp_rms_and_psf_follow_the_pixel_scale():
     # a PSF 8 pixels wide becomes 4 pixels wide
     y, x = np.mgrid[:41, :41] - 20
     wide = np.exp(-(x**2 + y**2) / (2 * 8.0**2))
-    kernel, _ = prepare_psf(wide, 41, zoom=0.5)
+    kernel, _ = prepare_psf(wide, size=41, zoom=0.5)
     profile = kernel[20] / kernel[20, 20]
     assert np.interp(np.exp(-0.5), profile[20:][::-1], np.arange(21)[::-1]) == pytest.approx(4, abs=0.3)
 

@@ -421,10 +421,10 @@ class EncodeConfig:
         choices=(1, 2, 4),
     )
     input_size: int = setting(
-        0,
+        128,
         "Side (px) of the square image the encoder sees; 0 uses the model's own (260 for "
-        "EfficientNet-Lite2, 224 for Lite0 and ConvNeXt). Smaller is faster (cost ~ side^2): the "
-        "stamps are 100 px, so 260 spends most arithmetic on interpolated pixels (README: "
+        "EfficientNet-Lite2, 224 for Lite0 and ConvNeXt). Cost grows as side^2; 128 (the default) "
+        "encodes ~4x faster than 260 with equal or better clusters on the labelled sets (README: "
         "throughput against balanced accuracy).",
         flag="--input-size",
         min=0,
@@ -1409,7 +1409,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "denoise": {"enabled": True},
         "polar": {"enabled": True},
-        "encode": {"encoder": "convnext_xlarge.fb_in22k", "rotations": 1},
+        "encode": {"encoder": "convnext_xlarge.fb_in22k", "rotations": 1, "input_size": 0},
         "reduce": {"dims": 300},
         "cluster": {"k": 20},
     },

@@ -10,7 +10,7 @@ bug, shown with its traceback.  This module imports nothing, so every layer may 
 
 from __future__ import annotations
 
-__all__ = ["SkymorphError"]
+__all__ = ["SkymorphError", "Reject"]
 
 
 class SkymorphError(Exception):
@@ -22,4 +22,13 @@ class SkymorphError(Exception):
     >>> from skymorph.config import ConfigError
     >>> issubclass(ConfigError, SkymorphError), issubclass(ConfigError, ValueError)
     (True, True)
+    """
+
+
+class Reject(SkymorphError):
+    """One input is unusable; the message is the reason written to rejects.csv.
+
+    Raised by the array code of :mod:`skymorph.core.stamps` and :mod:`skymorph.core.detect`
+    and by the readers of :mod:`skymorph.io.readers` (which re-export it); ingest turns it
+    into a row of ``rejects.csv`` and carries on with the next galaxy.
     """

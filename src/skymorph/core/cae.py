@@ -41,7 +41,8 @@ from torch import nn
 from ..errors import SkymorphError
 from .sky import border_sky
 
-__all__ = ["CAE", "CAEError", "train_cae", "predict", "resolve_device", "set_threads", "ARCH_KEYS"]
+__all__ = ["CAE", "CAEError", "train_cae", "predict", "apply_cae", "resolve_device", "set_threads",
+           "ARCH_KEYS"]
 
 ARCH_KEYS = ("stamp_size", "channels", "kernel_size", "latent_dim", "unpool")
 
@@ -380,3 +381,46 @@ def load_checkpoint(path, device: torch.device) -> tuple[CAE, dict[str, Any]]:
     model.load_state_dict(blob["state_dict"])
     model = model.to(device).to(memory_format=torch.channels_last).eval()
     return model, blob
+
+
+def apply_cae(stamps: np.ndarray, model: CAE, *, batch_size: int = 32) -> np.ndarray:
+    """Denoise a block of stamps with a trained CAE (the per-chunk map of ``skymorph denoise``).
+
+    Parameters
+    ----------
+    stamps : ndarray (N, S, S)
+        Stamps in their own units; S must be the model's stamp size.
+    model : CAE
+        A trained model (:func:`load_checkpoint`, or trained by ``skymorph denoise``).
+    batch_size : int
+        Stamps per forward pass.
+
+    Returns
+    -------
+    ndarray (N, S, S) float32
+        Denoised stamps in the input's units (normalisation inverted).
+
+    Raises
+    ------
+    CAEError
+        The stamps are not a stack of the model's stamp size.
+
+    See Also
+    --------
+    denoise_block : the same on a given device, without the shape check.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from skymorph.core.cae import CAE, apply_cae
+    >>> _ = torch.manual_seed(0)
+    >>> model = CAE(stamp_size=32, channels=[4, 8])
+    >>> apply_cae(np.random.default_rng(0).normal(size=(3, 32, 32)).astype(np.float32), model).shape
+    (3, 32, 32)
+    """
+    stamps = np.asarray(stamps)
+    if stamps.ndim != 3 or stamps.shape[-1] != model.arch["stamp_size"]:
+        raise CAEError(f"the CAE was trained on {model.arch['stamp_size']}-pixel stamps; "
+                       f"got an array of shape {stamps.shape}")
+    device = next(model.parameters()).device
+    return denoise_block(model, stamps, batch_size, device)

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config, InspectConfig
+from ..core.scores import sample_members
 from ..errors import SkymorphError
 from ..io.rundir import RunDir, RunDirError
 from ._templates import render
@@ -88,40 +89,6 @@ def clustering_fingerprint(catalog: pd.DataFrame) -> str:
     digest.update("\n".join(catalog["id"].astype(str)).encode())
     digest.update(labels.astype("<i8").tobytes())
     return digest.hexdigest()[:12]
-
-
-def sample_members(labels: np.ndarray, per_cluster: int, seed: int) -> dict[int, np.ndarray]:
-    """Draw up to ``per_cluster`` members of each cluster at random.
-
-    Each cluster's draw uses its own generator seeded by ``(seed, cluster)``, so
-    it does not change when other clusters do.  The montages and the simulated
-    inspection of :func:`skymorph.stages.evaluate.score_labels` both use this function,
-    so they look at the same galaxies.
-
-    Parameters
-    ----------
-    labels : ndarray of int
-        Cluster of every galaxy; negative values (rejected galaxies) are skipped.
-    per_cluster : int
-        Members drawn per cluster (all of them when the cluster is smaller).
-    seed : int
-        Seed of the draw.
-
-    Returns
-    -------
-    dict of int to ndarray
-        Cluster id -> positions (into ``labels``) of the drawn members, in draw order.
-    """
-    labels = np.asarray(labels)
-    if per_cluster < 1:
-        raise InspectError(f"per_cluster must be at least 1 (got {per_cluster})")
-    out: dict[int, np.ndarray] = {}
-    for cluster in np.unique(labels[labels >= 0]):
-        members = np.flatnonzero(labels == cluster)
-        rng = np.random.default_rng([int(seed), int(cluster)])
-        take = min(per_cluster, members.size)
-        out[int(cluster)] = members[rng.choice(members.size, size=take, replace=False)]
-    return out
 
 
 # --- display ----------------------------------------------------------------------------------
@@ -343,6 +310,42 @@ def _render_montage(images: np.ndarray, scaled: np.ndarray, title: str,
             thumb = thumb.resize((geom["cell"], geom["cell"]), Image.Resampling.LANCZOS)
         canvas.paste(thumb, _cell_origin(i, geom))
     return canvas, geom
+
+
+# --- query and anomaly grids (``skymorph similar``, ``anomaly``, ``subdivide``) ----------------
+
+SHOWN_COLUMNS = ("cluster", "consensus", "morph_type", "morph_type_final", "subcluster", "special_type",
+                 "anomaly_score")
+"""Catalog columns that the grids' tables show when the run has them."""
+
+
+def galaxy_table(run: RunDir) -> pd.DataFrame:
+    """The catalog when the run has one, else the sources table (one row per array row)."""
+    if (run.path / "catalog.parquet").exists():
+        return run.catalog()
+    return run.sources()
+
+
+def draw_grid(run: RunDir, config: Config, rows: np.ndarray, title: str, path: Path,
+              first: np.ndarray | None = None) -> None:
+    """A montage of the stamps of ``rows`` (rows of :func:`galaxy_table`; ``first``: an extra
+    stamp shown first, e.g. the query image of ``skymorph similar --image``)."""
+    table = galaxy_table(run)
+    images = run.open_array(config.inspect.array)
+    idx = _stamp_index(table)[rows]
+    order = np.argsort(idx, kind="stable")
+    pixels = np.empty((len(idx), *images.shape[1:]), dtype=np.float32)
+    if len(idx):
+        pixels[order] = np.asarray(images.oindex[idx[order]], dtype=np.float32)
+    scaled = display_scaled_stamps(run, images.shape[0])[idx] if len(idx) else np.zeros(0, bool)
+    if first is not None:
+        pixels = np.concatenate([first[None].astype(np.float32), pixels])
+        scaled = np.concatenate([[bool(scaled[0]) if len(scaled) else False], scaled])
+    canvas, _ = _render_montage(pixels, scaled, title, config.inspect)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)
 
 
 def inspection_dir(run: RunDir) -> Path:

@@ -44,7 +44,8 @@ from .._version import __version__
 
 __all__ = ["NOCONS", "CATALOG_EXTNAME", "PROVENANCE_KEY", "column_info", "provenance", "id_dtype",
            "unique_names", "normalise_types", "fits_safe", "write_catalog", "update_catalog",
-           "write_parquet", "arrow_schema", "read_provenance", "describe_catalog"]
+           "write_parquet", "arrow_schema", "read_provenance", "describe_catalog", "MEASUREMENTS_FILE",
+           "MEASURE_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,19 @@ cluster the experts could not type."""
 CATALOG_EXTNAME = "CATALOG"
 PROVENANCE_KEY = "skymorph"
 """Key of the provenance JSON in Parquet schema metadata and Zarr attributes."""
+
+MEASUREMENTS_FILE = "measurements.parquet"
+"""The table of every statmorph scalar per galaxy that ``skymorph measure`` writes."""
+MEASURE_COLUMNS = [
+    "gini", "m20", "concentration", "asymmetry", "smoothness", "multimode", "intensity",
+    "deviation", "sersic_n", "sersic_rhalf", "sersic_rhalf_arcsec", "sersic_chi2_dof", "psi", "g2",
+    "g2_reliable", "nonparam_ok", "sersic_ok", "rpetro_circ", "rhalf_circ", "rhalf_circ_arcsec",
+    "sn_per_pixel", "flag",
+    "flag_sersic", "measure_ok", "measure_reason", "measure_linear", "measure_psf", "measure_weights",
+    "sersic_n_err", "sersic_rhalf_err", "gini_err", "m20_err", "concentration_err", "asymmetry_err",
+    "zeropoint", "mag_petro", "mag_sersic",
+]
+"""Columns joined onto the catalog (``measurements.parquet`` holds every statmorph scalar)."""
 
 _MAX_INPUT_CARDS = 10
 

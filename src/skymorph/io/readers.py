@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from ..errors import SkymorphError
+from ..errors import Reject
 
 __all__ = [
     "Reject", "GalaxyImage", "read_image", "read_galaxy", "read_error_map", "to_rms", "check_pixels",
@@ -49,10 +49,6 @@ ERROR_HDU_KINDS = {
 _AUX_HDU_NAMES = set(ERROR_HDU_KINDS) | {"PSF", "MASK", "DQ", "CTX", "CON", "EXP", "SEG", "SEGMAP",
                                          "FLAG", "FLAGS"}
 """HDUs that are never the galaxy image when the image HDU is chosen automatically."""
-
-
-class Reject(SkymorphError):
-    """One input is unusable; the message is the reason written to rejects.csv."""
 
 
 @dataclass

@@ -41,6 +41,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -56,7 +57,8 @@ from ..config import Config, ConfigError, load_config
 from ..errors import SkymorphError
 from .csvfile import escape_cell, read_csv, write_csv
 
-__all__ = ["RunDir", "RunDirError", "printable", "ArrayWriter", "REJECT_COLUMNS", "iter_chunks"]
+__all__ = ["RunDir", "RunDirError", "printable", "ArrayWriter", "OptionalArrayWriter", "REJECT_COLUMNS",
+           "iter_chunks"]
 
 log = logging.getLogger(__name__)
 
@@ -688,6 +690,38 @@ class ArrayWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class OptionalArrayWriter:
+    """An array of the run written only once some stamp has a value for it: NaN for
+    the stamps before that and for every stamp without one, in stamp order (ingest's
+    ``rms`` and ``psf``).  A stale array of that name is removed at once."""
+
+    def __init__(self, run: RunDir, name: str, shape: tuple[int, int], chunk: int) -> None:
+        self.run, self.name, self.shape, self.chunk = run, name, shape, chunk
+        self.nan = np.full(shape, np.nan, dtype=np.float32)
+        self.before = 0
+        self.count = 0
+        self.writer = None
+        shutil.rmtree(run.array_path(name), ignore_errors=True)  # never leave a stale one
+
+    def append(self, item: np.ndarray | None) -> None:
+        if item is None:
+            if self.writer is None:
+                self.before += 1
+            else:
+                self.writer.append(self.nan)
+            return
+        if self.writer is None:
+            self.writer = self.run.writer(self.name, self.shape, self.chunk)
+            for _ in range(self.before):
+                self.writer.append(self.nan)
+        self.writer.append(item)
+        self.count += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def iter_chunks(array: zarr.Array | np.ndarray, size: int | None = None

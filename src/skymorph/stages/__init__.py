@@ -33,12 +33,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, IngestConfig, PolarConfig
 from ..io.rundir import RunDir, RunDirError
 from ..registry import PIPELINE, STAGES
 
 __all__ = ["Stage", "Argument", "StageContext", "STAGES", "PIPELINE", "get_stage", "execute",
-           "image_source", "dependencies"]
+           "image_source", "dependencies", "stamp_options", "apct_options"]
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,23 @@ class Stage:
     rejoin: Callable[[RunDir], None] | None = None
     """Joins this stage's columns onto a catalog that another stage rewrote (results that do
     not depend on that stage, e.g. the measurements after a new clustering, survive it)."""
+
+
+# --- settings unpacked for the core functions that more than one stage calls ---------------
+# (ingest and ``similar --image`` make stamps; polar and ``similar --image`` transform them)
+
+
+def stamp_options(cfg: IngestConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`skymorph.core.stamps.make_stamp` that the ``[ingest]``
+    settings give (``framing`` and the noise generator are chosen per image)."""
+    return dict(stamp_size=cfg.stamp_size, min_size=cfg.min_size, recentre=cfg.recentre,
+                frame_fraction=cfg.frame_fraction, max_nonfinite_fraction=cfg.max_nonfinite_fraction)
+
+
+def apct_options(cfg: PolarConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`skymorph.core.apct.apct` that the ``[polar]`` settings give."""
+    return dict(angle_step=cfg.angle_step, n_rays=cfg.n_rays, n_radii=cfg.n_radii, max_radius=cfg.max_radius,
+                mirror=cfg.mirror, pole=cfg.pole, pole_radius=cfg.pole_radius, pole_smooth=cfg.pole_smooth)
 
 
 def dependencies(name: str, config: Config) -> list[str]:

@@ -19,9 +19,9 @@ import pandas as pd
 
 from ..config import Config
 from ..errors import SkymorphError
+from ..inspection.montage import SHOWN_COLUMNS, draw_grid
 from ..io.rundir import RunDir, RunDirError
 from . import Stage, StageContext, execute
-from .similar import SHOWN_COLUMNS, draw_grid
 
 __all__ = ["anomaly", "AnomalyStageError"]
 

@@ -99,30 +99,11 @@ def load_cae(path: str | os.PathLike, device: str = "auto"):
 
 
 def apply_cae(stamps: np.ndarray, model, batch_size: int = 32) -> np.ndarray:
-    """Denoise a block of stamps with a trained CAE (the per-chunk map of the stage).
-
-    Parameters
-    ----------
-    stamps : ndarray (N, S, S)
-        Stamps in their own units; S must be the model's stamp size.
-    model : skymorph.core.cae.CAE
-        From :func:`load_cae` (or trained by :func:`denoise`).
-    batch_size : int
-        Stamps per forward pass.
-
-    Returns
-    -------
-    ndarray (N, S, S) float32
-        Denoised stamps in the input's units (normalisation inverted).
-    """
+    """Denoise a block of stamps with a trained CAE: :func:`skymorph.core.cae.apply_cae`
+    (kept here, loading torch only when called, for the scripts that import it from the stage)."""
     from ..core import cae as _cae
 
-    stamps = np.asarray(stamps)
-    if stamps.ndim != 3 or stamps.shape[-1] != model.arch["stamp_size"]:
-        raise _cae.CAEError(f"the CAE was trained on {model.arch['stamp_size']}-pixel stamps; "
-                            f"got an array of shape {stamps.shape}")
-    device = next(model.parameters()).device
-    return _cae.denoise_block(model, stamps, batch_size, device)
+    return _cae.apply_cae(stamps, model, batch_size=batch_size)
 
 
 def _training_sample(stamps, n: int, rng: np.random.Generator, progress: bool) -> np.ndarray:

@@ -14,9 +14,10 @@ this measures how well the unsupervised clusters separate the classes:
   and the confusion matrix of those names on the labelled consensus galaxies;
 * the fraction of galaxies kept by the consensus vote, overall and per class.
 
-:func:`score_labels` does the arithmetic on plain arrays, so any other
-clustering (e.g. a PCA + K-means baseline on raw pixels) is scored by the same
-code; :func:`evaluate` reads a run directory and a truth table.
+:func:`score_labels` (:mod:`skymorph.core.scores`) does the arithmetic on plain arrays, so
+any other clustering (e.g. a PCA + K-means baseline on raw pixels) is scored by the same
+code; :func:`evaluate` reads a run directory and a truth table (:func:`read_truth`:
+:func:`skymorph.io.tables.read_labels`, ids always text) and writes the result.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import pandas as pd
 
 from .._text import text_table
 from ..config import Config
-from ..errors import SkymorphError
+from ..core.scores import ScoreError, purity, score_labels
 from ..io.atomic import write_text_atomic
 from ..io.rundir import RunDir
 
@@ -41,148 +42,10 @@ __all__ = [
     "evaluate", "score_labels", "aligned_truth", "purity", "read_truth", "format_report", "EvaluateError",
 ]
 
-UNNAMED = "(unnamed)"
-"""Prediction for a cluster none of whose sampled members has a label."""
 
-
-class EvaluateError(SkymorphError, ValueError):
+class EvaluateError(ScoreError):
     """The truth table or the run cannot be evaluated (wrong column, no matching ids...)."""
 
-
-# --- metrics ------------------------------------------------------------------------------
-
-
-def purity(truth: Sequence[Any], clusters: Sequence[Any]) -> float:
-    """Fraction of galaxies that belong to the majority true class of their cluster.
-
-    ``sum_k max_j |cluster_k & class_j| / N``; 1 for a perfect (or a one-galaxy-per-
-    cluster) clustering, so read it beside NMI and ARI.
-    """
-    table = pd.crosstab(pd.Series(np.asarray(clusters)), pd.Series(np.asarray(truth)))
-    n = int(table.to_numpy().sum())
-    return float(table.max(axis=1).sum() / n) if n else float("nan")
-
-
-def _partition_scores(truth: np.ndarray, clusters: np.ndarray) -> dict[str, Any]:
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    if truth.size == 0:
-        return {"n": 0, "purity": None, "nmi": None, "ari": None, "n_clusters": 0}
-    return {
-        "n": int(truth.size),
-        "n_clusters": int(np.unique(clusters).size),
-        "purity": purity(truth, clusters),
-        "nmi": float(normalized_mutual_info_score(truth, clusters)),
-        "ari": float(adjusted_rand_score(truth, clusters)),
-    }
-
-
-def _majority(labels: Sequence[str]) -> str:
-    counts = Counter(labels)
-    if not counts:
-        return UNNAMED
-    best = max(counts.values())
-    return sorted(k for k, v in counts.items() if v == best)[0]
-
-
-def score_labels(truth: Sequence[Any], clusters: Sequence[int],
-                 consensus_clusters: Sequence[int] | None = None,
-                 per_cluster: int = 100, seed: int = 0) -> dict[str, Any]:
-    """Score cluster labels against true classes.
-
-    Parameters
-    ----------
-    truth : sequence
-        True class of every galaxy, aligned with ``clusters``; ``None``, NaN or
-        ``""`` where unknown (those galaxies are left out of every score but
-        still take part in the montage draw, as they do in a real montage).
-    clusters : sequence of int
-        Cluster of every galaxy (the K-means labels in skymorph).
-    consensus_clusters : sequence of int, optional
-        Consensus cluster of every galaxy, -1 where it is rejected; by default
-        ``clusters`` (every galaxy kept, as for a single-method baseline).
-    per_cluster : int
-        Members sampled per cluster for the simulated inspection.
-    seed : int
-        Seed of that draw (``inspect.seed``).
-
-    Returns
-    -------
-    dict
-        ``n_galaxies``, ``n_labelled``, ``classes``, ``fraction_kept``,
-        ``fraction_kept_labelled``, ``kept_by_class``, ``clusters`` and
-        ``consensus`` (each ``n``, ``n_clusters``, ``purity``, ``nmi``, ``ari``)
-        and ``inspection`` (``cluster_names``, ``accuracy``,
-        ``balanced_accuracy``, ``recall_by_class``, ``confusion_matrix`` with
-        rows = true class, columns = predicted, and their ``labels``); with
-        ``consensus_clusters``, also ``kmeans_all``: the same simulated inspection
-        of ``clusters`` on every labelled galaxy (``n``, ``accuracy``,
-        ``balanced_accuracy``, ``recall_by_class``).
-    """
-    from ..inspection import sample_members
-
-    truth_arr = np.array([_missing_to_empty(t) for t in truth], dtype=object)
-    clusters_arr = np.asarray(clusters).astype(np.int64)
-    cons = clusters_arr if consensus_clusters is None else np.asarray(consensus_clusters).astype(np.int64)
-    if not (truth_arr.shape == clusters_arr.shape == cons.shape):
-        raise EvaluateError(f"truth ({truth_arr.shape[0]}), clusters ({clusters_arr.shape[0]}) and consensus "
-                            f"clusters ({cons.shape[0]}) must have one entry per galaxy")
-    labelled = truth_arr != ""
-    kept = cons >= 0
-    n = truth_arr.size
-    classes = sorted(set(truth_arr[labelled].tolist()))
-
-    names: dict[int, str] = {}
-    for cluster, rows in sample_members(cons, per_cluster, seed).items():
-        names[cluster] = _majority([t for t in truth_arr[rows] if t != ""])
-    sel = kept & labelled
-    y_true = truth_arr[sel].astype(str)
-    y_pred = np.array([names[c] for c in cons[sel]], dtype=object).astype(str)
-    pred_labels = sorted(set(y_pred.tolist()) - set(classes))
-    labels = classes + pred_labels
-    # counted here: sklearn's confusion_matrix warns on a single class even with labels=
-    index = {lab: i for i, lab in enumerate(labels)}
-    matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
-    np.add.at(matrix, ([index[t] for t in y_true], [index[p] for p in y_pred]), 1)
-    # recall per true class from the matrix: sklearn's balanced_accuracy_score would also
-    # average over cluster names that are no true class (e.g. "(unnamed)")
-    recall = {c: (float(matrix[index[c], index[c]] / matrix[index[c]].sum()) if matrix[index[c]].sum()
-                  else None) for c in classes}
-    present = [r for r in recall.values() if r is not None]
-    kmeans_all = None
-    if consensus_clusters is not None:  # the same simulated inspection of the K-means clusters of all
-        insp = score_labels(truth_arr, clusters_arr, None, per_cluster, seed)["inspection"]
-        kmeans_all = {key: insp[key] for key in ("n", "accuracy", "balanced_accuracy", "recall_by_class")}
-    return {
-        "n_galaxies": int(n),
-        "n_labelled": int(labelled.sum()),
-        "classes": classes,
-        "fraction_kept": float(kept.mean()) if n else float("nan"),
-        "fraction_kept_labelled": float(kept[labelled].mean()) if labelled.any() else float("nan"),
-        "kept_by_class": {c: float(kept[truth_arr == c].mean()) for c in classes},
-        "clusters": _partition_scores(truth_arr[labelled].astype(str), clusters_arr[labelled]),
-        "consensus": _partition_scores(y_true, cons[sel]),
-        "inspection": {
-            "per_cluster": int(per_cluster),
-            "seed": int(seed),
-            "n": int(sel.sum()),
-            "cluster_names": {str(k): v for k, v in sorted(names.items())},
-            "accuracy": float((y_true == y_pred).mean()) if y_true.size else None,
-            "balanced_accuracy": float(np.mean(present)) if present else None,
-            "recall_by_class": recall,
-            "labels": labels,
-            "confusion_matrix": matrix.tolist(),
-        },
-        **({"kmeans_all": kmeans_all} if kmeans_all is not None else {}),
-    }
-
-
-def _missing_to_empty(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and np.isnan(value):
-        return ""
-    return str(value).strip()
 
 
 # --- reading the truth ----------------------------------------------------------------------
@@ -308,7 +171,7 @@ def evaluate(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | pd.
     from ..inspection import consensus_labels
 
     result = score_labels(aligned, catalog["cluster_kmeans"].to_numpy(), consensus_labels(catalog),
-                          config.inspect.per_cluster, config.inspect.seed)
+                          per_cluster=config.inspect.per_cluster, seed=config.inspect.seed)
     if "morph_type_final" in catalog.columns:  # after `skymorph extend`: every galaxy has a type
         from ..core.extend import split_scores
 

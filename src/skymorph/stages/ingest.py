@@ -45,59 +45,50 @@ Besides ``stamps`` the run gets, in the same order:
 
 from __future__ import annotations
 
-import errno
-import glob
-import hashlib
 import logging
 import os
 import re
-import shutil
-import stat
-import warnings
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from astropy.io import fits
-from scipy import ndimage
 from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, IngestConfig
+from ..core.detect import detect_sources_in
 from ..core.parallel import map_ordered, start_pool
-from ..core.sky import ring_background
+from ..core.stamps import field_window, make_stamp, prepare_psf, resolve_framing, stamp_rng
 from ..errors import SkymorphError
-from ..io.readers import (
-    FITS_SUFFIXES,
-    IMAGE_SUFFIXES,
-    NPY_SUFFIXES,
-    RASTER_SUFFIXES,
-    GalaxyImage,
-    Reject,
-    error_hdu,
-    fits_image,
-    header_zeropoint,
-    read_error_map,
-    read_galaxy,
-    read_image,
+from ..io.inputs import (
+    InputError,
+    InputFiles,
+    Item,
+    Task,
+    TaskReader,
+    celestial_wcs,
+    collection_files,
+    collection_table,
+    collection_tasks,
+    companion_files,
+    expand_inputs,
 )
+from ..io.readers import RASTER_SUFFIXES, Reject, read_image
 from ..io.readers import stem_of as _stem
 from ..io.readers import suffix_of as _suffix
-from ..io.rundir import RunDir, printable
+from ..io.rundir import OptionalArrayWriter, RunDir, printable
 from ..io.selection import SelectionError, evaluate_selection, parse_selection
-from . import Argument, Stage, StageContext, execute
+from ..io.tables import TableError
+from ..io.tables import read_table as _read_table
+from . import Argument, Stage, StageContext, execute, stamp_options
 
 __all__ = ["ingest", "IngestError", "Reject", "read_image", "make_stamp", "prepare_psf", "select_rows",
            "read_table"]
 
 log = logging.getLogger(__name__)
-
-COLLECTION_COLUMNS = {"IDENT", "GAL_FILENAME", "GAL_HDU"}
-
 
 class IngestError(SkymorphError, ValueError):
     """The inputs cannot be ingested at all (as opposed to one bad galaxy)."""
@@ -109,11 +100,8 @@ class IngestError(SkymorphError, ValueError):
 def read_table(path: str | Path, id_col: str | None = None) -> pd.DataFrame:
     """Read a catalog (FITS table, CSV or Parquet) with :func:`skymorph.io.tables.read_table`
     (``id_col`` as exact text; multi-dimensional FITS columns dropped, byte strings decoded)."""
-    from ..io.tables import TableError
-    from ..io.tables import read_table as _read
-
     try:
-        return _read(path, id_col=id_col, what="catalog")
+        return _read_table(path, id_col=id_col, what="catalog")
     except TableError as exc:
         raise IngestError(str(exc)) from None
 
@@ -151,369 +139,10 @@ def _require_column(table: pd.DataFrame, column: str | None, what: str, source: 
     return column
 
 
-# --- stamps ------------------------------------------------------------------------
-
-
-def _peak_near_centre(image: np.ndarray) -> tuple[int, int]:
-    h, w = image.shape
-    radius = max(2, min(h, w) // 8)
-    cy, cx = h // 2, w // 2
-    y0, x0 = max(0, cy - radius), max(0, cx - radius)
-    window = image[y0 : cy + radius + 1, x0 : cx + radius + 1]
-    smooth = ndimage.gaussian_filter(window, 1.5, mode="nearest")
-    py, px = np.unravel_index(np.argmax(smooth), smooth.shape)
-    return int(y0 + py), int(x0 + px)
-
-
-def _region(shape: tuple[int, int], cy: int, cx: int, side: int) -> tuple[int, int, int, int, int, int]:
-    """Corner of a ``side`` square centred on (cy, cx) and the part of it inside the image."""
-    h, w = shape
-    y0, x0 = cy - side // 2, cx - side // 2
-    return y0, x0, max(0, y0), min(h, y0 + side), max(0, x0), min(w, x0 + side)
-
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max) / 1e3  # headroom for the noise fill and resampling
-
-
-def make_stamp(image: np.ndarray, config: IngestConfig, framing: str,
-               rng: np.random.Generator, centre: tuple[float, float] | None = None,
-               rms: np.ndarray | None = None, valid: np.ndarray | None = None,
-               ) -> tuple[np.ndarray, dict[str, Any], np.ndarray | None]:
-    """Centre, crop or pad (or resample) one image to a square float32 stamp.
-
-    Parameters
-    ----------
-    image : ndarray
-        2-D image; NaN/inf pixels are allowed and get filled.
-    config : IngestConfig
-        ``stamp_size``, ``min_size``, ``recentre``, ``frame_fraction``,
-        ``max_nonfinite_fraction``.
-    framing : {"crop", "resample"}
-        Cut at native scale, or cut ``frame_fraction`` of the frame and resample.
-    rng : numpy.random.Generator
-        Source of the padding / filling noise.
-    centre : (y, x), optional
-        Galaxy position in pixels; found from the image when not given.
-    rms : ndarray, optional
-        1-sigma error map of ``image`` (same shape); cut exactly like the stamp.
-    valid : ndarray of bool, optional
-        Pixels that belong to the survey image (``False``: outside a field's edge);
-        they count as padding, not as NaN pixels of the galaxy.
-
-    Returns
-    -------
-    stamp : ndarray
-        ``stamp_size`` x ``stamp_size`` float32.
-    info : dict
-        ``y``, ``x`` (centre used), ``orig_height``, ``orig_width``, ``padded``,
-        ``framing``, ``background``, ``noise_sigma``, ``snr_pixel``, ``nan_filled``,
-        ``nonfinite_fraction``.
-    rms_stamp : ndarray or None
-        The error map cut like the stamp (float32), ``inf`` where the stamp holds no
-        measurement (padding, filled NaN pixels); ``None`` without ``rms``.
-
-    Raises
-    ------
-    Reject
-        All-NaN, constant or too small images, or a stamp whose share of NaN/inf
-        pixels exceeds ``max_nonfinite_fraction``.
-    """
-    size = config.stamp_size
-    h, w = image.shape
-    if h < config.min_size or w < config.min_size:
-        raise Reject(f"image is {h}x{w} pixels, smaller than min_size={config.min_size}")
-    finite = np.isfinite(image)
-    n_bad = int(image.size - np.count_nonzero(finite))
-    if n_bad == image.size:
-        raise Reject("image is entirely NaN/inf")
-    values = image[finite]
-    if values.min() == values.max():
-        raise Reject(f"image is constant (every pixel = {values.min():g})")
-    largest = float(np.abs(values).max())
-    if largest > _FLOAT32_MAX:
-        raise Reject(f"pixel values reach {largest:.3g}, beyond what a float32 stamp holds "
-                     f"({_FLOAT32_MAX:.3g}); they would become inf: rescale the image first")
-    background, sigma = ring_background(image)
-    if n_bad:
-        image = image.copy()
-        image[~finite] = background + sigma * rng.standard_normal(n_bad)
-    if centre is None:
-        cy, cx = _peak_near_centre(image) if config.recentre else (h // 2, w // 2)
-    else:
-        cy, cx = int(round(centre[0])), int(round(centre[1]))
-    side = size
-    if framing == "resample":
-        side = max(config.min_size, int(round(config.frame_fraction * min(h, w))))
-    # The share of NaN/inf among the survey pixels that land in the stamp: filling
-    # most of a stamp with noise would hand the later stages a made-up galaxy.
-    _, _, ys, ye, xs, xe = _region((h, w), cy, cx, side)
-    bad_in = ~finite[ys:ye, xs:xe]
-    outside = None
-    if valid is not None:
-        outside = ~valid[ys:ye, xs:xe]
-        bad_in = bad_in & ~outside
-        n_real = int(outside.size - np.count_nonzero(outside))
-    else:
-        n_real = bad_in.size
-    fraction = np.count_nonzero(bad_in) / n_real if n_real else 1.0
-    if fraction > config.max_nonfinite_fraction:
-        raise Reject(f"{fraction:.0%} of the stamp's pixels are NaN/inf, more than "
-                     f"ingest.max_nonfinite_fraction = {config.max_nonfinite_fraction:g}")
-    stamp, padded = _cut(image, cy, cx, side, background, sigma, rng)
-    padded = padded or bool(outside is not None and outside.any())
-    rms_stamp = None
-    if rms is not None:
-        rms = np.array(rms, dtype=np.float64)
-        rms[~finite] = np.inf
-        if valid is not None:
-            rms[~valid] = np.inf
-        rms_stamp = _cut_plain(rms, cy, cx, side, np.inf)
-    if framing == "resample" and side != size:
-        stamp = _resize(stamp, size)
-        if rms_stamp is not None:
-            rms_stamp = _resample_rms(rms_stamp, size)
-        background, sigma = ring_background(stamp)
-    stamp = stamp.astype(np.float32, copy=False)
-    signal = (stamp - background) / sigma if sigma > 0 else np.zeros_like(stamp)
-    footprint = signal > 2.0
-    info = {
-        "y": cy, "x": cx, "orig_height": h, "orig_width": w, "padded": padded,
-        "framing": framing, "frame_side": side, "background": background,
-        "noise_sigma": sigma,
-        "snr_pixel": float(signal[footprint].mean()) if footprint.any() else 0.0,
-        "nan_filled": n_bad, "nonfinite_fraction": float(fraction),
-    }
-    return stamp, info, None if rms_stamp is None else rms_stamp.astype(np.float32)
-
-
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    side = image.shape[0]
-    return np.asarray(
-        Image.fromarray(image.astype(np.float32), mode="F").resize(
-            (size, size), Image.Resampling.LANCZOS if side < size else Image.Resampling.BOX
-        )
-    )
-
-
-def _resample_rms(rms: np.ndarray, size: int) -> np.ndarray:
-    """The error map of a resampled stamp: variances resampled like the pixels and,
-    when ``side`` > ``size`` pixels are averaged (BOX), divided by the number averaged
-    (independent noise assumed; the resampled noise is correlated either way).
-    Output pixels touched by an unmeasured input pixel stay ``inf``."""
-    side = rms.shape[0]
-    unknown = ~np.isfinite(rms)
-    variance = np.where(unknown, 0.0, rms) ** 2
-    out = _resize(variance, size).astype(np.float64)
-    if side > size:
-        out /= (side / size) ** 2
-    out = np.sqrt(np.clip(out, 0, None))
-    out[_resize(unknown.astype(np.float32), size) > 1e-3] = np.inf
-    return out
-
-
-def _cut(image: np.ndarray, cy: int, cx: int, side: int, background: float, sigma: float,
-         rng: np.random.Generator) -> tuple[np.ndarray, bool]:
-    y0, x0, ys, ye, xs, xe = _region(image.shape, cy, cx, side)
-    if ys == y0 and xs == x0 and ye == y0 + side and xe == x0 + side:
-        return image[ys:ye, xs:xe].copy(), False
-    out = rng.standard_normal((side, side), dtype=np.float32)
-    out *= sigma
-    out += background
-    out[ys - y0 : ye - y0, xs - x0 : xe - x0] = image[ys:ye, xs:xe]
-    return out, True
-
-
-def _cut_plain(image: np.ndarray, cy: int, cx: int, side: int, fill: float) -> np.ndarray:
-    """The same square as :func:`_cut`, padded with a constant."""
-    y0, x0, ys, ye, xs, xe = _region(image.shape, cy, cx, side)
-    out = np.full((side, side), fill, dtype=image.dtype)
-    out[ys - y0 : ye - y0, xs - x0 : xe - x0] = image[ys:ye, xs:xe]
-    return out
-
-
-def prepare_psf(psf: np.ndarray, size: int, zoom: float = 1.0) -> tuple[np.ndarray, float]:
-    """A PSF image as a ``size`` x ``size`` kernel: peak on the central pixel, cropped
-    or zero-padded, normalised to sum 1.
-
-    Parameters
-    ----------
-    psf : ndarray
-        2-D PSF image at the galaxy image's pixel scale.
-    size : int
-        Odd side of the result.
-    zoom : float
-        Pixel-scale change of the stamp (stamp_size / frame side of a resampled
-        stamp); the PSF is resampled by the same factor, each new pixel averaging
-        bilinear samples over its footprint.
-
-    Returns
-    -------
-    kernel : ndarray
-        float32, sums to 1.
-    flux_fraction : float
-        Share of the PSF's flux inside the ``size`` square (before normalising).
-
-    Raises
-    ------
-    Reject
-        Not 2-D, non-finite pixels, or no positive flux.
-    """
-    psf = np.squeeze(np.asarray(psf, dtype=np.float64))
-    if psf.ndim != 2:
-        raise Reject(f"PSF is {psf.ndim}-dimensional")
-    if not np.isfinite(psf).all():
-        raise Reject("PSF has NaN/inf pixels")
-    total = psf.sum()
-    if not total > 0:
-        raise Reject("PSF has no positive flux")
-    py, px = np.unravel_index(np.argmax(psf), psf.shape)
-    if zoom == 1.0:
-        kernel = _cut_plain(psf, int(py), int(px), size, 0.0)
-        inside = kernel.sum()
-    else:
-        # each new pixel averages n x n bilinear samples across its footprint of
-        # 1/zoom old pixels (the stamp's BOX/LANCZOS resampling integrates the same way)
-        n = max(1, int(np.ceil(1 / zoom)))
-        sub = (np.arange(n) + 0.5) / n - 0.5
-        offsets = ((np.arange(size) - size // 2)[:, None] + sub[None, :]).ravel() / zoom
-        yy, xx = np.meshgrid(py + offsets, px + offsets, indexing="ij")
-        samples = ndimage.map_coordinates(psf, [yy, xx], order=1, mode="constant", cval=0.0)
-        kernel = samples.reshape(size, n, size, n).mean(axis=(1, 3))
-        inside = kernel.sum() / zoom**2
-    if not inside > 0:
-        raise Reject("PSF has no positive flux near its peak")
-    return (kernel / kernel.sum()).astype(np.float32), float(min(1.0, inside / total))
-
-
 # --- work items ----------------------------------------------------------------------
 
 
-@dataclass
-class _Item:
-    """One galaxy to ingest (picklable, so worker processes can take it)."""
-
-    id: str
-    path: str
-    hdu: int | None = None
-    centre: tuple[float, float] | None = None
-    sky: tuple[float, float] | None = None
-    noise_variance: float | None = None
-    """A collection catalog's NOISE_VARIANCE (one value for the whole stamp)."""
-    psf: tuple[str, int] | None = None
-    """A collection catalog's PSF file and HDU."""
-    error_map: str | None = None
-    """Companion error-map file (``error_maps``); ``""``: asked for, none found."""
-
-
-@dataclass
-class _Task:
-    """Items read together: one file, a collection's image file, or one field."""
-
-    kind: str  # "file", "collection", "field", "detect"
-    path: str
-    items: list[_Item] = field(default_factory=list)
-    error_map: str | None = None
-
-
-def _framing(config: IngestConfig, path: str) -> str:
-    if config.framing in ("crop", "resample"):
-        return config.framing
-    if config.framing != "auto":
-        raise IngestError(f"framing must be crop, resample or auto, not {config.framing!r}")
-    return "resample" if _suffix(Path(path)) in RASTER_SUFFIXES else "crop"
-
-
-def _rng(config: IngestConfig, gid: str) -> np.random.Generator:
-    digest = hashlib.blake2b(f"{config.seed}:{gid}".encode(errors="surrogateescape"), digest_size=8).digest()
-    return np.random.default_rng(int.from_bytes(digest, "little"))
-
-
-def _fits_size(path: str) -> int | None:
-    return None if path.lower().endswith((".gz", ".fz")) else os.stat(path).st_size
-
-
-class _Reader:
-    """Reads the images of one task, keeping open files and whole fields for its items."""
-
-    def __init__(self, task: _Task, config: IngestConfig) -> None:
-        self.task, self.config = task, config
-        self.files: dict[str, tuple[fits.HDUList, int | None]] = {}
-        self.cache: dict[Any, Any] = {}
-
-    def close(self) -> None:
-        for hdul, _ in self.files.values():
-            hdul.close()
-
-    def _open(self, path: str) -> tuple[fits.HDUList, int | None]:
-        if path not in self.files:
-            self.files[path] = (fits.open(path, memmap=True), _fits_size(path))
-        return self.files[path]
-
-    def read(self, item: _Item) -> GalaxyImage:
-        config = self.config
-        if self.task.kind == "file":
-            image = read_galaxy(item.path, config.hdu, max_pixels=config.max_pixels)
-        else:
-            key = ("image", item.hdu)
-            if key not in self.cache:
-                hdul, size = self._open(self.task.path)
-                data, index = fits_image(hdul, item.hdu, config.max_pixels, size)
-                image = GalaxyImage(np.array(data, dtype=np.float64), index, linear=True,
-                                    zeropoint=header_zeropoint(hdul[index].header, hdul[0].header))
-                if self.task.kind != "collection" and len(hdul) > 1:
-                    image.rms, image.rms_source, image.note = error_hdu(
-                        hdul, index, image.data.shape, config.max_pixels)
-                self.cache[key] = image
-            cached = self.cache[key]
-            image = GalaxyImage(cached.data, cached.hdu, cached.linear, cached.rms, cached.rms_source,
-                                note=cached.note, zeropoint=cached.zeropoint)
-        notes = [image.note] if image.note else []
-        if item.error_map:
-            if item.error_map not in self.cache:
-                try:
-                    self.cache[item.error_map] = read_error_map(
-                        item.error_map, config.error_map_kind, image.data.shape, config.max_pixels)
-                except Reject as exc:
-                    self.cache[item.error_map] = str(exc)
-                except Exception as exc:  # the stamp is kept, without its error map
-                    self.cache[item.error_map] = f"error map {item.error_map} unreadable: {exc}"
-            found = self.cache[item.error_map]
-            if isinstance(found, str):
-                notes.append(found)
-            else:
-                image.rms, image.rms_source = found
-        elif item.error_map == "" and image.rms is None:
-            notes.append("no file matches ingest.error_maps")
-        if item.noise_variance is not None:
-            if np.isfinite(item.noise_variance) and item.noise_variance > 0:
-                image.rms = np.full(image.data.shape, np.sqrt(item.noise_variance))
-                image.rms_source = "catalog NOISE_VARIANCE"
-            else:
-                notes.append(f"catalog NOISE_VARIANCE is {item.noise_variance:g}")
-        if item.psf is not None:
-            psf_path, psf_hdu = item.psf
-            key = ("psf", psf_path, psf_hdu)
-            if key not in self.cache:
-                try:
-                    hdul, size = self._open(psf_path)
-                    data, _ = fits_image(hdul, psf_hdu, config.max_pixels, size)
-                    self.cache[key] = np.array(data, dtype=np.float64)
-                except Reject as exc:
-                    self.cache[key] = f"PSF {psf_path}[{psf_hdu}]: {exc}"
-                except Exception as exc:  # the stamp is kept, without its PSF
-                    self.cache[key] = f"PSF {psf_path}[{psf_hdu}] unreadable: {exc}"
-            found = self.cache[key]
-            if isinstance(found, str):
-                notes.append(found)
-            else:
-                image.psf, image.psf_source = found, f"{psf_path}[{psf_hdu}]"
-        image.note = "; ".join(notes)
-        return image
-
-
-def _process(task: _Task, config: IngestConfig) -> list[tuple]:
+def _process(task: Task, config: IngestConfig) -> list[tuple]:
     """Worker: returns ``("ok", id, stamp, row, rms, psf)`` or ``("reject", id, origin, reason)``."""
     if task.kind == "detect":
         try:
@@ -526,7 +155,8 @@ def _process(task: _Task, config: IngestConfig) -> list[tuple]:
         except Exception as exc:  # one bad field never stops the run
             return [("reject", _stem(Path(task.path)), task.path, f"unreadable field: {exc}")]
     results: list[tuple] = []
-    reader = _Reader(task, config)
+    reader = TaskReader(task, hdu=config.hdu, max_pixels=config.max_pixels,
+                        error_map_kind=config.error_map_kind)
     try:
         for item in task.items:
             origin = f"{item.path}[{item.hdu}]" if item.hdu is not None else item.path
@@ -544,22 +174,22 @@ def _process(task: _Task, config: IngestConfig) -> list[tuple]:
     return results
 
 
-def _one(reader: _Reader, item: _Item, config: IngestConfig) -> tuple:
+def _one(reader: TaskReader, item: Item, config: IngestConfig) -> tuple:
     image = reader.read(item)
     data, rms, valid = image.data, image.rms, None
     centre = item.centre
     if centre is not None:
-        data, rms, valid, centre = _window(data, rms, centre, config.stamp_size)
-    framing = _framing(config, item.path)
-    stamp, info, rms_stamp = make_stamp(data, config, framing, _rng(config, item.id), centre,
-                                        rms=rms, valid=valid)
+        data, rms, valid, centre = field_window(data, centre=centre, size=config.stamp_size, rms=rms)
+    framing = resolve_framing(config.framing, raster=_suffix(Path(item.path)) in RASTER_SUFFIXES)
+    stamp, info, rms_stamp = make_stamp(data, framing=framing, rng=stamp_rng(item.id, seed=config.seed),
+                                        centre=centre, rms=rms, valid=valid, **stamp_options(config))
     if centre is not None:
         info["y"], info["x"] = item.centre
     psf, flux_fraction, note = None, np.nan, image.note
     if image.psf is not None:
         zoom = config.stamp_size / info["frame_side"] if framing == "resample" else 1.0
         try:
-            psf, flux_fraction = prepare_psf(image.psf, config.psf_size, zoom)
+            psf, flux_fraction = prepare_psf(image.psf, size=config.psf_size, zoom=zoom)
         except Reject as exc:
             note = "; ".join(n for n in (note, f"PSF {image.psf_source} unusable: {exc}") if n)
     ra, dec = item.sky if item.sky is not None else (np.nan, np.nan)
@@ -572,332 +202,29 @@ def _one(reader: _Reader, item: _Item, config: IngestConfig) -> tuple:
     return ("ok", row["id"], stamp, row, rms_stamp, psf)
 
 
-def _window(image: np.ndarray, rms: np.ndarray | None, centre: tuple[float, float], size: int
-            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, tuple[float, float]]:
-    """A Cutout2D around a field position, with its centre in the cutout's pixels.
-
-    The cutout is twice the stamp size so that the background is measured on
-    sky rather than on the galaxy; parts outside the field are NaN (marked in the
-    returned ``valid`` mask) and become noise padding.
-    """
-    from astropy.nddata import Cutout2D, NoOverlapError
-
-    try:
-        cut = Cutout2D(image, (centre[1], centre[0]), (2 * size, 2 * size), mode="partial",
-                       fill_value=np.nan, copy=True)
-    except NoOverlapError:
-        raise Reject(f"position x={centre[1]:.1f}, y={centre[0]:.1f} is outside the image") from None
-    (ys, ye), (xs, xe) = [(s.start, s.stop) for s in cut.slices_cutout]
-    valid = np.zeros(cut.data.shape, dtype=bool)
-    valid[ys:ye, xs:xe] = True
-    rms_cut = None
-    if rms is not None:
-        rms_cut = np.full(cut.data.shape, np.inf)
-        rms_cut[ys:ye, xs:xe] = rms[cut.slices_original]
-    x, y = cut.to_cutout_position((centre[1], centre[0]))
-    return cut.data, rms_cut, valid, (y, x)
-
-
-def _detect(task: _Task, config: IngestConfig) -> _Task:
+def _detect(task: Task, config: IngestConfig) -> Task:
     """Find sources in a field with photutils and return one item per source."""
-    from astropy.convolution import convolve
-    from astropy.stats import sigma_clipped_stats
-    from photutils.segmentation import (
-        SourceCatalog,
-        deblend_sources,
-        detect_sources,
-        make_2dgaussian_kernel,
-    )
-
     image, hdu = read_image(task.path, config.hdu, config.max_pixels)
-    finite = np.isfinite(image)
-    if not finite.any():
-        raise Reject("field is entirely NaN/inf")
-    _, median, std = sigma_clipped_stats(image[finite], sigma=3.0)
-    data = np.where(finite, image, median) - median
-    kernel = make_2dgaussian_kernel(2.0, size=5)
-    smooth = convolve(data, kernel)
-    segm = detect_sources(smooth, config.detect_nsigma * std, n_pixels=config.detect_npixels)
-    if segm is None:
-        raise Reject(f"no sources above {config.detect_nsigma} sigma in the field")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deblending warns about small sources; harmless
-        segm = deblend_sources(smooth, segm, n_pixels=config.detect_npixels,
-                               contrast=config.detect_contrast, progress_bar=False)
-    cat = SourceCatalog(data, segm, convolved_data=smooth)
-    wcs = _wcs(task.path, hdu)
+    labels, xs, ys = detect_sources_in(image, nsigma=config.detect_nsigma, npixels=config.detect_npixels,
+                                       contrast=config.detect_contrast)
+    wcs = celestial_wcs(task.path, hdu)
     items = []
-    for label, x, y in zip(cat.labels, cat.x_centroid, cat.y_centroid, strict=True):
-        if not (np.isfinite(x) and np.isfinite(y)):
-            continue
+    for label, x, y in zip(labels, xs, ys, strict=True):
         sky = None
         if wcs is not None:
             ra, dec = wcs.pixel_to_world_values(x, y)
             sky = (float(ra), float(dec))
-        items.append(_Item(f"{_stem(Path(task.path))}_{label}", task.path, hdu,
+        items.append(Item(f"{_stem(Path(task.path))}_{label}", task.path, hdu,
                            (float(y), float(x)), sky, error_map=task.error_map))
-    return _Task("field", task.path, items, task.error_map)
+    return Task("field", task.path, items, task.error_map)
 
 
-def _wcs(path: str, hdu: int | None):
-    from astropy.wcs import WCS, FITSFixedWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        header = fits.getheader(path, 0 if hdu is None or hdu < 0 else hdu)
-        wcs = WCS(header)
-    return wcs if wcs.has_celestial else None
-
-
-# --- discovery -------------------------------------------------------------------------
-
-
-@dataclass
-class _Found:
-    """What the inputs hold: image files, collection catalogs, files beside a catalog
-    (its own images, PSFs... or strays), inputs that cannot be read, and what was skipped."""
-
-    files: list[Path] = field(default_factory=list)
-    catalogs: list[Path] = field(default_factory=list)
-    beside: list[Path] = field(default_factory=list)
-    rejects: list[dict[str, Any]] = field(default_factory=list)
-    skipped: Counter = field(default_factory=Counter)
-    strays: list[dict[str, Any]] = field(default_factory=list)
-    """Files in a searched directory that are not images (rejects, but no reason to
-    call the directory one of images)."""
-    companions: dict[str, str] = field(default_factory=dict)
-
-    def reject(self, path: Path, reason: str) -> None:
-        self.rejects.append({"id": _stem(path), "origin": str(path), "stage": "ingest", "reason": reason})
-
-
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
-def _classify(path: Path) -> tuple[str, os.stat_result | None]:
-    """``("file", stat)``, ``("dir", stat)`` or ``("reject", reason)`` for one path
-    (symbolic links followed)."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return "reject", f"symbolic link loop ({path.name} -> {_readlink(path)})"
-        if os.path.islink(path):
-            return "reject", (f"dangling symbolic link: its target {_readlink(path)!r} does not exist "
-                              f"({exc.strerror})")
-        return "reject", f"cannot be read: {exc.strerror or exc}"
-    if stat.S_ISDIR(st.st_mode):
-        return "dir", st
-    if stat.S_ISREG(st.st_mode):
-        return "file", st
-    kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a plain file")
-    return "reject", f"{kind}, not a regular file; ingest reads image files"
-
-
-def _readlink(path: Path) -> str:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return "?"
-
-
-def _walk(root: Path, found: _Found) -> int:
-    """Every image file under ``root`` (links followed, each directory once); what
-    cannot be listed or read becomes a reject.  Returns how many paths it added."""
-    def count() -> int:
-        return len(found.files) + len(found.rejects) + len(found.catalogs) + len(found.beside)
-
-    before = count()
-    seen: set[tuple[int, int]] = set()
-    stack, files = [root], []
-    while stack:
-        directory = stack.pop()
-        try:
-            st = os.stat(directory)
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
-                found.reject(directory, "directory already searched through another path (a "
-                             "symbolic link loop, or a second link to it); not searched again")
-                continue
-            seen.add(key)
-            with os.scandir(directory) as listing:
-                entries = sorted(listing, key=lambda e: e.name)
-        except OSError as exc:
-            found.reject(directory, f"directory cannot be listed ({exc.strerror or exc}); the files "
-                         "in it were not read")
-            continue
-        for entry in entries:
-            path = Path(entry.path)
-            if entry.name.startswith("."):
-                found.skipped["hidden"] += 1
-                continue
-            image = _suffix(path) in IMAGE_SUFFIXES
-            if entry.is_symlink():
-                kind, info = _classify(path)
-            else:
-                try:
-                    kind = ("dir" if entry.is_dir(follow_symlinks=False)
-                            else "file" if entry.is_file(follow_symlinks=False) else None)
-                except OSError:
-                    kind = None
-                if kind is None:
-                    kind, info = _classify(path)
-            if kind == "dir":
-                stack.append(path)
-            elif not image:
-                suffix = _suffix(path) or "no suffix"
-                hint = "; save each image of the .npz archive as .npy" if suffix == ".npz" else ""
-                found.strays.append({
-                    "id": _stem(path), "origin": str(path), "stage": "ingest",
-                    "reason": f"not an image file ({suffix}); ingest reads FITS, PNG, JPEG and NPY "
-                              f"files{hint}"})
-            elif kind == "file":
-                files.append(path)
-            else:
-                found.reject(path, info)
-    files.sort()
-    by_directory: dict[Path, list[Path]] = {}
-    for path in files:
-        by_directory.setdefault(path.parent, []).append(path)
-    for paths in by_directory.values():
-        catalogs = [p for p in paths if _is_collection(p)]
-        found.catalogs += catalogs
-        # a collection's directory holds its image and PSF files: they are read through
-        # its catalog, and anything else there is checked against it in _plan
-        (found.beside if catalogs else found.files).extend(p for p in paths if p not in catalogs)
-    return count() - before
-
-
-def _expand(inputs: Sequence[str | os.PathLike]) -> _Found:
-    """Find the image files, collection catalogs and unreadable paths of the inputs;
-    directories are searched recursively.  Missing paths and directories without
-    any image raise."""
-    found = _Found()
-    for raw in inputs:
-        text = str(raw)
-        if any(ch in text for ch in "*?["):
-            matches = sorted(glob.glob(text, recursive=True))
-            if not matches:
-                raise IngestError(f"the pattern {text!r} matches no files; check the path")
-        else:
-            if not os.path.lexists(text):
-                raise IngestError(f"input {text!r} does not exist; check the path")
-            matches = [text]
-        for match in matches:
-            path = Path(match)
-            kind, info = _classify(path)
-            if kind == "reject":
-                found.reject(path, info)
-            elif kind == "dir":
-                if not _walk(path, found):
-                    raise IngestError(
-                        f"directory {path} contains no image files "
-                        f"({', '.join(sorted(set(IMAGE_SUFFIXES)))}); point at the files themselves "
-                        "or at a directory that holds them"
-                    )
-            elif _is_collection(path):
-                found.catalogs.append(path)
-            else:
-                found.files.append(path)
-    return found
-
-
-def _is_collection(path: Path) -> bool:
-    if "catalog" not in path.name.lower() or _suffix(path) not in FITS_SUFFIXES:
-        return False
-    try:
-        with fits.open(path) as hdul:
-            return any(
-                isinstance(h, fits.BinTableHDU) and COLLECTION_COLUMNS <= set(h.columns.names)
-                for h in hdul
-            )
-    except (OSError, ValueError):
-        return False
-
-
-def _companions(files: list[Path], setting: str | None) -> dict[str, str]:
-    """Companion error map of each image file (``error_maps``): a directory holding a
-    file of the image's name (or stem with a FITS/NPY suffix), or a pattern with
-    ``{stem}`` / ``{name}`` and optional wildcards.  Images without one map to ``""``."""
-    if not setting:
-        return {}
-    text = os.path.expanduser(setting)
-    out = dict.fromkeys(map(str, files), "")
-    if "{stem}" not in text and "{name}" not in text:
-        directory = Path(text)
-        if not directory.is_dir():
-            raise IngestError(f"ingest.error_maps {setting!r} is neither a directory nor a pattern "
-                              "with {stem}, e.g. 'rms/{stem}_rms.fits'")
-        names = {e.name: e.path for e in os.scandir(directory) if e.is_file()}
-        for path in files:
-            candidates = [path.name] + [_stem(path) + s for s in FITS_SUFFIXES + NPY_SUFFIXES]
-            match = next((names[c] for c in candidates if c in names), "")
-            out[str(path)] = match if match and not os.path.samefile(match, path) else ""
-        return out
-    if not any(ch in text for ch in "*?["):
-        for path in files:
-            candidate = text.replace("{stem}", _stem(path)).replace("{name}", path.name)
-            if os.path.isfile(candidate) and not os.path.samefile(candidate, path):
-                out[str(path)] = candidate
-        return out
-    # one glob for all files, then the stem read back from each match (a glob per file
-    # would list the directory once per image)
-    pattern = re.escape(text).replace(r"\{stem\}", "(?P<stem>.+)").replace(r"\{name\}", "(?P<name>.+)")
-    pattern = pattern.replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
-    regex = re.compile(pattern + r"\Z")
-    by_key: dict[str, str] = {}
-    for match in sorted(glob.glob(text.replace("{stem}", "*").replace("{name}", "*"))):
-        m = regex.match(match)
-        if m:
-            by_key.setdefault(m.groupdict().get("stem") or m.groupdict().get("name"), match)
-    for path in files:
-        candidate = by_key.get(_stem(path) if "{stem}" in text else path.name, "")
-        if candidate and not os.path.samefile(candidate, path):
-            out[str(path)] = candidate
-    return out
-
-
-def _collection_table(path: Path) -> pd.DataFrame:
-    table = read_table(path)
-    companion = path.with_name(_stem(path) + "_fits.fits")
-    if companion.exists():
-        extra = read_table(companion)
-        if len(extra) == len(table):
-            extra = extra.drop(columns=[c for c in extra.columns if c in table.columns])
-            table = pd.concat([table, extra.reset_index(drop=True)], axis=1)
-    return table
-
-
-def _collection_files(path: Path, table: pd.DataFrame) -> set[Path]:
-    """Files a collection catalog names (images, PSFs, noise correlation functions)."""
-    named = {path, path.with_name(_stem(path) + "_fits.fits")}
-    for column in ("GAL_FILENAME", "PSF_FILENAME", "NOISE_FILENAME"):
-        if column in table.columns:
-            named |= {path.parent / str(name).strip() for name in table[column].unique()}
-    return named
-
-
-def _collection_tasks(path: Path, table: pd.DataFrame) -> list[_Task]:
-    tasks: dict[str, _Task] = {}
-    has_psf = {"PSF_FILENAME", "PSF_HDU"} <= set(table.columns)
-    has_noise = "NOISE_VARIANCE" in table.columns
-    for row in table.itertuples(index=False):
-        image_file = str(path.parent / str(row.GAL_FILENAME).strip())
-        task = tasks.setdefault(image_file, _Task("collection", image_file))
-        psf = (str(path.parent / str(row.PSF_FILENAME).strip()), int(row.PSF_HDU)) if has_psf else None
-        noise = float(row.NOISE_VARIANCE) if has_noise else None
-        task.items.append(_Item(str(row.IDENT), image_file, int(row.GAL_HDU), noise_variance=noise,
-                                psf=psf))
-    return list(tasks.values())
-
-
-def _plan(found: _Found, config: IngestConfig
-          ) -> tuple[list[_Task], pd.DataFrame | None, list[dict[str, Any]], dict[str, Any]]:
+def _plan(found: InputFiles, config: IngestConfig
+          ) -> tuple[list[Task], pd.DataFrame | None, list[dict[str, Any]], dict[str, Any]]:
     """Work out what to read: tasks, the catalog columns per id, early rejects, counts."""
     files, catalogs = found.files, found.catalogs
-    rejects: list[dict[str, Any]] = list(found.rejects) + list(found.strays)
-    tasks: list[_Task] = []
+    rejects: list[dict[str, Any]] = [{**row, "stage": "ingest"} for row in (*found.rejects, *found.strays)]
+    tasks: list[Task] = []
     meta_tables: list[pd.DataFrame] = []
     user = read_table(config.catalog, config.id_col) if config.catalog else None
     summary: dict[str, Any] = {}
@@ -909,20 +236,23 @@ def _plan(found: _Found, config: IngestConfig
                                       "ingest collections in a run without --field"})
         files = files + found.beside
         if user is None:
-            tasks = [_Task("detect", str(p), error_map=found.companions.get(str(p))) for p in files]
+            tasks = [Task("detect", str(p), error_map=found.companions.get(str(p))) for p in files]
         else:
             tasks, meta, field_rejects = _field_tasks(files, user, config, found.companions)
             rejects += field_rejects
             meta_tables.append(meta)
     else:
         for catalog in catalogs:
-            table = _collection_table(catalog)
-            named |= _collection_files(catalog, table)
+            try:
+                table = collection_table(catalog)
+            except TableError as exc:
+                raise IngestError(str(exc)) from None
+            named |= collection_files(catalog, table)
             if config.select and user is None:
                 keep = select_rows(table, config.select, f"collection catalog {catalog}")
                 summary["not_selected"] = summary.get("not_selected", 0) + int((~keep).sum())
                 table = table[keep]
-            tasks += _collection_tasks(catalog, table)
+            tasks += collection_tasks(catalog, table)
             meta_tables.append(table.assign(id=table["IDENT"].astype(str)))
         for path in found.beside:
             if path not in named:
@@ -931,7 +261,7 @@ def _plan(found: _Found, config: IngestConfig
                                 "reason": f"lies beside the collection catalog {found_in.name} but is "
                                           "none of its files; give it as an input of its own to ingest it"})
         for path in files:
-            tasks.append(_Task("file", str(path), [_Item(_stem(path), str(path),
+            tasks.append(Task("file", str(path), [Item(_stem(path), str(path),
                                                          error_map=found.companions.get(str(path)))]))
         if user is not None:
             tasks, meta, extra_rejects, not_selected = _select_by_catalog(tasks, user, config)
@@ -948,7 +278,7 @@ def _plan(found: _Found, config: IngestConfig
     return tasks, meta, rejects, summary
 
 
-def _select_by_catalog(tasks: list[_Task], user: pd.DataFrame, config: IngestConfig):
+def _select_by_catalog(tasks: list[Task], user: pd.DataFrame, config: IngestConfig):
     source = f"catalog {config.catalog}"
     id_col = _require_column(user, config.id_col, "--id-col (the column holding galaxy ids)", source)
     user = user.assign(id=user[id_col].astype(str).str.strip())
@@ -972,7 +302,7 @@ def _select_by_catalog(tasks: list[_Task], user: pd.DataFrame, config: IngestCon
             else:
                 dropped += 1
         if items:
-            kept.append(_Task(task.kind, task.path, items))
+            kept.append(Task(task.kind, task.path, items))
     return kept, user[keep], rejects, dropped
 
 
@@ -1005,7 +335,7 @@ def _field_tasks(files: list[Path], user: pd.DataFrame, config: IngestConfig, co
     for path in files:
         try:
             header = fits.getheader(path, config.hdu or 0)
-            wcs = None if use_pixels else _wcs(str(path), config.hdu)
+            wcs = None if use_pixels else celestial_wcs(str(path), config.hdu)
         except (OSError, ValueError, IndexError, KeyError, TypeError) as exc:
             rejects.append({"id": _stem(path), "origin": str(path), "stage": "ingest",
                             "reason": f"unreadable field image: {exc}"})
@@ -1021,12 +351,12 @@ def _field_tasks(files: list[Path], user: pd.DataFrame, config: IngestConfig, co
             sky = list(zip(ra, dec, strict=True))
         inside = ~placed & (px > -0.5) & (px < nx - 0.5) & (py > -0.5) & (py < ny - 0.5)
         error_map = companions.get(str(path))
-        items = [_Item(ids[i], str(path), config.hdu, (float(py[i]), float(px[i])), sky[i],
+        items = [Item(ids[i], str(path), config.hdu, (float(py[i]), float(px[i])), sky[i],
                        error_map=error_map)
                  for i in np.flatnonzero(inside)]
         placed |= inside
         if items:
-            tasks.append(_Task("field", str(path), items, error_map))
+            tasks.append(Task("field", str(path), items, error_map))
     rejects += [{"id": ids[i], "origin": str(config.catalog), "stage": "ingest",
                  "reason": "catalog position lies outside every readable field image"}
                 for i in np.flatnonzero(~placed)] + ambiguous
@@ -1036,21 +366,8 @@ def _field_tasks(files: list[Path], user: pd.DataFrame, config: IngestConfig, co
 # --- the stage ---------------------------------------------------------------------------
 
 
-def _fingerprint_inputs(found: _Found, config: IngestConfig) -> str:
-    digest = hashlib.sha256()
-    companions = [Path(p) for p in found.companions.values() if p]
-    paths = [*found.files, *found.catalogs, *found.beside, *companions,
-             *([Path(config.catalog)] if config.catalog else [])]
-    for path in paths:
-        st = path.stat()
-        digest.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode(errors="surrogateescape"))
-    for row in found.rejects + found.strays:
-        digest.update(f"{row['origin']}|{row['reason']}\n".encode(errors="surrogateescape"))
-    return digest.hexdigest()[:16]
-
-
-def _batches(tasks: list[_Task], size: int) -> Iterator[list[_Task]]:
-    batch: list[_Task] = []
+def _batches(tasks: list[Task], size: int) -> Iterator[list[Task]]:
+    batch: list[Task] = []
     for task in tasks:
         batch.append(task)
         if len(batch) >= size or task.kind != "file":
@@ -1060,7 +377,7 @@ def _batches(tasks: list[_Task], size: int) -> Iterator[list[_Task]]:
         yield batch
 
 
-def _run_batch(batch: list[_Task], config: IngestConfig) -> list[tuple]:
+def _run_batch(batch: list[Task], config: IngestConfig) -> list[tuple]:
     return [result for task in batch for result in _process(task, config)]
 
 
@@ -1068,47 +385,19 @@ def _extra(ctx: StageContext) -> str:
     inputs = ctx.options.get("inputs")
     if not inputs:
         raise IngestError("no inputs given; name image files, directories or glob patterns")
-    found = _expand(inputs)
     cfg = ctx.config.ingest
-    found.companions = _companions(found.files + (found.beside if cfg.field else []), cfg.error_maps)
+    try:
+        found = expand_inputs(inputs)
+        found.companions = companion_files(found.files + (found.beside if cfg.field else []), cfg.error_maps)
+    except InputError as exc:
+        raise IngestError(str(exc)) from None
     ctx.state["found"] = found
-    return _fingerprint_inputs(found, cfg)
-
-
-class _OptionalArray:
-    """An array of the run written only once some stamp has a value for it: NaN for
-    the stamps before that and for every stamp without one, in stamp order."""
-
-    def __init__(self, run: RunDir, name: str, shape: tuple[int, int], chunk: int) -> None:
-        self.run, self.name, self.shape, self.chunk = run, name, shape, chunk
-        self.nan = np.full(shape, np.nan, dtype=np.float32)
-        self.before = 0
-        self.count = 0
-        self.writer = None
-        shutil.rmtree(run.array_path(name), ignore_errors=True)  # never leave a stale one
-
-    def append(self, item: np.ndarray | None) -> None:
-        if item is None:
-            if self.writer is None:
-                self.before += 1
-            else:
-                self.writer.append(self.nan)
-            return
-        if self.writer is None:
-            self.writer = self.run.writer(self.name, self.shape, self.chunk)
-            for _ in range(self.before):
-                self.writer.append(self.nan)
-        self.writer.append(item)
-        self.count += 1
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    return found.fingerprint(cfg.catalog)
 
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
     run, cfg, progress = ctx.run, ctx.config.ingest, ctx.progress
-    found: _Found = ctx.state["found"]
+    found: InputFiles = ctx.state["found"]
     tasks, meta, early_rejects, summary = _plan(found, cfg)
     run.clear_rejects("ingest")
     run.add_rejects(early_rejects)
@@ -1120,8 +409,8 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     n_rejected = len(early_rejects)
     pool = start_pool(workers, [__name__]) if workers > 1 and n_items > 200 else None
     writer = run.writer("stamps", (size, size), cfg.chunk_size)
-    rms = _OptionalArray(run, "rms", (size, size), cfg.chunk_size)
-    psf = _OptionalArray(run, "psf", (cfg.psf_size, cfg.psf_size), cfg.chunk_size)
+    rms = OptionalArrayWriter(run, "rms", (size, size), cfg.chunk_size)
+    psf = OptionalArrayWriter(run, "psf", (cfg.psf_size, cfg.psf_size), cfg.chunk_size)
     batches = _batches(tasks, 64)
     with pool or nullcontext(), tqdm(total=n_items, desc="ingest", unit="stamp",
                                      disable=not progress) as bar:

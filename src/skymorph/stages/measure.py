@@ -50,6 +50,8 @@ from ..config import Config, MeasureConfig
 from ..core.parallel import map_ordered, start_pool
 from ..core.uncertainty import RESAMPLED_QUANTITIES, SERSIC_ERROR_COLUMNS
 from ..errors import SkymorphError
+from ..io.catalog import MEASURE_COLUMNS as CATALOG_COLUMNS
+from ..io.catalog import MEASUREMENTS_FILE
 from ..io.rundir import RunDir
 from . import Stage, StageContext, execute
 
@@ -58,20 +60,8 @@ __all__ = ["measure", "measure_stamp", "measure_block", "read_measurements", "li
 
 log = logging.getLogger(__name__)
 
-MEASUREMENTS_FILE = "measurements.parquet"
 SEGMAP_ARRAY = "segmap"
 """Run array (N x S x S, uint8) of each stamp's segmentation as measured (:data:`SEGMAP_CODES`)."""
-
-CATALOG_COLUMNS = [
-    "gini", "m20", "concentration", "asymmetry", "smoothness", "multimode", "intensity",
-    "deviation", "sersic_n", "sersic_rhalf", "sersic_rhalf_arcsec", "sersic_chi2_dof", "psi", "g2",
-    "g2_reliable", "nonparam_ok", "sersic_ok", "rpetro_circ", "rhalf_circ", "rhalf_circ_arcsec",
-    "sn_per_pixel", "flag",
-    "flag_sersic", "measure_ok", "measure_reason", "measure_linear", "measure_psf", "measure_weights",
-    "sersic_n_err", "sersic_rhalf_err", "gini_err", "m20_err", "concentration_err", "asymmetry_err",
-    "zeropoint", "mag_petro", "mag_sersic",
-]
-"""Columns joined onto the catalog (``measurements.parquet`` holds every statmorph scalar)."""
 
 NONLINEAR_SUFFIXES = (".jpg", ".jpeg", ".png")
 """Input files whose pixels are display-scaled (gamma, stretch, 8-bit), not flux."""

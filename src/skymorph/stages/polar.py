@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..config import Config, ConfigError, PolarConfig
 from ..core.apct import apct, apct_torch, check_params, output_shape
 from ..io.rundir import RunDir, iter_chunks
-from . import Argument, Stage, StageContext, execute, image_source
+from . import Argument, Stage, StageContext, apct_options, execute, image_source
 
 __all__ = ["polar", "core_options", "polar_figure"]
 
@@ -31,10 +31,9 @@ log = logging.getLogger(__name__)
 FIGURE_NAME = "fig2_preprocessing.png"
 
 
-def core_options(cfg: PolarConfig) -> dict[str, Any]:
-    """The keyword arguments of :func:`skymorph.core.apct.apct` that the ``[polar]`` settings give."""
-    return dict(angle_step=cfg.angle_step, n_rays=cfg.n_rays, n_radii=cfg.n_radii, max_radius=cfg.max_radius,
-                mirror=cfg.mirror, pole=cfg.pole, pole_radius=cfg.pole_radius, pole_smooth=cfg.pole_smooth)
+core_options = apct_options
+"""The keyword arguments of :func:`skymorph.core.apct.apct` that the ``[polar]`` settings give
+(:func:`skymorph.stages.apct_options`, shared with ``similar --image``)."""
 
 
 def _shape(stamp_size: int, cfg: PolarConfig) -> tuple[int, int]:

@@ -30,29 +30,19 @@ import pandas as pd
 
 from ..config import Config
 from ..errors import SkymorphError
+from ..inspection.montage import SHOWN_COLUMNS, draw_grid, galaxy_table
 from ..io.rundir import RunDir, RunDirError
-from . import Argument, Stage, StageContext, execute
+from . import Argument, Stage, StageContext, apct_options, execute, stamp_options
 
 __all__ = ["similar", "SimilarError", "galaxy_table", "find_rows", "draw_grid"]
 
 log = logging.getLogger(__name__)
 
-SHOWN_COLUMNS = ("cluster", "consensus", "morph_type", "morph_type_final", "subcluster", "special_type",
-                 "anomaly_score")
-
-
 class SimilarError(SkymorphError, ValueError):
     """A query cannot be answered (unknown or rejected id, unreadable image, nothing to search)."""
 
 
-# --- helpers shared with the anomaly and subdivide stages ----------------------------------------
-
-
-def galaxy_table(run: RunDir) -> pd.DataFrame:
-    """The catalog when the run has one, else the sources table (one row per array row)."""
-    if (run.path / "catalog.parquet").exists():
-        return run.catalog()
-    return run.sources()
+# --- finding the query galaxies ---------------------------------------------------------------
 
 
 def find_rows(run: RunDir, table: pd.DataFrame, ids: list[str]) -> np.ndarray:
@@ -80,35 +70,6 @@ def find_rows(run: RunDir, table: pd.DataFrame, ids: list[str]) -> np.ndarray:
         raise SimilarError(f"no galaxy with id {gid!r} in {run.path}; ids are the catalog's 'id' column "
                            f"(e.g. {examples})")
     return np.asarray(rows, dtype=np.int64)
-
-
-def _stamp_rows(table: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
-    if "index" in table.columns:
-        return table["index"].to_numpy(np.int64)[rows]
-    return rows
-
-
-def draw_grid(run: RunDir, config: Config, rows: np.ndarray, title: str, path: Path,
-              first: np.ndarray | None = None) -> None:
-    """A montage of the stamps of ``rows`` (catalog rows; ``first``: an extra stamp shown first)."""
-    from ..inspection.montage import _render_montage, display_scaled_stamps
-
-    table = galaxy_table(run)
-    images = run.open_array(config.inspect.array)
-    idx = _stamp_rows(table, rows)
-    order = np.argsort(idx, kind="stable")
-    pixels = np.empty((len(idx), *images.shape[1:]), dtype=np.float32)
-    if len(idx):
-        pixels[order] = np.asarray(images.oindex[idx[order]], dtype=np.float32)
-    scaled = display_scaled_stamps(run, images.shape[0])[idx] if len(idx) else np.zeros(0, bool)
-    if first is not None:
-        pixels = np.concatenate([first[None].astype(np.float32), pixels])
-        scaled = np.concatenate([[bool(scaled[0]) if len(scaled) else False], scaled])
-    canvas, _ = _render_montage(pixels, scaled, title, config.inspect)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 def _safe(name: str) -> str:
@@ -140,13 +101,15 @@ def encode_image(run: RunDir, config: Config, path: str) -> tuple[np.ndarray, np
         The file is unreadable or unusable as a galaxy image.
     """
     from ..core import encoders as _encoders
-    from ..io.readers import Reject, read_image
-    from .ingest import _framing, _rng, make_stamp
+    from ..core.stamps import make_stamp, resolve_framing, stamp_rng
+    from ..io.readers import RASTER_SUFFIXES, Reject, read_image, suffix_of
 
+    cfg = config.ingest
     try:
-        image, _ = read_image(path, config.ingest.hdu, max_pixels=config.ingest.max_pixels)
-        stamp, _, _ = make_stamp(image, config.ingest, _framing(config.ingest, path),
-                                 _rng(config.ingest, Path(path).stem))
+        image, _ = read_image(path, cfg.hdu, max_pixels=cfg.max_pixels)
+        framing = resolve_framing(cfg.framing, raster=suffix_of(Path(path)) in RASTER_SUFFIXES)
+        stamp, _, _ = make_stamp(image, framing=framing, rng=stamp_rng(Path(path).stem, seed=cfg.seed),
+                                 **stamp_options(cfg))
     except FileNotFoundError:
         raise SimilarError(f"--image {path} does not exist; give the path of a FITS, PNG, JPEG or NPY "
                            "cutout") from None
@@ -156,19 +119,17 @@ def encode_image(run: RunDir, config: Config, path: str) -> tuple[np.ndarray, np
     images = stamp[None].astype(np.float32)
     if config.denoise.enabled:
         from ..core import cae as _cae
-        from .denoise import apply_cae
 
         checkpoint = Path(config.denoise.checkpoint or run.path / "cae" / "checkpoint.pt")
         if not checkpoint.is_file():
             raise SimilarError(f"this run denoises its stamps but its CAE ({checkpoint}) is missing; re-run "
                                f"`skymorph denoise {run.path}` first")
         model, _ = _cae.load_checkpoint(checkpoint, _cae.resolve_device(config.denoise.device))
-        images = apply_cae(images, model)
+        images = _cae.apply_cae(images, model)
     if config.polar.enabled:
         from ..core.apct import apct
-        from .polar import core_options
 
-        images = apct(images, **core_options(config.polar))
+        images = apct(images, **apct_options(config.polar))
     encoder = _encoders.build_encoder(config.encode)
     features, empty = encoder.encode(images, 1)
     if empty[0]:

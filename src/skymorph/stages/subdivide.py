@@ -29,9 +29,9 @@ import pandas as pd
 
 from ..config import Config
 from ..errors import SkymorphError
+from ..inspection.montage import draw_grid
 from ..io.rundir import RunDir, RunDirError
 from . import Argument, Stage, StageContext, execute
-from .similar import draw_grid
 
 __all__ = ["subdivide", "SubdivideError", "load_subclasses"]
 

@@ -109,7 +109,7 @@ def _assemble(run: RunDir, physical, id_col: str | None, cfg: ValidateConfig, ty
             f"(`skymorph inspect merge {run.path}`) before validating")
     table = catalog.assign(id=catalog["id"].astype(str), morph_type=morph_type)
     # measurements: joined by measure when the catalog existed, else join them here
-    from .measure import CATALOG_COLUMNS, MEASUREMENTS_FILE
+    from ..io.catalog import MEASURE_COLUMNS, MEASUREMENTS_FILE
 
     mpath = run.path / MEASUREMENTS_FILE
     if "gini" not in table.columns:
@@ -117,7 +117,7 @@ def _assemble(run: RunDir, physical, id_col: str | None, cfg: ValidateConfig, ty
             import pyarrow.parquet as pq
 
             present = set(pq.read_schema(mpath).names)  # an older skymorph wrote fewer columns
-            m = pd.read_parquet(mpath, columns=["id", *[c for c in CATALOG_COLUMNS if c in present]]).assign(
+            m = pd.read_parquet(mpath, columns=["id", *[c for c in MEASURE_COLUMNS if c in present]]).assign(
                 id=lambda d: d["id"].astype(str))
             table = table.merge(m, on="id", how="left")
         else:

@@ -134,3 +134,18 @@ def test_bench_measure_prints_the_before_after_ratio():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "measure_1@baseline N=" in out.stdout
     assert "speed-up of measure_1 over HEAD" in out.stdout
+
+
+@pytest.mark.slow
+def test_profile_measure_prints_the_steps():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "profile_measure.py"), "--n", "2"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "_asymmetry_center" in out.stdout and "sersic_amplitude" in out.stdout and "total" in out.stdout

@@ -332,6 +332,7 @@ def execute(name: str, run_dir: str | os.PathLike | RunDir, config: Config | Non
                         "config.toml), so the stages after it read its output. Undo with "
                         "--set %s=false and re-run them.", name, stage.switch, stage.switch)
             config = config.update({section: {key: True}})
+    config.check(*stage.sections)
     if stage.check is not None:
         stage.check(config)
     ctx = StageContext(run=run, config=config, options=dict(options or {}), progress=progress)

@@ -290,12 +290,6 @@ def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
     return text
 
 
-def _check(config: Config) -> None:
-    from ..core import encoders as _encoders
-
-    _encoders.check_settings(config.encode)
-
-
 STAGE = Stage(
     name="encode",
     summary="encode images with a pretrained network into feature vectors",
@@ -310,7 +304,6 @@ STAGE = Stage(
     upstream=lambda config: (_source(config)[1],),
     outputs=("features.zarr",),
     extra=_extra,
-    check=_check,
     report=_report,
     chunked=True,
 )

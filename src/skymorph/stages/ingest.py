@@ -58,7 +58,7 @@ import pandas as pd
 from astropy.io import fits
 from tqdm.auto import tqdm
 
-from ..config import Config, ConfigError, IngestConfig
+from ..config import Config, IngestConfig
 from ..core.detect import detect_sources_in
 from ..core.parallel import map_ordered, start_pool
 from ..core.stamps import field_window, make_stamp, prepare_psf, resolve_framing, stamp_rng
@@ -490,9 +490,6 @@ def _check(config: Config) -> None:
             parse_selection(expression)  # before config.toml records it
         except SelectionError as exc:
             raise IngestError(str(exc)) from None
-    if config.ingest.psf_size % 2 == 0:
-        raise ConfigError(f"ingest.psf_size must be odd (the PSF's peak on the central pixel), "
-                          f"not {config.ingest.psf_size}")
 
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:

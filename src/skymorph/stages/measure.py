@@ -349,10 +349,6 @@ def _schema(include_doublesersic: bool):
 
 def _check(config: Config) -> None:
     cfg = config.measure
-    if cfg.chunk_size < 1:
-        raise ValueError(f"measure.chunk_size must be >= 1, got {cfg.chunk_size}")
-    if cfg.gain is not None and cfg.gain <= 0:
-        raise ValueError(f"measure.gain must be positive, got {cfg.gain}")
     if cfg.psf_file is not None and not Path(cfg.psf_file).is_file():
         raise MeasureError(f"measure.psf_file {cfg.psf_file} does not exist")
 

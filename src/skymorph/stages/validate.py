@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import Config, ConfigError, ValidateConfig
+from ..config import Config, ValidateConfig
 from ..core import validation as V
 from ..core.validation import GZH_DEFAULT_COLUMNS, NO_CONSENSUS, normalise_types
 from ..errors import SkymorphError
@@ -723,19 +723,6 @@ def _warnings(table: pd.DataFrame) -> list[str]:
             "types and maps are unaffected."]
 
 
-def _check(config: Config) -> None:
-    types = [t.upper() for t in config.inspect.types]
-    etg = config.validate.etg_types
-    bad = [t for t in etg if t not in types]
-    if bad:
-        raise ConfigError(f"validate.etg_types = {etg!r}: {', '.join(bad)} not in inspect.types ({types})")
-    if not etg:
-        raise ConfigError("validate.etg_types is empty: name at least one early type, e.g. ['SPH']")
-    if not [t for t in types[:-1] if t not in etg]:
-        raise ConfigError(f"validate.etg_types = {etg!r} leaves no late type among {types[:-1]} "
-                          f"(the last type, {types[-1]}, is the unclassified one)")
-
-
 # --- the stage ----------------------------------------------------------------------------------
 
 
@@ -821,7 +808,6 @@ STAGE = Stage(
         "  skymorph validate myrun --gzh gz_hubble.csv --gzh-id-col OBJNO"),
     compute=_compute,
     sections=("validate",),
-    check=_check,
     always=True,
     depends=lambda config: ("cluster", "merge", "extend", "measure"),
     arguments=(

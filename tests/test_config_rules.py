@@ -100,6 +100,14 @@ def test_a_rule_across_sections_is_checked_for_the_stage_that_needs_it(etg, matc
         config.check("validate")
 
 
+def test_the_nuisance_projection_needs_the_encoder_to_read_the_stamps():
+    config = Config().update({"reduce": {"projection": "nuisance"}, "polar": {"enabled": True}})
+    config.check("polar", "encode")
+    with pytest.raises(ConfigError, match="reduce.projection = nuisance copies the stamps .* switch denoise"):
+        config.check("reduce")
+    Config().update({"reduce": {"projection": "nuisance"}}).check("reduce")
+
+
 def test_the_presets_and_a_good_cross_section_setting_pass():
     for preset in PRESETS:
         load_config(preset=preset).check(*Config.__dataclass_fields__)

@@ -1512,6 +1512,10 @@ def _etg_ok(config: Config) -> bool:
 
 CROSS_RULES: tuple[Rule, ...] = (
     Rule(_etg_ok, _etg_message, section="validate"),
+    Rule(lambda c: c.reduce.projection != "nuisance" or not (c.denoise.enabled or c.polar.enabled),
+         lambda c: "reduce.projection = nuisance copies the stamps the encoder reads, but this run encodes "
+                   "denoised or polar images; switch denoise and polar off or use --projection whiten",
+         section="reduce"),
 )
 """Rules that read more than one section, each checked when the stage of ``section`` runs."""
 

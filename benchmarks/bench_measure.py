@@ -10,7 +10,11 @@ stamp's own noise level (so copies differ).  Timed, each in a fresh subprocess
 * ``measure_1_psf``: 1 worker with each stamp's own PSF (the run's ``psf`` array,
   from the collection's PSF images) convolved in the Sersic fit;
 * the plain library call: ``statmorph.source_morphology`` in a loop over the same
-  stamps with segmaps made beforehand (not timed), i.e. statmorph's own cost.
+  stamps with segmaps made beforehand (not timed), i.e. statmorph's own cost;
+* with ``--baseline REV``: ``<mode>@baseline`` for each measure mode, the same with the
+  ``src/`` of that git revision (exported with ``git archive``, not checked out), so the
+  before/after ratio of a change comes from one run on one machine state (issue 21:
+  ``--baseline 4bc10c9``, main before the measurement speed-up).
 
 Wall seconds and CPU seconds (this process and its workers) are both timed: on a shared,
 loaded machine the CPU seconds per galaxy are the steadier comparison.  measure (with
@@ -23,7 +27,8 @@ the statmorph loop, and the projected time for 10^5 galaxies on this machine.
     python benchmarks/bench_measure.py                     # N = 1000, 1 repeat
     python benchmarks/bench_measure.py --n 200 --repeats 3
     python benchmarks/bench_measure.py --n 100 --modes measure_1,measure_1_psf
-    python benchmarks/bench_measure.py --n 100 --repeats 3 --modes measure_1,statmorph   # README
+    python benchmarks/bench_measure.py --n 100 --repeats 3 --modes measure_1,statmorph \
+        --baseline 4bc10c9                                            # README, issue 21
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ def make_run(base: Path, n: int, seed: int = 0) -> Path:
                          for k in sources["PSF_HDU"]])
     psf = run.create_array("psf", (n, *psfs.shape[1:]), 256)
     psf[:] = psfs[np.arange(n) % len(psfs)]
+    run.record_config(Config(), execution=True)
     run.mark_done("ingest", f"bench-{n}-{seed}", n_stamps=n)
     return run.path
 
@@ -88,6 +94,7 @@ def child(mode: str, run_path: Path) -> dict:
     if mode.startswith("measure"):
         from skymorph.stages.measure import measure
 
+        mode = mode.split("@")[0]  # measure_1@baseline: the same, with the baseline's code
         workers = int(mode.split("_")[1])
         (run.path / "measurements.parquet").unlink(missing_ok=True)
         run.invalidate("measure")
@@ -136,6 +143,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="repeats per mode (default 1)")
     parser.add_argument("--modes", default="measure_1,measure_2,statmorph",
                         help="comma-separated: measure_1, measure_2, measure_1_psf, statmorph")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also time each measure mode with the skymorph source of this git revision "
+                             "(e.g. 4bc10c9, main before issue 21's speed-up), in the same run")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "RUN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -144,11 +154,23 @@ def main() -> None:
     print(f"cores: {os.cpu_count()} (shared with other work: timings are noisy)")
     with tempfile.TemporaryDirectory() as tmp:
         run_path = make_run(Path(tmp), args.n)
+        modes = args.modes.split(",")
+        envs = {mode: dict(os.environ) for mode in modes}
+        if args.baseline:
+            # the baseline revision's source, exported (not checked out): its measure in the same run
+            base = Path(tmp) / "baseline"
+            base.mkdir()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "src"],
+                                     check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+            for mode in [m for m in modes if m.startswith("measure")]:
+                modes.append(f"{mode}@baseline")
+                envs[f"{mode}@baseline"] = {**os.environ, "PYTHONPATH": str(base / "src")}
         results: dict[str, list[dict]] = {}
         for _ in range(args.repeats):
-            for mode in args.modes.split(","):
+            for mode in modes:
                 out = subprocess.run([sys.executable, __file__, "--child", mode, str(run_path)],
-                                     check=True, capture_output=True, text=True)
+                                     check=True, capture_output=True, text=True, env=envs[mode])
                 results.setdefault(mode, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
         medians, cpu_medians = {}, {}
         for mode, runs in results.items():
@@ -158,11 +180,15 @@ def main() -> None:
             peak = max(r["peak_mib"] for r in runs)
             medians[mode] = sec / n
             each = ", ".join(f"{r['seconds']:.1f}" for r in runs)
-            print(f"{mode:10s} N={n:6d}  {sec:8.1f} s  {n / sec:6.2f} galaxies/s  "
+            print(f"{mode:18s} N={n:6d}  {sec:8.1f} s  {n / sec:6.2f} galaxies/s  "
                   f"{cpu_medians[mode]:.3f} CPU s/galaxy  peak RSS {peak:7.0f} MiB  "
                   f"(median of {len(runs)}: {each})")
+        for mode in [m for m in medians if f"{m}@baseline" in medians]:
+            print(f"speed-up of {mode} over {args.baseline} (same run, seconds per galaxy): "
+                  f"{medians[f'{mode}@baseline'] / medians[mode]:.2f}x; CPU seconds per galaxy: "
+                  f"{cpu_medians[f'{mode}@baseline'] / cpu_medians[mode]:.2f}x")
         if "statmorph" in medians:
-            for mode in ("measure_1", "measure_2", "measure_1_psf"):
+            for mode in [m for m in medians if m.startswith("measure")]:
                 if mode in medians:
                     ratio = medians[mode] / medians["statmorph"]
                     cpu_ratio = cpu_medians[mode] / cpu_medians["statmorph"]

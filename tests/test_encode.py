@@ -45,12 +45,12 @@ def stamps(cosmos_run):
 
 @pytest.fixture(scope="module")
 def lite0():
-    return encoders.build_encoder(EncodeConfig(encoder="efficientnet_lite0"))
+    return encoders.build_encoder(EncodeConfig(encoder="efficientnet_lite0", input_size=0))
 
 
 @pytest.mark.parametrize("name, size", [("efficientnet_lite0", 224), ("efficientnet_lite2", 260)])
 def test_lite_encoders_load_offline_and_give_1280(name, size, stamps):
-    enc = encoders.build_encoder(EncodeConfig(encoder=name))
+    enc = encoders.build_encoder(EncodeConfig(encoder=name, input_size=0))
     assert enc.dim == 1280 and enc.input_size == (size, size)
     # the shipped ImageNet weights, not a random initialisation
     package = encoders.OFFLINE_ENCODERS[name][1]
@@ -97,7 +97,7 @@ def test_preprocessing_scaling_resize_and_normalisation(lite0):
 
 def test_pad_keeps_aspect_with_sky_borders():
     enc = encoders.build_encoder(EncodeConfig(encoder="efficientnet_lite0", aspect="pad",
-                                              scaling="minmax", random_init=True))
+                                              scaling="minmax", random_init=True, input_size=0))
     image = torch.ones((1, 100, 200))
     image[0, 0, 0] = 0.0
     batch, _ = enc.prepare(image)
@@ -111,7 +111,8 @@ def test_pad_keeps_aspect_with_sky_borders():
 def test_convnext_xlarge_random_init_gives_2048(stamps, caplog):
     t0 = time.perf_counter()
     with caplog.at_level(logging.WARNING, logger="skymorph.core.encoders"):
-        enc = encoders.build_encoder(EncodeConfig(encoder=encoders.PAPER_ENCODER, random_init=True))
+        enc = encoders.build_encoder(EncodeConfig(encoder=encoders.PAPER_ENCODER, random_init=True,
+                                                  input_size=0))
     assert "RANDOM weights" in caplog.text
     assert enc.dim == 2048 and enc.input_size == (224, 224) and enc.weights_source == "random"
     assert enc.mean == (0.485, 0.456, 0.406) and enc.interpolation == "bicubic"
@@ -299,8 +300,10 @@ def test_input_size_setting_resizes_to_the_chosen_side(stamps):
     assert tuple(batch.shape) == (2, 3, 96, 96)
     feats, _ = enc.encode(stamps[:2])
     assert feats.shape == (2, 1280) and np.isfinite(feats).all()
-    own = encoders.build_encoder(EncodeConfig(encoder="efficientnet_lite0", runtime="torch"))
+    own = encoders.build_encoder(EncodeConfig(encoder="efficientnet_lite0", runtime="torch", input_size=0))
     assert own.input_size == (224, 224)  # 0 = the model's own size
+    assert encoders.build_encoder(EncodeConfig(encoder="efficientnet_lite0", runtime="torch")).input_size == (
+        128, 128)  # the default (README: measured on the three labelled sets)
     with pytest.raises(ConfigError, match="input_size"):  # refused by the settings themselves
         EncodeConfig(input_size=16)
 

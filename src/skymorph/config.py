@@ -481,9 +481,10 @@ class EncodeConfig(_Section):
         choices=(1, 2, 4),
     )
     input_size: int = setting(
-        0,
+        128,
         "Side (px) of the square image the encoder sees; 0 uses the model's own (260 for "
-        "EfficientNet-Lite2, 224 for Lite0 and ConvNeXt). Smaller is faster (cost ~ side^2).",
+        "EfficientNet-Lite2, 224 for Lite0 and ConvNeXt). Cost grows as side^2; 128 (the default): "
+        "about a quarter of 260's time (docs/configuration.md).",
         flag="--input-size",
         min=0,
         max=1024,
@@ -1525,7 +1526,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "denoise": {"enabled": True},
         "polar": {"enabled": True},
-        "encode": {"encoder": "convnext_xlarge.fb_in22k", "rotations": 1},
+        "encode": {"encoder": "convnext_xlarge.fb_in22k", "rotations": 1, "input_size": 0},
         "reduce": {"dims": 300},
         "cluster": {"k": 20},
     },

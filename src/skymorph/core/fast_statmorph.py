@@ -25,6 +25,8 @@ direct statmorph call to 1e-9.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 
 import numpy as np
@@ -32,18 +34,54 @@ import numpy as np
 __all__ = ["fast_class", "prepare_image", "rotate_180", "rotate_mask_180"]
 
 
+_ROTATION_PI = None
+_LAST_MATRIX: tuple = (None, None)
+
+
 def _rotation_matrix(xc: float, yc: float) -> np.ndarray:
     """The inverse map skimage's ``rotate(image, 180, center=(xc, yc))`` warps with:
     translation(-c), rotation(pi), translation(+c), composed as skimage composes them."""
-    angle = np.deg2rad(180.0)
+    global _ROTATION_PI, _LAST_MATRIX
+    last = _LAST_MATRIX  # the image and then its mask are rotated about the same centre
+    if last[0] == (xc, yc):
+        return last[1]
+    if _ROTATION_PI is None:
+        angle = np.deg2rad(180.0)
+        _ROTATION_PI = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0],
+                                 [0.0, 0.0, 1.0]])
     t1 = np.array([[1.0, 0.0, xc], [0.0, 1.0, yc], [0.0, 0.0, 1.0]])
-    t2 = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0],
-                   [0.0, 0.0, 1.0]])
     t3 = np.array([[1.0, 0.0, -xc], [0.0, 1.0, -yc], [0.0, 0.0, 1.0]])
     # SimilarityTransform addition: (t3 + t2 + t1).params = t1 @ (t2 @ t3)
-    matrix = t1 @ (t2 @ t3)
+    matrix = t1 @ (_ROTATION_PI @ t3)
     matrix[2] = (0.0, 0.0, 1.0)
+    _LAST_MATRIX = ((xc, yc), matrix)
     return matrix
+
+
+_LAST_MAP: tuple = (None, None, None)
+
+
+def _mapped(xc: float, yc: float, rows_sl: slice, cols_sl: slice) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_map_coordinates` of the rotation about (xc, yc), remembered for the last call
+    (the asymmetry rotates the image and then its mask about the same centre)."""
+    global _LAST_MAP
+    key = (xc, yc, rows_sl.start, rows_sl.stop, cols_sl.start, cols_sl.stop)
+    last = _LAST_MAP
+    if last[0] == key:
+        return last[1], last[2]
+    r, c = _map_coordinates(_rotation_matrix(xc, yc), rows_sl, cols_sl)
+    _LAST_MAP = (key, r, c)
+    return r, c
+
+
+def _map_coordinates(h: np.ndarray, rows_sl: slice, cols_sl: slice) -> tuple[np.ndarray, np.ndarray]:
+    # c = h00 * col + h01 * row + h02 (and r likewise) on the grid, element by element as
+    # skimage computes it, by broadcasting a row and a column (the same operations)
+    rows = np.arange(rows_sl.start, rows_sl.stop, dtype=np.float64)[:, None]
+    cols = np.arange(cols_sl.start, cols_sl.stop, dtype=np.float64)[None, :]
+    c = (h[0, 0] * cols + h[0, 1] * rows) + h[0, 2]
+    r = (h[1, 0] * cols + h[1, 1] * rows) + h[1, 2]
+    return r, c
 
 
 def prepare_image(image: np.ndarray) -> tuple[float, float, bool, np.ndarray]:
@@ -56,6 +94,156 @@ def prepare_image(image: np.ndarray) -> tuple[float, float, bool, np.ndarray]:
     padded = np.zeros((image.shape[0] + 2, image.shape[1] + 2))
     padded[1:-1, 1:-1] = image
     return lo, hi, finite, padded
+
+
+_KERNELS: dict | None = None
+
+
+def _kernels() -> dict:
+    """numba versions of the two rotations' per-pixel arithmetic (the same operations in the
+    same order, no fast-math: the same bits as the numpy code below), compiled once and
+    cached on disk; an empty dict where numba is unavailable (numpy is used then)."""
+    global _KERNELS
+    if _KERNELS is not None:
+        return _KERNELS
+    _KERNELS = {}
+    try:
+        import math
+
+        import numba
+    except ImportError:  # pragma: no cover - numba comes with umap-learn
+        return _KERNELS
+
+    @numba.njit(cache=True, nogil=True)
+    def bilinear(padded, h, r0, r1, c0, c1):  # pragma: no cover - compiled
+        ny, nx = padded.shape[0] - 2, padded.shape[1] - 2
+        out = np.empty((r1 - r0, c1 - c0))
+        for i in range(r1 - r0):
+            row = float(r0 + i)
+            for j in range(c1 - c0):
+                col = float(c0 + j)
+                c = (h[0, 0] * col + h[0, 1] * row) + h[0, 2]
+                r = (h[1, 0] * col + h[1, 1] * row) + h[1, 2]
+                minr, minc = math.floor(r), math.floor(c)
+                maxr, maxc = math.ceil(r), math.ceil(c)
+                dr, dc = r - minr, c - minc
+                rlo = min(max(int(minr) + 1, 0), ny + 1)
+                rhi = min(max(int(maxr) + 1, 0), ny + 1)
+                clo = min(max(int(minc) + 1, 0), nx + 1)
+                chi = min(max(int(maxc) + 1, 0), nx + 1)
+                one_dc = 1 - dc
+                top = one_dc * padded[rlo, clo] + dc * padded[rlo, chi]
+                bottom = one_dc * padded[rhi, clo] + dc * padded[rhi, chi]
+                out[i, j] = (1 - dr) * top + dr * bottom
+        return out
+
+    @numba.njit(cache=True, nogil=True)
+    def nearest(mask, h, r0, r1, c0, c1):  # pragma: no cover - compiled
+        ny, nx = mask.shape
+        out = np.zeros((r1 - r0, c1 - c0), dtype=np.bool_)
+        for i in range(r1 - r0):
+            row = float(r0 + i)
+            for j in range(c1 - c0):
+                col = float(c0 + j)
+                c = (h[0, 0] * col + h[0, 1] * row) + h[0, 2]
+                r = (h[1, 0] * col + h[1, 1] * row) + h[1, 2]
+                ri, ci = int(math.floor(r + 0.5)), int(math.floor(c + 0.5))
+                if 0 <= ri < ny and 0 <= ci < nx:
+                    out[i, j] = mask[ri, ci]
+        return out
+
+    @numba.njit(cache=True, nogil=True)
+    def asymmetry_terms(padded, h, r0, r1, c0, c1, lo, hi, mask, has_mask, weights, n_terms,
+                        area_weights, a0, b0):  # pragma: no cover - compiled
+        # _asymmetry_function's per-pixel work in one pass, the same operations as its numpy
+        # path: the rotated pixel (bilinear, clipped to [lo, hi]), both zeroed where the
+        # symmetrised mask is set (and their aperture weight in area_weights, offset a0, b0),
+        # then |I| w, |I_180 - I| w (and I^2 w, (I_180 - I)^2 w) of the pixels with w > 0 in
+        # row-major order: numpy sums these rows exactly as it sums the boolean-indexed arrays
+        ny, nx = padded.shape[0] - 2, padded.shape[1] - 2
+        out = np.empty((n_terms, (r1 - r0) * (c1 - c0)))
+        # the products h00 * col and h10 * col of each column, h01 * row and h11 * row of each
+        # row, computed once (the same products, summed in the same order below)
+        h02, h12 = h[0, 2], h[1, 2]
+        col_c = np.empty(c1 - c0)
+        col_r = np.empty(c1 - c0)
+        for j in range(c1 - c0):
+            col_c[j] = h[0, 0] * float(c0 + j)
+            col_r[j] = h[1, 0] * float(c0 + j)
+        k = 0
+        for i in range(r1 - r0):
+            row_c = h[0, 1] * float(r0 + i)
+            row_r = h[1, 1] * float(r0 + i)
+            for j in range(c1 - c0):
+                c = (col_c[j] + row_c) + h02
+                r = (col_r[j] + row_r) + h12
+                minr, minc = math.floor(r), math.floor(c)
+                maxr, maxc = math.ceil(r), math.ceil(c)
+                dr, dc = r - minr, c - minc
+                rlo = min(max(int(minr) + 1, 0), ny + 1)
+                rhi = min(max(int(maxr) + 1, 0), ny + 1)
+                clo = min(max(int(minc) + 1, 0), nx + 1)
+                chi = min(max(int(maxc) + 1, 0), nx + 1)
+                one_dc = 1 - dc
+                top = one_dc * padded[rlo, clo] + dc * padded[rlo, chi]
+                bottom = one_dc * padded[rhi, clo] + dc * padded[rhi, chi]
+                rotated = (1 - dr) * top + dr * bottom
+                if rotated < lo:
+                    rotated = lo
+                if rotated > hi:
+                    rotated = hi
+                value = padded[r0 + i + 1, c0 + j + 1]
+                if has_mask:
+                    masked = mask[r0 + i, c0 + j]
+                    if not masked:
+                        ri, ci = int(math.floor(r + 0.5)), int(math.floor(c + 0.5))
+                        masked = 0 <= ri < ny and 0 <= ci < nx and mask[ri, ci]
+                    if masked:
+                        value = 0.0
+                        rotated = 0.0
+                        area_weights[a0 + i, b0 + j] = 0.0
+                w = weights[i, j]
+                if w > 0:
+                    diff = rotated - value
+                    out[0, k] = abs(value) * w
+                    out[1, k] = abs(diff) * w
+                    if n_terms == 4:
+                        out[2, k] = (value * value) * w
+                        out[3, k] = (diff * diff) * w
+                    k += 1
+        return out, k
+
+    try:  # compile (or load from the cache) now: a failure means numpy, not a failed galaxy
+        padded, h, small = np.zeros((4, 4)), np.eye(3), np.ones((2, 2))
+        bilinear(padded, h, 0, 2, 0, 2)
+        nearest(np.zeros((2, 2), dtype=np.bool_), h, 0, 2, 0, 2)
+        asymmetry_terms(padded, h, 0, 2, 0, 2, -1.0, 1.0, np.zeros((2, 2), dtype=np.bool_), True, small, 4,
+                        small.copy(), 0, 0)
+    except Exception:  # noqa: BLE001 - pragma: no cover - numba that cannot compile here
+        return _KERNELS
+    _KERNELS.update(bilinear=bilinear, nearest=nearest, asymmetry_terms=asymmetry_terms)
+    return _KERNELS
+
+
+def _bilinear_numpy(padded: np.ndarray, ny: int, nx: int, xc: float, yc: float, rows_sl: slice,
+                    cols_sl: slice) -> np.ndarray:
+    r, c = _mapped(xc, yc, rows_sl, cols_sl)
+    minr, minc = np.floor(r), np.floor(c)
+    maxr, maxc = np.ceil(r), np.ceil(c)
+    dr, dc = r - minr, c - minc
+    # outside the image: 0 (skimage's mode "constant", cval 0): indices clipped into the
+    # padded image's ring of zeros, as flat indices (one gather per corner)
+    width = nx + 2
+    flat = padded.ravel()
+    row_lo = np.minimum(np.maximum(minr.astype(np.int64) + 1, 0), ny + 1) * width
+    row_hi = np.minimum(np.maximum(maxr.astype(np.int64) + 1, 0), ny + 1) * width
+    col_lo = np.minimum(np.maximum(minc.astype(np.int64) + 1, 0), nx + 1)
+    col_hi = np.minimum(np.maximum(maxc.astype(np.int64) + 1, 0), nx + 1)
+    one_dc = 1 - dc
+    top = one_dc * flat.take(row_lo + col_lo) + dc * flat.take(row_lo + col_hi)
+    bottom = one_dc * flat.take(row_hi + col_lo) + dc * flat.take(row_hi + col_hi)
+    out = (1 - dr) * top + dr * bottom
+    return out
 
 
 def rotate_180(image: np.ndarray, xc: float, yc: float,
@@ -88,29 +276,20 @@ def rotate_180(image: np.ndarray, xc: float, yc: float,
         rows_sl, cols_sl = slice(0, ny), slice(0, nx)
     else:
         rows_sl, cols_sl = (slice(*sl.indices(n)[:2]) for sl, n in zip(region, (ny, nx), strict=True))
-    h = _rotation_matrix(float(xc), float(yc))
-    rows, cols = np.mgrid[rows_sl, cols_sl].astype(np.float64)
-    c = h[0, 0] * cols + h[0, 1] * rows + h[0, 2]
-    r = h[1, 0] * cols + h[1, 1] * rows + h[1, 2]
-    minr, minc = np.floor(r), np.floor(c)
-    maxr, maxc = np.ceil(r), np.ceil(c)
-    dr, dc = r - minr, c - minc
-    minr, minc, maxr, maxc = (a.astype(np.int64) for a in (minr, minc, maxr, maxc))
-
-    def pixel(rr: np.ndarray, cc: np.ndarray) -> np.ndarray:
-        # outside the image: 0 (skimage's mode "constant", cval 0)
-        return padded[np.clip(rr + 1, 0, ny + 1), np.clip(cc + 1, 0, nx + 1)]
-
-    top = (1 - dc) * pixel(minr, minc) + dc * pixel(minr, maxc)
-    bottom = (1 - dc) * pixel(maxr, minc) + dc * pixel(maxr, maxc)
-    out = (1 - dr) * top + dr * bottom
+    kernel = _kernels().get("bilinear")
+    if kernel is not None:
+        out = kernel(padded, _rotation_matrix(float(xc), float(yc)), rows_sl.start, rows_sl.stop,
+                     cols_sl.start, cols_sl.stop)
+    else:
+        out = _bilinear_numpy(padded, ny, nx, float(xc), float(yc), rows_sl, cols_sl)
     # skimage's clip to the input's range, widened to cval (0) when 0 lies outside the
     # input's range but inside the output's
     if needs_whole:
         omin, omax = (np.min(out), np.max(out)) if finite_range else (np.nanmin(out), np.nanmax(out))
         if omin <= 0.0 <= omax:
             lo, hi = min(lo, 0.0), max(hi, 0.0)
-    np.clip(out, lo, hi, out=out)
+    np.maximum(out, lo, out=out)  # np.clip(out, lo, hi) without its per-call overhead
+    np.minimum(out, hi, out=out)
     if needs_whole and region is not None:
         return out[region]
     return out
@@ -124,20 +303,29 @@ def rotate_mask_180(mask: np.ndarray, xc: float, yc: float,
     ny, nx = mask.shape
     rows_sl, cols_sl = (slice(0, ny), slice(0, nx)) if region is None else \
         (slice(*sl.indices(n)[:2]) for sl, n in zip(region, (ny, nx), strict=True))
-    h = _rotation_matrix(float(xc), float(yc))
-    rows, cols = np.mgrid[rows_sl, cols_sl].astype(np.float64)
-    c = h[0, 0] * cols + h[0, 1] * rows + h[0, 2]
-    r = h[1, 0] * cols + h[1, 1] * rows + h[1, 2]
+    kernel = _kernels().get("nearest")
+    if kernel is not None:
+        return kernel(np.ascontiguousarray(mask, dtype=bool), _rotation_matrix(float(xc), float(yc)),
+                      rows_sl.start, rows_sl.stop, cols_sl.start, cols_sl.stop)
+    r, c = _mapped(float(xc), float(yc), rows_sl, cols_sl)
     ri = np.floor(r + 0.5).astype(np.int64)
     ci = np.floor(c + 0.5).astype(np.int64)
     inside = (ri >= 0) & (ri < ny) & (ci >= 0) & (ci < nx)
-    return inside & mask[np.clip(ri, 0, ny - 1), np.clip(ci, 0, nx - 1)]
+    return inside & mask.ravel().take(np.minimum(np.maximum(ri, 0), ny - 1) * nx
+                                      + np.minimum(np.maximum(ci, 0), nx - 1))
 
 
 def _make_class():
+    import scipy.ndimage as ndi
+    import scipy.optimize as opt
     import statmorph
+    from astropy.utils.decorators import lazyproperty
     from astropy.utils.exceptions import AstropyUserWarning
-    from photutils.aperture import CircularAperture, EllipticalAnnulus
+
+    from . import fast_apertures as fa
+
+    _EIGHT_NEIGHBOURS = ndi.generate_binary_structure(2, 2)
+    convolved = _convolved_sersic_class()
 
     class FastSourceMorphology(statmorph.SourceMorphology):
         """:class:`statmorph.SourceMorphology` with a faster ``_asymmetry_function``
@@ -163,25 +351,41 @@ def _make_class():
                 self.flag = max(self.flag, 1)
                 return 100.0
             if kind in ("cas", "rms"):
-                ap = CircularAperture(center, self._petro_extent_cas * self._rpetro_circ_centroid)
+                ap = fa.circle(center, self._petro_extent_cas * self._rpetro_circ_centroid, image.shape)
             elif kind == "outer":
                 a_in, a_out = self.rhalf_ellip, self.rmax_ellip
                 b_out = a_out / self.elongation_asymmetry
                 assert (a_in > 0) & (a_out > 0)
-                ap = EllipticalAnnulus(center, a_in, a_out, b_out, theta=self.orientation_asymmetry)
+                ap = fa.elliptical_annulus(center, a_in, a_out, b_out, self.orientation_asymmetry,
+                                           image.shape)
             elif kind == "shape":
                 if np.isnan(self.rmax_circ) or (self.rmax_circ <= 0):
                     warnings.warn('[shape_asym] Invalid rmax_circ value.', AstropyUserWarning, stacklevel=2)
                     self.flag = 2
                     return -99.0
-                ap = CircularAperture(center, self.rmax_circ)
+                ap = fa.circle(center, self.rmax_circ, image.shape)
             else:
                 raise NotImplementedError('Asymmetry kind not understood:', kind)
             # only the aperture's pixels enter the sums: rotate just those
-            apermask = ap.to_mask(method="exact")
-            slc_large, slc_small = apermask.get_overlap_slices(image.shape)
+            slc_large = ap.large
             if slc_large is None:
                 ap_area, sums = float("nan"), [float("nan")] * (4 if kind == "rms" else 2)
+            elif (fused := _kernels().get("asymmetry_terms")) is not None and \
+                    prepared[0] <= 0.0 <= prepared[1]:
+                # one compiled pass (same numbers as below, which it replaces); an image
+                # without both signs needs skimage's whole-image clipping: numpy path
+                mask = self._mask_stamp
+                has_mask = self.__dict__.get("_skymorph_mask_any")
+                if has_mask is None:
+                    has_mask = self.__dict__["_skymorph_mask_any"] = bool(mask.any())
+                area_weights = ap.full.copy() if has_mask else ap.full
+                rows, cols = slc_large
+                terms, count = fused(prepared[3], _rotation_matrix(float(xc), float(yc)), rows.start,
+                                     rows.stop, cols.start, cols.stop, prepared[0], prepared[1], mask,
+                                     has_mask, ap.data, 4 if kind == "rms" else 2, area_weights,
+                                     ap.small[0].start, ap.small[1].start)
+                ap_area = np.sum(area_weights[ap.small])
+                sums = [terms[t, :count].sum() for t in range(terms.shape[0])]
             else:
                 cut = image[slc_large]
                 cut_180 = rotate_180(image, xc, yc, slc_large, prepared)
@@ -192,13 +396,11 @@ def _make_class():
                     cut_180 = np.where(~mask_symmetric, cut_180, 0.0)
                 else:
                     mask_symmetric = None
-                weights = apermask.data[slc_small]
+                weights = ap.data
                 if mask_symmetric is None:
                     ap_area = np.sum(weights)
                 else:
-                    masked = weights.copy()
-                    masked[mask_symmetric] = 0.0
-                    ap_area = np.sum(masked)
+                    ap_area = fa.area_overlap(ap, mask_symmetric, region=True)
                 diff = cut_180 - cut
                 images = [np.abs(cut), np.abs(diff)]
                 if kind == "rms":
@@ -222,7 +424,261 @@ def _make_class():
                 return ap_abs_diff / ap_abs_sum
             return (ap_abs_diff - ap_area * self._sky_asymmetry) / ap_abs_sum
 
+        # --- Sersic fit: statmorph's own, its PSF-convolved model with the PSF's FFT kept ---
+
+        @lazyproperty
+        def _sersic_model(self):
+            with _statmorph_uses(ConvolvedSersic2D=convolved):
+                return statmorph.SourceMorphology.__dict__["_sersic_model"].__get__(self, type(self))
+
+        # --- sky box: statmorph's first empty box in row-major order, found with box sums ---
+
+        @lazyproperty
+        def _slice_skybox(self):
+            segmap = self._segmap.data[self._slice_stamp]
+            ny, nx = segmap.shape
+            bad = segmap != 0
+            if self._mask is not None:
+                bad = bad | self._mask[self._slice_stamp]
+            assert self._skybox_size >= 2
+            # integral image: the number of bad pixels of any box in four lookups
+            integral = np.zeros((ny + 1, nx + 1), dtype=np.int64)
+            integral[1:, 1:] = bad.cumsum(axis=0, dtype=np.int64).cumsum(axis=1)
+            size = self._skybox_size
+            while True:
+                if ny - size > 0 and nx - size > 0:
+                    # boxes at rows 0 .. ny - size - 1 and columns 0 .. nx - size - 1, as statmorph's loops
+                    counts = (integral[size:ny, size:nx] - integral[:ny - size, size:nx]
+                              - integral[size:ny, :nx - size] + integral[:ny - size, :nx - size])
+                    empty = np.flatnonzero(counts.ravel() == 0)
+                    if empty.size:
+                        i, j = divmod(int(empty[0]), nx - size)
+                        return slice(i, i + size), slice(j, j + size)
+                if size <= 2:
+                    warnings.warn('[skybox] Skybox not found.', AstropyUserWarning, stacklevel=2)
+                    self.flag = 2
+                    return slice(0, 0), slice(0, 0)
+                size //= 2
+                if self._verbose:
+                    warnings.warn(f'[skybox] Reducing skybox size to {size}.', AstropyUserWarning,
+                                  stacklevel=2)
+
+        # --- radii: statmorph's root finders, each step with fast_apertures' sums ---
+
+        def _petrosian_function_circ(self, r, center):
+            image, mask = self._cutout_stamp_maskzeroed, self._mask_stamp
+            r_in = r - 0.5 * self._annulus_width
+            r_out = r + 0.5 * self._annulus_width
+            annulus_mean = np.abs(fa.aperture_mean(fa.circular_annulus(center, r_in, r_out, image.shape),
+                                                   image, mask))
+            aperture_mean = np.abs(fa.aperture_mean(fa.circle(center, r, image.shape), image, mask))
+            if aperture_mean == 0:
+                warnings.warn('[rpetro_circ] Mean flux is zero.', AstropyUserWarning, stacklevel=2)
+                ratio = float(annulus_mean != 0)
+                self.flag = 2
+            else:
+                ratio = annulus_mean / aperture_mean
+            return ratio - self._eta
+
+        def _petrosian_function_ellip(self, a, center, elongation, theta):
+            image, mask = self._cutout_stamp_maskzeroed, self._mask_stamp
+            b = a / elongation
+            a_in = a - 0.5 * self._annulus_width
+            a_out = a + 0.5 * self._annulus_width
+            b_out = a_out / elongation
+            annulus_mean = np.abs(fa.aperture_mean(
+                fa.elliptical_annulus(center, a_in, a_out, b_out, theta, image.shape), image, mask))
+            aperture_mean = np.abs(fa.aperture_mean(fa.ellipse(center, a, b, theta, image.shape),
+                                                    image, mask))
+            if aperture_mean == 0:
+                warnings.warn('[rpetro_ellip] Mean flux is zero.', AstropyUserWarning, stacklevel=2)
+                ratio = float(annulus_mean != 0)
+                self.flag = 2
+            else:
+                ratio = annulus_mean / aperture_mean
+            return ratio - self._eta
+
+        def _radius_at_fraction_of_total_cas(self, fraction):
+            image = self._cutout_stamp_maskzeroed
+            center = self._asymmetry_center
+            r_upper = self._petro_extent_cas * self.rpetro_circ
+            r, flag = _radius_at_fraction(image, lambda r: fa.circle(center, r, image.shape), r_upper,
+                                          fraction, "r_circ")
+            self.flag = max(self.flag, flag)
+            if np.isnan(r) or (r <= 0.0):
+                warnings.warn('[CAS] Invalid radius_at_fraction_of_total.', AstropyUserWarning, stacklevel=2)
+                self.flag = 2
+                r = -99.0  # invalid
+            return r
+
+        @lazyproperty
+        def rhalf_circ(self):
+            image = self._cutout_stamp_maskzeroed
+            center = self._asymmetry_center
+            if self.rmax_circ == 0:
+                return 0.0
+            r, flag = _radius_at_fraction(image, lambda r: fa.circle(center, r, image.shape), self.rmax_circ,
+                                          0.5, "r_circ")
+            self.flag = max(self.flag, flag)
+            return r
+
+        @lazyproperty
+        def rhalf_ellip(self):
+            image = self._cutout_stamp_maskzeroed
+            center = self._asymmetry_center
+            if self.rmax_ellip == 0:
+                return 0.0
+            elongation, theta = self.elongation_asymmetry, self.orientation_asymmetry
+            r, flag = _radius_at_fraction(
+                image, lambda a: fa.ellipse(center, a, a / elongation, theta, image.shape), self.rmax_ellip,
+                0.5, "r_ellip")
+            self.flag = max(self.flag, flag)
+            return r
+
+        # --- multimode: each threshold's clumps counted once (basin-hopping revisits them) ---
+
+        def _multimode_function(self, q):
+            sorted_values = self._sorted_pixelvals_mid
+            if hasattr(q, '__len__'):  # statmorph's _quantile
+                assert len(q) == 1
+                q = q[0]
+            if q < 0 or q > 1:
+                raise ValueError('Quantiles must be in the range [0, 1].')
+            k = int(q * (len(sorted_values) - 1))
+            cache = self.__dict__.setdefault("_skymorph_multimode_cache", {})
+            if k not in cache:
+                above_threshold = self._cutout_mid >= sorted_values[k]
+                labeled_array, num_features = ndi.label(above_threshold, structure=_EIGHT_NEIGHBOURS)
+                # every label 1..num_features occurs: bincount gives np.unique's counts
+                counts = np.bincount(labeled_array.ravel(), minlength=num_features + 1)[1:]
+                cache[k] = np.sort(counts)[::-1]
+            return cache[k]
+
+        def _multimode_ratio(self, q):
+            invalid = self.__dict__.get("_skymorph_multimode_invalid")
+            if invalid is None:
+                invalid = self.__dict__["_skymorph_multimode_invalid"] = np.sum(self._cutout_mid)
+            if (q < 0) or (q > 1):
+                return invalid
+            # the ratio of each threshold (quantile index) once
+            sorted_values = self._sorted_pixelvals_mid
+            k = int((q[0] if hasattr(q, '__len__') and len(q) == 1 else q) * (len(sorted_values) - 1))
+            ratios = self.__dict__.setdefault("_skymorph_multimode_ratios", {})
+            if k not in ratios:
+                sorted_counts = self._multimode_function(q)
+                if len(sorted_counts) == 1:
+                    ratios[k] = invalid
+                else:
+                    ratios[k] = -1.0 * float(sorted_counts[1]) ** 2 / float(sorted_counts[0])
+            return ratios[k]
+
+    def _radius_at_fraction(image, aperture, r_total, fraction, what):
+        # statmorph's _radius_at_fraction_of_total_circ / _ellip with ``aperture(r)`` the
+        # weights of the circle (ellipse) of radius (semi-major axis) r
+        flag = 0
+        total_sum = fa.aperture_sum(aperture(r_total), image)
+        if total_sum == 0:
+            warnings.warn(f'[{what}] Total flux sum is zero.', AstropyUserWarning, stacklevel=2)
+            return r_total, 2
+        elif total_sum < 0:
+            warnings.warn(f'[{what}] Total flux sum is negative.', AstropyUserWarning, stacklevel=2)
+            flag = 2
+            total_sum = np.abs(total_sum)
+
+        def function(r):
+            assert (r >= 0) & (fraction >= 0) & (fraction <= 1) & (total_sum > 0)
+            if r == 0:
+                return 0.0 - fraction
+            return np.abs(fa.aperture_sum(aperture(r), image)) / total_sum - fraction
+
+        npoints = 100
+        r_grid = np.linspace(0.0, r_total, num=npoints)
+        i = 0
+        while True:
+            assert i < npoints, 'Root not found within range.'
+            r = r_grid[i]
+            curval = function(r)
+            if curval <= 0:
+                r_min = r
+            elif curval > 0:
+                r_max = r
+                break
+            i += 1
+        return opt.brentq(function, r_min, r_max, xtol=1e-6), flag
+
     return FastSourceMorphology
+
+
+_PATCH_LOCK = threading.Lock()
+_PATCH_DEPTH = 0
+
+
+@contextlib.contextmanager
+def _statmorph_uses(**classes):
+    """statmorph's module uses these classes (same values, faster) while the block runs.
+
+    statmorph builds its PSF-convolved model by its module-level name; the name is swapped
+    only while a :class:`FastSourceMorphology` fits (counted across threads), so a plain
+    ``statmorph.source_morphology`` call outside measure keeps statmorph's own class.
+    """
+    global _PATCH_DEPTH
+    import statmorph.statmorph as module
+
+    with _PATCH_LOCK:
+        if _PATCH_DEPTH == 0:
+            _statmorph_uses.originals = {name: getattr(module, name) for name in classes}
+            for name, cls in classes.items():
+                setattr(module, name, cls)
+        _PATCH_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _PATCH_LOCK:
+            _PATCH_DEPTH -= 1
+            if _PATCH_DEPTH == 0:
+                for name, cls in _statmorph_uses.originals.items():
+                    setattr(module, name, cls)
+
+
+def _convolved_sersic_class():
+    import scipy.fft
+    from statmorph.statmorph import ConvolvedSersic2D
+
+    class FastConvolvedSersic2D(ConvolvedSersic2D):
+        """statmorph's ``ConvolvedSersic2D`` with the PSF's Fourier transform computed once per
+        FFT shape instead of at every evaluation: the same operations as
+        ``scipy.signal.fftconvolve(z, psf, mode='same')`` (rfftn of both at the next fast
+        lengths, product, irfftn, centred slice), so the same bits."""
+
+        def set_psf(self, psf):
+            super().set_psf(psf)
+            self._psf_fft = {}
+
+        def evaluate(self, x, y, amplitude, r_eff, n, x_0, y_0, ellip, theta):
+            from astropy.modeling import models
+
+            z = models.Sersic2D.evaluate(x, y, amplitude, r_eff, n, x_0, y_0, ellip, theta)
+            psf = self.psf
+            if psf is None:
+                raise AssertionError('Must specify PSF using set_psf method.')
+            z = np.asarray(z)
+            if z.ndim != 2 or psf.ndim != 2 or 1 in z.shape or 1 in psf.shape or z.dtype.kind == "c":
+                return scipy.signal.fftconvolve(z, psf, mode='same')
+            shape = [z.shape[i] + psf.shape[i] - 1 for i in range(2)]
+            fshape = tuple(scipy.fft.next_fast_len(n_i, True) for n_i in shape)
+            cache = self.__dict__.setdefault("_psf_fft", {})
+            key = (fshape, id(psf))
+            if key not in cache:
+                cache.clear()
+                cache[key] = (psf, scipy.fft.rfftn(psf, fshape, axes=[0, 1]))
+            full = scipy.fft.irfftn(scipy.fft.rfftn(z, fshape, axes=[0, 1]) * cache[key][1], fshape,
+                                    axes=[0, 1])[:shape[0], :shape[1]]
+            start = [(full.shape[i] - z.shape[i]) // 2 for i in range(2)]
+            return full[start[0]: start[0] + z.shape[0], start[1]: start[1] + z.shape[1]]
+
+    import scipy.signal  # noqa: F401 - the fallback above
+
+    return FastConvolvedSersic2D
 
 
 _CLASS = None

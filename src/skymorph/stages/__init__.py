@@ -36,6 +36,7 @@ from typing import Any
 from ..config import Config, ConfigError, IngestConfig, PolarConfig
 from ..io.rundir import RunDir, RunDirError
 from ..registry import PIPELINE, STAGES
+from ..summaries import check_written
 
 __all__ = ["Stage", "Argument", "StageContext", "STAGES", "PIPELINE", "get_stage", "execute",
            "image_source", "dependencies", "stamp_options", "apct_options"]
@@ -332,6 +333,7 @@ def execute(name: str, run_dir: str | os.PathLike | RunDir, config: Config | Non
                         "config.toml), so the stages after it read its output. Undo with "
                         "--set %s=false and re-run them.", name, stage.switch, stage.switch)
             config = config.update({section: {key: True}})
+    config.check(*stage.sections)
     if stage.check is not None:
         stage.check(config)
     ctx = StageContext(run=run, config=config, options=dict(options or {}), progress=progress)
@@ -359,6 +361,7 @@ def execute(name: str, run_dir: str | os.PathLike | RunDir, config: Config | Non
                 summary = stage.compute(ctx) or {}
                 if session is not None and session.cache.n_reused:
                     summary.setdefault("n_tasks_resumed", session.cache.n_reused)
+            summary = check_written(name, summary)
             used = {s: config.to_dict()[s] for s in stage.sections}
             run.mark_done(name, fingerprint, **summary, settings_used=used,
                           made_from=_made_from(run, name, config))

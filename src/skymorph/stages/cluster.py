@@ -34,6 +34,7 @@ from ..core.clustering import (
 )
 from ..io.csvfile import write_csv
 from ..io.rundir import RunDir
+from ..summaries import read_summary, shown
 from . import Stage, StageContext, execute
 
 __all__ = ["cluster", "core_options", "cluster_placed", "ClusterError", "ClusterResult"]
@@ -130,9 +131,10 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
 
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
-    n = info.get("n_galaxies", 0)
-    return (f"{info.get('n_kept', 0)} of {n} galaxies kept by the vote "
-            f"({100 * info.get('kept_fraction', 0):.0f}%); catalog {run.path / 'catalog.parquet'}, "
+    s = read_summary("cluster", info)
+    kept = "?" if s.kept_fraction is None else f"{100 * s.kept_fraction:.0f}"
+    return (f"{shown(s.n_kept)} of {shown(s.n_galaxies)} galaxies kept by the vote "
+            f"({kept}%); catalog {run.path / 'catalog.parquet'}, "
             f"per-cluster table {run.path / 'cluster' / 'clusters.csv'}")
 
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..config import Config, ConfigError, DenoiseConfig
+from ..config import Config, DenoiseConfig
 from ..core.compute import run_chunks, worker_cached
 from ..core.sky import border_sky
 from ..io.chunklog import ChunkLedger, resume_or_create
@@ -56,24 +56,6 @@ CAE_DIR = "cae"
 CHECKPOINT_NAME = "checkpoint.pt"
 _ARCH_FIELDS = ("channels", "kernel_size", "latent_dim", "unpool")
 # Settings that change the result (device and inference batch size do not).
-
-
-def _check(cfg: DenoiseConfig) -> None:
-    problems = []
-    if cfg.epochs < 1:
-        problems.append(f"epochs must be >= 1 (got {cfg.epochs})")
-    if cfg.batch_size < 1 or cfg.inference_batch_size < 1:
-        problems.append("batch_size and inference_batch_size must be >= 1")
-    if cfg.train_sample < 1:
-        problems.append(f"train_sample must be >= 1 (got {cfg.train_sample})")
-    if not 0 <= cfg.validation_fraction < 1:
-        problems.append(f"validation_fraction must be in [0, 1) (got {cfg.validation_fraction})")
-    if cfg.patience < 1:
-        problems.append(f"patience must be >= 1 (got {cfg.patience})")
-    if not cfg.learning_rate > 0:
-        problems.append(f"learning_rate must be > 0 (got {cfg.learning_rate})")
-    if problems:
-        raise ConfigError("invalid [denoise] settings: " + "; ".join(problems))
 
 
 def _file_hash(path: Path) -> str:
@@ -320,7 +302,6 @@ STAGE = Stage(
     outputs=("denoised.zarr",),
     extra=_extra,
     switch="denoise.enabled",
-    check=lambda config: _check(config.denoise),
     report=_report,
     chunked=True,
 )

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, EncodeConfig
 from ..io.rundir import RunDir, RunDirError
+from ..summaries import read_summary, shown
 from . import Stage, StageContext, execute, image_source
 
 __all__ = ["encode"]
@@ -275,9 +276,10 @@ def plot_training_curve(losses: Any, path: str | os.PathLike, note: str = "") ->
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
     speed = f", {info['images_per_s']} images/s" if info.get("images_per_s") else ""
-    text = (f"{info.get('n_images', 0)} x {info.get('dim', 0)} features from '{info.get('input')}' "
-            f"with {info.get('encoder')} ({info.get('weights')} weights, {info.get('device')}{speed}) "
-            f"written to {run.array_path('features')}; {info.get('n_rejected', 0)} rejected"
+    s = read_summary("encode", info)
+    text = (f"{shown(s.n_images)} x {shown(s.dim)} features from '{shown(s.input)}' "
+            f"with {shown(s.encoder)} ({shown(s.weights)} weights, {shown(s.device)}{speed}) "
+            f"written to {run.array_path('features')}; {shown(s.n_rejected)} rejected"
             + (f"; {info['n_resumed']} resumed from an interrupted run" if info.get("n_resumed") else ""))
     adapted = info.get("adapted")
     if adapted and adapted.get("loss"):
@@ -288,12 +290,6 @@ def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
                  f"loss per tenth of the steps: {curve}\n"
                  f"  {adapted.get('convergence', {}).get('text', '')}; curve: {adapted.get('curve_figure')}")
     return text
-
-
-def _check(config: Config) -> None:
-    from ..core import encoders as _encoders
-
-    _encoders.check_settings(config.encode)
 
 
 STAGE = Stage(
@@ -310,7 +306,6 @@ STAGE = Stage(
     upstream=lambda config: (_source(config)[1],),
     outputs=("features.zarr",),
     extra=_extra,
-    check=_check,
     report=_report,
     chunked=True,
 )

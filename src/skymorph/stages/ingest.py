@@ -58,7 +58,7 @@ import pandas as pd
 from astropy.io import fits
 from tqdm.auto import tqdm
 
-from ..config import Config, ConfigError, IngestConfig
+from ..config import Config, IngestConfig
 from ..core.detect import detect_sources_in
 from ..core.parallel import map_ordered, start_pool
 from ..core.stamps import field_window, make_stamp, prepare_psf, resolve_framing, stamp_rng
@@ -83,6 +83,7 @@ from ..io.rundir import OptionalArrayWriter, RunDir, printable
 from ..io.selection import SelectionError, evaluate_selection, parse_selection
 from ..io.tables import TableError
 from ..io.tables import read_table as _read_table
+from ..summaries import read_summary, shown
 from . import Argument, Stage, StageContext, execute, stamp_options
 
 __all__ = ["ingest", "IngestError", "Reject", "read_image", "make_stamp", "prepare_psf", "select_rows",
@@ -490,19 +491,17 @@ def _check(config: Config) -> None:
             parse_selection(expression)  # before config.toml records it
         except SelectionError as exc:
             raise IngestError(str(exc)) from None
-    if config.ingest.psf_size % 2 == 0:
-        raise ConfigError(f"ingest.psf_size must be odd (the PSF's peak on the central pixel), "
-                          f"not {config.ingest.psf_size}")
 
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
-    text = (f"{info.get('n_stamps', 0)} stamps written to {run.path / 'stamps.zarr'}; "
-            f"{info.get('n_rejected', 0)} inputs rejected (see {run.rejects_path})")
-    if info.get("n_nonlinear"):
-        text += (f"; {info['n_nonlinear']} from PNG/JPEG (display-scaled, linear=False in "
+    s = read_summary("ingest", info)
+    text = (f"{shown(s.n_stamps)} stamps written to {run.path / 'stamps.zarr'}; "
+            f"{shown(s.n_rejected)} inputs rejected (see {run.rejects_path})")
+    if s.n_nonlinear:
+        text += (f"; {s.n_nonlinear} from PNG/JPEG (display-scaled, linear=False in "
                  "sources.parquet: not for photometry)")
-    if info.get("n_rms") or info.get("n_psf"):
-        text += f"; {info.get('n_rms', 0)} with an error map (rms), {info.get('n_psf', 0)} with a PSF (psf)"
+    if s.n_rms or s.n_psf:
+        text += f"; {shown(s.n_rms)} with an error map (rms), {shown(s.n_psf)} with a PSF (psf)"
     return text
 
 

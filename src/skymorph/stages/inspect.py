@@ -46,12 +46,6 @@ def _montage_extra(ctx: StageContext) -> dict[str, Any]:
             "version": MONTAGE_VERSION}
 
 
-def _montage_check(config: Config) -> None:
-    from ..inspection.montage import uses_asinh
-
-    uses_asinh(config.inspect, False)  # checks inspect.stretch before anything is drawn
-
-
 def _montage_report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
     manifest = load_manifest(run)
     out = run.path / "inspection"
@@ -70,7 +64,6 @@ MONTAGE = Stage(
                             "cluster"),
     outputs=("inspection/montages.json", "inspection/index.html"),
     extra=_montage_extra,
-    check=_montage_check,
     flags=tuple(f"inspect.{name}" for name in ("per_cluster", "seed", "grid_cols", "thumb_px", "array",
                                                  "stretch")),
     report=_montage_report,

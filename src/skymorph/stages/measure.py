@@ -53,6 +53,7 @@ from ..errors import SkymorphError
 from ..io.catalog import MEASURE_COLUMNS as CATALOG_COLUMNS
 from ..io.catalog import MEASUREMENTS_FILE
 from ..io.rundir import RunDir
+from ..summaries import read_summary, shown
 from . import Stage, StageContext, execute
 
 __all__ = ["measure", "measure_stamp", "measure_block", "read_measurements", "linear_flags", "load_psf",
@@ -349,10 +350,6 @@ def _schema(include_doublesersic: bool):
 
 def _check(config: Config) -> None:
     cfg = config.measure
-    if cfg.chunk_size < 1:
-        raise ValueError(f"measure.chunk_size must be >= 1, got {cfg.chunk_size}")
-    if cfg.gain is not None and cfg.gain <= 0:
-        raise ValueError(f"measure.gain must be positive, got {cfg.gain}")
     if cfg.psf_file is not None and not Path(cfg.psf_file).is_file():
         raise MeasureError(f"measure.psf_file {cfg.psf_file} does not exist")
 
@@ -536,13 +533,14 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
 
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
-    text = (f"{info.get('n_measured', 0)} of {info.get('n_galaxies', 0)} galaxies measured with valid "
-            f"non-parametric values (nonparam_ok; {info.get('n_failed', 0)} failed or statmorph flag >= 2), "
-            f"{info.get('n_sersic_ok', 0)} with a valid Sersic fit (sersic_ok; "
-            f"{info.get('n_sersic_bad', 0)} with flag_sersic >= 2), {info.get('n_g2_reliable', 0)} with a "
+    s = read_summary("measure", info)
+    text = (f"{shown(s.n_measured)} of {shown(s.n_galaxies)} galaxies measured with valid "
+            f"non-parametric values (nonparam_ok; {shown(s.n_failed)} failed or statmorph flag >= 2), "
+            f"{shown(s.n_sersic_ok)} with a valid Sersic fit (sersic_ok; "
+            f"{shown(s.n_sersic_bad)} with flag_sersic >= 2), {shown(s.n_g2_reliable)} with a "
             f"reliable G2 (g2_reliable); raw values are kept, each flag says where its family is valid. "
-            f"PSF: {info.get('psf', 'none')} for {info.get('n_psf', 0)}, errors: "
-            f"{info.get('weights', 'noise_sigma')} for {info.get('n_weights', 0)}: "
+            f"PSF: {shown(s.psf)} for {shown(s.n_psf)}, errors: "
+            f"{shown(s.weights)} for {shown(s.n_weights)}: "
             f"{run.path / MEASUREMENTS_FILE}")
     if info.get("n_nonlinear"):
         text += (f"\nWARNING: {info['n_nonlinear']} stamps are display-scaled PNG/JPEG (measure_linear = "

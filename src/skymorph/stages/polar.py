@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..config import Config, ConfigError, PolarConfig
-from ..core.apct import apct, apct_torch, check_params, output_shape
+from ..config import Config, PolarConfig
+from ..core.apct import apct, apct_torch, output_shape
 from ..io.rundir import RunDir, iter_chunks
 from . import Argument, Stage, StageContext, apct_options, execute, image_source
 
@@ -39,16 +39,6 @@ core_options = apct_options
 def _shape(stamp_size: int, cfg: PolarConfig) -> tuple[int, int]:
     return output_shape(stamp_size, angle_step=cfg.angle_step, n_rays=cfg.n_rays, n_radii=cfg.n_radii,
                         mirror=cfg.mirror)
-
-
-def _check(cfg: PolarConfig) -> None:
-    try:
-        check_params(angle_step=cfg.angle_step, n_rays=cfg.n_rays, n_radii=cfg.n_radii,
-                     max_radius=cfg.max_radius, pole=cfg.pole)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if cfg.batch_size < 1:
-        raise ConfigError(f"polar.batch_size must be positive, got {cfg.batch_size}")
 
 
 # --- figure ----------------------------------------------------------------------------
@@ -217,7 +207,6 @@ STAGE = Stage(
     outputs=("polar.zarr",),
     extra=lambda ctx: {"input": image_source(ctx.config, "polar")[0]},
     switch="polar.enabled",
-    check=lambda config: _check(config.polar),
     arguments=(Argument("--figure", "also draw the paper's Fig. 2 (stamps, denoised, polar) for a few "
                         "bright galaxies into RUN_DIR/figures/", action="store_true"),),
     report=_report,

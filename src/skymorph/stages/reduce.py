@@ -142,7 +142,6 @@ def _prepare(ctx: StageContext, features: np.ndarray) -> tuple[np.ndarray, dict[
     projection, the encoder features of nuisance copies of a seeded sample of stamps."""
     from ..core.descriptors import descriptors_at_levels
     from ..core.hybrid import prepare_features
-    from . import image_source
 
     cfg, run = ctx.config.reduce, ctx.run
     timings: dict[str, float] = {}
@@ -164,11 +163,7 @@ def _prepare(ctx: StageContext, features: np.ndarray) -> tuple[np.ndarray, dict[
                     "not physical measurements: `skymorph measure` gives those"})
         array[:] = descriptors
         timings["descriptors"] = time.perf_counter() - start
-    if cfg.projection == "nuisance":
-        if image_source(ctx.config, "encode")[0] != "stamps":
-            raise ReduceError("reduce.projection = nuisance copies the stamps the encoder reads, but this "
-                              "run encodes denoised or polar images; switch denoise and polar off or use "
-                              "--projection whiten")
+    if cfg.projection == "nuisance":  # config.CROSS_RULES: the encoder reads the stamps
         from ..core.encoders import build_encoder
         from ..core.nuisance import augment
 

@@ -36,11 +36,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import Config, ConfigError, ValidateConfig
+from ..config import Config, ValidateConfig
 from ..core import validation as V
 from ..core.validation import GZH_DEFAULT_COLUMNS, NO_CONSENSUS, normalise_types
 from ..errors import SkymorphError
 from ..io.rundir import RunDir, RunDirError
+from ..summaries import read_summary, shown
 from . import STAGES, Argument, Stage, StageContext, execute
 
 __all__ = ["validate", "gzh_classes", "GZH_DEFAULT_COLUMNS", "TYPES", "NO_CONSENSUS", "ValidateError"]
@@ -658,54 +659,53 @@ def _stage_records(run: RunDir) -> dict[str, dict[str, Any]]:
 
 def _settings_rows(config: Config, records: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
     """The settings that decide what a run is, with what the stages actually used."""
-    enc, red, clu, ins, mea, val = (records.get(s, {}) for s in ("encode", "reduce", "cluster", "merge",
-                                                                   "measure", "validate"))
-    del val
+    enc, red, clu, ins, mea = (read_summary(s, records.get(s, {}))
+                               for s in ("encode", "reduce", "cluster", "merge", "measure"))
     rows = []
 
     def add(label: str, value: Any, source: str) -> None:
         rows.append({"label": label, "value": str(value), "source": source})
 
     if "ingest" in records:
-        ing = records["ingest"]
-        add("galaxies", f"{ing.get('n_stamps', '?')} stamps ({ing.get('n_rejected', 0)} rejected)",
+        ing = read_summary("ingest", records["ingest"])
+        add("galaxies", f"{shown(ing.n_stamps)} stamps ({shown(ing.n_rejected)} rejected)",
             "stages/ingest.json")
     add("CAE denoising", "on" if config.denoise.enabled else "off", "config.toml [denoise] enabled")
     add("polar transform (APCT)", f"on, pole {config.polar.pole}" if config.polar.enabled else "off",
         "config.toml [polar]")
-    used = enc.get("encoder")
+    used = enc.encoder
     add("encoder", used or config.encode.encoder,
         "stages/encode.json" if used else "config.toml [encode] encoder (encode has not run)")
-    if enc:
-        add("features", f"{enc.get('dim', '?')}-d from '{enc.get('input', '?')}'", "stages/encode.json")
+    if "encode" in records:
+        add("features", f"{shown(enc.dim)}-d from '{shown(enc.input)}'", "stages/encode.json")
     add("rotations averaged", config.encode.rotations, "config.toml [encode] rotations")
-    dims = red.get("dims")
+    dims = red.dims
     requested = config.reduce.dims
     add("d (UMAP dimensions)", f"{dims} (asked {requested})" if dims is not None and dims != requested
         else (dims if dims is not None else requested), "stages/reduce.json" if dims is not None
         else "config.toml [reduce] dims")
     add("k (clusters)", config.cluster.k, "config.toml [cluster] k")
-    if clu:
-        kept = clu.get("kept_fraction")
-        add("kept by the consensus", f"{clu.get('n_kept', '?')} of {clu.get('n_galaxies', '?')}"
-            + (f" ({kept:.0%})" if isinstance(kept, float) else ""), "stages/cluster.json")
+    if "cluster" in records:
+        kept = clu.kept_fraction
+        add("kept by the consensus", f"{shown(clu.n_kept)} of {shown(clu.n_galaxies)}"
+            + (f" ({kept:.0%})" if kept is not None else ""), "stages/cluster.json")
     add("experts needed to agree", config.inspect.min_agree, "config.toml [inspect] min_agree")
-    if ins:
-        add("votes merged", ins.get("n_votes", "?"), "stages/merge.json")
-    if mea:
+    if "merge" in records:
+        add("votes merged", shown(ins.n_votes), "stages/merge.json")
+    measured = "measure" in records
+    if measured:
         add("Sersic fits", "on" if config.measure.include_sersic else "off",
             "config.toml [measure] include_sersic")
     else:
         add("Sersic fits", "none: measure has not run", "stages/measure.json (missing)")
-    if mea:
+    if measured:
         add("G2 noise tolerance", f"{config.measure.g2_noise_tolerance:g} sigma"
             + (" (the paper's definition)" if not config.measure.g2_noise_tolerance else ""),
             "config.toml [measure] g2_noise_tolerance")
-        add("measured (valid non-parametric values)", f"{mea.get('n_measured', '?')} of "
-            f"{mea.get('n_galaxies', '?')}", "stages/measure.json")
-        if "n_sersic_ok" in mea:
-            add("valid Sersic fits", f"{mea['n_sersic_ok']} of {mea.get('n_galaxies', '?')}",
-                "stages/measure.json")
+        add("measured (valid non-parametric values)", f"{shown(mea.n_measured)} of "
+            f"{shown(mea.n_galaxies)}", "stages/measure.json")
+        if mea.n_sersic_ok is not None:
+            add("valid Sersic fits", f"{mea.n_sersic_ok} of {shown(mea.n_galaxies)}", "stages/measure.json")
     add("ETG types", " + ".join(config.validate.etg_types), "config.toml [validate] etg_types")
     add("confidence level", f"{config.validate.confidence * 100:g}%", "config.toml [validate] confidence")
     return rows
@@ -721,19 +721,6 @@ def _warnings(table: pd.DataFrame) -> list[str]:
             "8 bits), not proportional to flux: Sersic n, r_e, Gini, M20, CAS, MID, Psi and G2 measured on "
             "them are not physical and cannot be compared with the paper's values or with FITS data. The "
             "types and maps are unaffected."]
-
-
-def _check(config: Config) -> None:
-    types = [t.upper() for t in config.inspect.types]
-    etg = config.validate.etg_types
-    bad = [t for t in etg if t not in types]
-    if bad:
-        raise ConfigError(f"validate.etg_types = {etg!r}: {', '.join(bad)} not in inspect.types ({types})")
-    if not etg:
-        raise ConfigError("validate.etg_types is empty: name at least one early type, e.g. ['SPH']")
-    if not [t for t in types[:-1] if t not in etg]:
-        raise ConfigError(f"validate.etg_types = {etg!r} leaves no late type among {types[:-1]} "
-                          f"(the last type, {types[-1]}, is the unclassified one)")
 
 
 # --- the stage ----------------------------------------------------------------------------------
@@ -821,7 +808,6 @@ STAGE = Stage(
         "  skymorph validate myrun --gzh gz_hubble.csv --gzh-id-col OBJNO"),
     compute=_compute,
     sections=("validate",),
-    check=_check,
     always=True,
     depends=lambda config: ("cluster", "merge", "extend", "measure"),
     arguments=(

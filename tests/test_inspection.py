@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from skymorph.core.scores import ScoreError
 from skymorph import Config, RunDir
 from skymorph.inspection import (
     InspectError,
@@ -87,7 +88,8 @@ def test_sample_members_is_seeded_and_per_cluster():
     other = labels.copy()
     other[30:35] = -1
     assert np.array_equal(sample_members(other, 10, seed=3)[0], a[0])
-    with pytest.raises(InspectError):
+    # a core function: its own error (a SkymorphError, so the CLI prints one sentence)
+    with pytest.raises(ScoreError, match="per_cluster"):
         sample_members(labels, 0, seed=0)
 
 

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skymorph.core.scores import ScoreError
 from skymorph import Config, RunDir
+from skymorph.core.scores import ScoreError
 from skymorph.inspection import (
     InspectError,
     VoteStore,

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from skymorph import Config, RunDir
+from skymorph.config import ConfigError
 from skymorph.core.descriptors import descriptors_at_levels
 from skymorph.stages.cluster import cluster
 from skymorph.stages.encode import encode
-from skymorph.stages.reduce import ReduceError, reduce
+from skymorph.stages.reduce import reduce
 
 pytestmark = pytest.mark.slow  # ingest + encode of 100 stamps, then the nuisance copies
 
@@ -64,7 +65,8 @@ def test_nuisance_projection_needs_the_stamps_the_encoder_reads(encoded, tmp_pat
     shutil.copytree(encoded.path, path)
     cfg = Config().update({**SETTINGS, "polar": {"enabled": True},
                            "reduce": {"projection": "nuisance", "method": "none", "map_2d": False}})
-    with pytest.raises(ReduceError, match="switch denoise and polar off"):
+    # a cross-section rule of the settings: refused before reduce writes anything
+    with pytest.raises(ConfigError, match="switch denoise and polar off"):
         reduce(path, cfg, progress=False, force=True)
 
 

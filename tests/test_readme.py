@@ -249,8 +249,11 @@ def _serve_and_vote(command: str, work: Path) -> None:
     """`skymorph inspect serve myrun`: an expert names every cluster through the page's API,
     then Ctrl-C stops the server."""
     words = [*shlex.split(command)[1:], "--port", "0"]  # a free port: other tests serve too
+    # SIGINT ignored, as for a background job of a script (CI runners start tests that way):
+    # the server must still stop on Ctrl-C
     process = subprocess.Popen([sys.executable, "-m", "skymorph.cli", *words], cwd=work, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         url = None
         deadline = time.monotonic() + 300

@@ -30,6 +30,7 @@ import math
 import os
 import re
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -759,6 +760,10 @@ def serve(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
         import webbrowser
 
         webbrowser.open(url)
+    if threading.current_thread() is threading.main_thread():
+        # started as a background job of a script, the process inherits SIGINT ignored, and
+        # Ctrl-C / `kill -INT` would never stop the server (nor save the "every vote is in" line)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

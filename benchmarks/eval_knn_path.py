@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_adapted import SETS, _score  # noqa: E402
-from eval_encode_speed import _copy_features  # noqa: E402
+from eval_encode_speed import _copy_features, seed_cells  # noqa: E402
 
 PATHS = {"exact": {}, "approximate": {"exact_knn_below": 0}}
 
@@ -69,9 +69,7 @@ def summary(path: Path) -> None:
     print("| set | k-NN path | balacc (mean ± half-range) | kept | seeds |")
     print("| --- | --- | --- | --- | --- |")
     for (name, knn), g in rows.groupby(["set", "knn"], sort=False):
-        half = (g["balacc"].max() - g["balacc"].min()) / 2
-        print(f"| {name} | {knn} | {g['balacc'].mean():.3f} ± {half:.3f} | {g['kept'].mean():.0%} | "
-              f"{g['seed'].nunique()} |")
+        print(f"| {name} | {knn} | {seed_cells(g)} | {g['seed'].nunique()} |")
 
 
 if __name__ == "__main__":

@@ -140,6 +140,20 @@ def test_exact_knn_graph_lists_each_point_first_and_its_true_neighbours():
     np.testing.assert_allclose(distances[:, 1], np.linalg.norm(x - x[indices[:, 1]], axis=1), rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_exact_knn_graph_matches_the_approximate_one_that_umap_sees():
+    # the two paths of knn_graph must hand UMAP the same graph: a galaxy is at distance 0
+    # from itself (float32 rounding left ~1e-7 for half of them, which changed UMAP's rho)
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(300, 16)) * 50 + 200).astype(np.float32)
+    ie, de, _ = R.knn_graph(x, n_neighbors=10)
+    assert (de[:, 0] == 0).all()
+    ia, da, _ = R.knn_graph(x, n_neighbors=10, exact_knn_below=0, seed=0)
+    same = (np.sort(ie, 1) == np.sort(ia, 1)).all(1)
+    assert same.mean() > 0.9
+    np.testing.assert_allclose(de[same], da[same], rtol=1e-4, atol=1e-4)
+
+
 def test_sample_rows_is_seeded_sorted_and_salted():
     a = R.sample_rows(1000, 50, seed=3, salt=1)
     np.testing.assert_array_equal(a, R.sample_rows(1000, 50, seed=3, salt=1))

@@ -242,6 +242,10 @@ def _exact_knn(features: np.ndarray, n_neighbors: int, metric: str) -> tuple[np.
     k = min(n_neighbors, features.shape[0])
     search = NearestNeighbors(n_neighbors=k, metric=metric, algorithm="brute").fit(features)
     dists, indices = search.kneighbors(features)
+    # Rounding leaves a galaxy ~1e-7 from itself for about half of them; UMAP takes the first
+    # non-zero distance as the distance to the nearest neighbour (rho), so those galaxies got a
+    # different fuzzy graph than pynndescent's exact zeros give above exact_knn_below.
+    dists[indices == np.arange(features.shape[0])[:, None]] = 0.0
     return indices.astype(np.int32), dists.astype(np.float32), None
 
 

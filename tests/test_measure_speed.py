@@ -16,7 +16,7 @@ import pytest
 from astropy.io import fits
 
 from skymorph.core import fast_apertures as fa
-from skymorph.core import fast_statmorph
+from skymorph.core import fast_statmorph, rotate180
 from skymorph.core.morphometry import STATMORPH_QUANTITIES, make_segmap
 
 COSMOS_PSF = "real_galaxy_PSF_images_extension.fits"
@@ -69,7 +69,7 @@ def test_fast_apertures_hand_odd_sizes_to_photutils():
 def test_rotations_without_numba_equal_skimage(monkeypatch):
     import skimage.transform
 
-    monkeypatch.setattr(fast_statmorph, "_KERNELS", {})  # the numpy code path
+    monkeypatch.setattr(rotate180, "_KERNELS", {})  # the numpy code path
     rng = np.random.default_rng(8)
     for i in range(20):
         image = rng.normal(size=(30, 44)) + (4.0 if i % 3 == 0 else 0.0)

@@ -41,7 +41,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -54,8 +53,17 @@ import zarr
 
 from .._version import __version__
 from ..config import Config, ConfigError, load_config
-from ..errors import SkymorphError
+from .arrays import _KEEP_EMPTY_CHUNKS, ArrayWriter, OptionalArrayWriter, iter_chunks
 from .csvfile import escape_cell, read_csv, write_csv
+from .runfiles import (
+    RunDirError,
+    _atomic_write,
+    _command,
+    _is_blank_toml,
+    _read_json,
+    _read_parquet,
+    printable,
+)
 
 __all__ = ["RunDir", "RunDirError", "printable", "ArrayWriter", "OptionalArrayWriter", "REJECT_COLUMNS",
            "iter_chunks"]
@@ -66,13 +74,6 @@ FORMAT_VERSION = 1
 REJECT_COLUMNS = ["id", "origin", "stage", "reason"]
 ARRAY_ORDER = ("stamps", "rms", "psf", "denoised", "polar", "features", "embedding", "embedding_2d")
 """The arrays of a run in the order the pipeline writes them (``skymorph info`` lists them so)."""
-# Zarr skips writing a chunk whose every value is the fill value (NaN); a chunk of
-# all-NaN items (e.g. error maps of stamps that have none) would then read as lost.
-_KEEP_EMPTY_CHUNKS = {"write_empty_chunks": True}
-
-
-class RunDirError(SkymorphError, RuntimeError):
-    """A run directory is missing, incomplete or from an incompatible version."""
 
 
 class RunDir:
@@ -578,158 +579,3 @@ class RunDir:
         from .catalog import update_catalog
 
         return update_catalog(self.path, columns)
-
-
-def _read_parquet(path: Path, remedy: str) -> pd.DataFrame:
-    """A Parquet table of the run; a truncated or damaged one is an error naming it."""
-    try:
-        return pd.read_parquet(path)
-    except (OSError, ValueError) as exc:
-        raise RunDirError(f"{path} is damaged ({exc}); {remedy}") from None
-
-
-def _is_blank_toml(path: Path) -> bool:
-    """A settings file with nothing but blanks and comments (``: > config.toml``)."""
-    try:
-        text = path.read_bytes()
-    except OSError:
-        return False
-    return all(not line.strip() or line.lstrip().startswith(b"#") for line in text.splitlines())
-
-
-def _command(stage: str, path: Path) -> str:
-    """The command line that runs ``stage`` on the run ``path``."""
-    if stage == "ingest":
-        return f"skymorph ingest INPUT... --out {path}"
-    return f"skymorph {stage} {path}"
-
-
-def printable(value: Any) -> str:
-    """``value`` as text that can be written anywhere: the bytes of a file name that
-    are not valid UTF-8 (held by Python as surrogates) become ``\\xNN`` escapes."""
-    text = str(value)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        try:
-            text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        except UnicodeEncodeError:  # a lone surrogate that no file name decoded to
-            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-def _read_json(path: Path, missing_ok: bool = False) -> dict[str, Any]:
-    """A JSON file of the run directory; a damaged one is an error naming it."""
-    try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        if missing_ok:
-            return {}
-        raise
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"{path} is damaged ({exc}); delete it and re-run the stage that wrote it "
-                          "(or start a new run directory)") from None
-    if not isinstance(value, dict):
-        raise RunDirError(f"{path} is damaged (not a JSON object); delete it and re-run the stage")
-    return value
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """:func:`skymorph.io.atomic.write_text_atomic`."""
-    from .atomic import write_text_atomic
-
-    write_text_atomic(path, text)
-
-
-class ArrayWriter:
-    """Append blocks of items to a Zarr array chunk by chunk.
-
-    Memory stays at one chunk whatever the number of items: the buffer is
-    flushed to disk each time it fills.
-    """
-
-    def __init__(self, path: Path, item_shape: tuple[int, ...], chunk: int,
-                 dtype: str = "float32", attributes: dict[str, Any] | None = None) -> None:
-        self.item_shape = tuple(item_shape)
-        self.chunk = int(chunk)
-        self.dtype = np.dtype(dtype)
-        self.array = zarr.create_array(
-            store=str(path), shape=(0, *self.item_shape), chunks=(self.chunk, *self.item_shape),
-            dtype=self.dtype, fill_value=np.nan if self.dtype.kind == "f" else 0, overwrite=True,
-            compressors=None, config=_KEEP_EMPTY_CHUNKS, attributes=attributes,
-        )
-        self._buffer = np.empty((self.chunk, *self.item_shape), dtype=self.dtype)
-        self._filled = 0
-        self.count = 0
-
-    def append(self, item: np.ndarray) -> None:
-        """Add one item."""
-        self._buffer[self._filled] = item
-        self._filled += 1
-        self.count += 1
-        if self._filled == self.chunk:
-            self._flush()
-
-    def extend(self, items: np.ndarray) -> None:
-        """Add a block of items."""
-        for item in items:
-            self.append(item)
-
-    def _flush(self) -> None:
-        if self._filled:
-            self.array.append(self._buffer[: self._filled], axis=0)
-            self._filled = 0
-
-    def close(self) -> zarr.Array:
-        """Write what is buffered and return the array."""
-        self._flush()
-        return self.array
-
-    def __enter__(self) -> ArrayWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class OptionalArrayWriter:
-    """An array of the run written only once some stamp has a value for it: NaN for
-    the stamps before that and for every stamp without one, in stamp order (ingest's
-    ``rms`` and ``psf``).  A stale array of that name is removed at once."""
-
-    def __init__(self, run: RunDir, name: str, shape: tuple[int, int], chunk: int) -> None:
-        self.run, self.name, self.shape, self.chunk = run, name, shape, chunk
-        self.nan = np.full(shape, np.nan, dtype=np.float32)
-        self.before = 0
-        self.count = 0
-        self.writer = None
-        shutil.rmtree(run.array_path(name), ignore_errors=True)  # never leave a stale one
-
-    def append(self, item: np.ndarray | None) -> None:
-        if item is None:
-            if self.writer is None:
-                self.before += 1
-            else:
-                self.writer.append(self.nan)
-            return
-        if self.writer is None:
-            self.writer = self.run.writer(self.name, self.shape, self.chunk)
-            for _ in range(self.before):
-                self.writer.append(self.nan)
-        self.writer.append(item)
-        self.count += 1
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def iter_chunks(array: zarr.Array | np.ndarray, size: int | None = None
-                ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(start, block)`` over axis 0, ``size`` items at a time (the
-    array's own chunk length by default)."""
-    n = array.shape[0]
-    if size is None:
-        size = array.chunks[0] if hasattr(array, "chunks") else 1024
-    for start in range(0, n, size):
-        yield start, np.asarray(array[start : start + size])

@@ -1,0 +1,78 @@
+"""The run directory's error and the small file helpers of :class:`skymorph.io.rundir.RunDir`
+(JSON and Parquet files that name themselves when damaged, atomic writes, printable names)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..errors import SkymorphError
+
+
+class RunDirError(SkymorphError, RuntimeError):
+    """A run directory is missing, incomplete or from an incompatible version."""
+
+
+
+def _read_parquet(path: Path, remedy: str) -> pd.DataFrame:
+    """A Parquet table of the run; a truncated or damaged one is an error naming it."""
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{path} is damaged ({exc}); {remedy}") from None
+
+
+def _is_blank_toml(path: Path) -> bool:
+    """A settings file with nothing but blanks and comments (``: > config.toml``)."""
+    try:
+        text = path.read_bytes()
+    except OSError:
+        return False
+    return all(not line.strip() or line.lstrip().startswith(b"#") for line in text.splitlines())
+
+
+def _command(stage: str, path: Path) -> str:
+    """The command line that runs ``stage`` on the run ``path``."""
+    if stage == "ingest":
+        return f"skymorph ingest INPUT... --out {path}"
+    return f"skymorph {stage} {path}"
+
+
+def printable(value: Any) -> str:
+    """``value`` as text that can be written anywhere: the bytes of a file name that
+    are not valid UTF-8 (held by Python as surrogates) become ``\\xNN`` escapes."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a lone surrogate that no file name decoded to
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _read_json(path: Path, missing_ok: bool = False) -> dict[str, Any]:
+    """A JSON file of the run directory; a damaged one is an error naming it."""
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        if missing_ok:
+            return {}
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path} is damaged ({exc}); delete it and re-run the stage that wrote it "
+                          "(or start a new run directory)") from None
+    if not isinstance(value, dict):
+        raise RunDirError(f"{path} is damaged (not a JSON object); delete it and re-run the stage")
+    return value
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """:func:`skymorph.io.atomic.write_text_atomic`."""
+    from .atomic import write_text_atomic
+
+    write_text_atomic(path, text)

@@ -289,18 +289,6 @@ def reliability(proba: np.ndarray, y_index: np.ndarray, n_bins: int = 10) -> tup
     return bins, float(ece)
 
 
-def _confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
-    matrix = np.zeros((n, n), dtype=np.int64)
-    np.add.at(matrix, (y_true, y_pred), 1)
-    return matrix
-
-
-def _balanced_accuracy(matrix: np.ndarray) -> float:
-    rows = matrix.sum(axis=1)
-    recall = [matrix[i, i] / rows[i] for i in range(len(rows)) if rows[i]]
-    return float(np.mean(recall)) if recall else float("nan")
-
-
 # --- out-of-distribution ----------------------------------------------------------------------
 
 
@@ -468,14 +456,16 @@ class ExtendModel:
                             else 1.0)
         p_oof = _softmax(logp_oof, self.temperature)
         pred_oof = p_oof.argmax(axis=1)
-        matrix = _confusion(y_index, pred_oof, len(classes))
+        from sklearn.metrics import balanced_accuracy_score, confusion_matrix
+
+        matrix = confusion_matrix(y_index, pred_oof, labels=np.arange(len(classes)))
         bins, ece = reliability(p_oof, y_index)
         _, ece_raw = reliability(_softmax(logp_oof), y_index)
         conf_oof = p_oof.max(axis=1) >= st["confidence_threshold"]
         self.cv = {
             "n_folds": int(st["cv_folds"]), "n_train": int(n_train),
             "accuracy": float((pred_oof == y_index).mean()),
-            "balanced_accuracy": _balanced_accuracy(matrix),
+            "balanced_accuracy": float(balanced_accuracy_score(y_index, pred_oof)),
             "labels": classes, "confusion_matrix": matrix.tolist(),
             "reliability": bins, "ece": ece, "ece_uncalibrated": ece_raw,
             "fraction_confident": float(conf_oof.mean()),

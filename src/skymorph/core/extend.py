@@ -10,7 +10,8 @@ What :func:`extend_labels` does
 -------------------------------
 
 1. Standardise the input (mean and standard deviation of the training galaxies).
-2. ``cv_folds``-fold stratified cross-validation on the training galaxies (seeded):
+2. ``cv_folds``-fold stratified cross-validation on the training galaxies (scikit-learn's
+   ``StratifiedKFold``, seeded):
    out-of-fold probabilities give the cross-validated accuracy, balanced accuracy,
    confusion matrix (rows: the experts' type, columns: predicted), the reliability
    diagram (10 equal-width bins of the top probability) and the expected calibration
@@ -245,18 +246,27 @@ def _fit_temperature(logp: np.ndarray, y_index: np.ndarray) -> float:
 
 
 def stratified_folds(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
-    """Fold (0..n_folds-1) of every training galaxy: each type's members are shuffled
-    (seeded) and dealt round the folds, so every fold holds each type in proportion.
-    A type with fewer members than folds is simply absent from some folds."""
+    """Fold (0..n_folds-1) of every training galaxy, from scikit-learn's seeded
+    ``StratifiedKFold``: every fold holds each type in proportion.  A type with fewer
+    members than folds is simply absent from some folds (not a warning here: small
+    expert types are expected).
+
+    Raises
+    ------
+    ExtendError
+        Every type has fewer members than ``n_folds`` (no stratified split exists).
+    """
+    from sklearn.model_selection import StratifiedKFold
+
     y = np.asarray(y)
+    if y.size and all(int((y == v).sum()) < n_folds for v in set(y.tolist())):
+        raise ExtendError(f"every type has fewer training galaxies than the {n_folds} folds")
     folds = np.empty(y.size, dtype=np.int64)
-    rng = np.random.default_rng([int(seed), 13])
-    offset = 0
-    for label in sorted(set(y.tolist())):
-        members = np.flatnonzero(y == label)
-        members = members[rng.permutation(members.size)]
-        folds[members] = (np.arange(members.size) + offset) % n_folds
-        offset += members.size
+    split = StratifiedKFold(n_splits=int(n_folds), shuffle=True, random_state=int(seed))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for f, (_, test) in enumerate(split.split(np.zeros((y.size, 1)), y)):
+            folds[test] = f
     return folds
 
 

@@ -10,7 +10,8 @@ What :func:`extend_labels` does
 -------------------------------
 
 1. Standardise the input (mean and standard deviation of the training galaxies).
-2. ``cv_folds``-fold stratified cross-validation on the training galaxies (seeded):
+2. ``cv_folds``-fold stratified cross-validation on the training galaxies (scikit-learn's
+   ``StratifiedKFold``, seeded):
    out-of-fold probabilities give the cross-validated accuracy, balanced accuracy,
    confusion matrix (rows: the experts' type, columns: predicted), the reliability
    diagram (10 equal-width bins of the top probability) and the expected calibration
@@ -245,18 +246,27 @@ def _fit_temperature(logp: np.ndarray, y_index: np.ndarray) -> float:
 
 
 def stratified_folds(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
-    """Fold (0..n_folds-1) of every training galaxy: each type's members are shuffled
-    (seeded) and dealt round the folds, so every fold holds each type in proportion.
-    A type with fewer members than folds is simply absent from some folds."""
+    """Fold (0..n_folds-1) of every training galaxy, from scikit-learn's seeded
+    ``StratifiedKFold``: every fold holds each type in proportion.  A type with fewer
+    members than folds is simply absent from some folds (not a warning here: small
+    expert types are expected).
+
+    Raises
+    ------
+    ExtendError
+        Every type has fewer members than ``n_folds`` (no stratified split exists).
+    """
+    from sklearn.model_selection import StratifiedKFold
+
     y = np.asarray(y)
+    if y.size and all(int((y == v).sum()) < n_folds for v in set(y.tolist())):
+        raise ExtendError(f"every type has fewer training galaxies than the {n_folds} folds")
     folds = np.empty(y.size, dtype=np.int64)
-    rng = np.random.default_rng([int(seed), 13])
-    offset = 0
-    for label in sorted(set(y.tolist())):
-        members = np.flatnonzero(y == label)
-        members = members[rng.permutation(members.size)]
-        folds[members] = (np.arange(members.size) + offset) % n_folds
-        offset += members.size
+    split = StratifiedKFold(n_splits=int(n_folds), shuffle=True, random_state=int(seed))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for f, (_, test) in enumerate(split.split(np.zeros((y.size, 1)), y)):
+            folds[test] = f
     return folds
 
 
@@ -287,18 +297,6 @@ def reliability(proba: np.ndarray, y_index: np.ndarray, n_bins: int = 10) -> tup
         bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": n,
                      "confidence": conf, "accuracy": acc})
     return bins, float(ece)
-
-
-def _confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
-    matrix = np.zeros((n, n), dtype=np.int64)
-    np.add.at(matrix, (y_true, y_pred), 1)
-    return matrix
-
-
-def _balanced_accuracy(matrix: np.ndarray) -> float:
-    rows = matrix.sum(axis=1)
-    recall = [matrix[i, i] / rows[i] for i in range(len(rows)) if rows[i]]
-    return float(np.mean(recall)) if recall else float("nan")
 
 
 # --- out-of-distribution ----------------------------------------------------------------------
@@ -468,14 +466,16 @@ class ExtendModel:
                             else 1.0)
         p_oof = _softmax(logp_oof, self.temperature)
         pred_oof = p_oof.argmax(axis=1)
-        matrix = _confusion(y_index, pred_oof, len(classes))
+        from sklearn.metrics import balanced_accuracy_score, confusion_matrix
+
+        matrix = confusion_matrix(y_index, pred_oof, labels=np.arange(len(classes)))
         bins, ece = reliability(p_oof, y_index)
         _, ece_raw = reliability(_softmax(logp_oof), y_index)
         conf_oof = p_oof.max(axis=1) >= st["confidence_threshold"]
         self.cv = {
             "n_folds": int(st["cv_folds"]), "n_train": int(n_train),
             "accuracy": float((pred_oof == y_index).mean()),
-            "balanced_accuracy": _balanced_accuracy(matrix),
+            "balanced_accuracy": float(balanced_accuracy_score(y_index, pred_oof)),
             "labels": classes, "confusion_matrix": matrix.tolist(),
             "reliability": bins, "ece": ece, "ece_uncalibrated": ece_raw,
             "fraction_confident": float(conf_oof.mean()),

@@ -39,6 +39,7 @@ import pandas as pd
 from ..config import Config, ValidateConfig
 from ..core import validation as V
 from ..core.validation import GZH_DEFAULT_COLUMNS, NO_CONSENSUS, normalise_types
+from ..core.validation_stats import kpc_per_arcsec
 from ..errors import SkymorphError
 from ..io.rundir import RunDir, RunDirError
 from ..summaries import read_summary, shown
@@ -173,12 +174,8 @@ def _assemble(run: RunDir, physical, id_col: str | None, cfg: ValidateConfig, ty
         scale = float(pd.to_numeric(table["PIXEL_SCALE"], errors="coerce").median())
     if "sersic_rhalf" in table.columns:
         if scale is not None and np.isfinite(scale) and cols["z"] is not None:
-            from astropy.cosmology import Planck18
-
             z = pd.to_numeric(table[cols["z"]], errors="coerce").to_numpy(float)
-            good = np.isfinite(z) & (z > 0)
-            kpc = np.full(len(z), np.nan)
-            kpc[good] = Planck18.kpc_proper_per_arcmin(z[good]).value / 60.0
+            kpc = kpc_per_arcsec(z=z)
             table["r_e"] = table["sersic_rhalf"].to_numpy(float) * scale * kpc
             unit = "kpc"
             notes.append(f"r_e in kpc: Sersic r_e x {scale:g} arcsec/px x Planck18 scale at "

@@ -148,7 +148,8 @@ def _kill_one_worker_when(client, ready) -> dict:
 
 def _encode_progress(run: RunDir) -> int:
     try:
-        return len(json.loads((run.path / "stages" / "encode.partial.json").read_text())["done"])
+        # the chunk ledger: a header line, then one line per finished chunk
+        return max(0, (run.path / "stages" / "encode.partial.jsonl").read_text().count("\n") - 1)
     except (FileNotFoundError, ValueError):
         return 0
 

@@ -206,7 +206,7 @@ def test_cli_on_cosmos_stamps(run_copy, capsys, caplog):
     info = run_copy.stage_info("encode")
     assert info["input"] == "stamps" and info["n_rejected"] == 0
     assert 'encoder = "efficientnet_lite0"' in (run_copy.path / "config.toml").read_text()
-    assert not (run_copy.path / "stages" / "encode.partial.json").exists()
+    assert not (run_copy.path / "stages" / "encode.partial.jsonl").exists()
     # unchanged settings: reused, not recomputed; a bigger batch does not count as a change
     with caplog.at_level(logging.INFO, logger="skymorph.stages"):
         assert cli.main(argv[:5] + ["64"] + argv[6:] + ["-v"]) == 0  # INFO lines need -v
@@ -231,19 +231,20 @@ def test_empty_image_is_rejected_not_fatal(run_copy):
 KILLED_RUN = """
 import importlib, os, signal, sys
 from skymorph import Config
+from skymorph.io.chunklog import ChunkLedger
 
 # the module, not the function skymorph/__init__ re-exports under the same name
 stage = importlib.import_module("skymorph.stages.encode")
 
-write_json = stage._write_json
+record = ChunkLedger.record
 
-def die_before_fourth_record(path, payload):
+def die_before_fourth_record(self, chunk, info=None):
     # a real SIGKILL at the worst moment: the fourth chunk is in the array, its record is not
-    if len(payload["done"]) == 4:
+    if len(self.done) == 3:
         os.kill(os.getpid(), signal.SIGKILL)
-    write_json(path, payload)
+    record(self, chunk, info)
 
-stage._write_json = die_before_fourth_record
+ChunkLedger.record = die_before_fourth_record
 config = Config().update({"polar": {"enabled": False}, "denoise": {"enabled": False},
                           "encode": {"encoder": "test_efficientnet", "random_init": True,
                                      "chunk_size": 8, "batch_size": 4}})
@@ -255,12 +256,12 @@ def test_killed_run_resumes_to_identical_features(cosmos_run, tmp_path, caplog):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     shutil.copytree(cosmos_run.path, killed)
     shutil.copytree(cosmos_run.path, clean)
-    partial = killed / "stages" / "encode.partial.json"
+    partial = killed / "stages" / "encode.partial.jsonl"
     proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(killed)], capture_output=True,
                           timeout=300, text=True)
     assert proc.returncode == -signal.SIGKILL, f"the run was not killed midway: {proc.stderr[-2000:]}"
     assert RunDir(killed).stage_info("encode") is None  # not marked done
-    assert json.loads(partial.read_text())["done"] == [0, 1, 2]
+    assert [json.loads(line)["chunk"] for line in partial.read_text().splitlines()[1:]] == [0, 1, 2]
     written = np.asarray(RunDir(killed).open_array("features", check=False)[:])
     assert np.isfinite(written[:32]).all() and np.isnan(written[32:]).all()
 
@@ -274,6 +275,19 @@ def test_killed_run_resumes_to_identical_features(cosmos_run, tmp_path, caplog):
     reference = encode(clean, config, progress=False)
     np.testing.assert_array_equal(np.asarray(resumed.open_array("features")[:]),
                                   np.asarray(reference.open_array("features")[:]))
+
+
+def test_an_older_runs_encode_partial_json_is_ignored_with_a_note(run_copy, caplog):
+    # encode's own resume record before the common chunk ledger: not read, removed, chunks redone
+    old = run_copy.path / "stages" / "encode.partial.json"
+    old.parent.mkdir(exist_ok=True)
+    old.write_text(json.dumps({"key": "old", "done": [0], "empty": {}}))
+    config = _config(encoder="test_efficientnet", random_init=True, chunk_size=50)
+    with caplog.at_level(logging.WARNING, logger="skymorph.stages.encode"):
+        run = encode(run_copy, config, progress=False)
+    assert "written by an older skymorph" in caplog.text
+    assert not old.exists() and run.stage_info("encode")["n_resumed"] == 0
+    assert np.isfinite(np.asarray(run.open_array("features")[:])).all()
 
 
 def test_rotation_averaged_features_ignore_right_angle_rotations(cosmos_run):

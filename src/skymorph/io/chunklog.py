@@ -16,7 +16,10 @@ finishes:
     result is pickled to its own file as it arrives, and a stage run again with
     the same fingerprint reads those instead of computing them.
 
-``encode`` keeps its own ``encode.partial.json`` of the same kind.
+:func:`chunk_map` is the one chunk loop of the chunked stages (polar, denoise,
+encode): it skips the chunks the ledger records, runs the rest, records each and
+shows progress.  (``encode`` used to keep its own ``encode.partial.json``; an
+older run directory's file is ignored with a note, and the stage redoes its chunks.)
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import json
 import os
 import pickle
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ChunkLedger", "ResultCache", "clear_parts", "create_chunked", "open_chunked"]
+__all__ = ["ChunkLedger", "ResultCache", "chunk_map", "chunk_rows", "chunk_slices", "clear_parts",
+           "create_chunked", "open_chunked", "resume_or_create"]
 
 
 class ChunkLedger:
@@ -172,12 +177,76 @@ def open_chunked(path: str | os.PathLike, shape: tuple[int, ...], chunk: int) ->
 
 
 def resume_or_create(ledger: ChunkLedger, path: str | os.PathLike, shape: tuple[int, ...], chunk: int,
-                     ) -> dict[int, Any]:
+                     create: Callable[[], Any] | None = None) -> dict[int, Any]:
     """The chunks ``ledger`` records as finished when the array at ``path`` still holds them;
-    otherwise an empty dict, after creating the array afresh and starting a new ledger."""
+    otherwise an empty dict, after creating the array afresh (with ``create`` when given,
+    else :func:`create_chunked`) and starting a new ledger."""
     done = ledger.resume()
     if done and open_chunked(path, shape, chunk) is not None:
         return done
-    create_chunked(path, shape, chunk)
+    if create is not None:
+        create()
+    else:
+        create_chunked(path, shape, chunk)
     ledger.start()
     return {}
+
+
+def chunk_rows(i: int, n: int, chunk: int) -> slice:
+    """The rows of chunk ``i`` of ``n`` rows cut in chunks of ``chunk``."""
+    return slice(i * chunk, min(n, (i + 1) * chunk))
+
+
+def chunk_slices(n: int, chunk: int) -> list[slice]:
+    """The row slices of ``n`` rows cut in chunks of ``chunk`` (the last one shorter)."""
+    return [chunk_rows(i, n, chunk) for i in range(-(-n // chunk))]
+
+
+def chunk_map(task: Callable[..., Any], n: int, chunk: int, *args: Any, ledger: ChunkLedger,
+              done: dict[int, Any], desc: str, unit: str = "item", progress: bool = True,
+              gpu: bool = False, read: Callable[[int], Any] | None = None,
+              local: Callable[[int, Any, Any], Any] | None = None) -> dict[int, Any]:
+    """Run the chunks of ``n`` rows that ``done`` (from :func:`resume_or_create`) lacks.
+
+    By default each chunk is ``task(i, *args)`` through
+    :func:`skymorph.core.compute.run_chunks` (here or on the cluster); the task writes
+    its own rows of the output and returns the info recorded for the chunk.  With
+    ``read`` and ``local`` (in this process only) the next chunk is read by
+    ``read(i)`` while ``local(i, block, bar)`` works on the current one (prefetch) and
+    writes its rows, returning the info.  Each chunk is recorded in ``ledger`` only
+    after it returned, so a kill in between redoes it.  Returns the info of every
+    chunk, the resumed ones included.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    todo = [i for i in range(-(-n // chunk)) if i not in done]
+    infos = dict(done)
+
+    def size(i: int) -> int:
+        rows = chunk_rows(i, n, chunk)
+        return rows.stop - rows.start
+
+    with tqdm(total=n, initial=sum(size(i) for i in done), desc=desc, unit=unit,
+              disable=not progress) as bar:
+        def finished(i: int, info: Any, update: bool = True) -> None:
+            ledger.record(i, info)
+            infos[i] = info
+            if update:
+                bar.update(size(i))
+
+        if read is not None and local is not None:
+            # the next chunk is read (and decompressed) while this one is worked on
+            with ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(read, todo[0]) if todo else None
+                for pos, i in enumerate(todo):
+                    block = pending.result()
+                    if pos + 1 < len(todo):
+                        pending = pool.submit(read, todo[pos + 1])
+                    finished(i, local(i, block, bar), update=False)
+        else:
+            from ..core.compute import run_chunks
+
+            run_chunks(task, todo, *args, on_done=finished, gpu=gpu)
+    return infos

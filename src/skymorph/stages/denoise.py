@@ -42,9 +42,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import Config, DenoiseConfig
-from ..core.compute import run_chunks, worker_cached
+from ..core.compute import worker_cached
 from ..core.sky import border_sky
-from ..io.chunklog import ChunkLedger, resume_or_create
+from ..io.chunklog import ChunkLedger, chunk_map, chunk_rows, resume_or_create
 from ..io.rundir import RunDir, iter_chunks
 from . import Stage, StageContext, execute
 
@@ -144,9 +144,9 @@ def denoise_chunk(i: int, stamps: str, out: str, n: int, chunk: int, checkpoint:
 
     model = worker_cached(_model_key(model_hash, device), lambda: load_cae(checkpoint, device))
     _cae.set_threads()
-    start, stop = i * chunk, min(n, (i + 1) * chunk)
-    block = np.asarray(zarr.open_array(store=stamps, mode="r")[start:stop])
-    zarr.open_array(store=out, mode="r+")[start:stop] = apply_cae(block, model, batch_size)
+    rows = chunk_rows(i, n, chunk)
+    block = np.asarray(zarr.open_array(store=stamps, mode="r")[rows])
+    zarr.open_array(store=out, mode="r+")[rows] = apply_cae(block, model, batch_size)
 
 
 def _train(run: RunDir, stamps, cfg: DenoiseConfig, device, progress: bool):
@@ -253,15 +253,9 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         log.info("denoise: resuming, %d of %d chunks already done", len(done), n_chunks)
     # this process reuses the model in memory; Dask workers load the checkpoint once each
     worker_cached(_model_key(model_hash, cfg.device), lambda: model)
-    with tqdm(total=n, initial=sum(min(n, (i + 1) * chunk) - i * chunk for i in done),
-              desc="denoise: apply CAE", unit="stamp", disable=not progress) as bar:
-        def finished(i: int, _: Any) -> None:
-            ledger.record(i)
-            bar.update(min(n, (i + 1) * chunk) - i * chunk)
-
-        run_chunks(denoise_chunk, [i for i in range(n_chunks) if i not in done],
-                   str(run.array_path("stamps")), str(out), n, chunk, str(model_path), model_hash,
-                   cfg.device, cfg.inference_batch_size, on_done=finished, gpu=True)
+    chunk_map(denoise_chunk, n, chunk, str(run.array_path("stamps")), str(out), n, chunk, str(model_path),
+              model_hash, cfg.device, cfg.inference_batch_size, ledger=ledger, done=done,
+              desc="denoise: apply CAE", unit="stamp", progress=progress, gpu=True)
     seconds = time.perf_counter() - t0
     # the noise before and after, on a seeded sample of at most 10^4 stamps
     picks = np.sort(np.random.default_rng(0).permutation(n)[:10000])

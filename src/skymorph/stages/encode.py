@@ -9,7 +9,8 @@ normalisation with the model's own statistics, single band replicated to three
 channels) and writes ``features`` (N x D float32, same order as the sources).
 
 The work is done chunk by chunk (``encode.chunk_size`` images): after each chunk
-is written, ``stages/encode.partial.json`` records it atomically, so a run that
+is written, the stage's chunk ledger (``stages/encode.partial.jsonl``, see
+:mod:`skymorph.io.chunklog`) records it, so a run that
 is interrupted (killed, out of time) resumes at the first unfinished chunk and
 produces exactly the features an uninterrupted run would.  A resume happens
 only with the same encoder, weights, settings, batch size, device, precision
@@ -31,15 +32,14 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ..config import Config, EncodeConfig
+from ..io.chunklog import ChunkLedger, chunk_map, chunk_rows, resume_or_create
 from ..io.rundir import RunDir, RunDirError
 from ..summaries import read_summary, shown
 from . import Stage, StageContext, execute, image_source
@@ -48,7 +48,8 @@ __all__ = ["encode"]
 
 log = logging.getLogger(__name__)
 
-PARTIAL = "encode.partial.json"
+# encode's resume record before the common ledger (stages/encode.partial.jsonl)
+OLD_PARTIAL = "encode.partial.json"
 
 
 def _source(config: Config) -> tuple[str, str]:
@@ -70,20 +71,18 @@ def _extra(ctx: StageContext) -> dict[str, Any]:
     return {"input": source, "weights": _encoders.weights_identity(ctx.config.encode)}
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as fh:
-        json.dump(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _drop_old_partial(run: RunDir) -> None:
+    """An older run directory's ``encode.partial.json`` (encode's own resume record before
+    the common ledger): not read, but removed with a note, so the stage redoes its chunks."""
+    old = run.path / "stages" / OLD_PARTIAL
+    if old.exists():
+        log.warning("encode: ignoring %s, written by an older skymorph; the chunks it records "
+                    "are encoded again", old)
+        old.unlink(missing_ok=True)
 
 
-def _read_partial(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+def _size(rows: slice) -> int:
+    return rows.stop - rows.start
 
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
@@ -118,34 +117,18 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         [fingerprint, n, encoder.dim, chunk, int(cfg.batch_size), where,
          encoder.precision, threads, encoder.runtime], default=str).encode()).hexdigest()[:16]
 
-    partial_path = run.path / "stages" / PARTIAL
-    partial = _read_partial(partial_path)
-    resumable = (partial is not None and partial.get("key") == key and run.has_array("features")
-                 and tuple(run.open_array("features", check=False).shape) == (n, encoder.dim))
-    if resumable:
-        features = _open_writable(run, "features")
-        log.info("encode: resuming, %d of %d chunks already done", len(partial["done"]), n_chunks)
-    else:
-        features = run.create_array("features", (n, encoder.dim), chunk)
-        partial = {"key": key, "fingerprint": fingerprint, "n": n, "dim": encoder.dim,
-                   "chunk_size": chunk, "done": [], "empty": {}}
-        partial_path.parent.mkdir(exist_ok=True)
-        _write_json(partial_path, partial)
-    done = set(partial["done"])
-    todo = [i for i in range(n_chunks) if i not in done]
+    _drop_old_partial(run)
+    ledger = ChunkLedger(run.path, "encode", key)
+    out = run.array_path("features")
+    # the features array keeps create_array's layout (provenance attributes, a chunk no
+    # longer than the array)
+    done = resume_or_create(ledger, out, (n, encoder.dim), max(1, min(chunk, n)),
+                            create=lambda: run.create_array("features", (n, encoder.dim), chunk))
+    if done:
+        log.info("encode: resuming, %d of %d chunks already done", len(done), n_chunks)
     log.info("encode: %s (%s weights, %d-d, input %dx%d, %s %s, %s) on %d images of '%s'",
              encoder.name, encoder.weights_source, encoder.dim, *encoder.input_size,
              where, encoder.precision, encoder.runtime, n, source)
-
-    def read(i: int) -> np.ndarray:
-        return np.asarray(images[i * chunk : min(n, (i + 1) * chunk)], dtype=np.float32)
-
-    def record(i: int, empty_rows: list[int]) -> None:
-        # recorded only once the chunk is on disk: a kill in between redoes it
-        partial["done"].append(i)
-        if empty_rows:
-            partial["empty"][str(i)] = empty_rows
-        _write_json(partial_path, partial)
 
     previous_threads = None
     if threads and not distributed:
@@ -153,30 +136,26 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
 
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
-    n_done_before = n - sum(min(n, (i + 1) * chunk) - i * chunk for i in todo)
+    n_done_before = sum(_size(chunk_rows(i, n, chunk)) for i in done)
     t1, cpu1 = time.perf_counter(), time.process_time()
     try:
-        with tqdm(total=n, initial=n_done_before, desc="encode", unit="img", disable=not progress) as bar:
-            if distributed:
-                from ..core.compute import run_chunks
+        if distributed:
+            infos = chunk_map(encode_chunk, n, chunk, str(run.array_path(source)), str(out), n, chunk, cfg,
+                              threads, ledger=ledger, done=done, desc="encode", unit="img",
+                              progress=progress, gpu=True)
+        else:
+            features = _open_writable(run, "features")
 
-                def done(i: int, empty_rows: list[int]) -> None:
-                    record(i, empty_rows)
-                    bar.update(min(n, (i + 1) * chunk) - i * chunk)
+            def read(i: int) -> np.ndarray:
+                return np.asarray(images[chunk_rows(i, n, chunk)], dtype=np.float32)
 
-                run_chunks(encode_chunk, todo, str(run.array_path(source)), str(run.array_path("features")),
-                           n, chunk, cfg, threads, on_done=done, gpu=True)
-            else:
-                # the next chunk is read (and decompressed) while this one is encoded
-                with ThreadPoolExecutor(1) as pool:
-                    pending = pool.submit(read, todo[0]) if todo else None
-                    for pos, i in enumerate(todo):
-                        block = pending.result()
-                        if pos + 1 < len(todo):
-                            pending = pool.submit(read, todo[pos + 1])
-                        feats, empty = encoder.encode(block, int(cfg.batch_size), on_batch=bar.update)
-                        features[i * chunk : i * chunk + len(block)] = feats
-                        record(i, (np.flatnonzero(empty) + i * chunk).tolist())
+            def encode_block(i: int, block: np.ndarray, bar: Any) -> list[int]:
+                feats, empty = encoder.encode(block, int(cfg.batch_size), on_batch=bar.update)
+                features[i * chunk : i * chunk + len(block)] = feats
+                return (np.flatnonzero(empty) + i * chunk).tolist()
+
+            infos = chunk_map(encode_chunk, n, chunk, ledger=ledger, done=done, desc="encode", unit="img",
+                              progress=progress, read=read, local=encode_block)
     finally:
         if previous_threads is not None:
             import torch
@@ -184,7 +163,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
             torch.set_num_threads(previous_threads)
     elapsed, cpu_elapsed = time.perf_counter() - t1, time.process_time() - cpu1
 
-    empty_rows = sorted(j for rows in partial["empty"].values() for j in rows)
+    empty_rows = sorted(j for rows in infos.values() for j in (rows or ()))
     run.clear_rejects("encode")
     if empty_rows:
         ids = _ids(run, n)
@@ -192,7 +171,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
                          "reason": f"image {j} of '{source}' has no finite pixel; its features are NaN"}
                         for j in empty_rows)
     n_new = n - n_done_before
-    partial_path.unlink(missing_ok=True)
+    ledger.remove()
     log.info("encode: %d x %d features written (%d rejected, %d resumed)", n, encoder.dim,
              len(empty_rows), n_done_before)
     return dict(n_images=n, dim=encoder.dim, encoder=encoder.name,
@@ -365,11 +344,11 @@ def encode_chunk(i: int, source: str, out: str, n: int, chunk: int, cfg: EncodeC
         import torch
 
         torch.set_num_threads(threads)
-    start, stop = i * chunk, min(n, (i + 1) * chunk)
-    block = np.asarray(zarr.open_array(store=source, mode="r")[start:stop], dtype=np.float32)
+    rows = chunk_rows(i, n, chunk)
+    block = np.asarray(zarr.open_array(store=source, mode="r")[rows], dtype=np.float32)
     feats, empty = encoder.encode(block, int(cfg.batch_size))
-    zarr.open_array(store=out, mode="r+")[start:stop] = feats
-    return (np.flatnonzero(empty) + start).tolist()
+    zarr.open_array(store=out, mode="r+")[rows] = feats
+    return (np.flatnonzero(empty) + rows.start).tolist()
 
 
 def _threads(requested: int) -> int:

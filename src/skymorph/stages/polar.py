@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..config import Config, PolarConfig
 from ..core.apct import apct, apct_torch, output_shape
@@ -144,8 +143,10 @@ def polar_chunk(i: int, source: str, out: str, n: int, chunk: int, cfg: PolarCon
     from ..core.cae import set_threads
 
     set_threads()
-    start, stop = i * chunk, min(n, (i + 1) * chunk)
-    block = np.asarray(zarr.open_array(store=source, mode="r")[start:stop], dtype=np.float32)
+    from ..io.chunklog import chunk_rows
+
+    rows = chunk_rows(i, n, chunk)
+    block = np.asarray(zarr.open_array(store=source, mode="r")[rows], dtype=np.float32)
     n_nonfinite = int((~np.isfinite(block)).any(axis=(1, 2)).sum())
     parts = []
     options = core_options(cfg)
@@ -153,13 +154,12 @@ def polar_chunk(i: int, source: str, out: str, n: int, chunk: int, cfg: PolarCon
         with torch.inference_mode():
             batch = torch.from_numpy(block[b:b + cfg.batch_size])
             parts.append(apct_torch(batch, owned=True, **options).numpy())
-    zarr.open_array(store=out, mode="r+")[start:stop] = np.concatenate(parts)
+    zarr.open_array(store=out, mode="r+")[rows] = np.concatenate(parts)
     return n_nonfinite
 
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
-    from ..core.compute import run_chunks
-    from ..io.chunklog import ChunkLedger, resume_or_create
+    from ..io.chunklog import ChunkLedger, chunk_map, resume_or_create
 
     cfg, run = ctx.config.polar, ctx.run
     source, _ = image_source(ctx.config, "polar")
@@ -173,16 +173,8 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     done = resume_or_create(ledger, out, (n, rows, cols), chunk)
     if done:
         log.info("polar: resuming, %d of %d chunks already done", len(done), n_chunks)
-    counts = dict(done)
-    with tqdm(total=n, initial=sum(min(n, (i + 1) * chunk) - i * chunk for i in done), desc="polar",
-              unit="stamp", disable=not ctx.progress) as bar:
-        def finished(i: int, n_nonfinite: int) -> None:
-            ledger.record(i, n_nonfinite)
-            counts[i] = n_nonfinite
-            bar.update(min(n, (i + 1) * chunk) - i * chunk)
-
-        run_chunks(polar_chunk, [i for i in range(n_chunks) if i not in done], str(run.array_path(source)),
-                   str(out), n, chunk, cfg, on_done=finished)
+    counts = chunk_map(polar_chunk, n, chunk, str(run.array_path(source)), str(out), n, chunk, cfg,
+                       ledger=ledger, done=done, desc="polar", unit="stamp", progress=ctx.progress)
     log.info("polar: %d stamps -> %d x %d polar images from '%s' (pole: %s)",
              n, rows, cols, source, cfg.pole)
     return dict(n_stamps=n, input=source, rows=rows, cols=cols, pole=cfg.pole,

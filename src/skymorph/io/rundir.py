@@ -29,8 +29,8 @@ descriptions.
 Array stores are Zarr arrays chunked along the galaxy axis, so every stage can
 stream them chunk by chunk and Dask can map over them with ``dask.array.from_zarr``.
 They are not compressed: noisy float pixels barely compress, and zstd cost a
-sizeable share of each stage's time.  ``stages/encode.partial.json`` records the
-finished chunks of an interrupted encode so that it can resume.
+sizeable share of each stage's time.  ``stages/<stage>.partial.jsonl`` records the
+finished chunks of an interrupted polar, denoise or encode so that it can resume.
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ class RunDir:
 
     def _stage_records(self) -> list[Path]:
         """``stages/<stage>.json`` of each finished stage (not the resume records such as
-        ``encode.partial.json``)."""
+        ``encode.partial.jsonl``)."""
         return sorted(p for p in (self.path / "stages").glob("*.json") if "." not in p.stem)
 
     def recorded_settings(self) -> dict[str, dict[str, dict[str, Any]]]:

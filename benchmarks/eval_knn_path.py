@@ -10,6 +10,9 @@ only the stamps, sources, config and features are copied) are reduced (UMAP-300)
     python benchmarks/eval_knn_path.py --out /tmp/knn --seeds 0 1 2 \\
         --run gz1_sdss=RUN1 --run gz1_sdss_natural=RUN2 --run ceers_f200w=RUN3
     python benchmarks/eval_knn_path.py --summary /tmp/knn/results.jsonl
+
+The rows behind the README's table (128 px default runs, and 260 px runs made with
+``--set encode.input_size=260``) are ``benchmarks/eval_knn_path_results.jsonl``.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ def main() -> None:
                     "reduce": {"seed": seed, "map_2d": False, **settings}})
                 run_dir = out / f"{name}_{path}_s{seed}"
                 _copy_features(Path(src), run_dir)
-                row = {"set": name, "knn": path, "seed": seed, **_score(run_dir, config, SETS[name]),
+                row = {"set": name, "knn": path, "seed": seed, "input_size": config.encode.input_size,
+                       **_score(run_dir, config, SETS[name]),
                        "time": time.strftime("%H:%M:%S")}
                 with (out / "results.jsonl").open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
@@ -61,15 +65,15 @@ def main() -> None:
 
 
 def summary(path: Path) -> None:
-    """Markdown table: per set and k-NN path, the mean balanced accuracy +- half its range over
-    the seeds and the mean kept fraction."""
+    """Markdown table: per set, encoder input size and k-NN path, the mean balanced accuracy +-
+    half its range over the seeds and the mean kept fraction."""
     import pandas as pd
 
     rows = pd.read_json(path, lines=True)
-    print("| set | k-NN path | balacc (mean ± half-range) | kept | seeds |")
-    print("| --- | --- | --- | --- | --- |")
-    for (name, knn), g in rows.groupby(["set", "knn"], sort=False):
-        print(f"| {name} | {knn} | {seed_cells(g)} | {g['seed'].nunique()} |")
+    print("| set | input px | k-NN path | balacc (mean ± half-range) | kept | seeds |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for (name, size, knn), g in rows.groupby(["set", "input_size", "knn"], sort=False):
+        print(f"| {name} | {size} | {knn} | {seed_cells(g)} | {g['seed'].nunique()} |")
 
 
 if __name__ == "__main__":

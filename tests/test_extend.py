@@ -152,6 +152,16 @@ def test_ood_flags_a_blank_and_a_star_only_stamp(gz1_run):
     assert r.ood[:n].sum() <= 2
 
 
+def test_ood_distances_need_two_training_galaxies():
+    # core.ood raises core.extend's error through an import inside the function: a module-level
+    # one would be circular, and nothing else reaches that line
+    from skymorph.core.extend import ExtendError
+    from skymorph.core.ood import ood_distances
+
+    with pytest.raises(ExtendError, match="at least 2 training galaxies"):
+        ood_distances(np.zeros((1, 3)), np.zeros((4, 3)), np.array([0]))
+
+
 def test_split_scores_by_hand():
     truth = np.array(["elliptical", "elliptical", "spiral", "spiral", "", "spiral"], dtype=object)
     final = np.array(["ELLIPTICAL", "SPIRAL", "SPIRAL", "UNC", "SPIRAL", "SPIRAL"], dtype=object)

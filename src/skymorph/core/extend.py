@@ -91,7 +91,6 @@ __all__ = ["agreement_name",
 ]
 
 
-
 def agreement_name(folds: int) -> str:
     """What the extension's cross-validated score measures, in words."""
     return f"agreement with the expert-named clusters ({folds}-fold CV)"

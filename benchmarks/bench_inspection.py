@@ -100,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from skymorph import Config
-    from skymorph.inspection import make_server
+    from skymorph import make_server
     from skymorph.stages.inspect import montage
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_inspection_"))

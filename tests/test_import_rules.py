@@ -44,10 +44,7 @@ def _imports() -> dict[str, set[str]]:
 IMPORTS = _imports()
 MODULES = set(IMPORTS)
 
-KNOWN = {
-    # the voting server has the montage stage draw montages that are missing or stale
-    "skymorph.inspection.server imports skymorph.stages.inspect",
-}
+KNOWN: set[str] = set()
 """Exceptions still to remove; each must still exist, so the list only shrinks."""
 
 

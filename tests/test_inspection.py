@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skymorph import Config, RunDir
+from skymorph import Config, RunDir, make_server
 from skymorph.core.scores import ScoreError
 from skymorph.inspection import (
     InspectError,
@@ -24,7 +24,6 @@ from skymorph.inspection import (
     clustering_fingerprint,
     consensus_labels,
     load_manifest,
-    make_server,
     sample_members,
     stretch,
 )

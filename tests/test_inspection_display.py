@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skymorph import Config, RunDir
+from skymorph import Config, RunDir, make_server
 from skymorph.inspection import (
     TYPE_NAMES,
     display,
     linear,
     load_manifest,
-    make_server,
     stretch,
 )
 from skymorph.inspection.montage import display_scaled_stamps, stamp_pixel_scales

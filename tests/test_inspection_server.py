@@ -18,8 +18,8 @@ import urllib.parse
 
 import pytest
 
-from skymorph import Config, RunDir
-from skymorph.inspection import VoteStore, make_server, read_votes
+from skymorph import Config, RunDir, make_server
+from skymorph.inspection import VoteStore, read_votes
 from skymorph.inspection.server import InspectionServer
 from skymorph.inspection.votes import escape_cell, unescape_cell
 from test_inspection import cluster_catalog
@@ -156,7 +156,7 @@ def test_token_is_random_per_session_and_printed_with_the_url(served, monkeypatc
         assert other.token != served.token
     finally:
         other.server_close()
-    from skymorph.inspection import serve
+    from skymorph import serve
 
     def stop(self, *args, **kwargs):
         raise KeyboardInterrupt

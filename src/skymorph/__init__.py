@@ -36,8 +36,8 @@ _EXPORTS: dict[str, str] = {
     "score_labels": "skymorph.stages.evaluate",
     "aligned_truth": "skymorph.stages.evaluate",
     "run": "skymorph.stages.pipeline",
-    "serve": "skymorph.inspection",
-    "make_server": "skymorph.inspection",
+    "serve": "skymorph.stages.inspect",
+    "make_server": "skymorph.stages.inspect",
 }
 
 __all__ = ["__version__", *_EXPORTS]

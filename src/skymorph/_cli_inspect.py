@@ -66,7 +66,7 @@ def _refine_parser(actions: Any) -> None:
 
 
 def _refine(args: argparse.Namespace, config: Config) -> int:
-    from .inspection import serve
+    from .stages.inspect import serve
 
     serve(args.run_dir, config, open_browser=args.open_browser, page="refine")
     return 0
@@ -175,7 +175,7 @@ def _auto_refine(args: argparse.Namespace, config: Config, run: Any) -> int:
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
-    from .inspection import serve
+    from .stages.inspect import serve
 
     serve(args.run_dir, config, open_browser=args.open_browser)
     return 0

@@ -21,7 +21,9 @@ agree.  The package holds the three steps of that work:
 
 The montage and merge stages that run these through the executor, with their
 public functions :func:`skymorph.montage` and :func:`skymorph.merge`, are in
-:mod:`skymorph.stages.inspect`; the command line is in :mod:`skymorph.cli`.
+:mod:`skymorph.stages.inspect`, as are :func:`skymorph.make_server` and
+:func:`skymorph.serve`, which draw missing or stale montages before the server starts;
+the command line is in :mod:`skymorph.cli`.
 """
 
 from __future__ import annotations

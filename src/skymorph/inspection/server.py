@@ -431,10 +431,11 @@ def _is_loopback(host: str) -> bool:
 
 def make_server(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
                 host: str | None = None, port: int | None = None,
-                progress: bool = False, token: str | None = None) -> InspectionServer:
+                token: str | None = None) -> InspectionServer:
     """Build (but do not start) the voting web application of a run.
 
-    Draws the montages first when they are missing or stale.  Start it with
+    The montages must be drawn (:func:`skymorph.make_server` draws them first when they
+    are missing or stale, through the montage stage).  Start it with
     ``server.serve_forever()`` (in a thread, for tests and notebooks) and stop
     it with ``server.shutdown(); server.server_close()``; open ``server.token_url``.
 
@@ -446,8 +447,6 @@ def make_server(run_dir: str | os.PathLike | RunDir, config: Config | None = Non
         All settings; by default the run's own ``config.toml``.
     host, port : optional
         Override ``inspect.host`` / ``inspect.port``; port 0 picks a free port.
-    progress : bool
-        Progress bar while drawing montages.
     token : str, optional
         The session's secret; a fresh ``secrets.token_urlsafe(32)`` by default.
 
@@ -455,11 +454,8 @@ def make_server(run_dir: str | os.PathLike | RunDir, config: Config | None = Non
     -------
     InspectionServer
     """
-    from ..stages.inspect import montage  # the montage stage: drawn only when missing or stale
-
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     config = config if config is not None else run.config()
-    montage(run, config, progress=progress)
     bind = host or config.inspect.host
     server = InspectionServer((bind, config.inspect.port if port is None else port), _Handler)
     server.bind_host = bind
@@ -473,11 +469,12 @@ def serve(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
           page: str = "") -> None:
     """Run the voting web application until interrupted (Ctrl-C).
 
-    Parameters are those of :func:`make_server`; ``open_browser`` opens the page
+    The montages must be drawn (:func:`skymorph.serve` draws them first).  Parameters are
+    those of :func:`make_server`; ``open_browser`` opens the page
     in the default browser; ``page = "refine"`` opens the "teach single galaxies" page
     (``skymorph inspect refine``).  Prints the address with the session's token.
     """
-    server = make_server(run_dir, config, host, port, progress=True)
+    server = make_server(run_dir, config, host, port)
     url = server.token_url if not page else f"{server.url}{page}?token={server.token}"
     if page == "refine":
         print(f"skymorph inspect refine: experts type single galaxies, least sure first (labels go to "

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from ..config import Config
+from ..inspection import server as _server
 from ..inspection.merge import merge_votes
 from ..inspection.montage import (
     InspectError,
@@ -33,7 +34,7 @@ from ..io.csvfile import read_csv
 from ..io.rundir import RunDir
 from . import Argument, Stage, StageContext, execute
 
-__all__ = ["montage", "merge", "MONTAGE", "MERGE"]
+__all__ = ["montage", "merge", "make_server", "serve", "MONTAGE", "MERGE"]
 
 
 MONTAGE_VERSION = 2
@@ -231,6 +232,32 @@ def merge(run_dir: str | os.PathLike | RunDir, votes: Sequence[str | os.PathLike
     settings = {} if min_agree is None else {"min_agree": int(min_agree)}
     run = execute("merge", run_dir, config, options={"votes": list(votes) if votes else None}, **settings)
     return read_cluster_types(run)
+
+
+def make_server(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
+                host: str | None = None, port: int | None = None, progress: bool = False,
+                token: str | None = None) -> _server.InspectionServer:
+    """Draw the montages when they are missing or stale (the montage stage), then build the
+    voting web application of the run: :func:`skymorph.inspection.server.make_server`.
+
+    ``progress`` shows a progress bar while drawing; the other parameters and the return
+    value are those of :func:`skymorph.inspection.server.make_server`.
+    """
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    config = config if config is not None else run.config()
+    montage(run, config, progress=progress)
+    return _server.make_server(run, config, host, port, token=token)
+
+
+def serve(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
+          host: str | None = None, port: int | None = None, open_browser: bool = False,
+          page: str = "") -> None:
+    """Draw the montages when they are missing or stale, then run the voting web application
+    until interrupted (Ctrl-C): :func:`skymorph.inspection.server.serve`, same parameters."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    config = config if config is not None else run.config()
+    montage(run, config, progress=True)
+    _server.serve(run, config, host, port, open_browser=open_browser, page=page)
 
 
 __all__ += ["InspectError", "read_cluster_types"]

@@ -62,6 +62,7 @@ def _bright_galaxy_figures(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
     return np.array(ratios), np.array(shifts)
 
 
+@pytest.mark.slow
 def test_denoising_quality(trained):
     run, _ = trained
     stamps = np.asarray(run.open_array("stamps"))
@@ -86,6 +87,7 @@ def test_denoising_quality(trained):
     assert np.median(shifts) < 1.0
 
 
+@pytest.mark.slow
 def test_outputs_checkpoint_and_curve(trained):
     run, _ = trained
     info = run.stage_info("denoise")
@@ -101,6 +103,7 @@ def test_outputs_checkpoint_and_curve(trained):
     assert model.to_latent.in_features == 25 * 25 * 8
 
 
+@pytest.mark.slow
 def test_every_stamp_whatever_the_batch(trained):
     """No dropped remainder (the scripts' len % 3 bug): 100 stamps in batches of 7."""
     run, _ = trained
@@ -111,6 +114,7 @@ def test_every_stamp_whatever_the_batch(trained):
     assert not np.any(np.all(out7 == 0, axis=(1, 2)))
 
 
+@pytest.mark.slow
 def test_reuse_unchanged_and_checkpoint_on_another_run(trained, cosmos_run, tmp_path):
     run, config = trained
     finished = run.stage_info("denoise")["finished"]
@@ -129,6 +133,7 @@ def test_reuse_unchanged_and_checkpoint_on_another_run(trained, cosmos_run, tmp_
                                np.asarray(run.open_array("denoised")), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_and_settings(trained, tmp_path):
     run, _ = trained
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -175,6 +180,7 @@ def test_switches_unpooling_and_odd_sizes():
         _cae.CAE(100, [16, 8], kernel_size=4)
 
 
+@pytest.mark.slow
 def test_disabled_stage_and_polar_after_denoise(trained):
     run, config = trained
     from skymorph.stages.polar import polar

@@ -104,6 +104,7 @@ def _same_array(a: RunDir, b: RunDir, name: str) -> None:
     np.testing.assert_array_equal(np.asarray(a.open_array(name)[:]), np.asarray(b.open_array(name)[:]))
 
 
+@pytest.mark.slow
 def test_cluster_run_with_killed_workers_writes_the_local_runs_arrays_and_tables(local_run, dask_run):
     run, pids, now, kills = dask_run
     for name in ARRAYS:
@@ -167,6 +168,7 @@ measure(sys.argv[1], config, force=True, progress=False)
 """
 
 
+@pytest.mark.slow
 def test_client_killed_mid_run_resumes_from_finished_chunks(dask_cluster, dask_run, local_run, tmp_path):
     run = RunDir(shutil.copytree(dask_run[0].path, tmp_path / "run"))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
@@ -237,6 +239,7 @@ def test_synchronous_and_threads_schedulers_match_local(local_run, tmp_path):
     _same_array(reference, run, "polar")
 
 
+@pytest.mark.slow
 def test_zarr_regions_are_whole_chunks(dask_run):
     # every chunk task writes whole chunks of its own region: no two tasks share a chunk file
     for name in ("polar", "features", "embedding"):

@@ -107,6 +107,7 @@ def test_pad_keeps_aspect_with_sky_borders():
     assert torch.all(scaled[60:160, 5:] > 0.99)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_convnext_xlarge_random_init_gives_2048(stamps, caplog):
     t0 = time.perf_counter()
@@ -252,6 +253,7 @@ stage.encode(sys.argv[1], config, progress=False)
 """
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_features(cosmos_run, tmp_path, caplog):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     shutil.copytree(cosmos_run.path, killed)

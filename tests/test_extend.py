@@ -249,6 +249,7 @@ def test_auto_votes_errors(run, shared_data):
     assert not (run.path / "inspection" / "votes.csv").exists()
 
 
+@pytest.mark.slow
 def test_extend_stage_types_every_galaxy_and_evaluate_splits(run, shared_data):
     labels_csv = shared_data / "gz1_sdss" / "labels.csv"
     config = _config()

@@ -50,6 +50,7 @@ def typed_run(tmp_path_factory):
     return run, config
 
 
+@pytest.mark.slow
 def test_run_writes_the_catalog_contract(typed_run):
     run, _ = typed_run
     catalog = run.catalog()
@@ -68,6 +69,7 @@ def test_run_writes_the_catalog_contract(typed_run):
     assert list((run.path / "inspection" / "montages").glob("*.png"))
 
 
+@pytest.mark.slow
 def test_votes_become_types_for_consensus_galaxies(typed_run):
     run, _ = typed_run
     catalog = run.catalog()
@@ -75,6 +77,7 @@ def test_votes_become_types_for_consensus_galaxies(typed_run):
     assert (catalog.loc[~catalog["consensus"], "morph_type"] == "NOCONS").all()
 
 
+@pytest.mark.slow
 def test_measure_and_validate_on_the_typed_run(typed_run):
     run, config = typed_run
     catalog = run.catalog()
@@ -88,6 +91,7 @@ def test_measure_and_validate_on_the_typed_run(typed_run):
     assert numbers and isinstance(result, dict)
 
 
+@pytest.mark.slow
 def test_rerun_with_unchanged_settings_recomputes_nothing(typed_run):
     run, config = typed_run
     before = {stage: run.stage_info(stage)["finished"]

@@ -190,6 +190,7 @@ def test_validate_full_report(typed_run, shared_data):
     assert g["agreement"]["k"] == int((ours[both] == theirs[both]).sum())
 
 
+@pytest.mark.slow
 def test_each_quantity_only_where_its_own_flag_says_valid(typed_run):
     """Issue 20 item 1: on the COSMOS stamps a dozen Sersic fits run away (flag_sersic = 2, n up to
     ~200); the catalog keeps their raw values with sersic_ok false, and the report's medians, Fig. 8,

@@ -39,8 +39,7 @@ import pandas as pd
 from ..config import Config, ValidateConfig
 from ..core import validation as V
 from ..core.validation import GZH_DEFAULT_COLUMNS, NO_CONSENSUS, normalise_types
-from ..core.validation_stats import kpc_per_arcsec
-from ..errors import SkymorphError
+from ..core.validation_table import ValidateError, id_text, join_physical, physical_columns
 from ..io.rundir import RunDir, RunDirError
 from ..summaries import read_summary, shown
 from . import STAGES, Argument, Stage, StageContext, execute
@@ -56,32 +55,7 @@ TYPE_WORDS = {"SPH": "spheroid", "ETD": "early-type disk", "LTD": "late-type dis
               "UNC": "unclassified by the experts", NO_CONSENSUS: "no consensus",
               "OOD": "outside the training distribution (seen by no expert)"}
 
-NAME_CANDIDATES = {
-    "mass": ["mass", "stellar_mass", "mstar", "logmass", "log_mass", "lp_mass_med", "lp_mass_best",
-             "mass_med", "mass_best", "logm", "log_mstar"],
-    "z": ["z", "zphot", "photoz", "z_phot", "lp_zbest", "lp_zpdf", "z_best", "zbest", "redshift", "z_spec"],
-    "mag": ["mag", "i_mag", "mag_i", "imag", "mag_auto", "mag_f814w", "f814w"],
-}
-
-
-class ValidateError(SkymorphError, ValueError):
-    """The run cannot be validated (no catalog, no morphology types)."""
-
-
 # --- inputs -----------------------------------------------------------------------------------
-
-
-def _find_column(table: pd.DataFrame, explicit: str | None, role: str) -> str | None:
-    if explicit:
-        if explicit not in table.columns:
-            raise ValidateError(f"{role} column {explicit!r} is not in the catalog; "
-                                f"columns are: {', '.join(map(str, table.columns))}")
-        return explicit
-    lower = {str(c).lower(): c for c in table.columns}
-    for name in NAME_CANDIDATES[role]:
-        if name in lower:
-            return lower[name]
-    return None
 
 
 def _read_table(path: str | os.PathLike) -> pd.DataFrame:
@@ -134,63 +108,12 @@ def _assemble(run: RunDir, physical, id_col: str | None, cfg: ValidateConfig, ty
         notes.append("no sources table: S/N and array rows are unavailable")
     if physical is not None:
         phys = physical if isinstance(physical, pd.DataFrame) else _read_table(physical)
-        key = id_col or ("id" if "id" in phys.columns else None)
-        if key is None or key not in phys.columns:
-            raise ValidateError(f"the physical catalog has no id column {key or 'id'!r}; name it "
-                                f"with --id-col (columns: {', '.join(map(str, phys.columns))})")
-        phys = phys.copy()
-        phys["id"] = phys[key].map(_id_text)
-        if key != "id":
-            phys = phys.drop(columns=[key])
-        phys = phys.drop_duplicates("id")
-        overlap = [c for c in phys.columns if c != "id" and c in table.columns]
-        # the user's catalog wins over same-named columns from the stamps' own catalog
-        table = table.drop(columns=overlap).merge(phys, on="id", how="left")
-        matched = int(table["id"].isin(phys["id"]).sum())
-        notes.append(f"physical catalog: {matched} of {len(table)} galaxies matched on id")
-        if matched == 0:
-            notes.append("no galaxy matched the physical catalog: check --id-col and the ids")
-    cols: dict[str, str | None] = {
-        "mass": _find_column(table, cfg.mass_col, "mass"),
-        "z": _find_column(table, cfg.z_col, "z"),
-        "mag": _find_column(table, cfg.mag_col, "mag"),
-    }
-    if physical is None and cols["mass"] is None:
-        notes.append("no physical catalog given (--physical): stellar-mass parts are skipped")
-    if cols["mass"] is not None:
-        mass = pd.to_numeric(table[cols["mass"]], errors="coerce")
-        if mass.notna().any():
-            # stellar masses are either log10(M/Msun) (< 20) or linear
-            table["log_mass"] = mass if mass.median() < 20 else np.log10(mass.where(mass > 0))
-            cols["mass"] = "log_mass"
-        else:
-            notes.append(f"mass column {cols['mass']!r} has no numeric value: mass parts skipped")
-            cols["mass"] = None
-    # r_e: kpc when the redshift and pixel scale are known, else pixels
-    table["r_e"] = pd.to_numeric(table.get("sersic_rhalf", np.nan), errors="coerce")
-    unit = "px"
-    scale = cfg.pixel_scale
-    if scale is None and "PIXEL_SCALE" in table.columns:
-        scale = float(pd.to_numeric(table["PIXEL_SCALE"], errors="coerce").median())
-    if "sersic_rhalf" in table.columns:
-        if scale is not None and np.isfinite(scale) and cols["z"] is not None:
-            z = pd.to_numeric(table[cols["z"]], errors="coerce").to_numpy(float)
-            kpc = kpc_per_arcsec(z=z)
-            table["r_e"] = table["sersic_rhalf"].to_numpy(float) * scale * kpc
-            unit = "kpc"
-            notes.append(f"r_e in kpc: Sersic r_e x {scale:g} arcsec/px x Planck18 scale at "
-                         f"{cols['z']}")
-        else:
-            notes.append("r_e in pixels (a redshift column and a pixel scale give kpc)")
-    cols["r_e_unit"] = unit
+        table, more = join_physical(table, phys, id_col=id_col)
+        notes.extend(more)
+    table, cols, more = physical_columns(table, mass_col=cfg.mass_col, z_col=cfg.z_col, mag_col=cfg.mag_col,
+                                         pixel_scale=cfg.pixel_scale, physical_given=physical is not None)
+    notes.extend(more)
     return table, cols
-
-
-def _id_text(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
-
 
 
 def gzh_classes(table: pd.DataFrame, columns: dict[str, str] | None = None) -> pd.Series:
@@ -540,7 +463,7 @@ def _part_gzh(inp: _Inputs, section) -> None:
             raise ValidateError(f"--gzh-column expects ROLE=COLUMN with ROLE one of "
                                 f"{', '.join(GZH_DEFAULT_COLUMNS)}; got {entry!r}")
         mapping[role] = col
-    gz = pd.DataFrame({"id": frame[key].map(_id_text), "gzh_class": gzh_classes(frame, mapping)})
+    gz = pd.DataFrame({"id": frame[key].map(id_text), "gzh_class": gzh_classes(frame, mapping)})
     result, notes = V.gzh_agreement(inp.table, gz, cfg.confidence)
     result["gzh_columns"] = sorted({c for row in result["confusion"].values() for c in row})
     section.result = result

@@ -18,8 +18,11 @@ kept (consensus) sample (Fig. 13); kept versus rejected (Fig. 14); UMAP and t-SN
 maps (Figs. 5f, 7); agreement with Galaxy Zoo: Hubble.  A part whose inputs are
 missing is skipped with a note in the report.
 
-This module reads the run and writes the files; the numbers come from
-:mod:`skymorph.core.validation`, the figures and the page from :mod:`skymorph.report`.
+This module reads the run and writes the files.  The numbers and notes come from
+:mod:`skymorph.core.validation` (the statistics), :mod:`~skymorph.core.validation_table`
+(the joined table), :mod:`~skymorph.core.validation_parts` (each part) and
+:mod:`~skymorph.core.validation_summary` (settings rows, warnings); the figures and the
+page from :mod:`skymorph.report`.
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ from ..core import validation as V
 from ..core import validation_parts as P
 from ..core.validation import GZH_DEFAULT_COLUMNS, NO_CONSENSUS, normalise_types
 from ..core.validation_parts import gzh_classes
+from ..core.validation_summary import jsonable, nonlinear_warnings
+from ..core.validation_summary import settings_rows as _settings_rows  # the name tests/test_summaries.py uses
 from ..core.validation_table import ValidateError, join_physical, physical_columns
 from ..io.rundir import RunDir, RunDirError
-from ..summaries import read_summary, shown
 from . import STAGES, Argument, Stage, StageContext, execute
 
 __all__ = ["validate", "gzh_classes", "GZH_DEFAULT_COLUMNS", "TYPES", "NO_CONSENSUS", "ValidateError"]
@@ -374,7 +378,7 @@ PARTS: list[tuple[str, str, Callable[[_Inputs, Any], None]]] = [
 ]
 
 
-# --- the run's settings and caveats -------------------------------------------------------------
+# --- the stage ----------------------------------------------------------------------------------
 
 
 def _stage_records(run: RunDir) -> dict[str, dict[str, Any]]:
@@ -389,91 +393,6 @@ def _stage_records(run: RunDir) -> dict[str, dict[str, Any]]:
         if info is not None:
             records[name] = info
     return records
-
-
-def _settings_rows(config: Config, records: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
-    """The settings that decide what a run is, with what the stages actually used."""
-    enc, red, clu, ins, mea = (read_summary(s, records.get(s, {}))
-                               for s in ("encode", "reduce", "cluster", "merge", "measure"))
-    rows = []
-
-    def add(label: str, value: Any, source: str) -> None:
-        rows.append({"label": label, "value": str(value), "source": source})
-
-    if "ingest" in records:
-        ing = read_summary("ingest", records["ingest"])
-        add("galaxies", f"{shown(ing.n_stamps)} stamps ({shown(ing.n_rejected)} rejected)",
-            "stages/ingest.json")
-    add("CAE denoising", "on" if config.denoise.enabled else "off", "config.toml [denoise] enabled")
-    add("polar transform (APCT)", f"on, pole {config.polar.pole}" if config.polar.enabled else "off",
-        "config.toml [polar]")
-    used = enc.encoder
-    add("encoder", used or config.encode.encoder,
-        "stages/encode.json" if used else "config.toml [encode] encoder (encode has not run)")
-    if "encode" in records:
-        add("features", f"{shown(enc.dim)}-d from '{shown(enc.input)}'", "stages/encode.json")
-    add("rotations averaged", config.encode.rotations, "config.toml [encode] rotations")
-    dims = red.dims
-    requested = config.reduce.dims
-    add("d (UMAP dimensions)", f"{dims} (asked {requested})" if dims is not None and dims != requested
-        else (dims if dims is not None else requested), "stages/reduce.json" if dims is not None
-        else "config.toml [reduce] dims")
-    add("k (clusters)", config.cluster.k, "config.toml [cluster] k")
-    if "cluster" in records:
-        kept = clu.kept_fraction
-        add("kept by the consensus", f"{shown(clu.n_kept)} of {shown(clu.n_galaxies)}"
-            + (f" ({kept:.0%})" if kept is not None else ""), "stages/cluster.json")
-    add("experts needed to agree", config.inspect.min_agree, "config.toml [inspect] min_agree")
-    if "merge" in records:
-        add("votes merged", shown(ins.n_votes), "stages/merge.json")
-    measured = "measure" in records
-    if measured:
-        add("Sersic fits", "on" if config.measure.include_sersic else "off",
-            "config.toml [measure] include_sersic")
-    else:
-        add("Sersic fits", "none: measure has not run", "stages/measure.json (missing)")
-    if measured:
-        add("G2 noise tolerance", f"{config.measure.g2_noise_tolerance:g} sigma"
-            + (" (the paper's definition)" if not config.measure.g2_noise_tolerance else ""),
-            "config.toml [measure] g2_noise_tolerance")
-        add("measured (valid non-parametric values)", f"{shown(mea.n_measured)} of "
-            f"{shown(mea.n_galaxies)}", "stages/measure.json")
-        if mea.n_sersic_ok is not None:
-            add("valid Sersic fits", f"{mea.n_sersic_ok} of {shown(mea.n_galaxies)}", "stages/measure.json")
-    add("ETG types", " + ".join(config.validate.etg_types), "config.toml [validate] etg_types")
-    add("confidence level", f"{config.validate.confidence * 100:g}%", "config.toml [validate] confidence")
-    return rows
-
-
-def _warnings(table: pd.DataFrame) -> list[str]:
-    info = V.nonlinear_inputs(table)
-    if not info["n_nonlinear"]:
-        return []
-    examples = ", ".join(Path(e).name for e in info["examples"])
-    return [f"{info['n_nonlinear']} of {len(table)} galaxies come from non-linear (JPEG/PNG) images "
-            f"(e.g. {examples}; from the {info['source']}). Their pixels are display-scaled (gamma, stretch, "
-            "8 bits), not proportional to flux: Sersic n, r_e, Gini, M20, CAS, MID, Psi and G2 measured on "
-            "them are not physical and cannot be compared with the paper's values or with FITS data. The "
-            "types and maps are unaffected."]
-
-
-# --- the stage ----------------------------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
@@ -504,7 +423,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         sections.append(section)
     records = _stage_records(run)
     config_path = run.path / "config.toml"
-    warnings = _warnings(table)
+    warnings = nonlinear_warnings(table)
     page = report.render({
         "run_path": str(run.path), "version": __version__,
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -519,8 +438,8 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     path.write_text(page, encoding="utf-8")
     parts = {s.key: {"result": s.result, "notes": s.notes, "figures": [f.title for f in s.figures]}
              for s in sections}
-    summary = _jsonable({"run_dir": str(run.path), "notes": notes, "warnings": warnings, "columns": cols,
-                         "parts": parts, "settings": dict(vars(config.validate))})
+    summary = jsonable({"run_dir": str(run.path), "notes": notes, "warnings": warnings, "columns": cols,
+                        "parts": parts, "settings": dict(vars(config.validate))})
     (out_dir / "validation.json").write_text(json.dumps(summary, indent=2))
     return {"report": str(path), "skipped": [s.key for s in sections if s.result is None]}
 

@@ -18,8 +18,11 @@ kept (consensus) sample (Fig. 13); kept versus rejected (Fig. 14); UMAP and t-SN
 maps (Figs. 5f, 7); agreement with Galaxy Zoo: Hubble.  A part whose inputs are
 missing is skipped with a note in the report.
 
-This module reads the run and writes the files; the numbers come from
-:mod:`skymorph.core.validation`, the figures and the page from :mod:`skymorph.report`.
+This module reads the run and writes the files.  The numbers and notes come from
+:mod:`skymorph.core.validation` (the statistics), :mod:`~skymorph.core.validation_table`
+(the joined table), :mod:`~skymorph.core.validation_parts` (each part) and
+:mod:`~skymorph.core.validation_summary` (settings rows, warnings); the figures and the
+page from :mod:`skymorph.report`.
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ import pandas as pd
 
 from ..config import Config, ValidateConfig
 from ..core import validation as V
+from ..core import validation_parts as P
 from ..core.validation import GZH_DEFAULT_COLUMNS, NO_CONSENSUS, normalise_types
-from ..core.validation_stats import kpc_per_arcsec
-from ..errors import SkymorphError
+from ..core.validation_parts import gzh_classes
+from ..core.validation_summary import jsonable, nonlinear_warnings
+from ..core.validation_summary import settings_rows as _settings_rows  # the name tests/test_summaries.py uses
+from ..core.validation_table import ValidateError, join_physical, physical_columns
 from ..io.rundir import RunDir, RunDirError
-from ..summaries import read_summary, shown
 from . import STAGES, Argument, Stage, StageContext, execute
 
 __all__ = ["validate", "gzh_classes", "GZH_DEFAULT_COLUMNS", "TYPES", "NO_CONSENSUS", "ValidateError"]
@@ -52,36 +57,8 @@ log = logging.getLogger(__name__)
 TYPES = ["SPH", "ETD", "LTD", "IRR", "UNC"]
 """The paper's types (the default of ``inspect.types``; the report uses the run's own)."""
 
-TYPE_WORDS = {"SPH": "spheroid", "ETD": "early-type disk", "LTD": "late-type disk", "IRR": "irregular",
-              "UNC": "unclassified by the experts", NO_CONSENSUS: "no consensus",
-              "OOD": "outside the training distribution (seen by no expert)"}
-
-NAME_CANDIDATES = {
-    "mass": ["mass", "stellar_mass", "mstar", "logmass", "log_mass", "lp_mass_med", "lp_mass_best",
-             "mass_med", "mass_best", "logm", "log_mstar"],
-    "z": ["z", "zphot", "photoz", "z_phot", "lp_zbest", "lp_zpdf", "z_best", "zbest", "redshift", "z_spec"],
-    "mag": ["mag", "i_mag", "mag_i", "imag", "mag_auto", "mag_f814w", "f814w"],
-}
-
-
-class ValidateError(SkymorphError, ValueError):
-    """The run cannot be validated (no catalog, no morphology types)."""
-
 
 # --- inputs -----------------------------------------------------------------------------------
-
-
-def _find_column(table: pd.DataFrame, explicit: str | None, role: str) -> str | None:
-    if explicit:
-        if explicit not in table.columns:
-            raise ValidateError(f"{role} column {explicit!r} is not in the catalog; "
-                                f"columns are: {', '.join(map(str, table.columns))}")
-        return explicit
-    lower = {str(c).lower(): c for c in table.columns}
-    for name in NAME_CANDIDATES[role]:
-        if name in lower:
-            return lower[name]
-    return None
 
 
 def _read_table(path: str | os.PathLike) -> pd.DataFrame:
@@ -134,79 +111,12 @@ def _assemble(run: RunDir, physical, id_col: str | None, cfg: ValidateConfig, ty
         notes.append("no sources table: S/N and array rows are unavailable")
     if physical is not None:
         phys = physical if isinstance(physical, pd.DataFrame) else _read_table(physical)
-        key = id_col or ("id" if "id" in phys.columns else None)
-        if key is None or key not in phys.columns:
-            raise ValidateError(f"the physical catalog has no id column {key or 'id'!r}; name it "
-                                f"with --id-col (columns: {', '.join(map(str, phys.columns))})")
-        phys = phys.copy()
-        phys["id"] = phys[key].map(_id_text)
-        if key != "id":
-            phys = phys.drop(columns=[key])
-        phys = phys.drop_duplicates("id")
-        overlap = [c for c in phys.columns if c != "id" and c in table.columns]
-        # the user's catalog wins over same-named columns from the stamps' own catalog
-        table = table.drop(columns=overlap).merge(phys, on="id", how="left")
-        matched = int(table["id"].isin(phys["id"]).sum())
-        notes.append(f"physical catalog: {matched} of {len(table)} galaxies matched on id")
-        if matched == 0:
-            notes.append("no galaxy matched the physical catalog: check --id-col and the ids")
-    cols: dict[str, str | None] = {
-        "mass": _find_column(table, cfg.mass_col, "mass"),
-        "z": _find_column(table, cfg.z_col, "z"),
-        "mag": _find_column(table, cfg.mag_col, "mag"),
-    }
-    if physical is None and cols["mass"] is None:
-        notes.append("no physical catalog given (--physical): stellar-mass parts are skipped")
-    if cols["mass"] is not None:
-        mass = pd.to_numeric(table[cols["mass"]], errors="coerce")
-        if mass.notna().any():
-            # stellar masses are either log10(M/Msun) (< 20) or linear
-            table["log_mass"] = mass if mass.median() < 20 else np.log10(mass.where(mass > 0))
-            cols["mass"] = "log_mass"
-        else:
-            notes.append(f"mass column {cols['mass']!r} has no numeric value: mass parts skipped")
-            cols["mass"] = None
-    # r_e: kpc when the redshift and pixel scale are known, else pixels
-    table["r_e"] = pd.to_numeric(table.get("sersic_rhalf", np.nan), errors="coerce")
-    unit = "px"
-    scale = cfg.pixel_scale
-    if scale is None and "PIXEL_SCALE" in table.columns:
-        scale = float(pd.to_numeric(table["PIXEL_SCALE"], errors="coerce").median())
-    if "sersic_rhalf" in table.columns:
-        if scale is not None and np.isfinite(scale) and cols["z"] is not None:
-            z = pd.to_numeric(table[cols["z"]], errors="coerce").to_numpy(float)
-            kpc = kpc_per_arcsec(z=z)
-            table["r_e"] = table["sersic_rhalf"].to_numpy(float) * scale * kpc
-            unit = "kpc"
-            notes.append(f"r_e in kpc: Sersic r_e x {scale:g} arcsec/px x Planck18 scale at "
-                         f"{cols['z']}")
-        else:
-            notes.append("r_e in pixels (a redshift column and a pixel scale give kpc)")
-    cols["r_e_unit"] = unit
+        table, more = join_physical(table, phys, id_col=id_col)
+        notes.extend(more)
+    table, cols, more = physical_columns(table, mass_col=cfg.mass_col, z_col=cfg.z_col, mag_col=cfg.mag_col,
+                                         pixel_scale=cfg.pixel_scale, physical_given=physical is not None)
+    notes.extend(more)
     return table, cols
-
-
-def _id_text(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
-
-
-
-def gzh_classes(table: pd.DataFrame, columns: dict[str, str] | None = None) -> pd.Series:
-    """Galaxy Zoo: Hubble vote fractions -> SPH / DISK / IRR ('' when none applies).
-
-    See :func:`skymorph.core.validation.gzh_classes` for the thresholds.
-
-    Raises
-    ------
-    ValidateError
-        If a needed column is missing.
-    """
-    try:
-        return V.gzh_classes(table, columns)
-    except KeyError as exc:
-        raise ValidateError(exc.args[0]) from None
 
 
 # --- parts ----------------------------------------------------------------------------------------
@@ -235,16 +145,12 @@ class _Inputs:
         return [t.upper() for t in self.config.inspect.types]
 
     @property
-    def unclassified(self) -> str:
-        return self.types[-1]
-
-    @property
     def ltg_types(self) -> list[str]:
         return [t for t in self.types[:-1] if t not in self.cfg.etg_types]
 
     @property
     def labels(self) -> dict[str, str]:
-        return {t: TYPE_WORDS.get(t, t) for t in [*self.types, NO_CONSENSUS, "OOD"]}
+        return P.type_labels(self.types)
 
     @property
     def colours(self) -> dict[str, str]:
@@ -252,27 +158,30 @@ class _Inputs:
 
         return type_colours(self.types)
 
+    def raw_rows(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """The raw values of ``rows`` (rows of :attr:`table`)."""
+        return (self.raw if self.raw is not None else self.table).loc[rows.index]
+
     def sample(self, notes: list[str]) -> pd.DataFrame:
-        sample, more = V.typed_sample(self.table, self.types, self.unclassified, self.cfg.exclude_unc,
+        sample, more = V.typed_sample(self.table, self.types, self.types[-1], self.cfg.exclude_unc,
                                       self.cols["mass"], self.cfg.min_mass)
         notes.extend(more)
         return sample
-
-    def excluded(self, rows: pd.DataFrame, columns: list[str]) -> dict[str, dict[str, Any]]:
-        """What the validity flags left out of ``columns`` among ``rows`` (rows of :attr:`table`)."""
-        from ..core.quality import exclusions
-
-        raw = self.raw if self.raw is not None else self.table
-        return exclusions(raw.loc[rows.index], columns)
 
     def kept(self) -> np.ndarray | None:
         if "consensus" not in self.table.columns:
             return None
         return self.table["consensus"].fillna(False).astype(bool).to_numpy()
 
+    def rows(self) -> np.ndarray:
+        """Each galaxy's array row (-1: none)."""
+        if "index" not in self.table.columns:
+            return np.full(len(self.table), -1)
+        return pd.to_numeric(self.table["index"], errors="coerce").fillna(-1).to_numpy(int)
+
 
 def _part_types(inp: _Inputs, section) -> None:
-    section.result = {**V.type_counts(inp.table, inp.types), "unclassified": inp.unclassified}
+    section.result = {**V.type_counts(inp.table, inp.types), "unclassified": inp.types[-1]}
 
 
 def _part_agreement(inp: _Inputs, section) -> None:
@@ -288,13 +197,9 @@ def _part_agreement(inp: _Inputs, section) -> None:
         section.notes.append(f"skipped: {exc}")
         return
     current = clustering_fingerprint(inp.run.catalog())
-    stale = (votes["clustering"] != "") & (votes["clustering"] != current)
-    if stale.any():
-        section.notes.append(f"{int(stale.sum())} vote(s) cast on an older clustering are left out")
-    votes = votes[~stale]
-    section.result = V.expert_agreement(votes, inp.types, inp.cfg.confidence, inp.cfg.seed)
-    if not section.result["experts"]:
-        section.notes.append("no human expert has voted: agreement cannot be measured")
+    section.result, notes = P.agreement_part(votes, clustering=current, types=inp.types,
+                                             confidence=inp.cfg.confidence, seed=inp.cfg.seed)
+    section.notes.extend(notes)
 
 
 def _part_stamps(inp: _Inputs, section) -> None:
@@ -309,50 +214,21 @@ def _part_stamps(inp: _Inputs, section) -> None:
         section.notes.append("skipped: no stamps array, or catalog rows cannot be matched to it")
         return
     array = inp.run.open_array("stamps")
-    rows = pd.to_numeric(inp.table["index"], errors="coerce").fillna(-1).to_numpy(int)
+    rows = inp.rows()
     nonlinear, _, _ = V.nonlinear_mask(inp.table)
-    icfg = inp.config.inspect
+    picks = P.stamp_picks(inp.table["morph_type"].to_numpy(), rows, types=[*inp.types, NO_CONSENSUS],
+                          per_type=per_type, rng=inp.rng)
     images: dict[str, list[tuple[str, np.ndarray]]] = {}
-    for t in [*inp.types, NO_CONSENSUS]:
-        members = np.flatnonzero((inp.table["morph_type"].to_numpy() == t) & (rows >= 0))
-        if members.size == 0:
-            continue
-        pick = np.sort(inp.rng.choice(members, min(per_type, members.size), replace=False))
-        order = np.argsort(rows[pick])  # zarr reads rows in increasing order
-        pick = pick[order]
+    for t, pick in picks.items():
         data = np.asarray(array.get_orthogonal_selection(rows[pick]), dtype=np.float32)
         # shown as the experts saw them in the montages: asinh for linear inputs, linear for
         # display-scaled (JPEG/PNG) ones, by inspect.stretch
-        shown = [(str(inp.table["id"].iloc[i]), display(img, icfg, display_scaled=bool(nonlinear[i])))
-                 for i, img in zip(pick, data, strict=True)]
-        images[t] = shown
+        images[t] = [(str(inp.table["id"].iloc[i]),
+                      display(img, inp.config.inspect, display_scaled=bool(nonlinear[i])))
+                     for i, img in zip(pick, data, strict=True)]
     section.result = {"per_type": per_type, "array": "stamps",
                       "types": {t: len(v) for t, v in images.items()}}
     section.figures.append(stamps_figure(images, inp.labels, per_type))
-
-
-G2_CAVEAT = ("Noise breaks the symmetric gradient pairs that G2 counts, so on faint stamps G2 is close to "
-             "1.9 for every type under the paper's definition: compare types on G2 only where the stamps' "
-             "S/N is high, or measure with noise-tolerant pairs (e.g. "
-             "--set measure.g2_noise_tolerance=2.45).")
-
-ASYMMETRY_CAVEAT = ("The asymmetry A is background-corrected (the sky's asymmetry is subtracted), so it can "
-                    "be negative for faint, smooth galaxies; a negative A means 'as symmetric as the noise "
-                    "allows', not an error.")
-
-
-def exclusion_note(excluded: dict[str, dict[str, Any]], labels: dict[str, str]) -> str:
-    """One sentence on what each column's validity flag left out ('' when nothing was)."""
-    by_reason: dict[tuple[str, int, int], list[str]] = {}
-    for col, ex in excluded.items():
-        if ex["n_excluded"]:
-            key = (ex["reason"], ex["n_excluded"], ex["n_raw"])
-            by_reason.setdefault(key, []).append(labels.get(col, col))
-    if not by_reason:
-        return ""
-    parts = [f"{', '.join(names)}: {k} of {n} galaxies left out ({reason})"
-             for (reason, k, n), names in by_reason.items()]
-    return "Excluded: " + "; ".join(parts) + "."
 
 
 def _part_per_type(inp: _Inputs, section) -> None:
@@ -362,42 +238,15 @@ def _part_per_type(inp: _Inputs, section) -> None:
         section.notes.append("skipped: no measurements")
         return
     sample = inp.sample(section.notes)
-    result = V.per_type_medians(sample, inp.types)
-    labels = dict(V.PARAMETERS)
-    labels["r_e"] = f"r_e ({inp.cols['r_e_unit']})"
-    result["labels"] = labels
-    result["r_e_unit"] = inp.cols["r_e_unit"]
-    excluded = inp.excluded(sample, [c for c, _ in V.PARAMETERS])
-    result["excluded"] = excluded
-    raw = (inp.raw if inp.raw is not None else inp.table).loc[sample.index]
-    g2 = V.g2_reliable_fractions(raw, list(result["n"]), inp.config.measure.g2_min_sn)
-    if g2 is not None:  # on the raw values: whether noise saturates G2 at all at this S/N
-        g2["saturation"] = V.g2_reliability(raw, inp.config.measure.g2_noise_tolerance)
-    result["g2"] = g2
-    result["asymmetry_caveat"] = ASYMMETRY_CAVEAT if "asymmetry" in result["medians"] else ""
-    note = exclusion_note(excluded, labels)
-    if note:
-        section.notes.append("Medians and Figs. 8-11 use only valid values. " + note)
-    for col in result["empty"]:
-        if excluded.get(col, {}).get("n_raw"):
-            section.notes.append(f"{labels.get(col, col)}: no valid value ({excluded[col]['reason']})")
-            continue
-        section.notes.append(f"{labels.get(col, col)}: no value measured"
-                             + (" (measure ran with --no-sersic)" if col in ("sersic_n", "r_e") else ""))
+    mcfg = inp.config.measure
+    result, notes, figures = P.per_type_part(sample, inp.raw_rows(sample), types=inp.types,
+                                             r_e_unit=inp.cols["r_e_unit"], g2_min_sn=mcfg.g2_min_sn,
+                                             g2_noise_tolerance=mcfg.g2_noise_tolerance)
+    section.notes.extend(notes)
     section.result = result
-    present = list(result["n"])
-    for key, title, group in V.FIGURE_GROUPS:
-        columns = [(c, labels[c]) for c in group if c in result["medians"]]
-        if not columns:
-            continue
-        note = exclusion_note({c: excluded[c] for c in group if c in excluded}, labels)
-        if "g2" in group and g2 is not None:
-            note = f"{g2['text']} {note}".strip()
-            saturation = g2.get("saturation")
-            if saturation is not None and not saturation["reliable"]:
-                note += f" {saturation['reason']}. {G2_CAVEAT}"
-        section.figures.append(raincloud_figure(key, title, sample, present, columns, inp.colours, inp.rng,
-                                                note))
+    for key, title, columns, note in figures:
+        section.figures.append(raincloud_figure(key, title, sample, list(result["n"]), columns, inp.colours,
+                                                inp.rng, note))
 
 
 def _part_etg_ltg(inp: _Inputs, section) -> None:
@@ -406,21 +255,16 @@ def _part_etg_ltg(inp: _Inputs, section) -> None:
     if "gini" not in inp.table.columns:
         section.notes.append("skipped: no measurements")
         return
-    cfg = inp.cfg
+    cfg, ltg_types = inp.cfg, inp.ltg_types
     sample = inp.sample(section.notes)
     line, merger = (cfg.gini_m20_slope, cfg.gini_m20_intercept), (cfg.merger_slope, cfg.merger_intercept)
-    result, notes = V.etg_ltg_tests(sample, cfg.etg_types, inp.ltg_types, cfg.sersic_split, line, merger,
-                                    cfg.confidence)
+    section.result, notes = P.etg_ltg_part(sample, inp.raw_rows(sample), etg_types=cfg.etg_types,
+                                           ltg_types=ltg_types, sersic_split=cfg.sersic_split, line=line,
+                                           merger=merger, confidence=cfg.confidence)
     section.notes.extend(notes)
-    etg_ltg = sample[sample["morph_type"].isin([*cfg.etg_types, *inp.ltg_types])]
-    result["excluded"] = inp.excluded(etg_ltg, ["sersic_n", "gini", "m20"])
-    note = exclusion_note(result["excluded"], dict(V.PARAMETERS))
-    if note:
-        section.notes.append("The tests and Fig. 12 use only valid values. " + note)
-    section.result = result
     etg = sample[sample["morph_type"].isin(cfg.etg_types)]
-    ltg = sample[sample["morph_type"].isin(inp.ltg_types)]
-    names = f"ETG ({'+'.join(cfg.etg_types)})", f"LTG ({'+'.join(inp.ltg_types)})"
+    ltg = sample[sample["morph_type"].isin(ltg_types)]
+    names = f"ETG ({'+'.join(cfg.etg_types)})", f"LTG ({'+'.join(ltg_types)})"
     section.figures.append(gini_m20_figure(etg, ltg, *names, line, merger, cfg.sersic_split))
 
 
@@ -431,20 +275,12 @@ def _part_completeness(inp: _Inputs, section) -> None:
     if kept is None:
         section.notes.append("skipped: the catalog has no consensus column")
         return
-    columns = V.comparison_columns(inp.table, inp.cols)
-    if not columns:
-        section.notes.append("skipped: no usable column to bin")
-        return
-    section.notes.extend(f"missing: {label}" for col, label in
-                         [(inp.cols["mass"], "stellar mass (give --physical)"), (inp.cols["z"], "redshift")]
-                         if col is None)
-    result = V.completeness(inp.table, kept, columns, inp.cfg.n_bins, inp.cfg.confidence)
-    result["excluded"] = inp.excluded(inp.table, [c for c, _ in columns])
-    note = exclusion_note(result["excluded"], dict(columns))
-    if note:
-        section.notes.append("The curves of measured quantities use only valid values. " + note)
-    section.result = result
-    section.figures.append(completeness_figure(result["curves"], result["labels"], inp.cfg.confidence))
+    result, notes = P.completeness_part(inp.table, inp.raw_rows(inp.table), kept, inp.cols,
+                                        n_bins=inp.cfg.n_bins, confidence=inp.cfg.confidence)
+    section.notes.extend(notes)
+    if result is not None:
+        section.result = result
+        section.figures.append(completeness_figure(result["curves"], result["labels"], inp.cfg.confidence))
 
 
 def _part_kept_rejected(inp: _Inputs, section) -> None:
@@ -457,69 +293,35 @@ def _part_kept_rejected(inp: _Inputs, section) -> None:
     if kept.all() or not kept.any():
         section.notes.append("skipped: every galaxy is kept (or none is): nothing to compare")
         return
-    columns = V.comparison_columns(inp.table, inp.cols)
-    tests = V.kept_rejected(inp.table, kept, columns)
-    excluded = inp.excluded(inp.table, [c for c, _ in columns])
-    note = exclusion_note(excluded, dict(columns))
-    if note:
-        section.notes.append("The statistics and Fig. 14 use only valid values. " + note)
-    section.result = {"tests": tests, "labels": dict(columns), "excluded": excluded}
-    section.figures.append(kept_rejected_figure(inp.table, kept, columns, tests))
+    section.result, notes, columns = P.kept_rejected_part(inp.table, inp.raw_rows(inp.table), kept, inp.cols)
+    section.notes.extend(notes)
+    section.figures.append(kept_rejected_figure(inp.table, kept, columns, section.result["tests"]))
 
 
 def _part_maps(inp: _Inputs, section) -> None:
     from ..report.figures import maps_figure
 
-    run, cfg, notes = inp.run, inp.cfg, section.notes
-    rows = (pd.to_numeric(inp.table["index"], errors="coerce").fillna(-1).to_numpy(int)
-            if "index" in inp.table.columns else np.full(len(inp.table), -1))
-    good = rows >= 0
-    if not good.any():
+    run, notes = inp.run, section.notes
+    rows = inp.rows()
+    if not (rows >= 0).any():
         notes.append("skipped: catalog galaxies cannot be matched to array rows (no sources index)")
         return
     source = next((n for n in ("embedding", "features") if run.has_array(n)), None)
     if not run.has_array("embedding_2d") and source is None:
         notes.append("skipped: no embedding_2d, embedding or features array (run encode / reduce)")
         return
-    idx = np.flatnonzero(good)
-    if idx.size > cfg.max_map_points:
-        idx = np.sort(inp.rng.choice(idx, cfg.max_map_points, replace=False))
-        notes.append(f"maps drawn for {cfg.max_map_points} random galaxies of {int(good.sum())}")
-    arr_rows = rows[idx]
-    order = np.argsort(arr_rows)
-    types = inp.table["morph_type"].to_numpy()[idx][order]
-    arr_rows = arr_rows[order]
-    maps: dict[str, np.ndarray] = {}
-    if run.has_array("embedding_2d"):
-        maps["UMAP"] = np.asarray(run.open_array("embedding_2d").get_orthogonal_selection(arr_rows))
-        notes.append("UMAP map: the reduce stage's embedding_2d")
-    data = None
-    if source is not None:
-        data = np.asarray(run.open_array(source).get_orthogonal_selection(arr_rows), dtype=np.float32)
-    if "UMAP" not in maps and data is not None:
-        import warnings
-
-        with warnings.catch_warnings():
-            # umap warns about its optional TensorFlow part and about seeding disabling threads
-            warnings.simplefilter("ignore")
-            import umap
-
-            n_neighbors = max(2, min(15, len(data) - 1))
-            maps["UMAP"] = umap.UMAP(n_components=2, n_neighbors=n_neighbors,
-                                     random_state=cfg.seed).fit_transform(data)
-        notes.append(f"UMAP map computed here from '{source}' (n_neighbors={n_neighbors})")
-    if data is not None and len(data) > 5:
-        from sklearn.manifold import TSNE
-
-        perplexity = float(min(30.0, (len(data) - 1) / 3.0))
-        maps["t-SNE"] = TSNE(n_components=2, perplexity=perplexity, random_state=cfg.seed,
-                             init="pca").fit_transform(data)
-        notes.append(f"t-SNE map from '{source}' (perplexity {perplexity:.0f})")
-    else:
-        notes.append("t-SNE skipped: needs the embedding or features array")
+    order, more = P.map_order(rows, max_points=inp.cfg.max_map_points, rng=inp.rng)
+    notes.extend(more)
+    arr_rows = rows[order]
+    umap = (np.asarray(run.open_array("embedding_2d").get_orthogonal_selection(arr_rows))
+            if run.has_array("embedding_2d") else None)
+    data = (np.asarray(run.open_array(source).get_orthogonal_selection(arr_rows), dtype=np.float32)
+            if source is not None else None)
+    maps, more = P.two_d_maps(data, source=source, seed=inp.cfg.seed, umap=umap)
+    notes.extend(more)
+    types = inp.table["morph_type"].to_numpy()[order]
     section.result = {"n_points": int(len(types)), "maps": list(maps)}
-    order_types = [*inp.types, NO_CONSENSUS]
-    section.figures.append(maps_figure(maps, types, order_types, inp.colours, inp.labels))
+    section.figures.append(maps_figure(maps, types, [*inp.types, NO_CONSENSUS], inp.colours, inp.labels))
 
 
 def _part_gzh(inp: _Inputs, section) -> None:
@@ -527,99 +329,38 @@ def _part_gzh(inp: _Inputs, section) -> None:
     if gzh is None:
         section.notes.append("skipped: no Galaxy Zoo: Hubble table given (--gzh)")
         return
-    cfg = inp.cfg
     frame = gzh if isinstance(gzh, pd.DataFrame) else _read_table(gzh)
-    key = cfg.gzh_id_col or next((c for c in ("id", "OBJNO", "objid") if c in frame.columns), None)
-    if key is None or key not in frame.columns:
-        raise ValidateError(f"the Galaxy Zoo table has no id column {key or 'id'!r}; name it with "
-                            "--gzh-id-col")
-    mapping = {}
-    for entry in cfg.gzh_columns:
-        role, sep, col = entry.partition("=")
-        if not sep or role not in GZH_DEFAULT_COLUMNS:
-            raise ValidateError(f"--gzh-column expects ROLE=COLUMN with ROLE one of "
-                                f"{', '.join(GZH_DEFAULT_COLUMNS)}; got {entry!r}")
-        mapping[role] = col
-    gz = pd.DataFrame({"id": frame[key].map(_id_text), "gzh_class": gzh_classes(frame, mapping)})
-    result, notes = V.gzh_agreement(inp.table, gz, cfg.confidence)
-    result["gzh_columns"] = sorted({c for row in result["confusion"].values() for c in row})
-    section.result = result
+    section.result, notes = P.gzh_part(inp.table, frame, id_col=inp.cfg.gzh_id_col,
+                                       columns=inp.cfg.gzh_columns, confidence=inp.cfg.confidence)
     section.notes.extend(notes)
 
 
 def _part_extended(inp: _Inputs, section) -> None:
     from ..report.figures import reliability_figure
 
-    path = inp.run.path / "extend" / "extend.json"
+    run = inp.run
+    path = run.path / "extend" / "extend.json"
     if not path.exists():
-        section.notes.append(f"skipped: `skymorph extend {inp.run.path}` has not run (only the consensus "
+        section.notes.append(f"skipped: `skymorph extend {run.path}` has not run (only the consensus "
                              "galaxies have a type)")
         return
-    from ..core.extend import agreement_name
-
     report = json.loads(path.read_text())
-    cv = report["cv"]
-    section.result = {key: report[key] for key in ("n_galaxies", "n_experts", "n_train", "n_extended",
-                                                    "n_extended_confident", "n_extended_ood", "counts")}
-    section.result.update(cv_accuracy=cv["accuracy"], cv_balanced_accuracy=cv["balanced_accuracy"],
-                          ece=cv["ece"], classes=report["classes"], confusion=cv.get("confusion_matrix"),
-                          physical=report.get("physical"),
-                          threshold=report["settings"]["confidence_threshold"],
-                          cv_measures=report.get("cv_measures")
-                          or agreement_name(report["settings"].get("cv_folds", 5)),
-                          ood_final=report["settings"].get("ood_final", "fallback"),
-                          evaluation=_evaluation(inp.run, section.notes))
-    section.figures.append(reliability_figure(cv))
+    section.result = P.extended_part(report)
+    path = run.path / "evaluation" / "evaluation.json"
+    found = json.loads(path.read_text()) if path.exists() else None
+    # the extension's record is read only when the evaluation has final types to compare with it
+    current = ((run.stage_info("extend") or {}).get("fingerprint", "") if found and found.get("final_types")
+               else "")
+    section.result["evaluation"], notes = P.evaluation_part(found, extend_fingerprint=current,
+                                                            run_path=str(run.path))
+    section.notes.extend(notes)
+    section.figures.append(reliability_figure(report["cv"]))
 
 
 def _part_special(inp: _Inputs, section) -> None:
-    """Subclasses (``skymorph subdivide``), their special types and the most unusual galaxies."""
-    table, result = inp.table, {}
-    if "subcluster" in table.columns and (table["subcluster"].fillna("").astype(str) != "").any():
-        sub = table["subcluster"].fillna("").astype(str)
-        special = (table["special_type"].fillna("").astype(str) if "special_type" in table.columns
-                   else pd.Series("", index=table.index))
-        result["subclasses"] = [{"subcluster": name, "n": int((sub == name).sum()),
-                                 "special_type": special[sub == name].iloc[0]}
-                                for name in sorted(set(sub) - {""})]
-        result["special_counts"] = {str(k): int(v) for k, v in special[special != ""].value_counts().items()}
-    else:
-        section.notes.append(f"no subclasses: `skymorph subdivide {inp.run.path} --cluster C` has not run")
-    if "anomaly_score" in table.columns:
-        score = pd.to_numeric(table["anomaly_score"], errors="coerce")
-        order = score.fillna(-np.inf).to_numpy().argsort()[::-1][:10]
-        mtype = table["morph_type"].fillna("").astype(str).to_numpy() if "morph_type" in table else None
-        info = inp.run.stage_info("anomaly") or {}
-        result["anomaly"] = {"method": info.get("method", ""), "input": info.get("input", ""),
-                             "n_scored": int(score.notna().sum()),
-                             "top": [{"id": str(table["id"].iloc[i]), "score": float(score.iloc[i]),
-                                      "type": "" if mtype is None else mtype[i]} for i in order]}
-    else:
-        section.notes.append(f"no anomaly_score: `skymorph anomaly {inp.run.path}` has not run")
-    if result:
-        section.result = result
-
-
-def _evaluation(run: RunDir, notes: list[str]) -> dict[str, Any] | None:
-    """The morphology accuracy of the final types against known labels, when ``evaluate`` ran
-    with a truth table on this extension."""
-    path = run.path / "evaluation" / "evaluation.json"
-    if not path.exists():
-        notes.append(f"morphology accuracy against known labels: run `skymorph evaluate {run.path} --truth "
-                     "LABELS ...` to add it here")
-        return None
-    result = json.loads(path.read_text())
-    final = result.get("final_types")
-    if not final:
-        notes.append("evaluate ran before extend: re-run it for the accuracy of the extended types")
-        return None
-    current = (run.stage_info("extend") or {}).get("fingerprint", "")
-    if result.get("extend_fingerprint") != current:
-        notes.append("the evaluation in evaluation/evaluation.json was made on another extension: re-run "
-                     "`skymorph evaluate` for figures of this one")
-        return None
-    return {"truth": Path(str(result.get("truth", ""))).name, "label_col": result.get("label_col", ""),
-            "rows": {key: final[key] for key in ("kept", "extended", "all") if key in final}}
+    anomaly = inp.run.stage_info("anomaly") if "anomaly_score" in inp.table.columns else None
+    section.result, notes = P.special_part(inp.table, anomaly=anomaly, run_path=str(inp.run.path))
+    section.notes.extend(notes)
 
 
 PARTS: list[tuple[str, str, Callable[[_Inputs, Any], None]]] = [
@@ -637,7 +378,7 @@ PARTS: list[tuple[str, str, Callable[[_Inputs, Any], None]]] = [
 ]
 
 
-# --- the run's settings and caveats -------------------------------------------------------------
+# --- the stage ----------------------------------------------------------------------------------
 
 
 def _stage_records(run: RunDir) -> dict[str, dict[str, Any]]:
@@ -652,91 +393,6 @@ def _stage_records(run: RunDir) -> dict[str, dict[str, Any]]:
         if info is not None:
             records[name] = info
     return records
-
-
-def _settings_rows(config: Config, records: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
-    """The settings that decide what a run is, with what the stages actually used."""
-    enc, red, clu, ins, mea = (read_summary(s, records.get(s, {}))
-                               for s in ("encode", "reduce", "cluster", "merge", "measure"))
-    rows = []
-
-    def add(label: str, value: Any, source: str) -> None:
-        rows.append({"label": label, "value": str(value), "source": source})
-
-    if "ingest" in records:
-        ing = read_summary("ingest", records["ingest"])
-        add("galaxies", f"{shown(ing.n_stamps)} stamps ({shown(ing.n_rejected)} rejected)",
-            "stages/ingest.json")
-    add("CAE denoising", "on" if config.denoise.enabled else "off", "config.toml [denoise] enabled")
-    add("polar transform (APCT)", f"on, pole {config.polar.pole}" if config.polar.enabled else "off",
-        "config.toml [polar]")
-    used = enc.encoder
-    add("encoder", used or config.encode.encoder,
-        "stages/encode.json" if used else "config.toml [encode] encoder (encode has not run)")
-    if "encode" in records:
-        add("features", f"{shown(enc.dim)}-d from '{shown(enc.input)}'", "stages/encode.json")
-    add("rotations averaged", config.encode.rotations, "config.toml [encode] rotations")
-    dims = red.dims
-    requested = config.reduce.dims
-    add("d (UMAP dimensions)", f"{dims} (asked {requested})" if dims is not None and dims != requested
-        else (dims if dims is not None else requested), "stages/reduce.json" if dims is not None
-        else "config.toml [reduce] dims")
-    add("k (clusters)", config.cluster.k, "config.toml [cluster] k")
-    if "cluster" in records:
-        kept = clu.kept_fraction
-        add("kept by the consensus", f"{shown(clu.n_kept)} of {shown(clu.n_galaxies)}"
-            + (f" ({kept:.0%})" if kept is not None else ""), "stages/cluster.json")
-    add("experts needed to agree", config.inspect.min_agree, "config.toml [inspect] min_agree")
-    if "merge" in records:
-        add("votes merged", shown(ins.n_votes), "stages/merge.json")
-    measured = "measure" in records
-    if measured:
-        add("Sersic fits", "on" if config.measure.include_sersic else "off",
-            "config.toml [measure] include_sersic")
-    else:
-        add("Sersic fits", "none: measure has not run", "stages/measure.json (missing)")
-    if measured:
-        add("G2 noise tolerance", f"{config.measure.g2_noise_tolerance:g} sigma"
-            + (" (the paper's definition)" if not config.measure.g2_noise_tolerance else ""),
-            "config.toml [measure] g2_noise_tolerance")
-        add("measured (valid non-parametric values)", f"{shown(mea.n_measured)} of "
-            f"{shown(mea.n_galaxies)}", "stages/measure.json")
-        if mea.n_sersic_ok is not None:
-            add("valid Sersic fits", f"{mea.n_sersic_ok} of {shown(mea.n_galaxies)}", "stages/measure.json")
-    add("ETG types", " + ".join(config.validate.etg_types), "config.toml [validate] etg_types")
-    add("confidence level", f"{config.validate.confidence * 100:g}%", "config.toml [validate] confidence")
-    return rows
-
-
-def _warnings(table: pd.DataFrame) -> list[str]:
-    info = V.nonlinear_inputs(table)
-    if not info["n_nonlinear"]:
-        return []
-    examples = ", ".join(Path(e).name for e in info["examples"])
-    return [f"{info['n_nonlinear']} of {len(table)} galaxies come from non-linear (JPEG/PNG) images "
-            f"(e.g. {examples}; from the {info['source']}). Their pixels are display-scaled (gamma, stretch, "
-            "8 bits), not proportional to flux: Sersic n, r_e, Gini, M20, CAS, MID, Psi and G2 measured on "
-            "them are not physical and cannot be compared with the paper's values or with FITS data. The "
-            "types and maps are unaffected."]
-
-
-# --- the stage ----------------------------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
@@ -767,7 +423,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         sections.append(section)
     records = _stage_records(run)
     config_path = run.path / "config.toml"
-    warnings = _warnings(table)
+    warnings = nonlinear_warnings(table)
     page = report.render({
         "run_path": str(run.path), "version": __version__,
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -782,8 +438,8 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     path.write_text(page, encoding="utf-8")
     parts = {s.key: {"result": s.result, "notes": s.notes, "figures": [f.title for f in s.figures]}
              for s in sections}
-    summary = _jsonable({"run_dir": str(run.path), "notes": notes, "warnings": warnings, "columns": cols,
-                         "parts": parts, "settings": dict(vars(config.validate))})
+    summary = jsonable({"run_dir": str(run.path), "notes": notes, "warnings": warnings, "columns": cols,
+                        "parts": parts, "settings": dict(vars(config.validate))})
     (out_dir / "validation.json").write_text(json.dumps(summary, indent=2))
     return {"report": str(path), "skipped": [s.key for s in sections if s.result is None]}
 

@@ -1,10 +1,11 @@
 """Planning what ``skymorph ingest`` reads: tasks from the inputs found, catalog matching and selection.
 
 :func:`plan` turns the files and collection catalogs that :func:`skymorph.io.inputs.expand_inputs`
-found into :class:`~skymorph.io.inputs.Task` s (one per file, collection image file or field),
-matches them against the user's catalog (``--catalog``, ``--id-col``: ids, positions in fields,
-``--select`` expressions) and lists what is rejected before any pixel is read;
-:func:`batches` groups the tasks for the worker processes.  Nothing here reads an image.
+found into tasks (:class:`~skymorph.io.inputs.Task`: one per file, collection image file or
+field), matches them against the user's catalog (``--catalog``, ``--id-col``: ids, positions in
+fields, ``--select`` expressions) and lists what is rejected before any pixel is read;
+:func:`batches` groups the tasks for the worker processes.  Only the headers of fields are read
+here (their size and WCS), never pixels.
 """
 
 from __future__ import annotations

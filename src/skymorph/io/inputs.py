@@ -184,7 +184,7 @@ def _walk(root: Path, found: InputFiles) -> int:
         catalogs = [p for p in paths if is_collection(p)]
         found.catalogs += catalogs
         # a collection's directory holds its image and PSF files: they are read through
-        # its catalog, and anything else there is checked against it in _plan
+        # its catalog, and anything else there is checked against it in ingest_plan.plan
         (found.beside if catalogs else found.files).extend(p for p in paths if p not in catalogs)
     return count() - before
 

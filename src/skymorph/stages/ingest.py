@@ -47,42 +47,23 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from astropy.io import fits
 from tqdm.auto import tqdm
 
 from ..config import Config, IngestConfig
-from ..core.detect import detect_sources_in
 from ..core.parallel import map_ordered, start_pool
-from ..core.stamps import field_window, make_stamp, prepare_psf, resolve_framing, stamp_rng
-from ..errors import SkymorphError
-from ..io.inputs import (
-    InputError,
-    InputFiles,
-    Item,
-    Task,
-    TaskReader,
-    celestial_wcs,
-    collection_files,
-    collection_table,
-    collection_tasks,
-    companion_files,
-    expand_inputs,
-)
-from ..io.readers import RASTER_SUFFIXES, Reject, read_image
-from ..io.readers import stem_of as _stem
-from ..io.readers import suffix_of as _suffix
-from ..io.rundir import OptionalArrayWriter, RunDir, printable
-from ..io.selection import SelectionError, evaluate_selection, parse_selection
-from ..io.tables import TableError
-from ..io.tables import read_table as _read_table
+from ..core.stamps import make_stamp, prepare_psf
+from ..io.ingest_plan import IngestError, batches, plan, read_table, select_rows
+from ..io.ingest_tasks import run_batch, source_kinds
+from ..io.inputs import InputError, InputFiles, Task, companion_files, expand_inputs
+from ..io.readers import Reject, read_image
+from ..io.rundir import OptionalArrayWriter, RunDir
+from ..io.selection import SelectionError, parse_selection
 from ..summaries import read_summary, shown
 from . import Argument, Stage, StageContext, execute, stamp_options
 
@@ -91,295 +72,11 @@ __all__ = ["ingest", "IngestError", "Reject", "read_image", "make_stamp", "prepa
 
 log = logging.getLogger(__name__)
 
-class IngestError(SkymorphError, ValueError):
-    """The inputs cannot be ingested at all (as opposed to one bad galaxy)."""
-
-
-# --- catalogs ----------------------------------------------------------------------
-
-
-def read_table(path: str | Path, id_col: str | None = None) -> pd.DataFrame:
-    """Read a catalog (FITS table, CSV or Parquet) with :func:`skymorph.io.tables.read_table`
-    (``id_col`` as exact text; multi-dimensional FITS columns dropped, byte strings decoded)."""
-    try:
-        return _read_table(path, id_col=id_col, what="catalog")
-    except TableError as exc:
-        raise IngestError(str(exc)) from None
-
-
-def select_rows(table: pd.DataFrame, expressions: Sequence[str], source: str = "catalog") -> np.ndarray:
-    """Boolean mask of the rows for which every selection expression holds.
-
-    Expressions use column names and Python comparisons, e.g.
-    ``"lp_type == 0"``, ``"FLAG_COMBINED == 0"``, ``"0.2 < z < 1.2"``,
-    ``"I < 25"``; names that are not identifiers go in backticks.  They are parsed
-    to a whitelist and evaluated without ``eval`` (:mod:`skymorph.io.selection`).
-
-    Raises
-    ------
-    IngestError
-        If an expression is not allowed (attribute access, calls other than a few
-        numeric functions), names a column the table does not have (the message
-        lists the columns that exist), or is not a yes/no test per row.
-    """
-    mask = np.ones(len(table), dtype=bool)
-    for expression in expressions:
-        try:
-            mask &= evaluate_selection(expression, table, len(table), source)
-        except SelectionError as exc:
-            raise IngestError(str(exc)) from None
-    return mask
-
-
-def _require_column(table: pd.DataFrame, column: str | None, what: str, source: str) -> str:
-    if column is None or column not in table.columns:
-        given = "no column given" if column is None else f"column {column!r} not found"
-        raise IngestError(
-            f"{what}: {given} in {source}; its columns are: {', '.join(map(str, table.columns))}"
-        )
-    return column
-
-
-# --- work items ----------------------------------------------------------------------
-
-
-def _process(task: Task, config: IngestConfig) -> list[tuple]:
-    """Worker: returns ``("ok", id, stamp, row, rms, psf)`` or ``("reject", id, origin, reason)``."""
-    if task.kind == "detect":
-        try:
-            task = _detect(task, config)
-        except Reject as exc:
-            return [("reject", _stem(Path(task.path)), task.path, str(exc))]
-        except MemoryError:
-            return [("reject", _stem(Path(task.path)), task.path,
-                     "ran out of memory detecting sources; lower ingest.max_pixels or --workers")]
-        except Exception as exc:  # one bad field never stops the run
-            return [("reject", _stem(Path(task.path)), task.path, f"unreadable field: {exc}")]
-    results: list[tuple] = []
-    reader = TaskReader(task, hdu=config.hdu, max_pixels=config.max_pixels,
-                        error_map_kind=config.error_map_kind)
-    try:
-        for item in task.items:
-            origin = f"{item.path}[{item.hdu}]" if item.hdu is not None else item.path
-            try:
-                results.append(_one(reader, item, config))
-            except Reject as exc:
-                results.append(("reject", item.id, origin, str(exc)))
-            except MemoryError:
-                results.append(("reject", item.id, origin, "ran out of memory reading it; lower "
-                                "ingest.max_pixels or --workers"))
-            except Exception as exc:  # one bad galaxy never stops the run, whatever it raises
-                results.append(("reject", item.id, origin, f"unreadable: {type(exc).__name__}: {exc}"))
-    finally:
-        reader.close()
-    return results
-
-
-def _one(reader: TaskReader, item: Item, config: IngestConfig) -> tuple:
-    image = reader.read(item)
-    data, rms, valid = image.data, image.rms, None
-    centre = item.centre
-    if centre is not None:
-        data, rms, valid, centre = field_window(data, centre=centre, size=config.stamp_size, rms=rms)
-    framing = resolve_framing(config.framing, raster=_suffix(Path(item.path)) in RASTER_SUFFIXES)
-    stamp, info, rms_stamp = make_stamp(data, framing=framing, rng=stamp_rng(item.id, seed=config.seed),
-                                        centre=centre, rms=rms, valid=valid, **stamp_options(config))
-    if centre is not None:
-        info["y"], info["x"] = item.centre
-    psf, flux_fraction, note = None, np.nan, image.note
-    if image.psf is not None:
-        zoom = config.stamp_size / info["frame_side"] if framing == "resample" else 1.0
-        try:
-            psf, flux_fraction = prepare_psf(image.psf, size=config.psf_size, zoom=zoom)
-        except Reject as exc:
-            note = "; ".join(n for n in (note, f"PSF {image.psf_source} unusable: {exc}") if n)
-    ra, dec = item.sky if item.sky is not None else (np.nan, np.nan)
-    row = {"id": item.id, "origin": item.path, "hdu": image.hdu, "ra": ra, "dec": dec, **info,
-           "linear": image.linear,
-           "has_rms": rms_stamp is not None, "rms_source": image.rms_source if rms_stamp is not None else "",
-           "has_psf": psf is not None, "psf_source": image.psf_source if psf is not None else "",
-           "psf_flux_fraction": flux_fraction, "note": note, "zeropoint": image.zeropoint}
-    row = {k: printable(v) if isinstance(v, str) else v for k, v in row.items()}
-    return ("ok", row["id"], stamp, row, rms_stamp, psf)
-
-
-def _detect(task: Task, config: IngestConfig) -> Task:
-    """Find sources in a field with photutils and return one item per source."""
-    image, hdu = read_image(task.path, config.hdu, config.max_pixels)
-    labels, xs, ys = detect_sources_in(image, nsigma=config.detect_nsigma, npixels=config.detect_npixels,
-                                       contrast=config.detect_contrast)
-    wcs = celestial_wcs(task.path, hdu)
-    items = []
-    for label, x, y in zip(labels, xs, ys, strict=True):
-        sky = None
-        if wcs is not None:
-            ra, dec = wcs.pixel_to_world_values(x, y)
-            sky = (float(ra), float(dec))
-        items.append(Item(f"{_stem(Path(task.path))}_{label}", task.path, hdu,
-                           (float(y), float(x)), sky, error_map=task.error_map))
-    return Task("field", task.path, items, task.error_map)
-
-
-def _plan(found: InputFiles, config: IngestConfig
-          ) -> tuple[list[Task], pd.DataFrame | None, list[dict[str, Any]], dict[str, Any]]:
-    """Work out what to read: tasks, the catalog columns per id, early rejects, counts."""
-    files, catalogs = found.files, found.catalogs
-    rejects: list[dict[str, Any]] = [{**row, "stage": "ingest"} for row in (*found.rejects, *found.strays)]
-    tasks: list[Task] = []
-    meta_tables: list[pd.DataFrame] = []
-    user = read_table(config.catalog, config.id_col) if config.catalog else None
-    summary: dict[str, Any] = {}
-    named: set[Path] = set()
-    if config.field:
-        for catalog in catalogs:
-            rejects.append({"id": _stem(catalog), "origin": str(catalog), "stage": "ingest",
-                            "reason": "a stamp collection catalog; field=True reads large images, so "
-                                      "ingest collections in a run without --field"})
-        files = files + found.beside
-        if user is None:
-            tasks = [Task("detect", str(p), error_map=found.companions.get(str(p))) for p in files]
-        else:
-            tasks, meta, field_rejects = _field_tasks(files, user, config, found.companions)
-            rejects += field_rejects
-            meta_tables.append(meta)
-    else:
-        for catalog in catalogs:
-            try:
-                table = collection_table(catalog)
-            except TableError as exc:
-                raise IngestError(str(exc)) from None
-            named |= collection_files(catalog, table)
-            if config.select and user is None:
-                keep = select_rows(table, config.select, f"collection catalog {catalog}")
-                summary["not_selected"] = summary.get("not_selected", 0) + int((~keep).sum())
-                table = table[keep]
-            tasks += collection_tasks(catalog, table)
-            meta_tables.append(table.assign(id=table["IDENT"].astype(str)))
-        for path in found.beside:
-            if path not in named:
-                found_in = next(c for c in catalogs if c.parent == path.parent)
-                rejects.append({"id": _stem(path), "origin": str(path), "stage": "ingest",
-                                "reason": f"lies beside the collection catalog {found_in.name} but is "
-                                          "none of its files; give it as an input of its own to ingest it"})
-        for path in files:
-            tasks.append(Task("file", str(path), [Item(_stem(path), str(path),
-                                                         error_map=found.companions.get(str(path)))]))
-        if user is not None:
-            tasks, meta, extra_rejects, not_selected = _select_by_catalog(tasks, user, config)
-            rejects += extra_rejects
-            summary["not_selected"] = not_selected
-            meta_tables = [meta]
-        elif config.select and files:
-            raise IngestError(
-                "--select on image files needs a catalog: give --catalog FILE and --id-col COLUMN"
-            )
-    meta = pd.concat(meta_tables, ignore_index=True) if meta_tables else None
-    if meta is not None:
-        meta = meta.drop_duplicates("id")
-    return tasks, meta, rejects, summary
-
-
-def _select_by_catalog(tasks: list[Task], user: pd.DataFrame, config: IngestConfig):
-    source = f"catalog {config.catalog}"
-    id_col = _require_column(user, config.id_col, "--id-col (the column holding galaxy ids)", source)
-    user = user.assign(id=user[id_col].astype(str).str.strip())
-    keep = select_rows(user, config.select, source)
-    known = set(user["id"])
-    repeated = _repeated(user["id"])
-    selected = set(user["id"][keep]) - set(repeated)
-    rejects, kept, dropped = [], [], 0
-    for task in tasks:
-        items = []
-        for item in task.items:
-            if item.id in repeated:
-                rejects.append({"id": item.id, "origin": item.path, "stage": "ingest",
-                                "reason": f"id appears {repeated[item.id]} times in column {id_col!r} of "
-                                          f"{source}, so its catalog row is ambiguous; keep one row per id"})
-            elif item.id not in known:
-                rejects.append({"id": item.id, "origin": item.path, "stage": "ingest",
-                                "reason": f"id not found in column {id_col!r} of {source}"})
-            elif item.id in selected:
-                items.append(item)
-            else:
-                dropped += 1
-        if items:
-            kept.append(Task(task.kind, task.path, items))
-    return kept, user[keep], rejects, dropped
-
-
-def _repeated(ids: pd.Series) -> dict[str, int]:
-    """Ids that appear more than once, and how often."""
-    counts = ids.value_counts()
-    return {str(k): int(v) for k, v in counts[counts > 1].items()}
-
-
-def _field_tasks(files: list[Path], user: pd.DataFrame, config: IngestConfig, companions: dict[str, str]):
-    source = f"catalog {config.catalog}"
-    id_col = _require_column(user, config.id_col, "--id-col (the column holding galaxy ids)", source)
-    if config.select:
-        user = user[select_rows(user, config.select, source)]
-    ids = user[id_col].astype(str).str.strip()
-    repeated = _repeated(ids)
-    ambiguous = [{"id": gid, "origin": str(config.catalog), "stage": "ingest",
-                  "reason": f"id appears {n} times in column {id_col!r} of {source}, so its position is "
-                            "ambiguous; keep one row per id"} for gid, n in repeated.items()]
-    user, ids = user[~ids.isin(repeated).to_numpy()], ids[~ids.isin(repeated)].to_numpy()
-    use_pixels = config.x_col is not None or config.y_col is not None
-    if use_pixels:
-        xs = user[_require_column(user, config.x_col, "--x-col", source)].to_numpy(float)
-        ys = user[_require_column(user, config.y_col, "--y-col", source)].to_numpy(float)
-    else:
-        ra = user[_require_column(user, config.ra_col, "--ra-col", source)].to_numpy(float)
-        dec = user[_require_column(user, config.dec_col, "--dec-col", source)].to_numpy(float)
-    placed = np.zeros(len(user), dtype=bool)
-    tasks, rejects = [], []
-    for path in files:
-        try:
-            header = fits.getheader(path, config.hdu or 0)
-            wcs = None if use_pixels else celestial_wcs(str(path), config.hdu)
-        except (OSError, ValueError, IndexError, KeyError, TypeError) as exc:
-            rejects.append({"id": _stem(path), "origin": str(path), "stage": "ingest",
-                            "reason": f"unreadable field image: {exc}"})
-            continue
-        ny, nx = header.get("NAXIS2", 0), header.get("NAXIS1", 0)
-        if use_pixels:
-            px, py = xs, ys
-            sky = [None] * len(user)
-        else:
-            if wcs is None:
-                raise IngestError(f"{path} has no celestial WCS; give pixel columns with --x-col/--y-col")
-            px, py = wcs.world_to_pixel_values(ra, dec)
-            sky = list(zip(ra, dec, strict=True))
-        inside = ~placed & (px > -0.5) & (px < nx - 0.5) & (py > -0.5) & (py < ny - 0.5)
-        error_map = companions.get(str(path))
-        items = [Item(ids[i], str(path), config.hdu, (float(py[i]), float(px[i])), sky[i],
-                       error_map=error_map)
-                 for i in np.flatnonzero(inside)]
-        placed |= inside
-        if items:
-            tasks.append(Task("field", str(path), items, error_map))
-    rejects += [{"id": ids[i], "origin": str(config.catalog), "stage": "ingest",
-                 "reason": "catalog position lies outside every readable field image"}
-                for i in np.flatnonzero(~placed)] + ambiguous
-    return tasks, user.assign(id=ids), rejects
-
-
-# --- the stage ---------------------------------------------------------------------------
-
-
-def _batches(tasks: list[Task], size: int) -> Iterator[list[Task]]:
-    batch: list[Task] = []
-    for task in tasks:
-        batch.append(task)
-        if len(batch) >= size or task.kind != "file":
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
 
 def _run_batch(batch: list[Task], config: IngestConfig) -> list[tuple]:
-    return [result for task in batch for result in _process(task, config)]
+    # here, not in io: the settings reach make_stamp through stamp_options, shared with
+    # similar --image, and io does not import the stages
+    return run_batch(batch, config, options=stamp_options(config))
 
 
 def _extra(ctx: StageContext) -> str:
@@ -399,7 +96,7 @@ def _extra(ctx: StageContext) -> str:
 def _compute(ctx: StageContext) -> dict[str, Any]:
     run, cfg, progress = ctx.run, ctx.config.ingest, ctx.progress
     found: InputFiles = ctx.state["found"]
-    tasks, meta, early_rejects, summary = _plan(found, cfg)
+    tasks, meta, early_rejects, summary = plan(found, cfg)
     run.clear_rejects("ingest")
     run.add_rejects(early_rejects)
     n_items = sum(len(t.items) for t in tasks) + sum(t.kind == "detect" for t in tasks)
@@ -412,10 +109,10 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     writer = run.writer("stamps", (size, size), cfg.chunk_size)
     rms = OptionalArrayWriter(run, "rms", (size, size), cfg.chunk_size)
     psf = OptionalArrayWriter(run, "psf", (cfg.psf_size, cfg.psf_size), cfg.chunk_size)
-    batches = _batches(tasks, 64)
+    batched = batches(tasks, 64)
     with pool or nullcontext(), tqdm(total=n_items, desc="ingest", unit="stamp",
                                      disable=not progress) as bar:
-        for batch_results in map_ordered(_run_batch, batches, cfg, pool=pool, workers=workers):
+        for batch_results in map_ordered(_run_batch, batched, cfg, pool=pool, workers=workers):
             rejects = []
             for result in batch_results:
                 if result[0] == "reject":
@@ -456,9 +153,9 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     summary.update(
         n_stamps=len(rows), n_rejected=n_rejected, stamp_size=size,
         n_linear=n_linear, n_nonlinear=len(rows) - n_linear,
-        n_rms=rms.count, rms_sources=_kinds(sources.loc[sources["has_rms"], "rms_source"]),
+        n_rms=rms.count, rms_sources=source_kinds(sources.loc[sources["has_rms"], "rms_source"]),
         n_psf=psf.count, psf_size=cfg.psf_size,
-        psf_sources=_kinds(sources.loc[sources["has_psf"], "psf_source"]),
+        psf_sources=source_kinds(sources.loc[sources["has_psf"], "psf_source"]),
         n_notes=int((sources["note"] != "").sum()),
     )
     if found.skipped:
@@ -468,21 +165,6 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
              psf.count, n_rejected,
              f", {summary['not_selected']} not selected" if summary.get("not_selected") else "")
     return summary
-
-
-def _kinds(sources: pd.Series) -> dict[str, int]:
-    """Counts of where error maps / PSFs came from, by kind rather than by file."""
-
-    def kind(source: str) -> str:
-        if m := re.fullmatch(r"HDU \d+ (.*)", source):
-            return f"HDU {m[1]}"
-        if m := re.fullmatch(r"file .* \((\w+)\)", source):
-            return f"companion file ({m[1]})"
-        if m := re.fullmatch(r"(.*)\[-?\d+\]", source):
-            return Path(m[1]).name
-        return source
-
-    return {str(k): int(v) for k, v in sources.map(kind).value_counts().items()}
 
 
 def _check(config: Config) -> None:

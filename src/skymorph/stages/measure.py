@@ -51,7 +51,6 @@ from ..core.parallel import map_ordered, start_pool
 from ..core.stampmeasure import (
     SEGMAP_CODES,
     MeasureError,
-    _normalised_psf,
     _usable_psf,
     _usable_weights,
     measure_block,
@@ -60,6 +59,7 @@ from ..core.stampmeasure import (
 from ..core.uncertainty import RESAMPLED_QUANTITIES, SERSIC_ERROR_COLUMNS
 from ..io.catalog import MEASURE_COLUMNS as CATALOG_COLUMNS
 from ..io.catalog import MEASUREMENTS_FILE
+from ..io.readers import load_psf
 from ..io.rundir import RunDir
 from ..summaries import read_summary, shown
 from . import Stage, StageContext, execute
@@ -93,28 +93,6 @@ def linear_flags(sources: pd.DataFrame) -> np.ndarray:
     given = sources["linear"].astype(object)
     missing = given.isna().to_numpy()
     return np.where(missing, by_suffix, given.where(~given.isna(), True).astype(bool).to_numpy())
-
-
-def load_psf(path: str | os.PathLike) -> np.ndarray:
-    """The PSF image of a FITS file (first HDU holding an image), normalised to unit sum.
-
-    Raises
-    ------
-    MeasureError
-        If the file is missing or unreadable, holds no 2-D image, or its pixels
-        are not finite or do not sum to a positive value.
-    """
-    from astropy.io import fits
-
-    try:
-        with fits.open(path) as hdul:
-            image = next((h.data for h in hdul if h.data is not None and h.data.ndim == 2), None)
-            image = None if image is None else np.array(image, dtype=np.float64)
-    except (OSError, ValueError) as exc:
-        raise MeasureError(f"measure.psf_file {path}: cannot read it as FITS ({exc})") from None
-    if image is None:
-        raise MeasureError(f"measure.psf_file {path}: no 2-D image HDU")
-    return _normalised_psf(image, f"measure.psf_file {path}")
 
 
 @dataclass

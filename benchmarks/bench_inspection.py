@@ -99,8 +99,7 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=3, help="concurrent experts (default 3)")
     args = parser.parse_args()
 
-    from skymorph import Config
-    from skymorph import make_server
+    from skymorph import Config, make_server
     from skymorph.stages.inspect import montage
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_inspection_"))

@@ -38,7 +38,6 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +46,18 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..config import Config, MeasureConfig
-from ..core.parallel import map_ordered, start_pool
-from ..core.stampmeasure import (
-    SEGMAP_CODES,
-    MeasureError,
-    _usable_psf,
-    _usable_weights,
-    measure_block,
-    measure_stamp,
+from ..core.measure_tasks import (
+    NONLINEAR_SUFFIXES,
+    MeasureTask,
+    linear_flags,
+    measure_task,
+    plan_tasks,
+    psf_source,
+    refuse_nonlinear,
+    weights_source,
 )
+from ..core.parallel import map_ordered, start_pool
+from ..core.stampmeasure import SEGMAP_CODES, MeasureError, measure_block, measure_stamp
 from ..core.uncertainty import RESAMPLED_QUANTITIES, SERSIC_ERROR_COLUMNS
 from ..io.catalog import MEASURE_COLUMNS as CATALOG_COLUMNS
 from ..io.catalog import MEASUREMENTS_FILE
@@ -72,50 +74,7 @@ log = logging.getLogger(__name__)
 SEGMAP_ARRAY = "segmap"
 """Run array (N x S x S, uint8) of each stamp's segmentation as measured (:data:`SEGMAP_CODES`)."""
 
-NONLINEAR_SUFFIXES = (".jpg", ".jpeg", ".png")
-"""Input files whose pixels are display-scaled (gamma, stretch, 8-bit), not flux."""
-
-
-def linear_flags(sources: pd.DataFrame) -> np.ndarray:
-    """Whether each stamp's pixels are linear in flux.
-
-    The ``linear`` column of ``sources.parquet`` where ingest wrote one; for runs
-    made before it (or rows where it is missing), derived from the input file:
-    PNG and JPEG (:data:`NONLINEAR_SUFFIXES`) are not linear, everything else is.
-    """
-    n = len(sources)
-    if "origin" in sources:
-        by_suffix = ~sources["origin"].astype(str).str.lower().str.endswith(NONLINEAR_SUFFIXES).to_numpy()
-    else:
-        by_suffix = np.ones(n, dtype=bool)
-    if "linear" not in sources:
-        return by_suffix
-    given = sources["linear"].astype(object)
-    missing = given.isna().to_numpy()
-    return np.where(missing, by_suffix, given.where(~given.isna(), True).astype(bool).to_numpy())
-
-
-@dataclass
-class _Task:
-    run_path: str
-    start: int
-    stop: int
-    ids: list[str]
-    noise: list[float]
-    background: list[float]
-    weights: str | None = None
-    """Run-directory array of per-pixel errors (``weight_array`` or ``rms``), if used."""
-    psf: np.ndarray | None = None
-    """The run-wide PSF (``psf_file``), if given."""
-    psf_array: bool = False
-    """Read each stamp's PSF from the run's ``psf`` array."""
-    psf_label: str = "none"
-    """``measure_psf`` of a stamp that has a usable PSF (file / array)."""
-    weights_label: str = "noise_sigma"
-    """``measure_weights`` of a stamp measured with the chosen errors."""
-
-
-def _run_task(task: _Task, config: MeasureConfig) -> list[dict[str, Any]]:
+def _run_task(task: MeasureTask, config: MeasureConfig) -> list[dict[str, Any]]:
     # Worker side: read only this task's stamps, so nothing big crosses processes.
     run = RunDir(task.run_path)
     stamps = np.asarray(run.open_array("stamps")[task.start: task.stop])
@@ -125,20 +84,10 @@ def _run_task(task: _Task, config: MeasureConfig) -> list[dict[str, Any]]:
     psf = task.psf
     if psf is None and task.psf_array:
         psf = np.asarray(run.open_array("psf")[task.start: task.stop], dtype=np.float64)
-    rows = measure_block(stamps, np.asarray(task.noise), np.asarray(task.background), config, weights, psf,
-                         return_segmap=True)
-    fallback = "gain" if config.gain is not None else "noise_sigma"
-    for i, (gid, row) in enumerate(zip(task.ids, rows, strict=True)):
-        row["id"] = gid
-        row["index"] = task.start + i
-        p = None if psf is None else (psf if np.ndim(psf) == 2 else psf[i])
-        row["measure_psf"] = task.psf_label if _usable_psf(p) else "none"
-        row["measure_weights"] = (task.weights_label if weights is not None and _usable_weights(weights[i])
-                                  else fallback if task.weights else task.weights_label)
-    return rows
+    return measure_task(task, stamps, config, weights, psf)
 
 
-def _map_ordered(tasks: list[_Task], config: MeasureConfig, workers: int
+def _map_ordered(tasks: list[MeasureTask], config: MeasureConfig, workers: int
                  ) -> Iterator[list[dict[str, Any]]]:
     """Results of every task in order, with at most ``2 * workers`` in flight.
     Workers that cannot fork from this process start from a forkserver that has
@@ -188,45 +137,10 @@ def _check(config: Config) -> None:
         raise MeasureError(f"measure.psf_file {cfg.psf_file} does not exist")
 
 
-def _refuse_nonlinear(linear: np.ndarray, sources: pd.DataFrame) -> None:
-    n_bad = int((~linear).sum())
-    if not n_bad:
-        return
-    kinds = ""
-    if "origin" in sources:
-        suffixes = sources.loc[~linear, "origin"].astype(str).map(lambda f: Path(f).suffix.lower() or "?")
-        kinds = " (" + ", ".join(f"{v} {k}" for k, v in suffixes.value_counts().items()) + ")"
-    raise MeasureError(
-        f"{n_bad} of {len(linear)} stamps are not linear in flux{kinds}: PNG/JPEG pixels are "
-        "display-scaled (gamma, stretch, 8-bit clipping), so Sersic n, concentration, Gini, M20 "
-        "and asymmetry measured on them are meaningless. Measure FITS/NPY images of the same "
-        "galaxies, or pass --allow-nonlinear (measure.allow_nonlinear = true) to measure anyway: "
-        "every value is then marked measure_linear = false.")
-
-
 def _sources(run: RunDir) -> tuple[pd.DataFrame, np.ndarray]:
     """The sources table and its linear flags; refuses non-linear stamps unless allowed."""
     sources = run.sources()
     return sources, linear_flags(sources)
-
-
-def _weights_name(run: RunDir, cfg: MeasureConfig) -> tuple[str | None, str]:
-    """Array of per-pixel errors to read (or None) and what ``measure_weights`` says."""
-    if cfg.weight_array:
-        return cfg.weight_array, cfg.weight_array
-    if cfg.gain is not None:
-        return None, "gain"
-    if cfg.rms_array and run.has_array("rms"):
-        return "rms", "rms"
-    return None, "noise_sigma"
-
-
-def _psf_source(run: RunDir, cfg: MeasureConfig) -> str:
-    if cfg.psf_file:
-        return "file"
-    if cfg.psf_array and run.has_array("psf"):
-        return "array"
-    return "none"
 
 
 def _extra(ctx: StageContext) -> dict[str, Any]:
@@ -235,14 +149,15 @@ def _extra(ctx: StageContext) -> dict[str, Any]:
     run, cfg = ctx.run, ctx.config.measure
     sources, linear = _sources(run)
     if not cfg.allow_nonlinear:
-        _refuse_nonlinear(linear, sources)
+        refuse_nonlinear(linear, sources)
     ctx.state.update(sources=sources, linear=linear)
     psf_hash = None
     if cfg.psf_file:
         psf = load_psf(cfg.psf_file)
         ctx.state["psf"] = psf
         psf_hash = hashlib.sha256(psf.tobytes() + str(psf.shape).encode()).hexdigest()[:16]
-    return {"psf_file": psf_hash, "psf": _psf_source(run, cfg), "weights": _weights_name(run, cfg)[1]}
+    return {"psf_file": psf_hash, "psf": psf_source(cfg, run.has_array),
+            "weights": weights_source(cfg, run.has_array)[1]}
 
 
 def _pixel_scales(sources: pd.DataFrame, cfg: MeasureConfig, stamp_size: int) -> np.ndarray:
@@ -282,13 +197,13 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
 
     run, cfg, progress = ctx.run, ctx.config.measure, ctx.progress
     stamps = run.open_array("stamps")
-    weights_name, weights_used = _weights_name(run, cfg)
+    weights_name, weights_used = weights_source(cfg, run.has_array)
     if weights_name:
         weights = run.open_array(weights_name)
         if weights.shape != stamps.shape:
             raise MeasureError(f"weight array '{weights_name}' has shape {weights.shape}; "
                                f"it must match the stamps {stamps.shape}")
-    psf_used = _psf_source(run, cfg)
+    psf_used = psf_source(cfg, run.has_array)
     if psf_used == "array":
         psfs = run.open_array("psf")
         if psfs.ndim != 3 or psfs.shape[0] != stamps.shape[0]:
@@ -305,18 +220,10 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     if psf_used != "none" and "framing" in sources and sources["framing"].astype(str).eq("resample").any():
         log.warning("measure: some stamps were resampled at ingest; the PSF (%s) is taken to be at the "
                     "stamps' pixel scale", psf_used)
-    ids = sources["id"].astype(str).tolist()
-    noise = (sources["noise_sigma"].astype(float).to_numpy() if "noise_sigma" in sources
-             else np.full(n, np.nan))
-    background = (sources["background"].astype(float).to_numpy() if "background" in sources
-                  else np.zeros(n))
     scale = _pixel_scales(sources, cfg, int(stamps.shape[-1]))
     psf = ctx.state.get("psf") if psf_used == "file" else None
-    tasks = [_Task(str(run.path), s, min(s + cfg.chunk_size, n), ids[s: s + cfg.chunk_size],
-                   noise[s: s + cfg.chunk_size].tolist(), background[s: s + cfg.chunk_size].tolist(),
-                   weights=weights_name, psf=psf, psf_array=psf_used == "array", psf_label=psf_used,
-                   weights_label=weights_used)
-             for s in range(0, n, cfg.chunk_size)]
+    tasks = plan_tasks(str(run.path), sources, cfg.chunk_size, weights=weights_name, psf=psf,
+                       psf_array=psf_used == "array", psf_label=psf_used, weights_label=weights_used)
     workers = cfg.workers or os.cpu_count() or 1
     workers = min(workers, len(tasks))
     schema = arrow_schema(_schema(cfg.include_doublesersic), provenance(run.path))

@@ -1,8 +1,10 @@
-"""Planning a run's measurement: which stamps are linear in flux, which errors and PSF are
-used, the chunks of galaxies sent to the workers and the labels of each measured row (the
-stage, :mod:`skymorph.stages.measure`, reads the run and writes the table; each stamp is
-measured by :mod:`skymorph.core.stampmeasure`).  Tables and arrays in, no run directory:
-where a choice depends on the run's arrays the caller passes ``has_array``.
+"""Planning a run's measurement and finishing its rows: which stamps are linear in flux,
+which errors and PSF are used, the chunks of galaxies sent to the workers, the labels of
+each measured row, and the columns added to the rows before they are written (validity
+flags, sizes in arcsec, magnitudes) with the table's schema.  The stage,
+:mod:`skymorph.stages.measure`, reads the run and writes the table; each stamp is measured
+by :mod:`skymorph.core.stampmeasure`.  Tables and arrays in, no run directory: where a
+choice depends on the run's arrays the caller passes ``has_array``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import pandas as pd
 
 from ..config import MeasureConfig
 from .stampmeasure import MeasureError, _usable_psf, _usable_weights, measure_block
+from .uncertainty import RESAMPLED_QUANTITIES, SERSIC_ERROR_COLUMNS
 
 __all__ = ["NONLINEAR_SUFFIXES", "linear_flags", "refuse_nonlinear", "weights_source", "psf_source",
-           "MeasureTask", "plan_tasks", "measure_task"]
+           "MeasureTask", "plan_tasks", "measure_task", "EXTRA_COLUMNS", "row_schema", "pixel_scales",
+           "zeropoints", "pop_segmaps", "finish_rows"]
 
 NONLINEAR_SUFFIXES = (".jpg", ".jpeg", ".png")
 """Input files whose pixels are display-scaled (gamma, stretch, 8-bit), not flux."""
@@ -202,3 +206,108 @@ def measure_task(task: MeasureTask, stamps: np.ndarray, config: MeasureConfig,
         row["measure_weights"] = (task.weights_label if weights is not None and _usable_weights(weights[i])
                                   else fallback if task.weights else task.weights_label)
     return rows
+
+
+EXTRA_COLUMNS: dict[str, Any] = {
+    **dict.fromkeys(SERSIC_ERROR_COLUMNS, float("nan")),
+    **dict.fromkeys([f"{q}_err" for q in RESAMPLED_QUANTITIES], float("nan")),
+    "zeropoint": float("nan"), "mag_petro": float("nan"), "mag_sersic": float("nan"),
+    "nonparam_ok": False, "sersic_ok": False, "g2_reliable": False, "measure_linear": True, "measure_psf": "",
+    "measure_weights": "",
+    "stamp_pixel_scale": float("nan"), "sersic_rhalf_arcsec": float("nan"),
+    "rhalf_circ_arcsec": float("nan"),
+}
+"""Columns the stage adds to each statmorph row (with their types by example)."""
+
+
+def row_schema(include_doublesersic: bool):
+    """The arrow schema of the measurements table: ``id``, ``index``, every statmorph
+    column and :data:`EXTRA_COLUMNS`, each typed by its empty value."""
+    import pyarrow as pa
+
+    from . import morphometry as mm
+
+    fields = [pa.field("id", pa.string()), pa.field("index", pa.int64())]
+    for name, value in {**mm.empty_result(include_doublesersic), **EXTRA_COLUMNS}.items():
+        if isinstance(value, bool):
+            kind = pa.bool_()
+        elif isinstance(value, int):
+            kind = pa.int64()
+        elif isinstance(value, str):
+            kind = pa.string()
+        else:
+            kind = pa.float64()
+        fields.append(pa.field(name, kind))
+    return pa.schema(fields)
+
+
+def pixel_scales(sources: pd.DataFrame, cfg: MeasureConfig, stamp_size: int) -> np.ndarray:
+    """Arcsec per stamp pixel: the input scale (setting, else ``PIXEL_SCALE``) times
+    the frame / stamp ratio of resampled stamps; NaN where unknown."""
+    n = len(sources)
+    if cfg.pixel_scale is not None:
+        scale = np.full(n, float(cfg.pixel_scale))
+    elif "PIXEL_SCALE" in sources:
+        scale = pd.to_numeric(sources["PIXEL_SCALE"], errors="coerce").to_numpy(float)
+    else:
+        return np.full(n, np.nan)
+    if "framing" in sources and "frame_side" in sources:
+        resampled = sources["framing"].astype(str).eq("resample").to_numpy()
+        frame = pd.to_numeric(sources["frame_side"], errors="coerce").to_numpy(float)
+        scale = np.where(resampled, scale * frame / stamp_size, scale)
+    return scale
+
+
+def zeropoints(sources: pd.DataFrame, cfg: MeasureConfig) -> np.ndarray:
+    """Photometric zero point of each stamp: the setting, else ingest's ``zeropoint`` column
+    (MAGZERO / PHOTZP of the input header); NaN where unknown (no magnitudes)."""
+    if cfg.zeropoint is not None:
+        return np.full(len(sources), float(cfg.zeropoint))
+    if "zeropoint" in sources:
+        return pd.to_numeric(sources["zeropoint"], errors="coerce").to_numpy(float)
+    return np.full(len(sources), np.nan)
+
+
+def pop_segmaps(rows: list[dict[str, Any]], shape: tuple[int, ...]) -> np.ndarray:
+    """Take the ``segmap`` out of every row of :func:`measure_task`, stacked in row order
+    (all zero, of ``shape``, where a row has none)."""
+    blank = np.zeros(shape, np.uint8)
+    return np.stack([seg if (seg := r.pop("segmap", None)) is not None else blank for r in rows])
+
+
+def finish_rows(rows: list[dict[str, Any]], *, linear: np.ndarray, scale: np.ndarray,
+                zeropoint: np.ndarray, g2_min_sn: float) -> None:
+    """Add the stage's columns to measured rows, in place.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Rows of :func:`measure_task` without their ``segmap`` (:func:`pop_segmaps`).
+    linear, scale, zeropoint : ndarray
+        Per stamp of the run (indexed by each row's ``index``): :func:`linear_flags`,
+        :func:`pixel_scales` and :func:`zeropoints`.
+    g2_min_sn : float
+        S/N per pixel below which G2 is not reliable.
+
+    Notes
+    -----
+    Adds ``measure_linear``, the validity flags of :func:`skymorph.core.quality.validity`,
+    ``stamp_pixel_scale``, ``sersic_rhalf_arcsec``, ``rhalf_circ_arcsec``, ``zeropoint``,
+    ``mag_petro`` and ``mag_sersic``.
+    """
+    from .photometry import magnitude, sersic_total_flux
+    from .quality import validity
+
+    flags = validity(pd.DataFrame(rows), g2_min_sn=g2_min_sn)
+    for row, ok in zip(rows, flags.to_dict(orient="records"), strict=True):
+        i = row["index"]
+        row["measure_linear"] = bool(linear[i])
+        row.update({k: bool(v) for k, v in ok.items()})
+        row["stamp_pixel_scale"] = float(scale[i])
+        row["sersic_rhalf_arcsec"] = float(row["sersic_rhalf"] * scale[i])
+        row["rhalf_circ_arcsec"] = float(row["rhalf_circ"] * scale[i])
+        row["zeropoint"] = float(zeropoint[i])
+        row["mag_petro"] = float(magnitude(row["flux_circ"], zeropoint[i]))
+        row["mag_sersic"] = float(magnitude(sersic_total_flux(
+            row["sersic_amplitude"], row["sersic_rhalf"], row["sersic_n"], row["sersic_ellip"]),
+            zeropoint[i]))

@@ -49,16 +49,20 @@ from ..config import Config, MeasureConfig
 from ..core.measure_tasks import (
     NONLINEAR_SUFFIXES,
     MeasureTask,
+    finish_rows,
     linear_flags,
     measure_task,
+    pixel_scales,
     plan_tasks,
+    pop_segmaps,
     psf_source,
     refuse_nonlinear,
+    row_schema,
     weights_source,
+    zeropoints,
 )
 from ..core.parallel import map_ordered, start_pool
 from ..core.stampmeasure import SEGMAP_CODES, MeasureError, measure_block, measure_stamp
-from ..core.uncertainty import RESAMPLED_QUANTITIES, SERSIC_ERROR_COLUMNS
 from ..io.catalog import MEASURE_COLUMNS as CATALOG_COLUMNS
 from ..io.catalog import MEASUREMENTS_FILE
 from ..io.readers import load_psf
@@ -73,6 +77,7 @@ log = logging.getLogger(__name__)
 
 SEGMAP_ARRAY = "segmap"
 """Run array (N x S x S, uint8) of each stamp's segmentation as measured (:data:`SEGMAP_CODES`)."""
+
 
 def _run_task(task: MeasureTask, config: MeasureConfig) -> list[dict[str, Any]]:
     # Worker side: read only this task's stamps, so nothing big crosses processes.
@@ -98,37 +103,6 @@ def _map_ordered(tasks: list[MeasureTask], config: MeasureConfig, workers: int
     preload = ["skymorph.stages.measure", "skymorph.core.morphometry", "statmorph", "photutils.segmentation"]
     with start_pool(workers, preload) as pool:
         yield from map_ordered(_run_task, tasks, config, pool=pool, workers=workers)
-
-
-EXTRA_COLUMNS: dict[str, Any] = {
-    **dict.fromkeys(SERSIC_ERROR_COLUMNS, float("nan")),
-    **dict.fromkeys([f"{q}_err" for q in RESAMPLED_QUANTITIES], float("nan")),
-    "zeropoint": float("nan"), "mag_petro": float("nan"), "mag_sersic": float("nan"),
-    "nonparam_ok": False, "sersic_ok": False, "g2_reliable": False, "measure_linear": True, "measure_psf": "",
-    "measure_weights": "",
-    "stamp_pixel_scale": float("nan"), "sersic_rhalf_arcsec": float("nan"),
-    "rhalf_circ_arcsec": float("nan"),
-}
-"""Columns the stage adds to each statmorph row (with their types by example)."""
-
-
-def _schema(include_doublesersic: bool):
-    import pyarrow as pa
-
-    from ..core import morphometry as mm
-
-    fields = [pa.field("id", pa.string()), pa.field("index", pa.int64())]
-    for name, value in {**mm.empty_result(include_doublesersic), **EXTRA_COLUMNS}.items():
-        if isinstance(value, bool):
-            kind = pa.bool_()
-        elif isinstance(value, int):
-            kind = pa.int64()
-        elif isinstance(value, str):
-            kind = pa.string()
-        else:
-            kind = pa.float64()
-        fields.append(pa.field(name, kind))
-    return pa.schema(fields)
 
 
 def _check(config: Config) -> None:
@@ -160,39 +134,10 @@ def _extra(ctx: StageContext) -> dict[str, Any]:
             "weights": weights_source(cfg, run.has_array)[1]}
 
 
-def _pixel_scales(sources: pd.DataFrame, cfg: MeasureConfig, stamp_size: int) -> np.ndarray:
-    """Arcsec per stamp pixel: the input scale (setting, else ``PIXEL_SCALE``) times
-    the frame / stamp ratio of resampled stamps; NaN where unknown."""
-    n = len(sources)
-    if cfg.pixel_scale is not None:
-        scale = np.full(n, float(cfg.pixel_scale))
-    elif "PIXEL_SCALE" in sources:
-        scale = pd.to_numeric(sources["PIXEL_SCALE"], errors="coerce").to_numpy(float)
-    else:
-        return np.full(n, np.nan)
-    if "framing" in sources and "frame_side" in sources:
-        resampled = sources["framing"].astype(str).eq("resample").to_numpy()
-        frame = pd.to_numeric(sources["frame_side"], errors="coerce").to_numpy(float)
-        scale = np.where(resampled, scale * frame / stamp_size, scale)
-    return scale
-
-
-def _zeropoints(sources: pd.DataFrame, cfg: MeasureConfig) -> np.ndarray:
-    """Photometric zero point of each stamp: the setting, else ingest's ``zeropoint`` column
-    (MAGZERO / PHOTZP of the input header); NaN where unknown (no magnitudes)."""
-    if cfg.zeropoint is not None:
-        return np.full(len(sources), float(cfg.zeropoint))
-    if "zeropoint" in sources:
-        return pd.to_numeric(sources["zeropoint"], errors="coerce").to_numpy(float)
-    return np.full(len(sources), np.nan)
-
-
 def _compute(ctx: StageContext) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..core.photometry import magnitude, sersic_total_flux
-    from ..core.quality import validity
     from ..io.catalog import arrow_schema, provenance
 
     run, cfg, progress = ctx.run, ctx.config.measure, ctx.progress
@@ -220,14 +165,14 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     if psf_used != "none" and "framing" in sources and sources["framing"].astype(str).eq("resample").any():
         log.warning("measure: some stamps were resampled at ingest; the PSF (%s) is taken to be at the "
                     "stamps' pixel scale", psf_used)
-    scale = _pixel_scales(sources, cfg, int(stamps.shape[-1]))
+    scale = pixel_scales(sources, cfg, int(stamps.shape[-1]))
     psf = ctx.state.get("psf") if psf_used == "file" else None
     tasks = plan_tasks(str(run.path), sources, cfg.chunk_size, weights=weights_name, psf=psf,
                        psf_array=psf_used == "array", psf_label=psf_used, weights_label=weights_used)
     workers = cfg.workers or os.cpu_count() or 1
     workers = min(workers, len(tasks))
-    schema = arrow_schema(_schema(cfg.include_doublesersic), provenance(run.path))
-    zeropoint = _zeropoints(sources, cfg)
+    schema = arrow_schema(row_schema(cfg.include_doublesersic), provenance(run.path))
+    zeropoint = zeropoints(sources, cfg)
     segmaps = run.create_array(SEGMAP_ARRAY, tuple(stamps.shape), cfg.chunk_size, dtype="uint8",
                                attributes={"codes": SEGMAP_CODES})
     tmp = run.path / f".{MEASUREMENTS_FILE}.tmp"
@@ -236,22 +181,8 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
             tqdm(total=n, desc="measure", unit="galaxy", disable=not progress) as bar:
         for rows in _map_ordered(tasks, cfg, workers):
             first = rows[0]["index"]
-            blank = np.zeros(stamps.shape[1:], np.uint8)
-            segmaps[first: first + len(rows)] = np.stack(
-                [seg if (seg := r.pop("segmap", None)) is not None else blank for r in rows])
-            flags = validity(pd.DataFrame(rows), g2_min_sn=cfg.g2_min_sn)
-            for row, ok in zip(rows, flags.to_dict(orient="records"), strict=True):
-                i = row["index"]
-                row["measure_linear"] = bool(linear[i])
-                row.update({k: bool(v) for k, v in ok.items()})
-                row["stamp_pixel_scale"] = float(scale[i])
-                row["sersic_rhalf_arcsec"] = float(row["sersic_rhalf"] * scale[i])
-                row["rhalf_circ_arcsec"] = float(row["rhalf_circ"] * scale[i])
-                row["zeropoint"] = float(zeropoint[i])
-                row["mag_petro"] = float(magnitude(row["flux_circ"], zeropoint[i]))
-                row["mag_sersic"] = float(magnitude(sersic_total_flux(
-                    row["sersic_amplitude"], row["sersic_rhalf"], row["sersic_n"], row["sersic_ellip"]),
-                    zeropoint[i]))
+            segmaps[first: first + len(rows)] = pop_segmaps(rows, stamps.shape[1:])
+            finish_rows(rows, linear=linear, scale=scale, zeropoint=zeropoint, g2_min_sn=cfg.g2_min_sn)
             table = pa.Table.from_pylist(rows, schema=schema)
             writer.write_table(table)
             n_ok += sum(r["measure_ok"] for r in rows)

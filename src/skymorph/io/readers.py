@@ -9,6 +9,8 @@ refused with a reason instead of allocating 37 GiB.
 Error maps are returned as 1-sigma per pixel (``rms``): a weight map (inverse
 variance) becomes ``1 / sqrt(w)``, a variance map ``sqrt(v)``.  Pixels without
 information (zero or negative weight, non-finite values) get ``inf``.
+
+Also the run-wide PSF file of ``skymorph measure`` (:func:`load_psf`).
 """
 
 from __future__ import annotations

@@ -9,11 +9,14 @@ refused with a reason instead of allocating 37 GiB.
 Error maps are returned as 1-sigma per pixel (``rms``): a weight map (inverse
 variance) becomes ``1 / sqrt(w)``, a variance map ``sqrt(v)``.  Pixels without
 information (zero or negative weight, non-finite values) get ``inf``.
+
+Also the run-wide PSF file of ``skymorph measure`` (:func:`load_psf`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +32,7 @@ from ..errors import Reject
 __all__ = [
     "Reject", "GalaxyImage", "read_image", "read_galaxy", "read_error_map", "to_rms", "check_pixels",
     "fits_image", "error_hdu", "hdu_kind", "suffix_of", "stem_of", "FITS_SUFFIXES", "RASTER_SUFFIXES",
-    "NPY_SUFFIXES", "IMAGE_SUFFIXES", "DEFAULT_MAX_PIXELS", "content_kind",
+    "NPY_SUFFIXES", "IMAGE_SUFFIXES", "DEFAULT_MAX_PIXELS", "content_kind", "load_psf",
 ]
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.fz")
@@ -310,6 +313,28 @@ def read_error_map(path: str | Path, kind: str, shape: tuple[int, ...],
         raise Reject(f"error map {path.name} is {data.shape}, the image {tuple(shape)}")
     where = f"{path}[{index}]" if index >= 0 else str(path)
     return to_rms(data, kind), f"file {where} ({kind})"
+
+
+def load_psf(path: str | os.PathLike) -> np.ndarray:
+    """The PSF image of a FITS file (first HDU holding an image), normalised to unit sum.
+
+    Raises
+    ------
+    MeasureError
+        If the file is missing or unreadable, holds no 2-D image, or its pixels
+        are not finite or do not sum to a positive value.
+    """
+    from ..core.stampmeasure import MeasureError, _normalised_psf
+
+    try:
+        with fits.open(path) as hdul:
+            image = next((h.data for h in hdul if h.data is not None and h.data.ndim == 2), None)
+            image = None if image is None else np.array(image, dtype=np.float64)
+    except (OSError, ValueError) as exc:
+        raise MeasureError(f"measure.psf_file {path}: cannot read it as FITS ({exc})") from None
+    if image is None:
+        raise MeasureError(f"measure.psf_file {path}: no 2-D image HDU")
+    return _normalised_psf(image, f"measure.psf_file {path}")
 
 
 _MAGIC = ((b"SIMPLE  =", "FITS"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"),

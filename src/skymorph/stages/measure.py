@@ -38,7 +38,6 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,19 +46,26 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..config import Config, MeasureConfig
-from ..core.parallel import map_ordered, start_pool
-from ..core.stampmeasure import (
-    SEGMAP_CODES,
-    MeasureError,
-    _normalised_psf,
-    _usable_psf,
-    _usable_weights,
-    measure_block,
-    measure_stamp,
+from ..core.measure_tasks import (
+    NONLINEAR_SUFFIXES,
+    MeasureTask,
+    finish_rows,
+    linear_flags,
+    measure_task,
+    pixel_scales,
+    plan_tasks,
+    pop_segmaps,
+    psf_source,
+    refuse_nonlinear,
+    row_schema,
+    weights_source,
+    zeropoints,
 )
-from ..core.uncertainty import RESAMPLED_QUANTITIES, SERSIC_ERROR_COLUMNS
+from ..core.parallel import map_ordered, start_pool
+from ..core.stampmeasure import SEGMAP_CODES, MeasureError, measure_block, measure_stamp
 from ..io.catalog import MEASURE_COLUMNS as CATALOG_COLUMNS
 from ..io.catalog import MEASUREMENTS_FILE
+from ..io.readers import load_psf
 from ..io.rundir import RunDir
 from ..summaries import read_summary, shown
 from . import Stage, StageContext, execute
@@ -72,72 +78,8 @@ log = logging.getLogger(__name__)
 SEGMAP_ARRAY = "segmap"
 """Run array (N x S x S, uint8) of each stamp's segmentation as measured (:data:`SEGMAP_CODES`)."""
 
-NONLINEAR_SUFFIXES = (".jpg", ".jpeg", ".png")
-"""Input files whose pixels are display-scaled (gamma, stretch, 8-bit), not flux."""
 
-
-def linear_flags(sources: pd.DataFrame) -> np.ndarray:
-    """Whether each stamp's pixels are linear in flux.
-
-    The ``linear`` column of ``sources.parquet`` where ingest wrote one; for runs
-    made before it (or rows where it is missing), derived from the input file:
-    PNG and JPEG (:data:`NONLINEAR_SUFFIXES`) are not linear, everything else is.
-    """
-    n = len(sources)
-    if "origin" in sources:
-        by_suffix = ~sources["origin"].astype(str).str.lower().str.endswith(NONLINEAR_SUFFIXES).to_numpy()
-    else:
-        by_suffix = np.ones(n, dtype=bool)
-    if "linear" not in sources:
-        return by_suffix
-    given = sources["linear"].astype(object)
-    missing = given.isna().to_numpy()
-    return np.where(missing, by_suffix, given.where(~given.isna(), True).astype(bool).to_numpy())
-
-
-def load_psf(path: str | os.PathLike) -> np.ndarray:
-    """The PSF image of a FITS file (first HDU holding an image), normalised to unit sum.
-
-    Raises
-    ------
-    MeasureError
-        If the file is missing or unreadable, holds no 2-D image, or its pixels
-        are not finite or do not sum to a positive value.
-    """
-    from astropy.io import fits
-
-    try:
-        with fits.open(path) as hdul:
-            image = next((h.data for h in hdul if h.data is not None and h.data.ndim == 2), None)
-            image = None if image is None else np.array(image, dtype=np.float64)
-    except (OSError, ValueError) as exc:
-        raise MeasureError(f"measure.psf_file {path}: cannot read it as FITS ({exc})") from None
-    if image is None:
-        raise MeasureError(f"measure.psf_file {path}: no 2-D image HDU")
-    return _normalised_psf(image, f"measure.psf_file {path}")
-
-
-@dataclass
-class _Task:
-    run_path: str
-    start: int
-    stop: int
-    ids: list[str]
-    noise: list[float]
-    background: list[float]
-    weights: str | None = None
-    """Run-directory array of per-pixel errors (``weight_array`` or ``rms``), if used."""
-    psf: np.ndarray | None = None
-    """The run-wide PSF (``psf_file``), if given."""
-    psf_array: bool = False
-    """Read each stamp's PSF from the run's ``psf`` array."""
-    psf_label: str = "none"
-    """``measure_psf`` of a stamp that has a usable PSF (file / array)."""
-    weights_label: str = "noise_sigma"
-    """``measure_weights`` of a stamp measured with the chosen errors."""
-
-
-def _run_task(task: _Task, config: MeasureConfig) -> list[dict[str, Any]]:
+def _run_task(task: MeasureTask, config: MeasureConfig) -> list[dict[str, Any]]:
     # Worker side: read only this task's stamps, so nothing big crosses processes.
     run = RunDir(task.run_path)
     stamps = np.asarray(run.open_array("stamps")[task.start: task.stop])
@@ -147,20 +89,10 @@ def _run_task(task: _Task, config: MeasureConfig) -> list[dict[str, Any]]:
     psf = task.psf
     if psf is None and task.psf_array:
         psf = np.asarray(run.open_array("psf")[task.start: task.stop], dtype=np.float64)
-    rows = measure_block(stamps, np.asarray(task.noise), np.asarray(task.background), config, weights, psf,
-                         return_segmap=True)
-    fallback = "gain" if config.gain is not None else "noise_sigma"
-    for i, (gid, row) in enumerate(zip(task.ids, rows, strict=True)):
-        row["id"] = gid
-        row["index"] = task.start + i
-        p = None if psf is None else (psf if np.ndim(psf) == 2 else psf[i])
-        row["measure_psf"] = task.psf_label if _usable_psf(p) else "none"
-        row["measure_weights"] = (task.weights_label if weights is not None and _usable_weights(weights[i])
-                                  else fallback if task.weights else task.weights_label)
-    return rows
+    return measure_task(task, stamps, config, weights, psf)
 
 
-def _map_ordered(tasks: list[_Task], config: MeasureConfig, workers: int
+def _map_ordered(tasks: list[MeasureTask], config: MeasureConfig, workers: int
                  ) -> Iterator[list[dict[str, Any]]]:
     """Results of every task in order, with at most ``2 * workers`` in flight.
     Workers that cannot fork from this process start from a forkserver that has
@@ -173,57 +105,10 @@ def _map_ordered(tasks: list[_Task], config: MeasureConfig, workers: int
         yield from map_ordered(_run_task, tasks, config, pool=pool, workers=workers)
 
 
-EXTRA_COLUMNS: dict[str, Any] = {
-    **dict.fromkeys(SERSIC_ERROR_COLUMNS, float("nan")),
-    **dict.fromkeys([f"{q}_err" for q in RESAMPLED_QUANTITIES], float("nan")),
-    "zeropoint": float("nan"), "mag_petro": float("nan"), "mag_sersic": float("nan"),
-    "nonparam_ok": False, "sersic_ok": False, "g2_reliable": False, "measure_linear": True, "measure_psf": "",
-    "measure_weights": "",
-    "stamp_pixel_scale": float("nan"), "sersic_rhalf_arcsec": float("nan"),
-    "rhalf_circ_arcsec": float("nan"),
-}
-"""Columns the stage adds to each statmorph row (with their types by example)."""
-
-
-def _schema(include_doublesersic: bool):
-    import pyarrow as pa
-
-    from ..core import morphometry as mm
-
-    fields = [pa.field("id", pa.string()), pa.field("index", pa.int64())]
-    for name, value in {**mm.empty_result(include_doublesersic), **EXTRA_COLUMNS}.items():
-        if isinstance(value, bool):
-            kind = pa.bool_()
-        elif isinstance(value, int):
-            kind = pa.int64()
-        elif isinstance(value, str):
-            kind = pa.string()
-        else:
-            kind = pa.float64()
-        fields.append(pa.field(name, kind))
-    return pa.schema(fields)
-
-
 def _check(config: Config) -> None:
     cfg = config.measure
     if cfg.psf_file is not None and not Path(cfg.psf_file).is_file():
         raise MeasureError(f"measure.psf_file {cfg.psf_file} does not exist")
-
-
-def _refuse_nonlinear(linear: np.ndarray, sources: pd.DataFrame) -> None:
-    n_bad = int((~linear).sum())
-    if not n_bad:
-        return
-    kinds = ""
-    if "origin" in sources:
-        suffixes = sources.loc[~linear, "origin"].astype(str).map(lambda f: Path(f).suffix.lower() or "?")
-        kinds = " (" + ", ".join(f"{v} {k}" for k, v in suffixes.value_counts().items()) + ")"
-    raise MeasureError(
-        f"{n_bad} of {len(linear)} stamps are not linear in flux{kinds}: PNG/JPEG pixels are "
-        "display-scaled (gamma, stretch, 8-bit clipping), so Sersic n, concentration, Gini, M20 "
-        "and asymmetry measured on them are meaningless. Measure FITS/NPY images of the same "
-        "galaxies, or pass --allow-nonlinear (measure.allow_nonlinear = true) to measure anyway: "
-        "every value is then marked measure_linear = false.")
 
 
 def _sources(run: RunDir) -> tuple[pd.DataFrame, np.ndarray]:
@@ -232,85 +117,38 @@ def _sources(run: RunDir) -> tuple[pd.DataFrame, np.ndarray]:
     return sources, linear_flags(sources)
 
 
-def _weights_name(run: RunDir, cfg: MeasureConfig) -> tuple[str | None, str]:
-    """Array of per-pixel errors to read (or None) and what ``measure_weights`` says."""
-    if cfg.weight_array:
-        return cfg.weight_array, cfg.weight_array
-    if cfg.gain is not None:
-        return None, "gain"
-    if cfg.rms_array and run.has_array("rms"):
-        return "rms", "rms"
-    return None, "noise_sigma"
-
-
-def _psf_source(run: RunDir, cfg: MeasureConfig) -> str:
-    if cfg.psf_file:
-        return "file"
-    if cfg.psf_array and run.has_array("psf"):
-        return "array"
-    return "none"
-
-
 def _extra(ctx: StageContext) -> dict[str, Any]:
     """Inputs beyond the settings that change the result: the PSF file's content and
     which run arrays are used; refuses non-linear stamps before anything is written."""
     run, cfg = ctx.run, ctx.config.measure
     sources, linear = _sources(run)
     if not cfg.allow_nonlinear:
-        _refuse_nonlinear(linear, sources)
+        refuse_nonlinear(linear, sources)
     ctx.state.update(sources=sources, linear=linear)
     psf_hash = None
     if cfg.psf_file:
         psf = load_psf(cfg.psf_file)
         ctx.state["psf"] = psf
         psf_hash = hashlib.sha256(psf.tobytes() + str(psf.shape).encode()).hexdigest()[:16]
-    return {"psf_file": psf_hash, "psf": _psf_source(run, cfg), "weights": _weights_name(run, cfg)[1]}
-
-
-def _pixel_scales(sources: pd.DataFrame, cfg: MeasureConfig, stamp_size: int) -> np.ndarray:
-    """Arcsec per stamp pixel: the input scale (setting, else ``PIXEL_SCALE``) times
-    the frame / stamp ratio of resampled stamps; NaN where unknown."""
-    n = len(sources)
-    if cfg.pixel_scale is not None:
-        scale = np.full(n, float(cfg.pixel_scale))
-    elif "PIXEL_SCALE" in sources:
-        scale = pd.to_numeric(sources["PIXEL_SCALE"], errors="coerce").to_numpy(float)
-    else:
-        return np.full(n, np.nan)
-    if "framing" in sources and "frame_side" in sources:
-        resampled = sources["framing"].astype(str).eq("resample").to_numpy()
-        frame = pd.to_numeric(sources["frame_side"], errors="coerce").to_numpy(float)
-        scale = np.where(resampled, scale * frame / stamp_size, scale)
-    return scale
-
-
-def _zeropoints(sources: pd.DataFrame, cfg: MeasureConfig) -> np.ndarray:
-    """Photometric zero point of each stamp: the setting, else ingest's ``zeropoint`` column
-    (MAGZERO / PHOTZP of the input header); NaN where unknown (no magnitudes)."""
-    if cfg.zeropoint is not None:
-        return np.full(len(sources), float(cfg.zeropoint))
-    if "zeropoint" in sources:
-        return pd.to_numeric(sources["zeropoint"], errors="coerce").to_numpy(float)
-    return np.full(len(sources), np.nan)
+    return {"psf_file": psf_hash, "psf": psf_source(cfg, run.has_array),
+            "weights": weights_source(cfg, run.has_array)[1]}
 
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..core.photometry import magnitude, sersic_total_flux
-    from ..core.quality import validity
     from ..io.catalog import arrow_schema, provenance
 
     run, cfg, progress = ctx.run, ctx.config.measure, ctx.progress
     stamps = run.open_array("stamps")
-    weights_name, weights_used = _weights_name(run, cfg)
+    weights_name, weights_used = weights_source(cfg, run.has_array)
     if weights_name:
         weights = run.open_array(weights_name)
         if weights.shape != stamps.shape:
             raise MeasureError(f"weight array '{weights_name}' has shape {weights.shape}; "
                                f"it must match the stamps {stamps.shape}")
-    psf_used = _psf_source(run, cfg)
+    psf_used = psf_source(cfg, run.has_array)
     if psf_used == "array":
         psfs = run.open_array("psf")
         if psfs.ndim != 3 or psfs.shape[0] != stamps.shape[0]:
@@ -327,22 +165,14 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     if psf_used != "none" and "framing" in sources and sources["framing"].astype(str).eq("resample").any():
         log.warning("measure: some stamps were resampled at ingest; the PSF (%s) is taken to be at the "
                     "stamps' pixel scale", psf_used)
-    ids = sources["id"].astype(str).tolist()
-    noise = (sources["noise_sigma"].astype(float).to_numpy() if "noise_sigma" in sources
-             else np.full(n, np.nan))
-    background = (sources["background"].astype(float).to_numpy() if "background" in sources
-                  else np.zeros(n))
-    scale = _pixel_scales(sources, cfg, int(stamps.shape[-1]))
+    scale = pixel_scales(sources, cfg, int(stamps.shape[-1]))
     psf = ctx.state.get("psf") if psf_used == "file" else None
-    tasks = [_Task(str(run.path), s, min(s + cfg.chunk_size, n), ids[s: s + cfg.chunk_size],
-                   noise[s: s + cfg.chunk_size].tolist(), background[s: s + cfg.chunk_size].tolist(),
-                   weights=weights_name, psf=psf, psf_array=psf_used == "array", psf_label=psf_used,
-                   weights_label=weights_used)
-             for s in range(0, n, cfg.chunk_size)]
+    tasks = plan_tasks(str(run.path), sources, cfg.chunk_size, weights=weights_name, psf=psf,
+                       psf_array=psf_used == "array", psf_label=psf_used, weights_label=weights_used)
     workers = cfg.workers or os.cpu_count() or 1
     workers = min(workers, len(tasks))
-    schema = arrow_schema(_schema(cfg.include_doublesersic), provenance(run.path))
-    zeropoint = _zeropoints(sources, cfg)
+    schema = arrow_schema(row_schema(cfg.include_doublesersic), provenance(run.path))
+    zeropoint = zeropoints(sources, cfg)
     segmaps = run.create_array(SEGMAP_ARRAY, tuple(stamps.shape), cfg.chunk_size, dtype="uint8",
                                attributes={"codes": SEGMAP_CODES})
     tmp = run.path / f".{MEASUREMENTS_FILE}.tmp"
@@ -351,22 +181,8 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
             tqdm(total=n, desc="measure", unit="galaxy", disable=not progress) as bar:
         for rows in _map_ordered(tasks, cfg, workers):
             first = rows[0]["index"]
-            blank = np.zeros(stamps.shape[1:], np.uint8)
-            segmaps[first: first + len(rows)] = np.stack(
-                [seg if (seg := r.pop("segmap", None)) is not None else blank for r in rows])
-            flags = validity(pd.DataFrame(rows), g2_min_sn=cfg.g2_min_sn)
-            for row, ok in zip(rows, flags.to_dict(orient="records"), strict=True):
-                i = row["index"]
-                row["measure_linear"] = bool(linear[i])
-                row.update({k: bool(v) for k, v in ok.items()})
-                row["stamp_pixel_scale"] = float(scale[i])
-                row["sersic_rhalf_arcsec"] = float(row["sersic_rhalf"] * scale[i])
-                row["rhalf_circ_arcsec"] = float(row["rhalf_circ"] * scale[i])
-                row["zeropoint"] = float(zeropoint[i])
-                row["mag_petro"] = float(magnitude(row["flux_circ"], zeropoint[i]))
-                row["mag_sersic"] = float(magnitude(sersic_total_flux(
-                    row["sersic_amplitude"], row["sersic_rhalf"], row["sersic_n"], row["sersic_ellip"]),
-                    zeropoint[i]))
+            segmaps[first: first + len(rows)] = pop_segmaps(rows, stamps.shape[1:])
+            finish_rows(rows, linear=linear, scale=scale, zeropoint=zeropoint, g2_min_sn=cfg.g2_min_sn)
             table = pa.Table.from_pylist(rows, schema=schema)
             writer.write_table(table)
             n_ok += sum(r["measure_ok"] for r in rows)

@@ -15,7 +15,11 @@ One JSON line per result in ``--out/results.jsonl``::
 
     python benchmarks/eval_seed_spread.py --mode split --run gz1_sdss=RUN1 ...
     python benchmarks/eval_seed_spread.py --mode concat --members 3 --run gz1_sdss=RUN1 ...
+    python benchmarks/eval_seed_spread.py --mode concat --members 1 --set n_epochs=1000 ...
     python benchmarks/eval_seed_spread.py --summary /tmp/seed_spread/results.jsonl
+
+``--set KEY=VALUE`` changes a ``[reduce]`` setting for every row (recorded as the row's
+``variant``).
 """
 
 from __future__ import annotations
@@ -41,11 +45,15 @@ def main() -> None:
     parser.add_argument("--mode", choices=("split", "concat"), default="split")
     parser.add_argument("--members", type=int, default=3, help="UMAP embeddings concatenated (concat)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (concat)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a [reduce] setting for every row, e.g. n_epochs=1000")
     parser.add_argument("--summary", help="print the table of a results.jsonl and stop")
     args = parser.parse_args()
     if args.summary:
         summary(Path(args.summary))
         return
+    settings = {key: json.loads(value) for key, _, value in (item.partition("=") for item in args.set)}
+    variant = " ".join(args.set) or "default"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for item in args.run:
@@ -55,9 +63,10 @@ def main() -> None:
             members = 1 if args.mode == "split" else args.members
             run_dir = out / f"{name}_r{reduce_seed}_c{cluster_seed}_m{members}"
             _copy_features(Path(src), run_dir)
-            row = {"set": name, "mode": args.mode, "members": members, "reduce_seed": reduce_seed,
-                   "cluster_seed": cluster_seed,
-                   **_score(Path(src), run_dir, SETS[name], reduce_seed, cluster_seed, members),
+            row = {"set": name, "mode": args.mode, "members": members, "variant": variant,
+                   "reduce_seed": reduce_seed, "cluster_seed": cluster_seed,
+                   **_score(Path(src), run_dir, SETS[name], reduce_seed, cluster_seed, members,
+                            settings),
                    "time": time.strftime("%H:%M:%S")}
             with (out / "results.jsonl").open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -66,7 +75,7 @@ def main() -> None:
 
 
 def _score(src: Path, run_dir: Path, spec: dict, reduce_seed: int, cluster_seed: int,
-           members: int) -> dict:
+           members: int, settings: dict) -> dict:
     import numpy as np
 
     import skymorph
@@ -79,7 +88,7 @@ def _score(src: Path, run_dir: Path, spec: dict, reduce_seed: int, cluster_seed:
     for j in range(members):
         config = skymorph.RunDir(src).config().update({
             "cluster": {"k": 20, "seed": cluster_seed},
-            "reduce": {"seed": reduce_seed + 1000 * j, "map_2d": False}})
+            "reduce": {**settings, "seed": reduce_seed + 1000 * j, "map_2d": False}})
         reduce(run_dir, config, progress=False, force=True)
         embeddings.append(np.asarray(skymorph.RunDir(run_dir).open_array("embedding")[:]))
     if members > 1:
@@ -101,6 +110,7 @@ def summary(path: Path) -> None:
     import pandas as pd
 
     rows = pd.read_json(path, lines=True)
+    rows["variant"] = rows.get("variant", pd.Series("default", index=rows.index)).fillna("default")
     split = rows[rows["mode"] == "split"]
     if len(split):
         print("| set | reduce seed | cluster seed | balacc | kept |")
@@ -109,10 +119,10 @@ def summary(path: Path) -> None:
             print(f"| {r.set} | {r.reduce_seed} | {r.cluster_seed} | {r.balacc:.3f} | {r.kept:.0%} |")
     concat = rows[rows["mode"] == "concat"]
     if len(concat):
-        print("\n| set | UMAP embeddings | balacc (mean ± half-range) | kept | seeds |")
-        print("| --- | --- | --- | --- | --- |")
-        for (name, members), g in concat.groupby(["set", "members"], sort=False):
-            print(f"| {name} | {members} | {seed_cells(g)} | {g['reduce_seed'].nunique()} |")
+        print("\n| set | reduce settings | UMAP embeddings | balacc (mean ± half-range) | kept | seeds |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for (name, variant, members), g in concat.groupby(["set", "variant", "members"], sort=False):
+            print(f"| {name} | {variant} | {members} | {seed_cells(g)} | {g['reduce_seed'].nunique()} |")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
 def test_config_presets_and_toml(tmp_path):
     paper = load_config(preset="paper")
     assert paper.encode.encoder == "convnext_xlarge.fb_in22k" and paper.cluster.k == 20
+    # the default's wider UMAP neighbourhood (issue 19) is not the paper's
+    assert paper.reduce.n_neighbors == 15 and Config().reduce.n_neighbors == 30
     path = tmp_path / "settings.toml"
     path.write_text(Config().to_toml() + "\n")
     assert load_config(path) == Config()

@@ -236,7 +236,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "denoise": {"enabled": True},
         "polar": {"enabled": True},
         "encode": {"encoder": "convnext_xlarge.fb_in22k", "rotations": 1, "input_size": 0},
-        "reduce": {"dims": 300},
+        "reduce": {"dims": 300, "n_neighbors": 15},
         "cluster": {"k": 20},
     },
 }

@@ -419,8 +419,8 @@ class ReduceConfig(_Section):
         min=1,
     )
     n_neighbors: int = setting(
-        15,
-        "UMAP neighbours of the k-NN graph (UMAP's default).",
+        30,
+        "UMAP neighbours of the k-NN graph (UMAP's own default is 15; the paper preset uses it).",
         flag="--n-neighbors",
         min=2,
     )

@@ -192,7 +192,7 @@ def _scan(features: np.ndarray, dims_grid: Sequence[int], scan_k: int, scan_epoc
 
 
 def scan_dims(features: np.ndarray, *, dims_grid: Sequence[int] = tuple(range(50, 501, 50)), scan_k: int = 20,
-              n_neighbors: int = 15, min_dist: float = 0.1, metric: str = "euclidean",
+              n_neighbors: int = 30, min_dist: float = 0.1, metric: str = "euclidean",
               n_epochs: int | None = None, scan_epochs: int | None = None, seed: int = 42,
               exact_knn_below: int = 4096, knn: tuple | None = None, progress: bool = True) -> Any:
     """Davies-Bouldin index of K-means (``scan_k`` clusters) on the UMAP embedding for every d.
@@ -348,7 +348,7 @@ def standardise(features: np.ndarray) -> np.ndarray:
 
 
 def reduce_features(features: np.ndarray, *, method: str = "umap", dims: int | str = 300,
-                    dims_grid: Sequence[int] = tuple(range(50, 501, 50)), n_neighbors: int = 15,
+                    dims_grid: Sequence[int] = tuple(range(50, 501, 50)), n_neighbors: int = 30,
                     min_dist: float = 0.1, metric: str = "euclidean", n_epochs: int | None = None,
                     exact_knn_below: int = 4096, scan_k: int = 20, scan_sample: int = 20000,
                     scan_epochs: int | None = None, map_2d: bool = True, fit_sample: int | None = None,

@@ -55,7 +55,7 @@ def _umap_module() -> Any:
     return umap
 
 
-def knn_graph(features: np.ndarray, *, n_neighbors: int = 15, metric: str = "euclidean", seed: int = 42,
+def knn_graph(features: np.ndarray, *, n_neighbors: int = 30, metric: str = "euclidean", seed: int = 42,
               exact_knn_below: int = 4096) -> tuple[np.ndarray, np.ndarray, Any]:
     """The k-NN graph UMAP needs, built once.
 
@@ -136,7 +136,7 @@ def _fit(features: np.ndarray, n_components: int, p: _Umap, knn: tuple | None = 
     return np.ascontiguousarray(embedding, dtype=np.float32), model
 
 
-def fit_umap(features: np.ndarray, n_components: int, *, n_neighbors: int = 15, min_dist: float = 0.1,
+def fit_umap(features: np.ndarray, n_components: int, *, n_neighbors: int = 30, min_dist: float = 0.1,
              metric: str = "euclidean", n_epochs: int | None = None, seed: int = 42,
              exact_knn_below: int = 4096, knn: tuple | None = None,
              init: np.ndarray | str = "spectral") -> tuple[np.ndarray, Any]:

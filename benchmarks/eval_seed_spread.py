@@ -52,7 +52,7 @@ def main() -> None:
     if args.summary:
         summary(Path(args.summary))
         return
-    settings = {key: json.loads(value) for key, _, value in (item.partition("=") for item in args.set)}
+    settings = {key: _value(value) for key, _, value in (item.partition("=") for item in args.set)}
     variant = " ".join(args.set) or "default"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,6 +72,14 @@ def main() -> None:
                 fh.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
             shutil.rmtree(run_dir)
+
+
+def _value(text: str):
+    """A setting's value: JSON (numbers, true/false, lists), else the text (e.g. ``metric=cosine``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _score(src: Path, run_dir: Path, spec: dict, reduce_seed: int, cluster_seed: int,

@@ -243,9 +243,7 @@ def make_server(run_dir: str | os.PathLike | RunDir, config: Config | None = Non
     ``progress`` shows a progress bar while drawing; the other parameters and the return
     value are those of :func:`skymorph.inspection.server.make_server`.
     """
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    config = config if config is not None else run.config()
-    montage(run, config, progress=progress)
+    run, config = _with_montages(run_dir, config, progress)
     return _server.make_server(run, config, host, port, token=token)
 
 
@@ -254,10 +252,17 @@ def serve(run_dir: str | os.PathLike | RunDir, config: Config | None = None,
           page: str = "") -> None:
     """Draw the montages when they are missing or stale, then run the voting web application
     until interrupted (Ctrl-C): :func:`skymorph.inspection.server.serve`, same parameters."""
+    run, config = _with_montages(run_dir, config, progress=True)
+    _server.serve(run, config, host, port, open_browser=open_browser, page=page)
+
+
+def _with_montages(run_dir: str | os.PathLike | RunDir, config: Config | None,
+                   progress: bool) -> tuple[RunDir, Config]:
+    """The run and its settings, after the montage stage has drawn what is missing or stale."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     config = config if config is not None else run.config()
-    montage(run, config, progress=True)
-    _server.serve(run, config, host, port, open_browser=open_browser, page=page)
+    montage(run, config, progress=progress)
+    return run, config
 
 
 __all__ += ["InspectError", "read_cluster_types"]

@@ -259,7 +259,7 @@ def test_skymorph_help_in_a_fresh_process(site):
 
 
 def test_without_plugins_help_does_not_import_importlib_metadata():
-    """Its import (email, zipfile, csv...) would cost ``skymorph --help`` a third of its start-up."""
+    """Its import (email, zipfile, csv...) would cost ``skymorph --help`` a quarter of its start-up."""
     if registry._may_have_plugins():
         pytest.skip("a package on this machine adds a skymorph stage")
     code = ("import sys; from skymorph.cli import build_parser; build_parser(None).format_help(); "

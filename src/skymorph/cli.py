@@ -8,6 +8,8 @@ and one flag per setting of its config section that declares a ``flag``; every
 setting can also be given with ``--set SECTION.KEY=VALUE``.  Help texts and
 defaults come from the settings themselves, so they cannot drift.  Only the module
 of the chosen sub-command is imported, so ``skymorph --help`` loads no heavy library.
+A stage that another package adds (entry-point group ``skymorph.stages``,
+:func:`skymorph.registry.plugins`) gets its sub-command the same way, after skymorph's own.
 """
 
 from __future__ import annotations

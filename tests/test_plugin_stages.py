@@ -58,7 +58,7 @@ import dataclasses
 
 from hello_stage.stages import STAGE as BRIGHTNESS
 
-SUMMARY = "the brightness stage again, its summary " + "not a plain literal"
+SUMMARY = "the brightness stage again, its summary " + "not a plain literal (100%)"
 STAGE = dataclasses.replace(BRIGHTNESS, name="dynamic", summary=SUMMARY)
 '''
 
@@ -110,6 +110,11 @@ def _hello(site: Path) -> None:
     _dist(site, "hello-stage", {"brightness": "hello_stage.stages:STAGE"})
 
 
+def _help() -> str:
+    """``skymorph --help``, its lines joined (argparse wraps them at the terminal's width)."""
+    return " ".join(build_parser(None).format_help().split())
+
+
 def _warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
@@ -119,7 +124,7 @@ def test_help_lists_a_plugin_stage_after_the_builtins_without_importing_it(site,
     assert [e.name for e in entry_points(group=registry.GROUP)] == ["brightness"]
     assert list(registry.all_stages()) == [*registry.STAGES, "brightness"]
     assert "brightness" not in registry.PIPELINE
-    text = build_parser(None).format_help()
+    text = _help()
     assert "mean of every stamp -> brightness.json [hello-stage 0.1]" in text
     assert text.index("info") < text.index("brightness")
     assert not any(m.split(".")[0] == "hello_stage" for m in sys.modules)  # not even its package
@@ -131,13 +136,14 @@ def test_help_lists_a_plugin_stage_after_the_builtins_without_importing_it(site,
 
 
 def test_a_summary_that_is_not_a_plain_literal_is_read_by_importing_only_the_plugin_module(site):
-    _dist(site, "dynamic-stage", {"dynamic": "broken_stage.dynamic:STAGE"})
+    _dist(site, "dynamic-stage", {"dynamic": "broken_stage.dynamic:STAGE [extra]"})
     _hello(site)
     plugin = registry.plugins()["dynamic"]
-    assert plugin.summary == "the brightness stage again, its summary not a plain literal"
-    assert plugin.dist == "dynamic-stage 0.1"
+    assert plugin.summary == "the brightness stage again, its summary not a plain literal (100%)"
+    assert (plugin.target, plugin.dist) == ("broken_stage.dynamic:STAGE", "dynamic-stage 0.1")
     assert "broken_stage.dynamic" in sys.modules
     assert get_stage("dynamic").name == "dynamic"
+    assert "not a plain literal (100%) [dynamic-stage 0.1]" in _help()
 
 
 def test_the_quick_look_agrees_with_importlib_metadata(site):
@@ -203,7 +209,7 @@ def test_a_plugin_that_clashes_with_a_builtin_is_refused(site, tmp_path, monkeyp
     assert any("'brightness' of twice-stage 0.1" in w and "hello-stage 0.1" in w for w in warnings)
     assert registry.plugins()["brightness"].dist == "hello-stage 0.1"
     assert get_stage("cluster").summary.startswith("consensus of K-means")  # the built-in stays
-    assert "consensus of K-means" in build_parser(None).format_help()
+    assert "consensus of K-means" in _help()
 
 
 def test_a_broken_plugin_warns_and_the_cli_goes_on(site, cosmos_run, tmp_path, caplog, capsys):
@@ -250,7 +256,7 @@ def test_skymorph_help_in_a_fresh_process(site):
         print("imported:", sorted(m for m in sys.modules if m.startswith(("hello_stage", "broken_stage"))))
     """)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert "mean of every stamp -> brightness.json [hello-stage 0.1]" in done.stdout
+    assert "mean of every stamp -> brightness.json [hello-stage 0.1]" in " ".join(done.stdout.split())
     assert "imported: ['broken_stage']" in done.stdout  # only to look for broken_stage.missing
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 2, done.stderr

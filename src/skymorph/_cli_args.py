@@ -37,7 +37,8 @@ COMMANDS: dict[str, str] = _commands()
 def commands() -> dict[str, str]:
     """Every sub-command and its one-line help: :data:`COMMANDS`, then one per stage that
     another package adds (:func:`skymorph.registry.plugins`), its distribution named."""
-    return {**COMMANDS, **{name: f"{plugin.summary} [{plugin.dist}]" for name, plugin in plugins().items()}}
+    return {**COMMANDS, **{name: f"{plugin.summary} [{plugin.dist}]".replace("%", "%%")  # argparse's %
+                            for name, plugin in plugins().items()}}
 
 
 # --- arguments from metadata -------------------------------------------------------------

@@ -147,11 +147,11 @@ def plugins() -> dict[str, Plugin]:
             log.warning("%s refused: %s adds a stage of that name too", where, out[entry.name].dist)
         else:
             try:
-                summary = _plugin_summary(entry.value)
-            except Exception as exc:  # a broken plugin must not break the other commands
+                summary = _plugin_summary(_target(entry.value))
+            except (Exception, SystemExit) as exc:  # a broken plugin must not break the other commands
                 log.warning("%s left out: %s: %s", where, type(exc).__name__, exc)
                 continue
-            out[entry.name] = Plugin(entry.name, entry.value, dist, summary)
+            out[entry.name] = Plugin(entry.name, _target(entry.value), dist, summary)
     return out
 
 
@@ -192,11 +192,16 @@ def _may_have_plugins() -> bool:
     return False
 
 
+def _target(value: str) -> str:
+    """``module:attribute`` of an entry point's value (without its ``[extras]``, if any)."""
+    return value.partition("[")[0].replace(" ", "")
+
+
 def _plugin_summary(target: str) -> str:
     """The summary of the declaration ``module:attribute``, from its source when it is a plain
     ``.py`` file (nothing of the plugin is imported), else from the imported module."""
     module, _, attribute = target.partition(":")
-    if not attribute:
+    if not module or not attribute.isidentifier():
         raise ValueError("the entry point must name module:attribute (e.g. mypkg.stages:STAGE)")
     origin = _source_file(module)
     if origin is not None:

@@ -234,7 +234,7 @@ def _plugin_stage(name: str, target: str, dist: str) -> Stage:
     module, _, attribute = target.partition(":")
     try:
         stage = getattr(importlib.import_module(module), attribute)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise PluginError(f"{where} cannot be loaded: {type(exc).__name__}: {exc}") from exc
     if not isinstance(stage, Stage):
         raise PluginError(f"{where} is a {type(stage).__name__}, not a skymorph.stages.Stage")

@@ -11,15 +11,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import PRESETS, Config, SettingSpec, section_settings
-from .registry import summaries
+from .registry import OTHER_COMMANDS, plugins, summaries
 
-# commands that are not one stage (the stages' own come from their declarations)
-OTHER_COMMANDS: dict[str, str] = {
-    "inspect": "montages, browser voting by experts (or labels you have), merge votes into types",
-    "evaluate": "score the clusters against known labels",
-    "run": "ingest -> cluster and draw the montages in one go",
-    "info": "print what a run directory holds",
-}
 INSPECT_STAGES = ("montage", "merge")
 """Stages offered as actions of ``skymorph inspect`` rather than as commands of their own."""
 
@@ -37,7 +30,15 @@ def _commands() -> dict[str, str]:
 
 
 COMMANDS: dict[str, str] = _commands()
-"""Sub-command -> what it does, in the order ``skymorph --help`` lists them."""
+"""Sub-command -> what it does, in the order ``skymorph --help`` lists them: skymorph's own
+(:func:`commands` adds those of the stages from other packages)."""
+
+
+def commands() -> dict[str, str]:
+    """Every sub-command and its one-line help: :data:`COMMANDS`, then one per stage that
+    another package adds (:func:`skymorph.registry.plugins`), its distribution named."""
+    return {**COMMANDS, **{name: f"{plugin.summary} [{plugin.dist}]".replace("%", "%%")  # argparse's %
+                            for name, plugin in plugins().items()}}
 
 
 # --- arguments from metadata -------------------------------------------------------------

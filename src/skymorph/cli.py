@@ -8,6 +8,8 @@ and one flag per setting of its config section that declares a ``flag``; every
 setting can also be given with ``--set SECTION.KEY=VALUE``.  Help texts and
 defaults come from the settings themselves, so they cannot drift.  Only the module
 of the chosen sub-command is imported, so ``skymorph --help`` loads no heavy library.
+A stage that another package adds (entry-point group ``skymorph.stages``,
+:func:`skymorph.registry.plugins`) gets its sub-command the same way, after skymorph's own.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ._cli_args import (  # noqa: F401 - OTHER_COMMANDS, INSPECT_STAGES are re-e
     _settings_group,
     _stage_parser,
     add_setting_flag,
+    commands,
 )
 from ._cli_inspect import _inspect_parser, _pairs, _truth_arguments
 from ._version import __version__
@@ -109,9 +112,9 @@ def _info_parser(sub: Any) -> None:
 
 def _info(args: argparse.Namespace, config: Config) -> int:
     from .io.rundir import RunDir
-    from .stages import STAGES
+    from .registry import all_stages
 
-    print(RunDir(args.run_dir).summary(stage_order=tuple(STAGES)))
+    print(RunDir(args.run_dir).summary(stage_order=tuple(all_stages())))
     return 0
 
 
@@ -199,7 +202,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"skymorph {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    for name, help_text in COMMANDS.items():
+    for name, help_text in commands().items():
         if name != command:
             sub.add_parser(name, help=help_text)
         elif name == "run":
@@ -227,7 +230,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``skymorph`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command if command in COMMANDS else None)
+    try:
+        parser = build_parser(command if command in commands() else None)
+    except SkymorphError as exc:  # a stage of another package that cannot be loaded
+        print(f"skymorph {command}: error: {exc}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

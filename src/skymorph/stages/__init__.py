@@ -21,6 +21,9 @@ the prologue that every stage shares:
    anything is touched; see :mod:`skymorph.core.compute`), forget the old result,
    record the settings, compute, record the fingerprint and the summary, and drop
    the stage's resume records (:mod:`skymorph.io.chunklog`).
+
+A stage of another package (the entry-point group ``skymorph.stages``, see
+:func:`skymorph.registry.plugins`) runs through the same executor.
 """
 
 from __future__ import annotations
@@ -33,15 +36,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import Config, ConfigError, IngestConfig, PolarConfig
+from ..config import _SECTIONS, Config, ConfigError, IngestConfig, PolarConfig
+from ..errors import SkymorphError
 from ..io.rundir import RunDir, RunDirError
-from ..registry import PIPELINE, STAGES
+from ..registry import PIPELINE, STAGES, all_stages, plugins
 from ..summaries import check_written
 
-__all__ = ["Stage", "Argument", "StageContext", "STAGES", "PIPELINE", "get_stage", "execute",
+__all__ = ["Stage", "Argument", "StageContext", "STAGES", "PIPELINE", "PluginError", "get_stage", "execute",
            "image_source", "dependencies", "stamp_options", "apct_options"]
 
 log = logging.getLogger(__name__)
+
+
+class PluginError(SkymorphError, RuntimeError):
+    """A stage of another package (entry-point group ``skymorph.stages``) cannot be used:
+    its module fails to import, or what it names is not a fitting :class:`Stage`."""
+
 
 @dataclass(frozen=True)
 class Argument:
@@ -158,7 +168,7 @@ def dependencies(name: str, config: Config) -> list[str]:
             if dep not in seen and dep != name:
                 seen.append(dep)
                 todo.append(dep)
-    return [s for s in STAGES if s in seen]
+    return [s for s in all_stages() if s in seen]
 
 
 def _made_from(run: RunDir, name: str, config: Config) -> dict[str, str]:
@@ -176,12 +186,13 @@ def _after_recompute(run: RunDir, name: str, config: Config) -> None:
     and say in one line which finished results are now stale."""
     stage = get_stage(name)
     if "catalog.parquet" in stage.outputs:
-        for other in STAGES:
-            declared = get_stage(other)
-            if other != name and declared.rejoin is not None and run.stage_info(other) is not None \
-                    and not run.stale(other):
+        for other in all_stages():
+            if other == name or run.stage_info(other) is None or run.stale(other):
+                continue
+            declared = _usable(other)
+            if declared is not None and declared.rejoin is not None:
                 declared.rejoin(run)
-    stale = [other for other in STAGES if other != name and name in run.stale(other)]
+    stale = [other for other in all_stages() if other != name and name in run.stale(other)]
     if stale:
         log.warning("%s: %s %s made from the previous %s and %s now stale (skymorph info lists "
                     "them); re-run %s", name, ", ".join(stale), "was" if len(stale) == 1 else "were",
@@ -201,10 +212,49 @@ def get_stage(name: str) -> Stage:
     KeyError
         If there is no such stage.
     """
-    if name not in STAGES:
-        raise KeyError(f"no stage {name!r}; stages are: {', '.join(STAGES)}")
-    module, _, attribute = STAGES[name].partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    if name in STAGES:
+        module, _, attribute = STAGES[name].partition(":")
+        return getattr(importlib.import_module(module), attribute)
+    plugin = plugins().get(name)
+    if plugin is None:
+        raise KeyError(f"no stage {name!r}; stages are: {', '.join(all_stages())}")
+    return _plugin_stage(plugin.name, plugin.target, plugin.dist)
+
+
+def _plugin_stage(name: str, target: str, dist: str) -> Stage:
+    """The declaration of a stage of another package, checked against what the executor needs.
+
+    Raises
+    ------
+    PluginError
+        Its module fails to import, or it is not a :class:`Stage` named ``name`` whose sections
+        are sections of :class:`~skymorph.config.Config`.
+    """
+    where = f"plugin stage {name!r} of {dist} ({target})"
+    module, _, attribute = target.partition(":")
+    try:
+        stage = getattr(importlib.import_module(module), attribute)
+    except (Exception, SystemExit) as exc:
+        raise PluginError(f"{where} cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(stage, Stage):
+        raise PluginError(f"{where} is a {type(stage).__name__}, not a skymorph.stages.Stage")
+    if stage.name != name:
+        raise PluginError(f"{where} is named {stage.name!r}; the entry point and Stage.name must agree")
+    unknown = [s for s in stage.sections if s not in _SECTIONS]
+    if unknown:
+        raise PluginError(f"{where} reads unknown config section(s) {', '.join(unknown)}; a stage of "
+                          f"another package reads existing ones: {', '.join(_SECTIONS)}")
+    return stage
+
+
+def _usable(name: str) -> Stage | None:
+    """The declaration of stage ``name``, or ``None`` (with a warning) for a stage of another
+    package that cannot be loaded: a broken plugin does not stop the stage that is running."""
+    try:
+        return get_stage(name)
+    except PluginError as exc:
+        log.warning("skymorph: %s (left out)", exc)
+        return None
 
 
 def image_source(config: Config, before: str) -> tuple[str, str]:

@@ -49,12 +49,7 @@ def find_rows(run: RunDir, table: pd.DataFrame, ids: list[str]) -> np.ndarray:
     """
     known = pd.Series(np.arange(len(table)), index=table["id"].astype(str))
     known = known[~known.index.duplicated()]
-    rows = []
-    for gid in ids:
-        gid = str(gid)
-        if gid in known.index:
-            rows.append(int(known[gid]))
-            continue
+    for gid in (str(g) for g in ids if str(g) not in known.index):  # the first unknown id explains
         rejects = run.rejects()
         hit = rejects[rejects["id"].astype(str) == gid] if "id" in rejects else rejects.iloc[:0]
         if len(hit):
@@ -64,7 +59,7 @@ def find_rows(run: RunDir, table: pd.DataFrame, ids: list[str]) -> np.ndarray:
         examples = ", ".join(table["id"].astype(str).head(3))
         raise SimilarError(f"no galaxy with id {gid!r} in {run.path}; ids are the catalog's 'id' column "
                            f"(e.g. {examples})")
-    return np.asarray(rows, dtype=np.int64)
+    return np.asarray([int(known[str(gid)]) for gid in ids], dtype=np.int64)
 
 
 def encode_image(run: RunDir, config: Config, path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,8 @@
 maps and PSFs, :class:`~skymorph.io.inputs.TaskReader`), finds the sources of a field without a
 catalog (:func:`skymorph.core.detect.detect_sources_in`) and cuts each galaxy's stamp with
 :mod:`skymorph.core.stamps`; an unusable galaxy or field becomes a reject, never an exception.
-:func:`source_kinds` counts where the error maps and PSFs came from.
+:func:`source_kinds` counts where the error maps and PSFs came from.  :func:`cutout_stamp` cuts
+the stamp of one more image the way ingest cut the run's (``skymorph similar --image``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .readers import stem_of as _stem
 from .readers import suffix_of as _suffix
 from .runfiles import printable
 
-__all__ = ["run_batch", "source_kinds"]
+__all__ = ["run_batch", "source_kinds", "cutout_stamp"]
 
 
 def run_batch(batch: list[Task], config: IngestConfig, *, options: dict[str, Any]) -> list[tuple]:
@@ -142,3 +143,21 @@ def source_kinds(sources: pd.Series) -> dict[str, int]:
         return source
 
     return {str(k): int(v) for k, v in sources.map(kind).value_counts().items()}
+
+
+def cutout_stamp(path: str, config: IngestConfig, options: dict[str, Any]) -> np.ndarray:
+    """The stamp of the galaxy image ``path``, cut exactly as ingest cuts a run's stamps.
+
+    ``options`` are :func:`skymorph.stages.stamp_options` of ``config``; the noise that pads
+    the stamp is seeded by the file's stem, as ingest seeds it by the galaxy's id.
+
+    Raises
+    ------
+    Reject, OSError, ValueError
+        The file is missing, unreadable or no usable galaxy image.
+    """
+    image, _ = read_image(path, config.hdu, max_pixels=config.max_pixels)
+    framing = resolve_framing(config.framing, raster=_suffix(Path(path)) in RASTER_SUFFIXES)
+    stamp, _, _ = make_stamp(image, framing=framing, rng=stamp_rng(Path(path).stem, seed=config.seed),
+                             **options)
+    return stamp

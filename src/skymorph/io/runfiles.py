@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,19 @@ def _atomic_write(path: Path, text: str) -> None:
     from .atomic import write_text_atomic
 
     write_text_atomic(path, text)
+
+
+def file_digest(path: str | Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a file's bytes, read 1 MiB at a time: a
+    fingerprint input that changes when the file's content does, not its name or time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def safe_file_name(name: str) -> str:
+    """``name`` as a short file name: every run of other characters than letters, digits,
+    ``.``, ``_`` and ``-`` becomes ``_`` (an id may hold ``/`` or spaces), at most 80 of them."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80] or "query"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["Figure", "type_colours", "raincloud_figure", "gini_m20_figure", "completeness_figure",
-           "kept_rejected_figure", "maps_figure", "stamps_figure", "stamps_axes", "WIDTH_IN", "DPI"]
+           "kept_rejected_figure", "maps_figure", "stamps_figure", "stamps_axes", "reliability_plot",
+           "WIDTH_IN", "DPI"]
 
 WIDTH_IN = 13.0
 """Width of a full-width figure in inches; at 100 CSS px per inch it is shown 1300 px wide."""
@@ -328,3 +330,18 @@ def reliability_figure(cv: dict[str, Any]) -> Figure:
     draw_reliability(axes[0], cv)
     return _finish(fig, "reliability", f"Reliability of the extended types: ECE {cv['ece']:.3f} "
                    f"(uncalibrated {cv['ece_uncalibrated']:.3f})")
+
+
+def reliability_plot(cv: dict[str, Any], path: str | os.PathLike) -> None:
+    """The extension's reliability diagram as a PNG file of its own (``extend/reliability.png``):
+    accuracy vs confidence per bin of the cross-validated predictions, titled with the ECE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), layout="constrained")
+    draw_reliability(ax, cv)
+    ax.set_title(f"reliability: ECE {cv['ece']:.3f} (uncalibrated {cv['ece_uncalibrated']:.3f})", fontsize=9)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

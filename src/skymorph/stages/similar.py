@@ -16,11 +16,8 @@ is the query itself) and one montage per query, ``similar/<query>.png``, the que
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ from ..config import Config
 from ..errors import SkymorphError
 from ..inspection.montage import SHOWN_COLUMNS, draw_grid, galaxy_table
 from ..io.rundir import RunDir, RunDirError
+from ..io.runfiles import file_digest, safe_file_name
 from . import Argument, Stage, StageContext, apct_options, execute, stamp_options
 
 __all__ = ["similar", "SimilarError", "galaxy_table", "find_rows", "draw_grid"]
@@ -40,9 +38,6 @@ log = logging.getLogger(__name__)
 
 class SimilarError(SkymorphError, ValueError):
     """A query cannot be answered (unknown or rejected id, unreadable image, nothing to search)."""
-
-
-# --- finding the query galaxies ---------------------------------------------------------------
 
 
 def find_rows(run: RunDir, table: pd.DataFrame, ids: list[str]) -> np.ndarray:
@@ -54,12 +49,7 @@ def find_rows(run: RunDir, table: pd.DataFrame, ids: list[str]) -> np.ndarray:
     """
     known = pd.Series(np.arange(len(table)), index=table["id"].astype(str))
     known = known[~known.index.duplicated()]
-    rows = []
-    for gid in ids:
-        gid = str(gid)
-        if gid in known.index:
-            rows.append(int(known[gid]))
-            continue
+    for gid in (str(g) for g in ids if str(g) not in known.index):  # the first unknown id explains
         rejects = run.rejects()
         hit = rejects[rejects["id"].astype(str) == gid] if "id" in rejects else rejects.iloc[:0]
         if len(hit):
@@ -69,22 +59,7 @@ def find_rows(run: RunDir, table: pd.DataFrame, ids: list[str]) -> np.ndarray:
         examples = ", ".join(table["id"].astype(str).head(3))
         raise SimilarError(f"no galaxy with id {gid!r} in {run.path}; ids are the catalog's 'id' column "
                            f"(e.g. {examples})")
-    return np.asarray(rows, dtype=np.int64)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80] or "query"
-
-
-# --- the query image -------------------------------------------------------------------------------
-
-
-def _file_hash(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return np.asarray([int(known[str(gid)]) for gid in ids], dtype=np.int64)
 
 
 def encode_image(run: RunDir, config: Config, path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -101,43 +76,35 @@ def encode_image(run: RunDir, config: Config, path: str) -> tuple[np.ndarray, np
         The file is unreadable or unusable as a galaxy image.
     """
     from ..core import encoders as _encoders
-    from ..core.stamps import make_stamp, resolve_framing, stamp_rng
-    from ..io.readers import RASTER_SUFFIXES, Reject, read_image, suffix_of
+    from ..core.similar import cutout_features
+    from ..io.ingest_tasks import cutout_stamp
+    from ..io.readers import Reject
 
-    cfg = config.ingest
     try:
-        image, _ = read_image(path, cfg.hdu, max_pixels=cfg.max_pixels)
-        framing = resolve_framing(cfg.framing, raster=suffix_of(Path(path)) in RASTER_SUFFIXES)
-        stamp, _, _ = make_stamp(image, framing=framing, rng=stamp_rng(Path(path).stem, seed=cfg.seed),
-                                 **stamp_options(cfg))
+        stamp = cutout_stamp(path, config.ingest, stamp_options(config.ingest))
     except FileNotFoundError:
         raise SimilarError(f"--image {path} does not exist; give the path of a FITS, PNG, JPEG or NPY "
                            "cutout") from None
     except (Reject, OSError, ValueError, TypeError, IndexError, KeyError, EOFError) as exc:
         raise SimilarError(f"--image {path} cannot be used ({exc}); give a readable FITS, PNG, JPEG or "
                            "NPY cutout of one galaxy") from None
-    images = stamp[None].astype(np.float32)
-    if config.denoise.enabled:
-        from ..core import cae as _cae
-
-        checkpoint = Path(config.denoise.checkpoint or run.path / "cae" / "checkpoint.pt")
-        if not checkpoint.is_file():
-            raise SimilarError(f"this run denoises its stamps but its CAE ({checkpoint}) is missing; re-run "
-                               f"`skymorph denoise {run.path}` first")
-        model, _ = _cae.load_checkpoint(checkpoint, _cae.resolve_device(config.denoise.device))
-        images = _cae.apply_cae(images, model)
-    if config.polar.enabled:
-        from ..core.apct import apct
-
-        images = apct(images, **apct_options(config.polar))
-    encoder = _encoders.build_encoder(config.encode)
-    features, empty = encoder.encode(images, 1)
-    if empty[0]:
+    features = cutout_features(stamp, cae_model=_cae_model(run, config) if config.denoise.enabled else None,
+                               polar=apct_options(config.polar) if config.polar.enabled else None,
+                               encoder=_encoders.build_encoder(config.encode))
+    if features is None:
         raise SimilarError(f"--image {path} has no finite pixel after ingest; give another cutout")
-    return stamp, features[0]
+    return stamp, features
 
 
-# --- the stage -----------------------------------------------------------------------------------
+def _cae_model(run: RunDir, config: Config) -> Any:
+    """The run's denoising autoencoder (``denoise.checkpoint`` or the one denoise trained)."""
+    from ..core import cae as _cae
+
+    checkpoint = Path(config.denoise.checkpoint or run.path / "cae" / "checkpoint.pt")
+    if not checkpoint.is_file():
+        raise SimilarError(f"this run denoises its stamps but its CAE ({checkpoint}) is missing; re-run "
+                           f"`skymorph denoise {run.path}` first")
+    return _cae.load_checkpoint(checkpoint, _cae.resolve_device(config.denoise.device))[0]
 
 
 def _input_stage(config: Config) -> str:
@@ -153,32 +120,51 @@ def _extra(ctx: StageContext) -> dict[str, Any]:
     if image and not Path(image).is_file():
         raise SimilarError(f"--image {image} does not exist or is not a file; give the path of a FITS, "
                            "PNG, JPEG or NPY cutout")
-    return {"ids": ids, "image": _file_hash(image) if image else None}
+    return {"ids": ids, "image": file_digest(image) if image else None}
 
 
-def _index(run: RunDir, config: Config, x: Any, key: str) -> Any:
+def _index(run: RunDir, config: Config, x: Any) -> Any:
     """The stored index of the run's search space, (re)built when its key changed."""
-    from ..core.search import IVFIndex, SearchError, build_ivf
+    from ..core.search import index_key
+    from ..core.similar import build_index, stored_index
 
+    info = run.stage_info(_input_stage(config)) or {}
+    cfg = config.similar
+    key = index_key(info.get("fingerprint"), metric=cfg.metric, seed=cfg.seed, space=cfg.input)
     folder = run.path / "similar" / "index"
-    meta = folder / "index.json"
-    if meta.exists():
-        try:
-            if json.loads(meta.read_text()).get("key") == key:
-                return IVFIndex.load(folder)
-        except (ValueError, SearchError):
-            pass
-    log.info("similar: building the search index of %d galaxies (once; reused while the features "
-             "are unchanged)", x.shape[0])
-    index = build_ivf(np.asarray(x[:], dtype=np.float32), metric=config.similar.metric,
-                      seed=config.similar.seed)
-    index.info["key"] = key
-    index.save(folder)
-    return IVFIndex.load(folder)
+    index = stored_index(folder, key=key)
+    if index is None:
+        log.info("similar: building the search index of %d galaxies (once; reused while the features "
+                 "are unchanged)", x.shape[0])
+        index = build_index(x, folder, key=key, metric=cfg.metric, seed=cfg.seed)
+    return index
+
+
+def _queries(ctx: StageContext, x: Any, table: pd.DataFrame) -> tuple[list[str], list[int], list, Any]:
+    """(query names, their rows (-1: the new image), their vectors, the new image's stamp)."""
+    run, config = ctx.run, ctx.config
+    ids = [str(i) for i in (ctx.options.get("ids") or [])]
+    rows = find_rows(run, table, ids)
+    queries = [np.asarray(x[int(r)], dtype=np.float32) for r in rows]
+    for gid, q in zip(ids, queries, strict=True):
+        if not np.isfinite(q).all():
+            raise SimilarError(f"galaxy {gid} has no features (its image was empty; see "
+                               f"{run.rejects_path}); choose another id")
+    names, exclude, extra_stamp = list(ids), list(rows), None
+    image = ctx.options.get("image")
+    if image:
+        if config.similar.input != "features":
+            raise SimilarError("--image searches the encoder features; use --input features")
+        extra_stamp, feats = encode_image(run, config, image)
+        queries.append(feats)
+        names.append(Path(image).name)
+        exclude.append(-1)
+    return names, exclude, queries, extra_stamp
 
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
     from ..core.search import exact_neighbors
+    from ..core.similar import neighbour_table
 
     run, config = ctx.run, ctx.config
     cfg = config.similar
@@ -192,45 +178,17 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     if n != len(table):
         raise SimilarError(f"the '{cfg.input}' array has {n} rows but the catalog {len(table)}; re-run the "
                            "pipeline stages")
-    ids = [str(i) for i in (ctx.options.get("ids") or [])]
-    rows = find_rows(run, table, ids)
-    queries = [np.asarray(x[int(r)], dtype=np.float32) for r in rows]
-    for gid, q in zip(ids, queries, strict=True):
-        if not np.isfinite(q).all():
-            raise SimilarError(f"galaxy {gid} has no features (its image was empty; see "
-                               f"{run.rejects_path}); choose another id")
-    names, exclude, extra_stamp = list(ids), list(rows), None
-    image = ctx.options.get("image")
-    if image:
-        if cfg.input != "features":
-            raise SimilarError("--image searches the encoder features; use --input features")
-        extra_stamp, feats = encode_image(run, config, image)
-        queries.append(feats)
-        names.append(Path(image).name)
-        exclude.append(-1)
-    q = np.stack(queries)
-    exclude_arr = np.asarray(exclude, dtype=np.int64)
+    names, exclude, queries, extra_stamp = _queries(ctx, x, table)
+    q, exclude_arr = np.stack(queries), np.asarray(exclude, dtype=np.int64)
     k = min(cfg.n, n - 1) if n > 1 else 1
-    if n < cfg.exact_below:
-        route = "exact"
+    route = "exact" if n < cfg.exact_below else "index"
+    if route == "exact":
         found, dist = exact_neighbors(np.asarray(x[:], dtype=np.float32), q, n=k, metric=cfg.metric,
                                       exclude=exclude_arr)
     else:
-        route = "index"
-        index = _index(run, config, x, _upstream_key(run, config))
-        found, dist = index.search(q, n=k, probe=cfg.probe, exclude=exclude_arr)
-    shown = [c for c in SHOWN_COLUMNS if c in table.columns]
-    out_rows = []
-    for i, name in enumerate(names):
-        if exclude[i] >= 0:
-            out_rows.append({"query": name, "rank": 0, "row": int(exclude[i]), "distance": 0.0})
-        keep = found[i] >= 0
-        out_rows += [{"query": name, "rank": r + 1, "row": int(row), "distance": float(d)}
-                     for r, (row, d) in enumerate(zip(found[i][keep], dist[i][keep], strict=True))]
-    result = pd.DataFrame(out_rows)
-    result.insert(2, "id", table["id"].astype(str).to_numpy()[result["row"].to_numpy()])
-    for col in shown:
-        result[col] = table[col].to_numpy()[result["row"].to_numpy()]
+        found, dist = _index(run, config, x).search(q, n=k, probe=cfg.probe, exclude=exclude_arr)
+    result = neighbour_table(found, dist, names=names, rows=exclude, table=table,
+                             columns=[c for c in SHOWN_COLUMNS if c in table.columns])
     out = run.path / "similar"
     out.mkdir(exist_ok=True)
     for old in out.glob("*.png"):
@@ -238,25 +196,16 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     montages = []
     for i, name in enumerate(names):
         sel = result[result["query"] == name]
-        grid_rows = sel["row"].to_numpy()
-        first = extra_stamp if exclude[i] < 0 else None
-        png = out / f"{_safe(name)}.png"
-        draw_grid(run, config, grid_rows, f"query {name} (first) + {int((sel['rank'] > 0).sum())} nearest "
-                  f"({cfg.metric})", png, first=first)
+        png = out / f"{safe_file_name(name)}.png"
+        draw_grid(run, config, sel["row"].to_numpy(), f"query {name} (first) + "
+                  f"{int((sel['rank'] > 0).sum())} nearest ({cfg.metric})", png,
+                  first=extra_stamp if exclude[i] < 0 else None)
         montages.append(png.name)
     tmp = out / ".result.csv.tmp"
     result.drop(columns="row").to_csv(tmp, index=False)
     os.replace(tmp, out / "result.csv")
     return {"queries": names, "n": k, "route": route, "metric": cfg.metric, "input": cfg.input,
             "montages": montages, "n_galaxies": n}
-
-
-def _upstream_key(run: RunDir, config: Config) -> str:
-    from ..core.search import index_key
-
-    info = run.stage_info(_input_stage(config)) or {}
-    return index_key(info.get("fingerprint"), metric=config.similar.metric, seed=config.similar.seed,
-                     space=config.similar.input)
 
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:

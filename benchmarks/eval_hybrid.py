@@ -194,6 +194,31 @@ def _knn_labels(x: np.ndarray, method: str, k: int, seed: int) -> np.ndarray:
     return labels
 
 
+def _extended(data: SetData, cons: np.ndarray, names: dict, cfg) -> dict:
+    """What ``extend`` adds: the kept galaxies carry their cluster's simulated name, the
+    rejected ones the type of the extension's classifier (:func:`skymorph.core.refine.uncertainty`:
+    its logistic regression on the run's encoder features, fitted once on the kept galaxies;
+    no OOD fallback).  Balanced accuracy on the rejected (``extended``) and on every galaxy."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from skymorph.core.refine import uncertainty
+
+    named = np.array([names.get(str(c), "") if c >= 0 else "" for c in cons], dtype=object)
+    learn = named != ""
+    if learn.all() or np.unique(named[learn]).size < 2:
+        return {"balacc_extended": None, "balacc_all": None}
+    classes, proba = uncertainty(data.features, learn, named, model=cfg.model, c=cfg.c,
+                                 class_weight=cfg.class_weight, max_iter=cfg.max_iter, seed=cfg.seed)
+    final = np.where(learn, named, np.asarray(classes, dtype=object)[proba.argmax(axis=1)])
+    truth = np.asarray(data.truth, dtype=object)
+    labelled = np.array([isinstance(t, str) and t != "" for t in truth])
+    out = {}
+    for key, sel in (("extended", labelled & ~learn), ("all", labelled)):
+        out[f"balacc_{key}"] = (float(balanced_accuracy_score(truth[sel].astype(str), final[sel].astype(str)))
+                                if sel.any() else None)
+    return out
+
+
 def run_variant(data: SetData, variant: str, seed: int) -> dict:
     import skymorph
     from skymorph.core.clustering import consensus_clustering
@@ -233,6 +258,7 @@ def run_variant(data: SetData, variant: str, seed: int) -> dict:
         raise SystemExit(f"unknown clustering {clu!r}")
     t_clu = time.perf_counter() - t0 - t_feat - t_red
     score = score_labels(data.truth, km, cons, per_cluster=per_cluster, seed=iseed)
+    extended = _extended(data, cons, score["inspection"]["cluster_names"], base.extend)
     sizes = np.bincount(cons[cons >= 0])
     sizes = sizes[sizes > 0]
     enc = data.config.encode
@@ -242,7 +268,8 @@ def run_variant(data: SetData, variant: str, seed: int) -> dict:
         "kept": score["fraction_kept"], "balacc": score["inspection"]["balanced_accuracy"],
         "kmeans_all": (score["kmeans_all"]["balanced_accuracy"] if "kmeans_all" in score
                        else score["inspection"]["balanced_accuracy"]),
-        "recall": score["inspection"]["recall_by_class"],
+        "recall": score["inspection"]["recall_by_class"], **extended,
+        "n_neighbors": base.reduce.n_neighbors if red == "umap300" else None,
         "montages": int(sizes.size), "shown": int(np.minimum(sizes, per_cluster).sum()),
         "seconds": {"features": round(t_feat, 1), "reduce": round(t_red, 1), "cluster": round(t_clu, 1)},
         **info,
@@ -279,24 +306,34 @@ def main() -> None:
 
 
 def summary(path: Path) -> None:
-    """Markdown table: per set and variant, mean +- half-range over the seeds of the kept fraction,
-    the consensus balanced accuracy on the kept galaxies and kmeans_all, and the experts' cost."""
+    """Markdown table: per set, variant and UMAP neighbours, mean +- half-range over the seeds of
+    the kept fraction, the consensus balanced accuracy on the kept galaxies, the extension's on
+    the rejected ones and on all, kmeans_all, and the experts' cost."""
     import pandas as pd
 
     rows = pd.read_json(path, lines=True)
-    if "encoder" not in rows:
-        rows["encoder"] = "?"
-    rows = rows.drop_duplicates(["set", "encoder", "variant", "seed"], keep="last")
-    print("| set | encoder | variant | kept | balacc on kept | kmeans_all | montages | galaxies shown "
-          "| seeds |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    def pm(g: pd.DataFrame, col: str, fmt: str = ".3f") -> str:
-        half = (g[col].max() - g[col].min()) / 2
-        return f"{g[col].mean():{fmt}} ± {half:{fmt}}"
+    for col, fill in (("encoder", "?"), ("n_neighbors", None), ("balacc_extended", None),
+                      ("balacc_all", None)):
+        if col not in rows:
+            rows[col] = fill
+    # rows written before the neighbours were recorded used UMAP's 15
+    umap = rows["variant"].str.contains("/umap")
+    rows["umap_k"] = rows["n_neighbors"].where(rows["n_neighbors"].notna(), umap.map({True: 15, False: None}))
+    rows["umap_k"] = rows["umap_k"].map(lambda v: "" if pd.isna(v) else f"{int(v)}")
+    rows = rows.drop_duplicates(["set", "encoder", "variant", "umap_k", "seed"], keep="last")
+    print("| set | encoder | variant | UMAP k-NN | kept | balacc on kept | extended (rejected) | all "
+          "| kmeans_all | montages | galaxies shown | seeds |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 
-    for (name, encoder, variant), g in rows.groupby(["set", "encoder", "variant"], sort=False):
-        print(f"| {name} | {encoder} | {variant} | {pm(g, 'kept', '.2f')} | {pm(g, 'balacc')} | "
-              f"{pm(g, 'kmeans_all')} | "
+    def pm(g: pd.DataFrame, col: str, fmt: str = ".3f") -> str:
+        v = g[col].dropna()
+        if v.empty:
+            return "-"
+        return f"{v.mean():{fmt}} ± {(v.max() - v.min()) / 2:{fmt}}"
+
+    for (name, encoder, variant, k), g in rows.groupby(["set", "encoder", "variant", "umap_k"], sort=False):
+        print(f"| {name} | {encoder} | {variant} | {k} | {pm(g, 'kept', '.2f')} | {pm(g, 'balacc')} | "
+              f"{pm(g, 'balacc_extended')} | {pm(g, 'balacc_all')} | {pm(g, 'kmeans_all')} | "
               f"{g['montages'].mean():.0f} | {g['shown'].mean():.0f} | {g['seed'].nunique()} |")
 
 

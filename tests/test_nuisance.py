@@ -95,15 +95,23 @@ def test_hybrid_blocks_have_unit_variance_and_the_weight_sets_their_share():
         combine_features(deep, desc, descriptor_weight=-1)
 
 
-def test_the_benchmark_summary_of_the_readme_prints_the_measured_rows():
+def test_the_readme_evaluation_table_is_the_summary_of_the_measured_rows():
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    rows = root / "benchmarks" / "eval_hybrid_results.jsonl"
     script = root / "benchmarks" / "eval_hybrid.py"
-    out = subprocess.run([sys.executable, str(script), "--summary", str(rows)],
+    out = subprocess.run([sys.executable, str(script), "--summary",
+                          str(root / "benchmarks" / "eval_hybrid_default.jsonl")],
                          capture_output=True, text=True, check=True).stdout
-    assert out.startswith("| set | encoder | variant | kept | balacc on kept | kmeans_all |")
-    assert "| gz1_sdss | efficientnet_lite2 x4 | hyb1/none/direct/vote/20 |" in out
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    table = readme.split("<!-- hybrid-table -->\n")[1].split("<!-- /hybrid-table -->")[0]
+    assert table == out
+    for name in ("gz1_sdss", "gz1_sdss_natural", "ceers_f200w"):  # every set, the default first
+        assert f"| {name} | efficientnet_lite2 x4 | deep/none/umap300/vote/20 | 30 |" in out
+    # the earlier (Lite0, 15 neighbours) rows still print, with the new columns left empty
+    older = subprocess.run([sys.executable, str(script), "--summary",
+                            str(root / "benchmarks" / "eval_hybrid_results.jsonl")],
+                           capture_output=True, text=True, check=True).stdout
+    assert "| ceers_f200w | efficientnet_lite0 x1 | deep/none/umap300/vote/20 | 15 |" in older

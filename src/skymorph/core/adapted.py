@@ -55,7 +55,7 @@ from torch import nn
 from ..config import EncodeConfig
 from .encoders import EncoderError
 
-__all__ = ["AdaptedNet", "D4Features", "ADAPTED", "train_adapted", "save_checkpoint",
+__all__ = ["AdaptedNet", "D4Features", "ADAPTED", "train_adapted", "train_or_reuse", "save_checkpoint",
            "load_checkpoint", "build_adapted", "TEACHERS", "d4_views"]
 
 log = logging.getLogger(__name__)
@@ -368,6 +368,65 @@ def convergence(losses: Sequence[float], *, tail: float = 0.3, tolerance: float 
         status, text = "converged", f"converged: the loss changed by {pct} over the last {share} of the steps"
     return {"status": status, "tail_change": change, "first": float(tenths[0]), "last": float(last),
             "text": text}
+
+
+def train_or_reuse(images: Any, cfg: EncodeConfig, *, checkpoint: str | Path, key: str,
+                   progress: bool = False) -> dict[str, Any]:
+    """Train the adapted encoder on ``images`` and save it to ``checkpoint``, unless the
+    checkpoint there was saved under the same ``key`` (same settings and images, e.g. a
+    resumed run): then it is reused, since training takes minutes.
+
+    Parameters
+    ----------
+    images : array-like
+        The survey's stamps, ``N x H x W`` (see :func:`train_adapted`).
+    cfg : EncodeConfig
+        The ``[encode]`` settings of :func:`train_adapted`.
+    checkpoint : str or Path
+        Where the checkpoint is read and written (:func:`save_checkpoint`).
+    key : str
+        What must match for a reuse (e.g. the encode stage's fingerprint).
+    progress : bool
+        Show a progress bar while training.
+
+    Returns
+    -------
+    dict
+        The training info of :func:`train_adapted` (the saved one when reused, then with
+        ``reused: True``, and its ``convergence`` note made here when the checkpoint is
+        older than the note) and ``checkpoint`` (its path as text).
+
+    See Also
+    --------
+    train_adapted : the training itself.
+    load_checkpoint : reads the file.
+
+    Examples
+    --------
+    Training runs a teacher network, too slow for a doctest:
+
+    >>> import numpy as np, pathlib, tempfile
+    >>> from skymorph.config import EncodeConfig
+    >>> images = np.random.default_rng(0).normal(size=(64, 64, 64)).astype(np.float32)
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "checkpoint.pt"
+    >>> cfg = EncodeConfig(encoder="adapted", train_steps=5)
+    >>> first = train_or_reuse(images, cfg, checkpoint=path, key="k")  # doctest: +SKIP
+    >>> train_or_reuse(images, cfg, checkpoint=path, key="k")["reused"]  # doctest: +SKIP
+    True
+    """
+    checkpoint = Path(checkpoint)
+    try:
+        _, blob = load_checkpoint(checkpoint)
+        if blob.get("key") == key:
+            info = {**blob["info"], "checkpoint": str(checkpoint), "reused": True}
+            if "convergence" not in info:  # a checkpoint from before the note
+                info["convergence"] = convergence(info.get("loss_steps") or info.get("loss") or [])
+            return info
+    except (FileNotFoundError, ValueError):  # none yet, or unreadable: train a new one
+        pass
+    net, info = train_adapted(images, cfg, progress=progress)
+    save_checkpoint(checkpoint, net, info, key)
+    return {**info, "checkpoint": str(checkpoint)}
 
 
 def save_checkpoint(path: str | Path, net: AdaptedNet, info: dict[str, Any], key: str = "") -> None:

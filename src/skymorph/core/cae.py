@@ -41,8 +41,8 @@ from torch import nn
 from ..errors import SkymorphError
 from .sky import border_sky
 
-__all__ = ["CAE", "CAEError", "train_cae", "predict", "apply_cae", "resolve_device", "set_threads",
-           "ARCH_KEYS"]
+__all__ = ["CAE", "CAEError", "train_cae", "fit_cae", "sample_rows", "check_stamp_size", "predict",
+           "apply_cae", "resolve_device", "set_threads", "ARCH_KEYS"]
 
 ARCH_KEYS = ("stamp_size", "channels", "kernel_size", "latent_dim", "unpool")
 
@@ -315,6 +315,149 @@ def train_cae(train: np.ndarray, val: np.ndarray, arch: dict[str, Any], *, epoch
                    stopped_early=len(secs) < epochs, seconds=time.perf_counter() - t_start,
                    train_stamps_per_s=float(len(train) * max(1, repeats) / np.median(secs)) if secs else 0.0)
     return model, history
+
+
+def sample_rows(total: int, *, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The sorted rows of a random training sample of ``n`` of ``total`` stamps (all of them
+    when ``n >= total``, drawing nothing from ``rng``).
+
+    Parameters
+    ----------
+    total : int
+        Stamps of the run.
+    n : int
+        Stamps to train on (``denoise.train_sample``).
+    rng : numpy.random.Generator
+        Seeded by ``denoise.seed``; :func:`fit_cae` draws the split from it next.
+
+    Returns
+    -------
+    ndarray of int
+        Increasing row numbers (so that the sample is read chunk by chunk).
+
+    See Also
+    --------
+    fit_cae : trains on the sample.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sample_rows(5, n=10, rng=np.random.default_rng(0))
+    array([0, 1, 2, 3, 4])
+    >>> len(sample_rows(100, n=10, rng=np.random.default_rng(0)))
+    10
+    """
+    if n < total:
+        return np.sort(rng.choice(total, size=n, replace=False))
+    return np.arange(total)
+
+
+def fit_cae(sample: np.ndarray, *, channels: list[int], kernel_size: int, latent_dim: int, unpool: str,
+            epochs: int, batch_size: int, min_steps: int, learning_rate: float, augment: bool,
+            validation_fraction: float, patience: int, seed: int, device: torch.device,
+            rng: np.random.Generator,
+            progress: Callable[[int, float, float], None] | None = None) -> tuple[CAE, dict[str, Any]]:
+    """Split a normalised sample into training and held-out stamps and train a :class:`CAE` on it.
+
+    ``validation_fraction`` of the sample (at least one stamp when the fraction is positive,
+    never all of them) is held out for early stopping.  A small training part is passed over
+    several times per epoch, so that every epoch takes at least ``min_steps / epochs``
+    optimiser steps between two early-stopping checks.
+
+    Parameters
+    ----------
+    sample : ndarray (N, S, S)
+        Stamps normalised by :func:`normalise` (float16 or float32).
+    channels, kernel_size, latent_dim, unpool
+        The architecture (:class:`CAE`).
+    epochs, batch_size, learning_rate, augment, patience, seed
+        The training (:func:`train_cae`).
+    min_steps : int
+        Fewest optimiser steps of the whole training.
+    validation_fraction : float
+        Share of the sample held out.
+    device : torch.device
+        Where to train (:func:`resolve_device`).
+    rng : numpy.random.Generator
+        Draws the split (the generator that drew the sample, :func:`sample_rows`).
+    progress : callable, optional
+        Called as ``progress(epoch, train_loss, val_loss)`` after each epoch.
+
+    Returns
+    -------
+    model : CAE
+        The best model (evaluation mode).
+    history : dict
+        :func:`train_cae`'s history, plus ``n_train``, ``n_val``, ``repeats``,
+        ``has_validation`` and ``device``.
+
+    See Also
+    --------
+    sample_rows : the sample's rows.
+    train_cae : the training loop.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> rng = np.random.default_rng(0)
+    >>> sample, _, _ = normalise(rng.normal(size=(12, 32, 32)).astype(np.float32))
+    >>> model, history = fit_cae(sample, channels=[4, 4], kernel_size=3, latent_dim=8,
+    ...                          unpool="nearest", epochs=2, batch_size=4, min_steps=1,
+    ...                          learning_rate=1e-3, augment=False, validation_fraction=0.25,
+    ...                          patience=5, seed=0, device=torch.device("cpu"), rng=rng)
+    >>> history["n_train"], history["n_val"], history["epochs_run"]
+    (9, 3, 2)
+    """
+    order = rng.permutation(len(sample))
+    n_val = int(round(validation_fraction * len(sample))) if len(sample) >= 2 else 0
+    if validation_fraction > 0 and len(sample) >= 2:
+        n_val = min(max(n_val, 1), len(sample) - 1)
+    val, train = sample[np.sort(order[:n_val])], sample[np.sort(order[n_val:])]
+    steps_per_pass = math.ceil(len(train) / batch_size)
+    repeats = max(1, math.ceil(min_steps / (epochs * steps_per_pass)))
+    arch = {"stamp_size": int(sample.shape[-1]), "channels": channels, "kernel_size": kernel_size,
+            "latent_dim": latent_dim, "unpool": unpool}
+    model, history = train_cae(
+        train, val, arch, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+        patience=patience, device=device, seed=seed, augment=augment, repeats=repeats, progress=progress)
+    history.update(n_train=len(train), n_val=len(val), repeats=repeats, has_validation=len(val) > 0,
+                   device=str(device))
+    return model, history
+
+
+def check_stamp_size(model: CAE, size: int, *, source: object) -> None:
+    """Raise :class:`CAEError` when ``model`` was trained on stamps of another size than ``size``
+    (a CAE reused from another run must fit this run's stamps).
+
+    Parameters
+    ----------
+    model : CAE
+        A loaded model (:func:`load_checkpoint`).
+    size : int
+        The run's stamp size in pixels.
+    source : path or str
+        Where the model came from, named in the message.
+
+    Returns
+    -------
+    None
+
+    See Also
+    --------
+    load_checkpoint : loads the model.
+
+    Examples
+    --------
+    >>> check_stamp_size(CAE(stamp_size=32, channels=[4, 8]), 32, source="cae.pt")
+    >>> check_stamp_size(CAE(stamp_size=32, channels=[4, 8]), 64, source="cae.pt")
+    Traceback (most recent call last):
+    ...
+    skymorph.core.cae.CAEError: the CAE in cae.pt was trained on 32-pixel stamps; this run has 64-...
+    """
+    if model.arch["stamp_size"] != size:
+        raise CAEError(f"the CAE in {source} was trained on {model.arch['stamp_size']}-pixel "
+                       f"stamps; this run has {size}-pixel stamps (train a new one: drop "
+                       "--cae-checkpoint)")
 
 
 @torch.inference_mode()

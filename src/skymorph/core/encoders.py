@@ -40,9 +40,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +68,7 @@ from .encoder_weights import (  # noqa: F401 - re-exported: public names of this
 
 __all__ = ["Encoder", "EncoderError", "build_encoder", "resolve_device", "resolve_runtime", "export_onnx",
            "onnx_cache_dir", "OFFLINE_ENCODERS",
-           "PAPER_ENCODER", "close_names", "weights_identity"]
+           "PAPER_ENCODER", "close_names", "weights_identity", "cpu_threads", "torch_threads", "placement"]
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +320,118 @@ def resolve_device(device: str) -> torch.device:
         raise EncoderError(f"device {device!r} asked for, but PyTorch sees no CUDA GPU here; "
                            "use --device cpu (or auto)")
     return dev
+
+
+def cpu_threads(requested: int) -> int:
+    """PyTorch threads for encoding on the CPU: ``requested``, or with 0 every core this
+    process may run on (PyTorch's own default can be fewer).
+
+    Parameters
+    ----------
+    requested : int
+        ``encode.threads``; 0 means every core of the process's CPU affinity.
+
+    Returns
+    -------
+    int
+        At least 1.
+
+    See Also
+    --------
+    torch_threads : sets it for a block of code.
+
+    Examples
+    --------
+    >>> cpu_threads(3)
+    3
+    >>> cpu_threads(0) >= 1
+    True
+    """
+    if requested:
+        return int(requested)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to ``threads`` inside the block and restored after,
+    so that encoding in a library call leaves the caller's setting as it was.
+
+    Parameters
+    ----------
+    threads : int
+        Threads inside the block; 0 leaves the count alone.
+
+    Returns
+    -------
+    context manager
+
+    See Also
+    --------
+    cpu_threads : the count to ask for.
+
+    Examples
+    --------
+    >>> before = torch.get_num_threads()
+    >>> with torch_threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
+    """
+    if not threads:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def placement(session: Any, *, threads: int, device: torch.device) -> tuple[bool, int, str]:
+    """Where a stage's chunks are encoded, with how many PyTorch threads per encoder.
+
+    On a Dask cluster, a GPU worker keeps PyTorch's threads as they are, and a CPU worker
+    uses one per task unless ``threads`` says otherwise: its task threads already use the
+    cores (start CPU workers with one thread per core).  In this process, an encoder on
+    the CPU uses :func:`cpu_threads`.
+
+    Parameters
+    ----------
+    session : skymorph.core.compute.Session or None
+        The stage's compute session (None: this process).
+    threads : int
+        ``encode.threads`` (0: automatic).
+    device : torch.device
+        The device of the encoder built in this process.
+
+    Returns
+    -------
+    distributed : bool
+        The chunks go to the Dask cluster.
+    threads : int
+        PyTorch threads of each encoder; 0 leaves them as they are.
+    where : str
+        Where the encoding ran, in words (the stage summary's ``device``).
+
+    See Also
+    --------
+    cpu_threads, torch_threads
+
+    Examples
+    --------
+    >>> placement(None, threads=2, device=torch.device("cpu"))
+    (False, 2, 'cpu')
+    """
+    if session is not None and session.distributed:
+        gpu = session.gpu_resources() is not None
+        return True, 0 if gpu else int(threads) or 1, f"dask ({'GPU workers' if gpu else 'CPU workers'})"
+    return False, cpu_threads(threads) if device.type == "cpu" else 0, str(device)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["ChunkLedger", "ResultCache", "chunk_map", "chunk_rows", "chunk_slices", "clear_parts",
-           "create_chunked", "open_chunked", "resume_or_create"]
+           "create_chunked", "drop_old_record", "open_chunked", "resume_or_create"]
 
 
 class ChunkLedger:
@@ -149,6 +149,16 @@ def clear_parts(run_path: str | os.PathLike, stage: str) -> None:
     stages = Path(run_path) / "stages"
     shutil.rmtree(stages / f"{stage}.parts", ignore_errors=True)
     (stages / f"{stage}.partial.jsonl").unlink(missing_ok=True)
+
+
+def drop_old_record(path: str | os.PathLike) -> bool:
+    """Remove a resume record that an older skymorph wrote in another format (never read:
+    its chunks are simply redone); True when there was one, for the stage's note."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    path.unlink(missing_ok=True)
+    return True
 
 
 def create_chunked(path: str | os.PathLike, shape: tuple[int, ...], chunk: int,

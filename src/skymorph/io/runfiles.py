@@ -94,3 +94,14 @@ def safe_file_name(name: str) -> str:
     """``name`` as a short file name: every run of other characters than letters, digits,
     ``.``, ``_`` and ``-`` becomes ``_`` (an id may hold ``/`` or spaces), at most 80 of them."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80] or "query"
+
+
+def source_ids(run: Any, n: int) -> list[str]:
+    """The ids of the ``n`` sources of ``run`` (a :class:`~skymorph.io.rundir.RunDir`) as text;
+    the row numbers when its sources table is missing or has another length, so that a
+    reject can always name its galaxy."""
+    try:
+        ids = run.sources()["id"].astype(str).tolist()
+    except RunDirError:
+        ids = []
+    return ids if len(ids) == n else [str(i) for i in range(n)]

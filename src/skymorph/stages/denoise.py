@@ -1,17 +1,11 @@
 """Denoise: a convolutional autoencoder (CAE, paper Table 1) trained on the run's
 own stamps removes the pixel noise before the polar transform and the encoder.
 
-The CAE (``skymorph.core.cae``) is conv 5x5 -> max-pool 2 -> conv 5x5 -> max-pool 2
--> fully connected 40-d latent, and a mirrored decoder (fully connected ->
-unpooling -> deconvolution, twice).  Its 40 numbers per stamp cannot hold
-pixel noise, so the reconstruction keeps the galaxy and drops the noise.
-
-Per-stamp normalisation (inverted on output): ``y = (x - offset) / scale`` with
-``offset`` the median of the stamp's border frame (the sky) and ``scale`` the
-peak of the 3 x 3 box-smoothed, sky-subtracted stamp, floored at 3 x the
-border's robust noise sigma (constant stamps: 1).  Every galaxy, faint or
-bright, reaches the network with its peak near 1 on a sky near 0; the output is
-``y_hat * scale + offset`` in the stamp's own units.
+The science is in :mod:`skymorph.core.cae`: the CAE (conv 5x5 -> max-pool 2, twice -> a
+40-d latent that cannot hold pixel noise, and a mirrored decoder), the per-stamp
+normalisation (inverted on output, see :func:`denoise`), the split and the training
+(:func:`~skymorph.core.cae.fit_cae`).  This stage reads ``stamps``, unpacks the
+``[denoise]`` settings and writes the outputs.
 
 Training uses a random sample of ``train_sample`` stamps (all of them in small
 runs) with ``validation_fraction`` held out for early stopping; the trained
@@ -29,23 +23,22 @@ stage summary records ``photometric: false``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..config import Config, DenoiseConfig
-from ..core.compute import worker_cached
 from ..core.sky import border_sky
-from ..io.chunklog import ChunkLedger, chunk_map, chunk_rows, resume_or_create
-from ..io.rundir import RunDir, iter_chunks
+from ..io.chunk_tasks import denoise_chunk, denoise_chunks, read_sample  # noqa: F401 - denoise_chunk: was here
+from ..io.chunklog import ChunkLedger, resume_or_create
+from ..io.rundir import RunDir
+from ..io.runfiles import file_digest
+from ..report.training import plot_cae_history
 from . import Stage, StageContext, execute
 
 __all__ = ["denoise", "apply_cae", "load_cae", "CHECKPOINT_NAME"]
@@ -55,15 +48,17 @@ log = logging.getLogger(__name__)
 CAE_DIR = "cae"
 CHECKPOINT_NAME = "checkpoint.pt"
 _ARCH_FIELDS = ("channels", "kernel_size", "latent_dim", "unpool")
-# Settings that change the result (device and inference batch size do not).
+# what the stage summary keeps of a training's history, as it is
+_HISTORY = ("best_epoch", "epochs_run", "best_val_loss", "stopped_early", "n_train", "n_val")
 
 
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+def core_options(cfg: DenoiseConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`skymorph.core.cae.fit_cae` that the ``[denoise]`` settings
+    give (the architecture and the training; the sample size, device and seed are used here)."""
+    return dict(channels=cfg.channels, kernel_size=cfg.kernel_size, latent_dim=cfg.latent_dim,
+                unpool=cfg.unpool, epochs=cfg.epochs, batch_size=cfg.batch_size, min_steps=cfg.min_steps,
+                learning_rate=cfg.learning_rate, augment=cfg.augment,
+                validation_fraction=cfg.validation_fraction, patience=cfg.patience, seed=cfg.seed)
 
 
 def load_cae(path: str | os.PathLike, device: str = "auto"):
@@ -88,81 +83,17 @@ def apply_cae(stamps: np.ndarray, model, batch_size: int = 32) -> np.ndarray:
     return _cae.apply_cae(stamps, model, batch_size=batch_size)
 
 
-def _training_sample(stamps, n: int, rng: np.random.Generator, progress: bool) -> np.ndarray:
-    """Normalised float16 copies of ``n`` random stamps, read chunk by chunk."""
-    from ..core import cae as _cae
+def _train(run: RunDir, stamps: Any, cfg: DenoiseConfig, device: Any, progress: bool):
+    """Train a CAE on a seeded sample of the run's stamps, and write it with its loss curve
+    to ``RUN_DIR/cae``."""
+    from tqdm.auto import tqdm
 
-    total = stamps.shape[0]
-    pick = np.sort(rng.choice(total, size=n, replace=False)) if n < total else np.arange(total)
-    out = np.empty((len(pick), *stamps.shape[1:]), dtype=np.float16)
-    filled = 0
-    with tqdm(total=len(pick), desc="denoise: read sample", unit="stamp", disable=not progress) as bar:
-        for start, block in iter_chunks(stamps):
-            lo, hi = np.searchsorted(pick, [start, start + len(block)])
-            if hi > lo:
-                y, _, _ = _cae.normalise(block[pick[lo:hi] - start])
-                out[filled:filled + hi - lo] = y
-                filled += hi - lo
-                bar.update(hi - lo)
-    return out
-
-
-def _plot_history(history: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = np.arange(1, len(history["train_loss"]) + 1)
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.plot(epochs, history["train_loss"], "o-", ms=3, label="training")
-    if history.get("has_validation"):
-        ax.plot(epochs, history["val_loss"], "s-", ms=3, label="validation (held out)")
-    ax.axvline(history["best_epoch"], color="0.5", ls=":", label=f"best epoch {history['best_epoch']}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE (normalised units)")
-    ax.set_yscale("log")
-    ax.set_title("CAE loss", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _model_key(model_hash: str, device: str) -> str:
-    return f"cae:{model_hash}:{device}"
-
-
-def denoise_chunk(i: int, stamps: str, out: str, n: int, chunk: int, checkpoint: str, model_hash: str,
-                  device: str, batch_size: int) -> None:
-    """Denoise chunk ``i`` of the stamps at ``stamps`` into its region of the array at
-    ``out`` (the per-chunk task, here or on a Dask worker: the CAE is loaded once per
-    worker, on its GPU when it has one)."""
-    import zarr
-
-    from ..core import cae as _cae
-
-    model = worker_cached(_model_key(model_hash, device), lambda: load_cae(checkpoint, device))
-    _cae.set_threads()
-    rows = chunk_rows(i, n, chunk)
-    block = np.asarray(zarr.open_array(store=stamps, mode="r")[rows])
-    zarr.open_array(store=out, mode="r+")[rows] = apply_cae(block, model, batch_size)
-
-
-def _train(run: RunDir, stamps, cfg: DenoiseConfig, device, progress: bool):
     from ..core import cae as _cae
 
     rng = np.random.default_rng(cfg.seed)
-    n = min(cfg.train_sample, stamps.shape[0])
-    sample = _training_sample(stamps, n, rng, progress)
-    order = rng.permutation(len(sample))
-    n_val = int(round(cfg.validation_fraction * len(sample))) if len(sample) >= 2 else 0
-    if cfg.validation_fraction > 0 and len(sample) >= 2:
-        n_val = min(max(n_val, 1), len(sample) - 1)
-    val, train = sample[np.sort(order[:n_val])], sample[np.sort(order[n_val:])]
-    steps_per_pass = math.ceil(len(train) / cfg.batch_size)
-    repeats = max(1, math.ceil(cfg.min_steps / (cfg.epochs * steps_per_pass)))
-    arch = {"stamp_size": int(stamps.shape[-1]), **{k: getattr(cfg, k) for k in _ARCH_FIELDS}}
+    rows = _cae.sample_rows(stamps.shape[0], n=min(cfg.train_sample, stamps.shape[0]), rng=rng)
+    sample = read_sample(stamps, rows, transform=lambda block: _cae.normalise(block)[0], dtype=np.float16,
+                         desc="denoise: read sample", progress=progress)
     bar = tqdm(total=cfg.epochs, desc="denoise: train CAE", unit="epoch", disable=not progress)
 
     def report(epoch: int, train_loss: float, val_loss: float) -> None:
@@ -170,22 +101,17 @@ def _train(run: RunDir, stamps, cfg: DenoiseConfig, device, progress: bool):
         bar.set_postfix(train=f"{train_loss:.3g}", val=f"{val_loss:.3g}")
 
     with bar:
-        model, history = _cae.train_cae(
-            train, val, arch, epochs=cfg.epochs, batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate, patience=cfg.patience, device=device, seed=cfg.seed,
-            augment=cfg.augment, repeats=repeats, progress=report)
-    history.update(n_train=len(train), n_val=len(val), repeats=repeats, has_validation=len(val) > 0,
-                   device=str(device))
+        model, history = _cae.fit_cae(sample, device=device, rng=rng, progress=report, **core_options(cfg))
     folder = run.path / CAE_DIR
     folder.mkdir(exist_ok=True)
     ckpt = folder / CHECKPOINT_NAME
     _cae.save_checkpoint(ckpt, model, history, {
         "normalisation": "y = (x - border median) / max(3x3-smoothed peak, 3 x border sigma)",
-        "trained_on": str(run.path.resolve()), "n_train": len(train), "n_val": len(val),
+        "trained_on": str(run.path.resolve()), "n_train": history["n_train"], "n_val": history["n_val"],
         "settings": {k: v for k, v in vars(cfg).items() if k not in ("checkpoint", "enabled")},
     })
     (folder / "history.json").write_text(json.dumps(history, indent=2, default=float))
-    _plot_history(history, folder / "loss_curve.png")
+    plot_cae_history(history, folder / "loss_curve.png")
     return model, history, ckpt
 
 
@@ -207,13 +133,30 @@ def _extra(ctx: StageContext) -> dict[str, Any] | None:
     from ..core import cae as _cae
 
     model, _ = _cae.load_checkpoint(checkpoint, _cae.resolve_device(cfg.device))
-    size = ctx.run.open_array("stamps").shape[-1]
-    if model.arch["stamp_size"] != size:
-        raise _cae.CAEError(f"the CAE in {checkpoint} was trained on {model.arch['stamp_size']}-pixel "
-                            f"stamps; this run has {size}-pixel stamps (train a new one: drop "
-                            "--cae-checkpoint)")
+    _cae.check_stamp_size(model, ctx.run.open_array("stamps").shape[-1], source=checkpoint)
     ctx.state["model"] = model
-    return {"checkpoint": _file_hash(checkpoint)}
+    return {"checkpoint": file_digest(checkpoint)}
+
+
+def _sky_sigma(array: Any, rows: np.ndarray) -> float:
+    """The median border noise sigma of the stamps ``rows`` of ``array``."""
+    return float(np.median(border_sky(np.asarray(array.get_orthogonal_selection((rows,))))[1]))
+
+
+def _model(run: RunDir, stamps: Any, cfg: DenoiseConfig, model: Any, checkpoint: Path | None,
+           device: Any, progress: bool) -> tuple[Any, dict[str, Any]]:
+    """The CAE given by ``--cae-checkpoint`` (``model``, loaded by :func:`_extra`) or else one
+    trained on this run's stamps, and what the summary says of it."""
+    if model is not None:
+        differs = {k: model.arch[k] for k in _ARCH_FIELDS if model.arch[k] != getattr(cfg, k)}
+        if differs:
+            log.info("denoise: using the checkpoint's architecture %s, not the [denoise] settings", differs)
+        return model, dict(trained=False, checkpoint=str(checkpoint.resolve()), arch=model.arch)
+    model, history, ckpt = _train(run, stamps, cfg, device, progress)
+    kept = {k: history[k] for k in _HISTORY}
+    return model, dict(trained=True, checkpoint=str(ckpt), arch=model.arch, **kept,
+                       train_seconds=round(history["seconds"], 2),
+                       train_stamps_per_s=round(history["train_stamps_per_s"], 1))
 
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
@@ -224,54 +167,34 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     stamps = run.open_array("stamps")
     device = _cae.resolve_device(cfg.device)
     n, size = stamps.shape[0], stamps.shape[-1]
-    model = ctx.state.get("model")
     _cae.set_threads()
     summary: dict[str, Any] = {"n_stamps": n, "device": str(device), "photometric": False}
-    if model is not None:
-        differs = {k: model.arch[k] for k in _ARCH_FIELDS if model.arch[k] != getattr(cfg, k)}
-        if differs:
-            log.info("denoise: using the checkpoint's architecture %s, not the [denoise] settings", differs)
-        summary.update(trained=False, checkpoint=str(checkpoint.resolve()), arch=model.arch)
-    else:
-        model, history, ckpt = _train(run, stamps, cfg, device, progress)
-        summary.update(trained=True, checkpoint=str(ckpt), arch=model.arch,
-                       best_epoch=history["best_epoch"], epochs_run=history["epochs_run"],
-                       best_val_loss=history["best_val_loss"], stopped_early=history["stopped_early"],
-                       n_train=history["n_train"], n_val=history["n_val"],
-                       train_seconds=round(history["seconds"], 2),
-                       train_stamps_per_s=round(history["train_stamps_per_s"], 1))
+    model, about = _model(run, stamps, cfg, ctx.state.get("model"), checkpoint, device, progress)
+    summary.update(about)
     t0 = time.perf_counter()
     chunk = stamps.chunks[0]
-    n_chunks = -(-n // chunk)
     model_path = (checkpoint if checkpoint is not None else run.path / CAE_DIR / CHECKPOINT_NAME).resolve()
-    model_hash = _file_hash(model_path)
+    model_hash = file_digest(model_path)
     ledger = ChunkLedger(run.path, "denoise", f"{ctx.fingerprint}|{model_hash}|{n}|{chunk}|"
                                               f"{cfg.inference_batch_size}|{device}")
     out = run.array_path("denoised")
     done = resume_or_create(ledger, out, (n, size, size), chunk)
     if done:
-        log.info("denoise: resuming, %d of %d chunks already done", len(done), n_chunks)
-    # this process reuses the model in memory; Dask workers load the checkpoint once each
-    worker_cached(_model_key(model_hash, cfg.device), lambda: model)
-    chunk_map(denoise_chunk, n, chunk, str(run.array_path("stamps")), str(out), n, chunk, str(model_path),
-              model_hash, cfg.device, cfg.inference_batch_size, ledger=ledger, done=done,
-              desc="denoise: apply CAE", unit="stamp", progress=progress, gpu=True)
+        log.info("denoise: resuming, %d of %d chunks already done", len(done), -(-n // chunk))
+    denoise_chunks(str(run.array_path("stamps")), str(out), model, str(model_path), model_hash, n=n,
+                   chunk=chunk, device=cfg.device, batch_size=cfg.inference_batch_size, ledger=ledger,
+                   done=done, progress=progress)
     seconds = time.perf_counter() - t0
     # the noise before and after, on a seeded sample of at most 10^4 stamps
     picks = np.sort(np.random.default_rng(0).permutation(n)[:10000])
-    denoised = run.open_array("denoised")
     summary.update(inference_seconds=round(seconds, 2),
                    inference_stamps_per_s=round(n / max(seconds, 1e-9), 1),
                    n_chunks_resumed=len(done),
-                   sky_sigma_in=float(np.median(border_sky(np.asarray(
-                       stamps.get_orthogonal_selection((picks,))))[1])),
-                   sky_sigma_out=float(np.median(border_sky(np.asarray(
-                       denoised.get_orthogonal_selection((picks,))))[1])))
+                   sky_sigma_in=_sky_sigma(stamps, picks),
+                   sky_sigma_out=_sky_sigma(run.open_array("denoised"), picks))
     log.info("denoise: %d stamps, sky noise %.3g -> %.3g (median border sigma)", n,
              summary["sky_sigma_in"], summary["sky_sigma_out"])
     return summary
-
-
 
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:

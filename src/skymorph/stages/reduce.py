@@ -6,10 +6,12 @@ the science is in :mod:`skymorph.core.reduction`.  This stage reads ``features``
 unpacks the ``[reduce]`` settings, calls
 :func:`~skymorph.core.reduction.reduce_features` (or, with ``fit_sample`` on a Dask
 cluster, fits on the sample here and places every chunk on the cluster) and writes
-the arrays.
+the arrays.  With ``descriptors`` or ``projection`` the features are first prepared
+(:mod:`skymorph.core.hybrid`: shape descriptors beside them, nuisance copies).
 
 Outputs in ``RUN_DIR``: ``embedding`` (N, d) and ``embedding_2d`` (N, 2) float32
-arrays, and with ``dims = "auto"`` ``reduce/dims_scan.csv`` and ``reduce/dims_scan.png``.
+arrays, with ``descriptors`` the ``descriptors`` array, and with ``dims = "auto"``
+``reduce/dims_scan.csv`` and ``reduce/dims_scan.png``.
 Everything is seeded: the same features and settings give the same embedding.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from typing import Any
 
@@ -65,8 +68,6 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     prepared = _prepares(cfg)
     extra: dict[str, Any] = {}
     if cfg.descriptors <= 0 and run.has_array("descriptors"):  # from an earlier setting: not current
-        import shutil
-
         shutil.rmtree(run.array_path("descriptors"))
     if prepared:
         reduction.check_features(features, ids=ids)

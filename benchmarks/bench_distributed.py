@@ -134,7 +134,7 @@ def main() -> int:
             since = time.time()
             remote["measure"] = timed(measure, runs["measure"], settings(address, 1, 2), force=True,
                                       progress=False)
-            chunks["measure"] = task_seconds(client, "_run_task", since)
+            chunks["measure"] = task_seconds(client, "measure_chunk", since)
             same_features = np.array_equal(reference["encode"], np.asarray(
                 runs["encode"].open_array("features")[:]), equal_nan=True)
             same_rows = reference["measure"].equals(

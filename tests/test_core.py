@@ -26,7 +26,8 @@ def _blobs(n=600, k=4, dim=8, seed=0, spread=0.4):
 
 @pytest.mark.parametrize("module", ["skymorph.core.clustering", "skymorph.core.cluster_members",
                                     "skymorph.core.reduction", "skymorph.core.umap_fit",
-                                    "skymorph.core.apct"])
+                                    "skymorph.core.apct", "skymorph.core.hybrid",
+                                    "skymorph.core.measure_tasks"])
 def test_the_examples_in_the_docstrings_run(module):
     """Every Examples section is real code with the output shown (UMAP fits are skipped:
     numba compiles for about a minute)."""

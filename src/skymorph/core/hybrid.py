@@ -19,11 +19,18 @@ galaxies, :mod:`skymorph.core.nuisance`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["HybridFeatures", "combine_features", "prepare_features"]
+__all__ = ["HybridFeatures", "combine_features", "prepare_features", "stamp_descriptors",
+           "descriptor_attributes", "NuisanceCopies", "nuisance_copies"]
+
+DESCRIPTORS_NOTE = ("cheap shape descriptors used as clustering features (skymorph.core.descriptors); "
+                    "not physical measurements: `skymorph measure` gives those")
+"""Why the ``descriptors`` array of a run is not a measurement (stored with it)."""
 
 
 @dataclass
@@ -177,3 +184,134 @@ def prepare_features(deep: np.ndarray, descriptors: np.ndarray | None = None, *,
                        for c in range(copies.shape[0])])
         return nuisance_projection(x, xa, rows, dims=projection_dims).apply(x)
     return x
+
+
+def stamp_descriptors(stamps: Any, *, levels: Sequence[float], chunk_size: int,
+                      rows: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """The shape descriptors of the first ``rows`` stamps, ``chunk_size`` stamps at a time.
+
+    Only one chunk of stamps is in memory at once, so ``stamps`` may be a Zarr array of a
+    run as well as an ndarray.
+
+    Parameters
+    ----------
+    stamps : array-like, shape (N, H, W)
+        Anything sliceable along axis 0 (ndarray, Zarr array).
+    levels : sequence of float
+        Isophote levels (:func:`skymorph.core.descriptors.descriptors_at_levels`).
+    chunk_size : int
+        Stamps read and described at a time.
+    rows : int, optional
+        How many stamps, from the first (all by default).
+
+    Returns
+    -------
+    values : ndarray, shape (rows, len(levels) * P), float32
+    names : list of str
+        The column names.
+
+    See Also
+    --------
+    skymorph.core.descriptors.descriptors_at_levels : the descriptors of one block.
+    descriptor_attributes : what a run stores beside them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> yy, xx = np.mgrid[:32, :32]
+    >>> blob = np.exp(-((xx - 16) ** 2 + (yy - 16) ** 2) / 20.0)
+    >>> values, names = stamp_descriptors(np.stack([blob] * 5), levels=(0.2,), chunk_size=2)
+    >>> values.shape[0], len(names) == values.shape[1]
+    (5, True)
+    """
+    from .descriptors import descriptors_at_levels
+
+    n = len(stamps) if rows is None else int(rows)
+    parts, names = [], []
+    for lo in range(0, n, chunk_size):
+        block = np.asarray(stamps[lo:lo + chunk_size], dtype=np.float32)
+        values, names = descriptors_at_levels(block, levels=levels)
+        parts.append(values)
+    return np.vstack(parts), names
+
+
+def descriptor_attributes(names: Sequence[str]) -> dict[str, Any]:
+    """The attributes stored with the descriptors: column names, units (radii in pixels,
+    the rest without unit) and :data:`DESCRIPTORS_NOTE`.
+
+    Examples
+    --------
+    >>> descriptor_attributes(["gini", "r50"])["units"]
+    ['', 'pix']
+    """
+    units = ["pix" if name.split("_")[0] in ("r20", "r50", "r80") else "" for name in names]
+    return {"columns": list(names), "units": units, "note": DESCRIPTORS_NOTE}
+
+
+@dataclass
+class NuisanceCopies:
+    """What the nuisance projection of :func:`prepare_features` needs of the copies (its
+    parameters of the same names)."""
+
+    rows: np.ndarray
+    """The galaxies copied, shape (M,)."""
+    copies: np.ndarray
+    """Encoder features of the copies, shape (C, M, D)."""
+    copy_descriptors: np.ndarray | None
+    """Their shape descriptors, shape (C, M, P), when asked for."""
+
+
+def nuisance_copies(sample: np.ndarray, rows: np.ndarray, *, encode: Callable[[np.ndarray], np.ndarray],
+                    copies: int = 2, seed: int = 42,
+                    descriptor_levels: Sequence[float] | None = None) -> NuisanceCopies:
+    """Encoder features (and descriptors) of seeded nuisance copies of a sample of stamps.
+
+    Copies whose features are not finite (copies of empty stamps) drop their galaxy from
+    every copy, since the projection needs each galaxy in every copy.
+
+    Parameters
+    ----------
+    sample : ndarray, shape (M, H, W)
+        The stamps of the galaxies ``rows``.
+    rows : ndarray of int, shape (M,)
+        Their rows in the run.
+    encode : callable
+        Stamps (M, H, W) -> features (M, D), e.g. an encoder's ``encode`` at its batch size.
+    copies : int
+        Copies per stamp (:func:`skymorph.core.nuisance.augment`).
+    seed : int
+        Seed of the copies.
+    descriptor_levels : sequence of float, optional
+        Also describe the copies at these isophote levels (when the descriptors are a block
+        of the features).
+
+    Returns
+    -------
+    NuisanceCopies
+
+    See Also
+    --------
+    skymorph.core.nuisance.augment : the copies.
+    prepare_features : uses them for ``projection = "nuisance"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> stamps = np.random.default_rng(0).normal(size=(6, 16, 16)).astype(np.float32)
+    >>> out = nuisance_copies(stamps, np.arange(6), encode=lambda x: x.mean(axis=(1, 2))[:, None],
+    ...                       copies=2, seed=0)
+    >>> out.copies.shape, out.copy_descriptors is None
+    ((2, 6, 1), True)
+    """
+    from .descriptors import descriptors_at_levels
+    from .nuisance import augment
+
+    copied = augment(sample, copies=copies, seed=seed)
+    features = np.stack([encode(c) for c in copied])
+    if not np.isfinite(features).all():  # copies of empty stamps: drop those galaxies
+        ok = np.isfinite(features).all(axis=(0, 2))
+        rows, features, copied = rows[ok], features[:, ok], copied[:, ok]
+    copy_desc = None
+    if descriptor_levels is not None:
+        copy_desc = np.stack([descriptors_at_levels(c, levels=descriptor_levels)[0] for c in copied])
+    return NuisanceCopies(rows=rows, copies=features, copy_descriptors=copy_desc)

@@ -9,6 +9,7 @@ choice depends on the run's arrays the caller passes ``has_array``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ from .uncertainty import RESAMPLED_QUANTITIES, SERSIC_ERROR_COLUMNS
 
 __all__ = ["NONLINEAR_SUFFIXES", "linear_flags", "refuse_nonlinear", "weights_source", "psf_source",
            "MeasureTask", "plan_tasks", "measure_task", "EXTRA_COLUMNS", "row_schema", "pixel_scales",
-           "zeropoints", "pop_segmaps", "finish_rows"]
+           "zeropoints", "pop_segmaps", "finish_rows", "psf_digest", "check_inputs", "resampled_psf_note",
+           "MeasureCounts"]
 
 NONLINEAR_SUFFIXES = (".jpg", ".jpeg", ".png")
 """Input files whose pixels are display-scaled (gamma, stretch, 8-bit), not flux."""
@@ -311,3 +313,111 @@ def finish_rows(rows: list[dict[str, Any]], *, linear: np.ndarray, scale: np.nda
         row["mag_sersic"] = float(magnitude(sersic_total_flux(
             row["sersic_amplitude"], row["sersic_rhalf"], row["sersic_n"], row["sersic_ellip"]),
             zeropoint[i]))
+
+
+def psf_digest(psf: np.ndarray) -> str:
+    """A short hash of a PSF image's values and shape: what the stage's fingerprint records of
+    ``psf_file``, so that a changed file (not only a renamed one) recomputes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> len(psf_digest(np.ones((3, 3))))
+    16
+    >>> psf_digest(np.ones((3, 3))) == psf_digest(np.ones((9,)))
+    False
+    """
+    return hashlib.sha256(psf.tobytes() + str(psf.shape).encode()).hexdigest()[:16]
+
+
+def check_inputs(stamps: tuple[int, ...], *, weights: tuple[str, tuple[int, ...]] | None = None,
+                 psfs: tuple[int, ...] | None = None) -> None:
+    """Refuse error maps and PSFs that do not fit the stamps, before anything is measured.
+
+    Parameters
+    ----------
+    stamps : tuple of int
+        Shape of the stamps, (N, S, S).
+    weights : (str, tuple of int), optional
+        Name and shape of the per-pixel error array, which must be the stamps'.
+    psfs : tuple of int, optional
+        Shape of the run's PSF array: one PSF per stamp, (N, P, P).
+
+    Raises
+    ------
+    MeasureError
+        A shape that does not fit (the message gives both).
+
+    Examples
+    --------
+    >>> check_inputs((10, 64, 64), weights=("rms", (10, 64, 64)), psfs=(10, 25, 25))
+    >>> check_inputs((10, 64, 64), psfs=(1, 25, 25))
+    Traceback (most recent call last):
+    ...
+    skymorph.core.stampmeasure.MeasureError: the run's psf array has shape (1, 25, 25); ...
+    """
+    if weights is not None and tuple(weights[1]) != tuple(stamps):
+        raise MeasureError(f"weight array '{weights[0]}' has shape {weights[1]}; "
+                           f"it must match the stamps {stamps}")
+    if psfs is not None and (len(psfs) != 3 or psfs[0] != stamps[0]):
+        raise MeasureError(f"the run's psf array has shape {psfs}; it must be N x P x P "
+                           f"with N = {stamps[0]} (one PSF per stamp)")
+
+
+def resampled_psf_note(sources: pd.DataFrame, psf_label: str) -> str | None:
+    """A warning when a PSF is used on stamps that ingest resampled: the PSF is taken to be
+    at the stamps' pixel scale, which a resampled stamp no longer has.  ``None`` otherwise.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> resampled_psf_note(pd.DataFrame({"framing": ["pad", "resample"]}), "file")
+    "some stamps were resampled at ingest; the PSF (file) is taken to be at the stamps' pixel scale"
+    >>> resampled_psf_note(pd.DataFrame({"framing": ["resample"]}), "none") is None
+    True
+    """
+    if psf_label != "none" and "framing" in sources and sources["framing"].astype(str).eq("resample").any():
+        return (f"some stamps were resampled at ingest; the PSF ({psf_label}) is taken to be at the "
+                "stamps' pixel scale")
+    return None
+
+
+@dataclass
+class MeasureCounts:
+    """Running counts of finished rows (:func:`finish_rows`) for the stage's summary.
+
+    Examples
+    --------
+    >>> counts = MeasureCounts(weights_label="gain")
+    >>> counts.add([{"measure_ok": True, "measure_psf": "none", "measure_weights": "gain", "flag": 0,
+    ...              "flag_sersic": 2, "sersic_ok": False, "g2_reliable": True}])
+    >>> counts.n_measured, counts.n_sersic_bad, counts.n_weights
+    (1, 1, 1)
+    """
+
+    weights_label: str
+    """``measure_weights`` of the rows measured with the chosen errors."""
+    n_measured: int = 0
+    n_psf: int = 0
+    n_weights: int = 0
+    n_flag_bad: int = 0
+    n_sersic_bad: int = 0
+    n_sersic_ok: int = 0
+    n_g2_reliable: int = 0
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        """Count a block of finished rows."""
+        self.n_measured += sum(r["measure_ok"] for r in rows)
+        self.n_psf += sum(r["measure_psf"] != "none" for r in rows)
+        self.n_weights += sum(r["measure_weights"] == self.weights_label for r in rows)
+        self.n_flag_bad += sum(r["flag"] >= 2 for r in rows)
+        self.n_sersic_bad += sum(r["flag_sersic"] >= 2 for r in rows)
+        self.n_sersic_ok += sum(r["sersic_ok"] for r in rows)
+        self.n_g2_reliable += sum(r["g2_reliable"] for r in rows)
+
+    def summary(self, *, n: int, workers: int, n_nonlinear: int, psf: str) -> dict[str, Any]:
+        """The stage summary of ``n`` galaxies (the keys of ``summaries.MeasureSummary``)."""
+        return dict(n_galaxies=n, n_measured=self.n_measured, n_failed=n - self.n_measured,
+                    n_flag_bad=self.n_flag_bad, n_sersic_bad=self.n_sersic_bad, n_sersic_ok=self.n_sersic_ok,
+                    n_g2_reliable=self.n_g2_reliable, workers=workers, n_nonlinear=n_nonlinear, psf=psf,
+                    n_psf=self.n_psf, weights=self.weights_label, n_weights=self.n_weights)

@@ -51,6 +51,7 @@ __all__ = [
     "ReduceError",
     "ReduceResult",
     "check_features",
+    "expansion_note",
     "knn_graph",
     "fit_umap",
     "scan_dims",
@@ -330,6 +331,45 @@ def place_rows(block: np.ndarray, start: int, fit_rows: np.ndarray, fitted: np.n
         with _umap_warnings():
             out[rest] = model.transform(np.ascontiguousarray(block[rest], dtype=np.float32))
     return out
+
+
+def expansion_note(n_features: int, dims: int, method: str = "umap") -> str | None:
+    """A warning when the "reduction" has more dimensions than the features it starts from.
+
+    UMAP accepts it (e.g. 128-d adapted-encoder features to the paper's 300-d), but it
+    reduces nothing: the extra axes only carry the optimiser's layout.
+
+    Parameters
+    ----------
+    n_features : int
+        Width of the features.
+    dims : int
+        Dimensions of the reduction.
+    method : str
+        The reduction method; only ``umap`` can expand.
+
+    Returns
+    -------
+    str or None
+        The warning, or ``None`` when ``dims`` is no more than ``n_features``.
+
+    See Also
+    --------
+    reduce_features : the reduction.
+
+    Examples
+    --------
+    >>> from skymorph.core.reduction import expansion_note
+    >>> expansion_note(1280, 300) is None
+    True
+    >>> expansion_note(128, 300)
+    'UMAP to 300 dimensions from 128-d features reduces nothing ... --dims 64 or --set reduce.method="none"'
+    """
+    if method != "umap" or int(dims) <= int(n_features):
+        return None
+    return (f"UMAP to {dims} dimensions from {n_features}-d features reduces nothing (the output has "
+            f"more axes than the input); consider --dims {max(2, int(n_features) // 2)} or "
+            f"--set reduce.method=\"none\"")
 
 
 def standardise(features: np.ndarray) -> np.ndarray:

@@ -1,6 +1,30 @@
 """Measuring stamps: segmentation, statmorph, Psi and G2 of one stamp or a block of them
 (what each worker of ``skymorph measure`` runs; the stage, :mod:`skymorph.stages.measure`,
-reads the run and writes the table)."""
+reads the run and writes the table).
+
+Each stamp:
+
+1. the background level ingest measured is subtracted;
+2. the stamp is segmented with photutils (smoothing, detection, deblending) and the
+   segment at (or nearest to) the centre kept; other segments are masked;
+3. statmorph runs: Gini, M20, C, A, S, M, I, D, single-Sersic n and r_e (and every other
+   statmorph scalar), with statmorph's ``flag`` and ``flag_sersic``.  Per-pixel errors
+   (statmorph's weight map), first that applies: the array named by ``weight_array``; a
+   ``gain``; the run's ``rms`` array; the stamp's background sigma as a constant.  PSF of
+   the Sersic fits: the ``psf_file`` setting, else the run's ``psf`` array (one per
+   stamp), else none;
+4. the multiplicity Psi (Law et al. 2007) and the gradient asymmetry G2 (Rosa et al.
+   2018) are added, the latter with a noise tolerance and a ``g2_reliable`` flag below
+   ``g2_min_sn``.
+
+Every raw value is kept, with one validity flag per family (:mod:`skymorph.core.quality`):
+``nonparam_ok`` (statmorph's flag 0/1, the same as ``measure_ok``), ``sersic_ok``
+(flag_sersic 0/1) and ``g2_reliable``.  Also given: the Sersic parameters' errors from the
+fit covariance and optional noise-resampled errors of the non-parametric values
+(``resamples``); the stage adds r_e in arcsec where the pixel scale is known, magnitudes
+where a zero point is known (``zeropoint``, else the header's MAGZERO / PHOTZP) and
+``measure_linear`` (:func:`skymorph.core.measure_tasks.finish_rows`).
+"""
 
 from __future__ import annotations
 

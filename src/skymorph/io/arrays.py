@@ -110,3 +110,13 @@ def iter_chunks(array: zarr.Array | np.ndarray, size: int | None = None
         size = array.chunks[0] if hasattr(array, "chunks") else 1024
     for start in range(0, n, size):
         yield start, np.asarray(array[start : start + size])
+
+
+
+def write_rows(run: RunDir, name: str, data: np.ndarray, chunk: int) -> zarr.Array:
+    """Write ``data`` as the new array ``name`` of ``run`` (:meth:`RunDir.create_array`,
+    chunked by ``chunk`` items), one chunk at a time along axis 0."""
+    array = run.create_array(name, data.shape, chunk)
+    for start in range(0, data.shape[0], chunk):
+        array[start:start + chunk] = data[start:start + chunk]
+    return array

@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import pandas as pd
 
 __all__ = ["Figure", "type_colours", "raincloud_figure", "gini_m20_figure", "completeness_figure",
            "kept_rejected_figure", "maps_figure", "stamps_figure", "stamps_axes", "reliability_plot",
+           "plot_scan",
            "WIDTH_IN", "DPI"]
 
 WIDTH_IN = 13.0
@@ -345,3 +347,53 @@ def reliability_plot(cv: dict[str, Any], path: str | os.PathLike) -> None:
     ax.set_title(f"reliability: ECE {cv['ece']:.3f} (uncalibrated {cv['ece_uncalibrated']:.3f})", fontsize=9)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_scan(scan: pd.DataFrame, path: str | os.PathLike, best: int | None = None) -> Path:
+    """Plot the Davies-Bouldin index of reduce's dimension scan against d (PNG) and return the path.
+
+    Parameters
+    ----------
+    scan : DataFrame
+        The scan table of :func:`skymorph.core.reduction.scan_dims` (columns ``dims``,
+        ``davies_bouldin``).
+    path : str or Path
+        The PNG file to write (``reduce/dims_scan.png`` in a run).
+    best : int, optional
+        The chosen d, circled in red.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    See Also
+    --------
+    skymorph.core.reduction.scan_dims : computes the table.
+
+    Examples
+    --------
+    >>> scan = pd.DataFrame({"dims": [50, 100], "davies_bouldin": [1.2, 0.9]})
+    >>> plot_scan(scan, tmp_path / "scan.png", best=100).name  # doctest: +SKIP
+    'scan.png'
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    ax.plot(scan["dims"], scan["davies_bouldin"], "o-", color="C0")
+    if best is not None:
+        row = scan[scan["dims"] == best].iloc[0]
+        ax.plot([best], [row["davies_bouldin"]], "o", color="C3", ms=10, mfc="none",
+                label=f"lowest: d = {best}")
+        ax.legend(frameon=False)
+    ax.set_xlabel("UMAP dimension d")
+    ax.set_ylabel("Davies-Bouldin index (K-means)")
+    ax.set_title("Choice of the UMAP dimension")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

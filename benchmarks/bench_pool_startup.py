@@ -38,7 +38,8 @@ For each, in a fresh Python process per repeat (the parent has imported
   :func:`skymorph.core.compute.ordered_map`, the bounded ordered map the stages use,
   with 4 tasks in flight (``2 * workers``, as :func:`~skymorph.core.parallel.map_ordered`);
 * ``measure``: seconds to map the per-chunk work of ``skymorph measure``
-  (``skymorph.stages.measure._run_task``: read the stamps, segmentation, statmorph with
+  (``skymorph.stages.measure._run_task``, ``skymorph.io.measurements.measure_chunk``
+  since issue 18 moved it: read the stamps, segmentation, statmorph with
   the Sersic fit and the run's PSFs, Psi, G2) over the 100 bundled COSMOS stamps in
   chunks of 32 (the default), again through ``ordered_map``; spawned workers import
   statmorph during their first chunk, so that cost is in this column;
@@ -95,11 +96,26 @@ SRC = HERE.parent / "src"
 MECHANISMS = ("pool-fork", "pool-forkserver", "dask", "loky", "loky-preload", "serial")
 GUARD_MECHANISMS = ("pool-fork", "pool-forkserver", "pool-forkserver-raw", "dask", "dask-hidden",
                     "dask-hidden-restart", "loky")
-MEASURE_PRELOAD = ["skymorph.stages.measure", "skymorph.core.morphometry", "statmorph",
-                   "photutils.segmentation"]
-"""What stages/measure.py preloads in the forkserver."""
 IN_FLIGHT = 4
 WORKERS = 2
+
+
+def _chunk_function() -> tuple[Any, str]:
+    """Measure's per-chunk worker function and its module (it moved in issue 18)."""
+    import importlib
+
+    for module, name in (("skymorph.io.measurements", "measure_chunk"),
+                         ("skymorph.stages.measure", "_run_task")):
+        try:
+            return getattr(importlib.import_module(module), name), module
+        except (ImportError, AttributeError):
+            continue
+    raise SystemExit("no measure chunk function found (skymorph.io.measurements.measure_chunk)")
+
+
+def _measure_preload() -> list[str]:
+    """What measure preloads in the forkserver: the chunk function's module and statmorph's."""
+    return [_chunk_function()[1], "skymorph.core.morphometry", "statmorph", "photutils.segmentation"]
 
 
 # --- tasks (module level, so that every mechanism pickles them by reference) -----------------
@@ -118,7 +134,7 @@ def preload_measure() -> None:
     """loky's initializer for ``loky-preload``: import what measure's chunks import."""
     import importlib
 
-    for name in MEASURE_PRELOAD:
+    for name in _measure_preload():
         importlib.import_module(name)
 
 
@@ -153,7 +169,7 @@ def child(mechanism: str, run_path: str, n_tiny: int) -> dict[str, Any]:
     """Time one mechanism in this (fresh) process; the figures as a dict."""
     import bench_pool_startup as me  # this file by its module name: its tasks pickle by reference
     from skymorph.core import compute, parallel
-    from skymorph.stages import measure as measure_stage
+    chunk_function, _ = _chunk_function()
 
     tasks, cfg = _demo_tasks(run_path)
     if mechanism == "pool-forkserver":
@@ -161,7 +177,7 @@ def child(mechanism: str, run_path: str, n_tiny: int) -> dict[str, Any]:
     stop: Any
     t0 = time.perf_counter()
     if mechanism.startswith("pool"):
-        pool = parallel.start_pool(WORKERS, MEASURE_PRELOAD)
+        pool = parallel.start_pool(WORKERS, _measure_preload())
         submit, stop = pool.submit, lambda: pool.shutdown(wait=True)
         how = pool._mp_context.get_start_method()
     elif mechanism == "dask":
@@ -201,7 +217,7 @@ def child(mechanism: str, run_path: str, n_tiny: int) -> dict[str, Any]:
     out = list(compute.ordered_map(me.tiny, range(n_tiny), (), submit=submit, in_flight=IN_FLIGHT))
     assert out == [i + 1 for i in range(n_tiny)]
     t2 = time.perf_counter()
-    chunks = list(compute.ordered_map(measure_stage._run_task, tasks, (cfg,), submit=submit,
+    chunks = list(compute.ordered_map(chunk_function, tasks, (cfg,), submit=submit,
                                       in_flight=IN_FLIGHT))
     t3 = time.perf_counter()
     stop()

@@ -3,6 +3,7 @@ they are recorded, the run directory is locked and checked, pools work from any 
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 import subprocess
 import sys
@@ -114,6 +115,26 @@ def test_measure_from_an_unguarded_script_runs_the_script_once(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("SCRIPT BODY RUNS") == 1
     assert "MEASURED" in result.stdout
+
+
+def test_forked_workers_keep_the_scripts_main_module(tmp_path):
+    """A single-threaded script's pool forks; its workers must see the script's own ``__main__``
+    (a blanked one made astropy's first import fail there and lost a galaxy per worker)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        from skymorph.core.parallel import start_pool
+        pool = start_pool(2)
+        print("START", pool._mp_context.get_start_method())
+        print("MAIN", pool.submit(eval, "__import__('sys').modules['__main__'].__file__").result())
+        pool.shutdown()
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "START fork" in result.stdout
+    assert f"MAIN {script}" in result.stdout
 
 
 def test_second_writer_fails_fast_naming_the_holder(reduced_run, capsys):

@@ -82,8 +82,11 @@ def start_pool(workers: int, preload: Sequence[str] = ()) -> ProcessPoolExecutor
         return nullcontext(None)  # type: ignore[return-value]
     context = _context(preload)
     pool = ProcessPoolExecutor(workers, mp_context=context)
+    # forked workers import nothing of the script, but they copy a hidden __main__ and keep it
+    # (then e.g. astropy's first import there fails): hide it only for forkserver and spawn
+    forked = context.get_start_method() == "fork"
     try:
-        with _main_module_hidden():
+        with nullcontext() if forked else _main_module_hidden():
             for future in [pool.submit(os.getpid) for _ in range(workers)]:
                 future.result()
     except BrokenProcessPool as exc:

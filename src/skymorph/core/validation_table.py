@@ -3,21 +3,25 @@
 The validate stage (:mod:`skymorph.stages.validate`) reads the catalog, the
 measurements, the sources and the user's physical catalog; these functions join the
 physical catalog on its ids, find the stellar-mass, redshift and magnitude columns and
-derive ``log_mass`` and ``r_e`` (kpc when a redshift and a pixel scale are known).
-Plain tables in, tables and notes out: no run directory.
+derive ``log_mass`` and ``r_e`` (kpc when a redshift and a pixel scale are known), and
+:class:`PartTable` gives the report's parts the rows they read (the per-type sample, the
+kept galaxies, the array rows). Plain tables in, tables and notes out: no run directory.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..errors import SkymorphError
+from .validation import typed_sample
 from .validation_stats import kpc_per_arcsec
 
-__all__ = ["ValidateError", "NAME_CANDIDATES", "find_column", "id_text", "join_physical", "physical_columns"]
+__all__ = ["ValidateError", "NAME_CANDIDATES", "find_column", "id_text", "join_physical", "physical_columns",
+           "PartTable"]
 
 
 class ValidateError(SkymorphError, ValueError):
@@ -185,3 +189,44 @@ def physical_columns(table: pd.DataFrame, *, mass_col: str | None, z_col: str | 
             notes.append("r_e in pixels (a redshift column and a pixel scale give kpc)")
     cols["r_e_unit"] = unit
     return table, cols, notes
+
+
+@dataclass
+class PartTable:
+    """The assembled catalog as every part of the report reads it.
+
+    Two copies of the same rows, because the parts compute on valid values only but say
+    how many raw values the validity flags left out.
+    """
+
+    table: pd.DataFrame
+    """The assembled catalog, every measured value its family's flag calls invalid set to NaN."""
+    raw: pd.DataFrame
+    """The same rows with the raw values (to count what was left out)."""
+    cols: dict[str, Any]
+    """The roles of :func:`physical_columns` (``mass``, ``z``, ``mag``, ``r_e_unit``)."""
+    types: list[str]
+    """The experts' types (upper case), the unclassified one last."""
+
+    def raw_rows(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """The raw values of ``rows`` (rows of :attr:`table`)."""
+        return self.raw.loc[rows.index]
+
+    def sample(self, notes: list[str], *, exclude_unc: bool, min_mass: float | None) -> pd.DataFrame:
+        """The per-type sample (:func:`~skymorph.core.validation.typed_sample`); its notes go to ``notes``."""
+        sample, more = typed_sample(self.table, self.types, self.types[-1], exclude_unc, self.cols["mass"],
+                                    min_mass)
+        notes.extend(more)
+        return sample
+
+    def kept(self) -> np.ndarray | None:
+        """Which galaxies are in the consensus sample; None without a ``consensus`` column."""
+        if "consensus" not in self.table.columns:
+            return None
+        return self.table["consensus"].fillna(False).astype(bool).to_numpy()
+
+    def rows(self) -> np.ndarray:
+        """Each galaxy's array row (-1: none)."""
+        if "index" not in self.table.columns:
+            return np.full(len(self.table), -1)
+        return pd.to_numeric(self.table["index"], errors="coerce").fillna(-1).to_numpy(int)

@@ -479,3 +479,20 @@ def test_report_has_a_section_on_special_objects(report_run, tmp_path):  # noqa:
     assert part["anomaly"]["top"][0]["id"] == str(catalog["id"].iloc[-1])
     html = (run.path / "report" / "report.html").read_text()
     assert 'id="special-types"' in html and "tidal (" in html and 'id="anomalies"' in html
+
+
+@pytest.mark.parametrize("only", ["anomaly_score", "subcluster"])
+def test_report_with_only_anomaly_or_only_subclasses(report_run, tmp_path, only):  # noqa: F811
+    """``anomaly`` without ``subdivide`` (and the reverse) used to crash the page's template."""
+    from skymorph.stages.validate import validate
+
+    shutil.copytree(report_run.path, tmp_path / "run")
+    run = RunDir(tmp_path / "run")
+    catalog = run.catalog()
+    n = len(catalog)
+    column = np.linspace(0, 1, n) if only == "anomaly_score" else np.where(np.arange(n) % 2, "0.1", "0.0")
+    run.update_catalog(pd.DataFrame({"id": catalog["id"], only: column}))
+    validate(run, force=True, progress=False)
+    html = (run.path / "report" / "report.html").read_text()
+    assert ('id="anomalies"' in html) == (only == "anomaly_score")
+    assert ('id="special-types"' in html) == (only == "subcluster")

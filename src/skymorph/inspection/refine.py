@@ -36,7 +36,8 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
-from ..io.rundir import RunDir, RunDirError
+from ..io.arrays import galaxy_array
+from ..io.rundir import RunDir
 from .montage import InspectError, consensus_labels
 from .votes import CsvStore, _now, clean_expert
 
@@ -158,17 +159,8 @@ def training_labels(run: RunDir, config: Config, catalog: pd.DataFrame | None = 
 
 
 def _features(run: RunDir, config: Config, n: int) -> np.ndarray:
-    name = config.extend.input
-    try:
-        x = np.asarray(run.open_array(name)[:], dtype=np.float32)
-    except RunDirError:
-        stage = "encode" if name == "features" else "reduce"
-        raise InspectError(f"{run.path} has no '{name}' array; run `skymorph {stage} {run.path}` "
-                           "first") from None
-    if x.shape[0] != n:
-        raise InspectError(f"the '{name}' array has {x.shape[0]} rows but the catalog {n}; "
-                           "re-run the pipeline")
-    return x
+    array = galaxy_array(run, config.extend.input, n, error=InspectError)
+    return np.asarray(array[:], dtype=np.float32)
 
 
 def refine_page(run: RunDir, config: Config, *, x: np.ndarray | None = None,

@@ -120,3 +120,30 @@ def write_rows(run: RunDir, name: str, data: np.ndarray, chunk: int) -> zarr.Arr
     for start in range(0, data.shape[0], chunk):
         array[start:start + chunk] = data[start:start + chunk]
     return array
+
+
+def input_stage(name: str) -> str:
+    """The stage that writes the per-galaxy input array ``name`` (``features`` or ``embedding``)."""
+    return "encode" if name == "features" else "reduce"
+
+
+def galaxy_array(run: RunDir, name: str, n: int, *, error: type[Exception], hint: str = "") -> zarr.Array:
+    """The run's array ``name``, checked to hold one row per catalog row (``n``).
+
+    Raises
+    ------
+    error
+        The array is missing (the message names the stage that writes it, then ``hint``) or
+        its rows do not match the catalog's.
+    """
+    from .rundir import RunDirError
+
+    try:
+        array = run.open_array(name)
+    except RunDirError:
+        raise error(f"{run.path} has no '{name}' array; run `skymorph {input_stage(name)} {run.path}` "
+                    f"first{hint}") from None
+    if array.shape[0] != n:
+        raise error(f"the '{name}' array has {array.shape[0]} rows but the catalog {n}; re-run the "
+                    "pipeline stages")
+    return array

@@ -20,7 +20,8 @@ import pandas as pd
 from ..config import Config
 from ..errors import SkymorphError
 from ..inspection.montage import SHOWN_COLUMNS, draw_grid
-from ..io.rundir import RunDir, RunDirError
+from ..io.arrays import galaxy_array, input_stage
+from ..io.rundir import RunDir
 from . import Stage, StageContext, execute
 
 __all__ = ["anomaly", "AnomalyStageError"]
@@ -33,7 +34,7 @@ class AnomalyStageError(SkymorphError, ValueError):
 
 
 def _input_stage(config: Config) -> str:
-    return "encode" if config.anomaly.input == "features" else "reduce"
+    return input_stage(config.anomaly.input)
 
 
 def _compute(ctx: StageContext) -> dict[str, Any]:
@@ -42,14 +43,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     run, config = ctx.run, ctx.config
     cfg = config.anomaly
     catalog = run.catalog()
-    try:
-        x = np.asarray(run.open_array(cfg.input)[:], dtype=np.float32)
-    except RunDirError:
-        raise AnomalyStageError(f"{run.path} has no '{cfg.input}' array; run `skymorph "
-                                f"{_input_stage(config)} {run.path}` first") from None
-    if x.shape[0] != len(catalog):
-        raise AnomalyStageError(f"the '{cfg.input}' array has {x.shape[0]} rows but the catalog "
-                                f"{len(catalog)}; re-run the pipeline stages")
+    x = np.asarray(galaxy_array(run, cfg.input, len(catalog), error=AnomalyStageError)[:], dtype=np.float32)
     try:
         score = anomaly_scores(x, method=cfg.method, n_neighbors=cfg.n_neighbors, dims=cfg.dims,
                                reference=cfg.reference, seed=cfg.seed, scaling=cfg.scaling)

@@ -35,9 +35,10 @@ from ..config import Config
 from ..core.extend import agreement_name
 from ..core.extend_types import OOD, PHYSICAL, physical_comparison  # noqa: F401 - re-exported
 from ..errors import SkymorphError
+from ..io.arrays import galaxy_array, input_stage
 from ..io.atomic import write_text_atomic
 from ..io.csvfile import write_csv
-from ..io.rundir import RunDir, RunDirError
+from ..io.rundir import RunDir
 from ..report.figures import reliability_plot
 from . import Stage, StageContext, execute
 
@@ -73,7 +74,7 @@ def _training(run: RunDir, config: Config, catalog: pd.DataFrame) -> dict[str, n
 
 
 def _input_stage(config: Config) -> str:
-    return "encode" if config.extend.input == "features" else "reduce"
+    return input_stage(config.extend.input)
 
 
 def _extra(ctx: StageContext) -> dict[str, Any]:
@@ -90,16 +91,8 @@ def _extra(ctx: StageContext) -> dict[str, Any]:
 
 def _input(run: RunDir, name: str, n: int) -> np.ndarray:
     """The classifier's input array (``extend.input``), one row per catalog row."""
-    try:
-        x = np.asarray(run.open_array(name)[:], dtype=np.float32)
-    except RunDirError:
-        stage = "encode" if name == "features" else "reduce"
-        raise ExtendStageError(f"{run.path} has no '{name}' array; run `skymorph {stage} {run.path}` "
-                               "first, or set extend.input") from None
-    if x.shape[0] != n:
-        raise ExtendStageError(f"the '{name}' array has {x.shape[0]} rows but the catalog "
-                               f"{n}; re-run the pipeline stages")
-    return x
+    array = galaxy_array(run, name, n, error=ExtendStageError, hint=", or set extend.input")
+    return np.asarray(array[:], dtype=np.float32)
 
 
 def _compute(ctx: StageContext) -> dict[str, Any]:

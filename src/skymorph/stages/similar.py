@@ -28,7 +28,8 @@ import pandas as pd
 from ..config import Config
 from ..errors import SkymorphError
 from ..inspection.montage import SHOWN_COLUMNS, draw_grid, galaxy_table
-from ..io.rundir import RunDir, RunDirError
+from ..io.arrays import galaxy_array, input_stage
+from ..io.rundir import RunDir
 from ..io.runfiles import file_digest, safe_file_name
 from . import Argument, Stage, StageContext, apct_options, execute, stamp_options
 
@@ -108,7 +109,7 @@ def _cae_model(run: RunDir, config: Config) -> Any:
 
 
 def _input_stage(config: Config) -> str:
-    return "encode" if config.similar.input == "features" else "reduce"
+    return input_stage(config.similar.input)
 
 
 def _extra(ctx: StageContext) -> dict[str, Any]:
@@ -169,15 +170,8 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     run, config = ctx.run, ctx.config
     cfg = config.similar
     table = galaxy_table(run)
-    try:
-        x = run.open_array(cfg.input)
-    except RunDirError:
-        raise SimilarError(f"{run.path} has no '{cfg.input}' array; run `skymorph "
-                           f"{_input_stage(config)} {run.path}` first") from None
+    x = galaxy_array(run, cfg.input, len(table), error=SimilarError)
     n = int(x.shape[0])
-    if n != len(table):
-        raise SimilarError(f"the '{cfg.input}' array has {n} rows but the catalog {len(table)}; re-run the "
-                           "pipeline stages")
     names, exclude, queries, extra_stamp = _queries(ctx, x, table)
     q, exclude_arr = np.stack(queries), np.asarray(exclude, dtype=np.int64)
     k = min(cfg.n, n - 1) if n > 1 else 1

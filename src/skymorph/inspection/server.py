@@ -101,6 +101,7 @@ def parse_json_body(body: bytes) -> Any:
 
 
 _STATIC = {"/": ("app.html", "text/html; charset=utf-8"),
+           "/static/session.js": ("session.js", "text/javascript; charset=utf-8"),
            "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
            "/static/app.css": ("app.css", "text/css; charset=utf-8"),
            "/refine": ("refine.html", "text/html; charset=utf-8"),

@@ -1,40 +1,12 @@
 // skymorph voting application: one expert names each consensus cluster.
 // The server is the only source of truth: the page shows what votes.csv holds for this
 // expert, and a choice is marked only once the server has confirmed it was written.
-// Every request carries the session's token (from the ?token= of the address the server printed).
+// Every request carries the session's token (session.js, loaded first).
 "use strict";
 
 const state = { expert: null, clusters: [], types: [], votes: {}, index: 0, softening: null, cell: null,
                 flags: {} };
 const $ = (id) => document.getElementById(id);
-
-const token = (() => {
-  const fromUrl = new URLSearchParams(window.location.search).get("token");
-  if (fromUrl) {
-    sessionStorage.setItem("skymorph-token", fromUrl);
-    // keep the secret out of the address bar (and of screenshots and bookmarks)
-    window.history.replaceState(null, "", window.location.pathname);
-    return fromUrl;
-  }
-  return sessionStorage.getItem("skymorph-token") || "";
-})();
-
-function withToken(path) {
-  return `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
-}
-
-async function api(path, options) {
-  const opts = Object.assign({}, options || {});
-  opts.headers = Object.assign({ "X-Skymorph-Token": token }, opts.headers || {});
-  opts.credentials = "same-origin";
-  const response = await fetch(path, opts);
-  let body = null;
-  try { body = await response.json(); } catch (e) { body = null; }
-  if (!response.ok) {
-    throw new Error((body && body.error) || `server answered ${response.status}`);
-  }
-  return body;
-}
 
 function setStatus(text, isError) {
   const el = $("status");

@@ -5,31 +5,6 @@
 const teach = { expert: null, items: [], types: [], answers: {}, counts: null };
 const byId = (id) => document.getElementById(id);
 
-const refineToken = (() => {
-  const fromUrl = new URLSearchParams(window.location.search).get("token");
-  if (fromUrl) {
-    sessionStorage.setItem("skymorph-token", fromUrl);
-    window.history.replaceState(null, "", window.location.pathname);
-    return fromUrl;
-  }
-  return sessionStorage.getItem("skymorph-token") || "";
-})();
-
-function refineUrl(path) {
-  return `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(refineToken)}`;
-}
-
-async function refineApi(path, options) {
-  const opts = Object.assign({}, options || {});
-  opts.headers = Object.assign({ "X-Skymorph-Token": refineToken }, opts.headers || {});
-  opts.credentials = "same-origin";
-  const response = await fetch(path, opts);
-  let body = null;
-  try { body = await response.json(); } catch (e) { body = null; }
-  if (!response.ok) throw new Error((body && body.error) || `server answered ${response.status}`);
-  return body;
-}
-
 function refineStatus(text, isError) {
   const el = byId("refine-status");
   el.textContent = text;
@@ -39,7 +14,7 @@ function refineStatus(text, isError) {
 async function startTeaching(name) {
   name = name.replace(/\s+/g, " ").trim();
   if (!name) { byId("login-error").textContent = "Enter your name."; return; }
-  if (!refineToken) {
+  if (!token) {
     byId("login-error").textContent =
       "This page needs the address printed by `skymorph inspect refine` (it ends in ?token=\u2026).";
     return;
@@ -60,7 +35,7 @@ async function startTeaching(name) {
 
 async function loadPage() {
   refineStatus("Picking the galaxies the classifier is least sure of\u2026");
-  const data = await refineApi(`/api/refine/page?expert=${encodeURIComponent(teach.expert)}`);
+  const data = await api(`/api/refine/page?expert=${encodeURIComponent(teach.expert)}`);
   teach.items = data.items;
   teach.types = data.types;
   teach.answers = {};
@@ -80,7 +55,7 @@ function buildCards() {
     card.className = "card";
     card.dataset.row = item.row;
     const img = document.createElement("img");
-    img.src = refineUrl(item.png);
+    img.src = withToken(item.png);
     img.alt = `galaxy ${item.id}`;
     const caption = document.createElement("figcaption");
     caption.textContent = `galaxy ${item.id}`;
@@ -117,7 +92,7 @@ function refreshCounts() {
 async function answer(item, code) {
   refineStatus(`Saving galaxy ${item.id} = ${code}\u2026`);
   try {
-    await refineApi("/api/refine/label", {
+    await api("/api/refine/label", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ expert: teach.expert, row: item.row, type: code }),
@@ -145,6 +120,6 @@ byId("next-page").addEventListener("click", async () => {
 byId("to-clusters").addEventListener("click", (e) => {
   // keep the token: the clusters page reads it from the address
   e.preventDefault();
-  window.location.href = refineUrl("/");
+  window.location.href = withToken("/");
 });
 byId("expert-name").value = localStorage.getItem("skymorph-expert") || "";

@@ -90,6 +90,21 @@ def _kernels() -> dict:
     except ImportError:  # pragma: no cover - numba comes with umap-learn
         return _KERNELS
 
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def sample(padded, r, c, ny, nx):  # pragma: no cover - compiled
+        # one bilinear sample at (r, c) of the 1-pixel padded image, as skimage's order-1 warp
+        minr, minc = math.floor(r), math.floor(c)
+        maxr, maxc = math.ceil(r), math.ceil(c)
+        dr, dc = r - minr, c - minc
+        rlo = min(max(int(minr) + 1, 0), ny + 1)
+        rhi = min(max(int(maxr) + 1, 0), ny + 1)
+        clo = min(max(int(minc) + 1, 0), nx + 1)
+        chi = min(max(int(maxc) + 1, 0), nx + 1)
+        one_dc = 1 - dc
+        top = one_dc * padded[rlo, clo] + dc * padded[rlo, chi]
+        bottom = one_dc * padded[rhi, clo] + dc * padded[rhi, chi]
+        return (1 - dr) * top + dr * bottom
+
     @numba.njit(cache=True, nogil=True)
     def bilinear(padded, h, r0, r1, c0, c1):  # pragma: no cover - compiled
         ny, nx = padded.shape[0] - 2, padded.shape[1] - 2
@@ -100,17 +115,7 @@ def _kernels() -> dict:
                 col = float(c0 + j)
                 c = (h[0, 0] * col + h[0, 1] * row) + h[0, 2]
                 r = (h[1, 0] * col + h[1, 1] * row) + h[1, 2]
-                minr, minc = math.floor(r), math.floor(c)
-                maxr, maxc = math.ceil(r), math.ceil(c)
-                dr, dc = r - minr, c - minc
-                rlo = min(max(int(minr) + 1, 0), ny + 1)
-                rhi = min(max(int(maxr) + 1, 0), ny + 1)
-                clo = min(max(int(minc) + 1, 0), nx + 1)
-                chi = min(max(int(maxc) + 1, 0), nx + 1)
-                one_dc = 1 - dc
-                top = one_dc * padded[rlo, clo] + dc * padded[rlo, chi]
-                bottom = one_dc * padded[rhi, clo] + dc * padded[rhi, chi]
-                out[i, j] = (1 - dr) * top + dr * bottom
+                out[i, j] = sample(padded, r, c, ny, nx)
         return out
 
     @numba.njit(cache=True, nogil=True)
@@ -153,17 +158,7 @@ def _kernels() -> dict:
             for j in range(c1 - c0):
                 c = (col_c[j] + row_c) + h02
                 r = (col_r[j] + row_r) + h12
-                minr, minc = math.floor(r), math.floor(c)
-                maxr, maxc = math.ceil(r), math.ceil(c)
-                dr, dc = r - minr, c - minc
-                rlo = min(max(int(minr) + 1, 0), ny + 1)
-                rhi = min(max(int(maxr) + 1, 0), ny + 1)
-                clo = min(max(int(minc) + 1, 0), nx + 1)
-                chi = min(max(int(maxc) + 1, 0), nx + 1)
-                one_dc = 1 - dc
-                top = one_dc * padded[rlo, clo] + dc * padded[rlo, chi]
-                bottom = one_dc * padded[rhi, clo] + dc * padded[rhi, chi]
-                rotated = (1 - dr) * top + dr * bottom
+                rotated = sample(padded, r, c, ny, nx)
                 if rotated < lo:
                     rotated = lo
                 if rotated > hi:

@@ -147,7 +147,9 @@ def test_a_summary_that_is_not_a_plain_literal_is_read_by_importing_only_the_plu
 
 
 def test_the_quick_look_agrees_with_importlib_metadata(site):
-    assert registry._may_have_plugins() is bool(entry_points(group=registry.GROUP))
+    # the quick look may say "maybe" where there is none (an editable install's finder on
+    # sys.meta_path, as in a fresh venv), never "none" where importlib.metadata finds one
+    assert registry._may_have_plugins() or not entry_points(group=registry.GROUP)
     _hello(site)
     assert registry._may_have_plugins() is bool(entry_points(group=registry.GROUP)) is True
 

@@ -19,6 +19,7 @@ import pytest
 import skymorph
 from skymorph import registry
 from skymorph.cli import build_parser, main
+from skymorph.config import ConfigError, _fields
 from skymorph.io.rundir import RunDir
 from skymorph.stages import PluginError, get_stage
 
@@ -74,6 +75,46 @@ STAGE = Stage(
 )
 '''
 
+CLIPPED = '''\
+"""A stage from another package with its own settings section, [clipped]."""
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from skymorph.config import Section, setting
+from skymorph.stages import Stage
+
+
+@dataclass
+class ClippedSettings(Section):
+    clip: float = setting(3.0, "clip every pixel at CLIP times the stamp's standard deviation",
+                          gt=0, flag="--clip", metavar="CLIP")
+    threads: int = setting(1, "threads (the result does not depend on them)", min=1, result=False)
+
+
+def _compute(ctx):
+    clip = ctx.config.clipped.clip
+    stamps = np.asarray(ctx.run.open_array("stamps")[:], dtype=float)
+    stamps = stamps.reshape(len(stamps), -1)
+    limit = clip * stamps.std(axis=1, keepdims=True)
+    means = np.clip(stamps, -limit, limit).mean(axis=1)
+    (ctx.run.path / "clipped.json").write_text(json.dumps(means.tolist()))
+    return {"n_galaxies": len(means)}
+
+
+STAGE = Stage(
+    name="clipped",
+    summary="clipped mean of every stamp -> clipped.json",
+    compute=_compute,
+    sections=("ingest",),
+    settings=ClippedSettings,
+    upstream=lambda config: ("ingest",),
+    outputs=("clipped.json",),
+)
+'''
+
 PACKAGES = ("hello_stage", "broken_stage")
 
 
@@ -93,17 +134,27 @@ def site(tmp_path, monkeypatch):
     (site / "hello_stage").mkdir(parents=True)
     (site / "hello_stage" / "__init__.py").write_text("")
     (site / "hello_stage" / "stages.py").write_text(HELLO)
+    (site / "hello_stage" / "clipped.py").write_text(CLIPPED)
     (site / "broken_stage").mkdir()
     (site / "broken_stage" / "__init__.py").write_text("")
     (site / "broken_stage" / "fails.py").write_text(FAILS)
     (site / "broken_stage" / "dynamic.py").write_text(DYNAMIC)
     monkeypatch.syspath_prepend(str(site))
     registry.plugins.cache_clear()
+    sections = dict(_fields._SECTIONS)
     yield site
     registry.plugins.cache_clear()
+    _forget_plugin_sections(sections)
     for module in list(sys.modules):
         if module.split(".")[0] in PACKAGES:
             del sys.modules[module]
+
+
+def _forget_plugin_sections(sections: dict[str, type]) -> None:
+    """Back to the built-in settings sections (as in a process that never imported a plugin)."""
+    _fields._SECTIONS.clear()
+    _fields._SECTIONS.update(sections)
+    _fields._specs.cache_clear()
 
 
 def _hello(site: Path) -> None:
@@ -191,6 +242,77 @@ def test_a_plugin_stage_runs_through_the_executor(site, cosmos_run, tmp_path, ca
     capsys.readouterr()
     assert main(["info", str(run.path)]) == 0
     assert "brightness finished" in capsys.readouterr().out
+
+
+def test_a_plugin_stage_has_its_own_settings_section(site, cosmos_run, tmp_path, capsys, caplog):
+    """``Stage(settings=...)`` declares ``[clipped]``: its flags, ``--set``, its checks, the
+    fingerprint (result-changing settings only) and config.toml, read again in a process that
+    has not imported the plugin, and kept unchecked where the plugin is not installed."""
+    _dist(site, "clipped-stage", {"clipped": "hello_stage.clipped:STAGE"})
+    sections = dict(_fields._SECTIONS)
+    run = RunDir(shutil.copytree(cosmos_run.path, tmp_path / "run"))
+    with pytest.raises(SystemExit):
+        main(["clipped", "--help"])
+    assert "--clip CLIP" in capsys.readouterr().out
+    assert get_stage("clipped").sections == ("clipped", "ingest")  # its own section first
+
+    def means() -> np.ndarray:
+        return np.asarray(json.loads((run.path / "clipped.json").read_text()))
+
+    assert main(["clipped", str(run.path), "-q"]) == 0
+    default, info = means(), run.stage_info("clipped")
+    assert info["settings_used"]["clipped"] == {"clip": 3.0, "threads": 1}
+    assert main(["clipped", str(run.path), "-q", "--set", "clipped.threads=2"]) == 0  # not a result setting
+    assert run.stage_info("clipped")["fingerprint"] == info["fingerprint"]
+    assert main(["clipped", str(run.path), "-q", "--clip", "0.5"]) == 0
+    assert run.stage_info("clipped")["fingerprint"] != info["fingerprint"]
+    stamps = np.asarray(run.open_array("stamps")[:], dtype=float).reshape(len(default), -1)
+    limit = 0.5 * stamps.std(axis=1, keepdims=True)
+    np.testing.assert_allclose(means(), np.clip(stamps, -limit, limit).mean(axis=1))
+    assert not np.allclose(means(), default)
+    assert "[clipped]\nclip = 0.5\n" in (run.path / "config.toml").read_text()
+    capsys.readouterr()
+    assert main(["clipped", str(run.path), "--set", "clipped.clip=-1"]) == 1
+    assert "clipped.clip = -1 is not allowed" in capsys.readouterr().err
+
+    # another process: the recorded [clipped] declares itself by importing the plugin's module
+    del sys.modules["hello_stage.clipped"]
+    _forget_plugin_sections(sections)
+    assert run.config().clipped.clip == 0.5
+    assert "hello_stage.clipped" in sys.modules
+
+    # the plugin uninstalled: the run still opens, and its section is kept as written
+    shutil.rmtree(site / "clipped_stage-0.1.dist-info")
+    registry.plugins.cache_clear()
+    _forget_plugin_sections(sections)
+    with caplog.at_level(logging.WARNING, logger="skymorph"):
+        config = run.config()
+    assert config.section("clipped") == {"clip": 0.5, "threads": 1}
+    assert any("[clipped] is kept as written, unchecked" in w for w in _warnings(caplog))
+    run.record_config(config)
+    assert "[clipped]\nclip = 0.5\n" in (run.path / "config.toml").read_text()
+    assert main(["info", str(run.path)]) == 0
+    with pytest.raises(ConfigError, match=r"unknown config section \[clipped\]"):
+        skymorph.Config().update({"clipped": {"clip": 1.0}})  # a settings file of the user's own
+
+
+def test_a_plugin_section_must_be_a_section_with_usable_defaults(site):
+    from dataclasses import dataclass
+
+    from skymorph.config import Section, register_section, setting
+    from skymorph.stages import Stage
+
+    @dataclass
+    class Negative(Section):
+        clip: float = setting(-1.0, "a default outside its own range", gt=0)
+
+    with pytest.raises(ConfigError, match=r"default settings of \[negative\] are not usable"):
+        register_section("negative", Negative)
+    assert "negative" not in _fields._SECTIONS
+    with pytest.raises(ConfigError, match="built-in settings section"):
+        Stage(name="cluster", summary="", compute=lambda ctx: {}, settings=Negative)
+    with pytest.raises(ConfigError, match="deriving from skymorph.config.Section"):
+        register_section("plain", dict)
 
 
 def test_a_plugin_that_clashes_with_a_builtin_is_refused(site, tmp_path, monkeypatch, caplog):

@@ -165,7 +165,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         config = RunDir(run_dir).config()  # rebuilt from the stage records when missing or empty
     elif recorded is not None and recorded.exists():
         try:
-            config = load_config(recorded)
+            config = load_config(recorded, keep_unknown=True)
         except ConfigError as exc:
             raise ConfigError(f"{recorded}: {exc} (fix or delete that line)") from None
     else:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
+import logging
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +29,16 @@ from ._analysis import (
     ValidateConfig,
 )
 from ._fields import (
+    _BUILT_IN,
     _SECTION_OF,
     _SECTIONS,
     ConfigError,
     Rule,
+    Section,
     SettingSpec,  # noqa: F401 - re-exported: public since before the split
     _specs,
     all_settings,  # noqa: F401 - re-exported
+    register_section,
     section_settings,
     setting,  # noqa: F401 - re-exported
 )
@@ -65,10 +70,13 @@ __all__ = [
     "SubdivideConfig",
     "PRESETS",
     "Rule",
+    "Section",
+    "register_section",
     "load_config",
     "read_settings",
 ]
 
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,17 +97,45 @@ class Config:
     similar: SimilarConfig = field(default_factory=SimilarConfig)
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     subdivide: SubdivideConfig = field(default_factory=SubdivideConfig)
+    plugins: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The sections of stages from other packages that differ from their defaults, by name
+    (read like the others: ``config.brightness``, :meth:`section`).  A section that no installed
+    package declares (a run directory written where that package was installed) is kept here as
+    the table it was read from, unchecked, and written back unchanged."""
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for names that are not attributes: the sections of other packages
+        if name.startswith("_") or name == "plugins":
+            raise AttributeError(name)
+        try:
+            return self.section(name)
+        except ConfigError:
+            raise AttributeError(f"Config has no section {name!r}") from None
+
+    def sections(self) -> list[str]:
+        """The name of every section: the built-in ones, those that stages of other packages
+        declared (:func:`register_section`), and the unchecked ones of :attr:`plugins`."""
+        return [*_SECTIONS, *(name for name in self.plugins if name not in _SECTIONS)]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dictionary of every setting."""
-        return dataclasses.asdict(self)
+        return {name: _table(self.section(name)) for name in self.sections()}
 
-    def update(self, values: dict[str, Any]) -> Config:
+    def update(self, values: dict[str, Any], *, keep_unknown: bool = False) -> Config:
         """Return a copy with ``{section: {key: value}}`` applied.
 
         Every value is checked against its setting's type, allowed values and range
         before anything is changed, so a bad value never reaches ``config.toml``.
-        An integer is accepted for a float setting.
+        An integer is accepted for a float setting.  A section named after a stage of an
+        installed package is declared by importing that package's stage module.
+
+        Parameters
+        ----------
+        values : dict
+            ``{section: {key: value}}``.
+        keep_unknown : bool
+            Keep a section that nothing declares in :attr:`plugins`, unchecked and with a
+            warning, instead of raising (for a run directory's own ``config.toml``).
 
         Raises
         ------
@@ -107,13 +143,21 @@ class Config:
             If a section or key does not exist, or a value is of the wrong type or
             out of range; the message names the setting, the value and what is allowed.
         """
-        new = dataclasses.replace(self)
+        new = dataclasses.replace(self, plugins=dict(self.plugins))
         for section, entries in values.items():
             if section not in _SECTIONS:
-                raise ConfigError(f"unknown config section [{section}]; sections are: {', '.join(_SECTIONS)}")
+                _declare_plugin_section(section)
             if not isinstance(entries, dict):
                 raise ConfigError(f"config section [{section}] must be a table of settings")
-            current = getattr(new, section)
+            if section not in _SECTIONS:
+                if not keep_unknown:
+                    raise ConfigError(f"unknown config section [{section}]; sections are: "
+                                      f"{', '.join(_SECTIONS)} (or that of an installed package's stage)")
+                log.warning("config section [%s] is kept as written, unchecked: no installed package "
+                            "declares it", section)
+                new.plugins[section] = {**new.plugins.get(section, {}), **entries}
+                continue
+            current = new.section(section)
             specs = section_settings(section)
             unknown = sorted(set(entries) - set(specs))
             if unknown:
@@ -122,12 +166,27 @@ class Config:
                     f"valid settings: {', '.join(sorted(specs))}"
                 )
             checked = {key: specs[key].check(value) for key, value in entries.items()}
-            setattr(new, section, dataclasses.replace(current, **checked))
+            if section in _BUILT_IN:
+                setattr(new, section, dataclasses.replace(current, **checked))
+            else:
+                new.plugins[section] = dataclasses.replace(current, **checked)
         return new
 
     def section(self, name: str) -> Any:
-        """The settings of one stage."""
-        return getattr(self, name)
+        """The settings of one stage (for a stage of another package, its defaults until set).
+
+        Raises
+        ------
+        ConfigError
+            If no section has that name.
+        """
+        if name in _BUILT_IN:
+            return getattr(self, name)
+        if name in self.plugins:
+            return self.plugins[name]
+        if name in _SECTIONS:
+            return _SECTIONS[name]()
+        raise ConfigError(f"unknown config section [{name}]; sections are: {', '.join(self.sections())}")
 
     def check(self, *sections: str) -> None:
         """Check the rules across sections (``CROSS_RULES``) that the stages reading
@@ -146,7 +205,7 @@ class Config:
         """The settings of ``sections`` that change a stage's result (see :func:`setting`)."""
         return {
             s: {
-                key: getattr(getattr(self, s), key)
+                key: getattr(self.section(s), key)
                 for key, spec in section_settings(s).items()
                 if spec.result
             }
@@ -158,13 +217,11 @@ class Config:
         workers, batch sizes, device, threads) are those of ``source``; every other
         setting is this one's.  What ``config.toml`` records when the command line's
         execution-only values must apply to that command only."""
-        new = dataclasses.replace(self)
-        for section in _SECTIONS:
-            keep = {key: getattr(getattr(source, section), key)
-                    for key, spec in _specs(section).items() if spec.execution}
-            if keep:
-                setattr(new, section, dataclasses.replace(getattr(new, section), **keep))
-        return new
+        return self.update({
+            section: {key: getattr(source.section(section), key)
+                      for key, spec in _specs(section).items() if spec.execution}
+            for section in _SECTIONS
+        })
 
     def fingerprint(self, *sections: str) -> str:
         """Stable hash of the result-changing settings of the named sections."""
@@ -186,8 +243,28 @@ class Config:
 
 
 
-_SECTIONS.update({f.name: f.default_factory for f in dataclasses.fields(Config)})
+_SECTIONS.update({f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "plugins"})
 _SECTION_OF.update({cls: name for name, cls in _SECTIONS.items()})
+_BUILT_IN.update(_SECTIONS)
+
+
+def _table(section: Any) -> dict[str, Any]:
+    return dict(section) if isinstance(section, dict) else dataclasses.asdict(section)
+
+
+def _declare_plugin_section(name: str) -> None:
+    """Import the stage module of the installed package whose stage is called ``name``: its
+    ``Stage(settings=...)`` declares the section ``[name]``."""
+    from ..registry import plugins
+
+    plugin = plugins().get(name)
+    if plugin is None:
+        return
+    try:
+        importlib.import_module(plugin.target.partition(":")[0])
+    except Exception as exc:  # noqa: BLE001 - a broken plugin is named, not raised, here
+        log.warning("the settings of [%s] cannot be declared: %s of %s fails to import (%s: %s)",
+                    name, plugin.target, plugin.dist, type(exc).__name__, exc)
 
 
 def _toml_value(value: Any) -> str:
@@ -246,7 +323,9 @@ features of the ingested stamps averaged over right-angle rotations.  ``paper`` 
 the paper's chain: CAE, APCT and ConvNeXt-XL (ImageNet-22k) features."""
 
 
-def load_config(path: str | Path | None = None, preset: str = "default") -> Config:
+def load_config(
+    path: str | Path | None = None, preset: str = "default", *, keep_unknown: bool = False
+) -> Config:
     """Build a :class:`Config` from a preset and an optional TOML file.
 
     Parameters
@@ -255,6 +334,8 @@ def load_config(path: str | Path | None = None, preset: str = "default") -> Conf
         TOML file with ``[section]`` tables; its values override the preset.
     preset : str
         ``"default"`` or ``"paper"``.
+    keep_unknown : bool
+        Keep the sections that nothing declares (see :meth:`Config.update`).
 
     Returns
     -------
@@ -263,7 +344,7 @@ def load_config(path: str | Path | None = None, preset: str = "default") -> Conf
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     config = Config().update(PRESETS[preset])
-    return config if path is None else config.update(read_settings(path))
+    return config if path is None else config.update(read_settings(path), keep_unknown=keep_unknown)
 
 
 def read_settings(path: str | Path) -> dict[str, Any]:

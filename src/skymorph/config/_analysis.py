@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._fields import _Section, setting
+from ._fields import Section, setting
 
 
 @dataclass
-class InspectConfig(_Section):
+class InspectConfig(Section):
     """Montages, expert voting in the browser, and merging votes into types.
 
     The same sampling (``per_cluster`` members per cluster, ``seed``) is used by
@@ -112,7 +112,7 @@ G2_MIN_SN = 3.0
 
 
 @dataclass
-class MeasureConfig(_Section):
+class MeasureConfig(Section):
     """Non-parametric and Sersic measurements (statmorph, Psi, G2)."""
 
     workers: int = setting(
@@ -239,7 +239,7 @@ class MeasureConfig(_Section):
 
 
 @dataclass
-class ExtendConfig(_Section):
+class ExtendConfig(Section):
     """The supervised step: the expert-typed consensus galaxies train a classifier that
     types every galaxy (see ``skymorph.core.extend`` for the measured choices)."""
 
@@ -333,7 +333,7 @@ class ExtendConfig(_Section):
 
 
 @dataclass
-class ValidateConfig(_Section):
+class ValidateConfig(Section):
     """Validation statistics and report."""
 
     sersic_split: float = setting(2.5, "ETG/LTG split in Sersic n (the paper: 2.5).", min=0)
@@ -407,7 +407,7 @@ class ValidateConfig(_Section):
 
 
 @dataclass
-class ComputeConfig(_Section):
+class ComputeConfig(Section):
     """Where chunk work runs (none of these settings changes a result)."""
 
     scheduler: str = setting(
@@ -429,7 +429,7 @@ class ComputeConfig(_Section):
 
 
 @dataclass
-class SimilarConfig(_Section):
+class SimilarConfig(Section):
     """'More like this': the nearest galaxies to a query (``skymorph similar``)."""
 
     n: int = setting(50, "Neighbours returned per query.", flag="--n", min=1)
@@ -455,7 +455,7 @@ class SimilarConfig(_Section):
 
 
 @dataclass
-class AnomalyConfig(_Section):
+class AnomalyConfig(Section):
     """Anomaly ranking: ``anomaly_score`` for every galaxy (``skymorph anomaly``)."""
 
     method: str = setting(
@@ -490,7 +490,7 @@ class AnomalyConfig(_Section):
 
 
 @dataclass
-class SubdivideConfig(_Section):
+class SubdivideConfig(Section):
     """Subclasses of one cluster or type (``skymorph subdivide``)."""
 
     k: int = setting(5, "Subclasses of each of the three clusterers.", flag="--k", min=2)

@@ -48,9 +48,13 @@ class Rule:
             raise ConfigError(self.message(settings))
 
 
-class _Section:
+class Section:
     """Base of the settings sections: every value and rule is checked on construction
-    (``dataclasses.replace`` included), so a section never holds an unusable value."""
+    (``dataclasses.replace`` included), so a section never holds an unusable value.
+
+    A stage of another package declares its own section as a dataclass deriving from this
+    one, with :func:`setting` fields (``Stage(settings=...)``, see docs/architecture.md).
+    """
 
     rules: ClassVar[tuple[Rule, ...]] = ()
 
@@ -127,6 +131,45 @@ _SECTIONS: dict[str, type] = {}
 """Section name -> its settings class, in order: the fields of :class:`Config` (one place to add one).
 Filled by :mod:`skymorph.config` once ``Config`` is defined."""
 _SECTION_OF: dict[type, str] = {}
+_BUILT_IN: set[str] = set()
+"""The sections of :class:`~skymorph.config.Config`'s own fields (the others are added by
+:func:`register_section`)."""
+
+
+def register_section(name: str, settings: type) -> None:
+    """Add the settings section ``[name]`` of a stage from another package.
+
+    Parameters
+    ----------
+    name : str
+        The section's name: the stage's.
+    settings : type
+        A dataclass deriving from :class:`Section` whose fields are :func:`setting` fields,
+        each with a default.
+
+    Raises
+    ------
+    ConfigError
+        If ``name`` is a built-in section or is taken by another class, or ``settings`` is
+        not such a dataclass.
+    """
+    if name in _BUILT_IN:
+        raise ConfigError(f"[{name}] is a built-in settings section; a stage of another package "
+                          "declares a section named after itself")
+    if not (isinstance(settings, type) and issubclass(settings, Section)
+            and dataclasses.is_dataclass(settings)):
+        raise ConfigError(f"the settings of [{name}] must be a dataclass deriving from "
+                          "skymorph.config.Section, with setting(...) fields")
+    if _SECTIONS.get(name, settings) is not settings:
+        raise ConfigError(f"[{name}] is already declared by {_SECTIONS[name].__qualname__}")
+    _SECTIONS[name] = settings
+    _SECTION_OF[settings] = name
+    _specs.cache_clear()
+    try:
+        settings()  # every setting has a default, and the defaults pass the checks
+    except (ConfigError, TypeError) as exc:
+        del _SECTIONS[name], _SECTION_OF[settings]
+        raise ConfigError(f"the default settings of [{name}] are not usable: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -266,7 +309,7 @@ def _specs(section: str) -> dict[str, SettingSpec]:
         specs[f.name] = SettingSpec(
             section=section,
             name=f.name,
-            annotation=str(f.type),
+            annotation=_annotation(f.type),
             default=default,
             help=meta.get("help", ""),
             choices=meta.get("choices"),
@@ -280,6 +323,13 @@ def _specs(section: str) -> dict[str, SettingSpec]:
             lt=meta.get("lt"),
         )
     return specs
+
+
+def _annotation(kind: Any) -> str:
+    """The annotation as text (``float | None``), whether or not its module postpones them."""
+    if isinstance(kind, str):
+        return kind
+    return kind.__name__ if kind in (int, float, str, bool) else str(kind)
 
 
 def all_settings() -> list[SettingSpec]:

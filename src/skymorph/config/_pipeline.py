@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._fields import Rule, _Section, setting
+from ._fields import Rule, Section, setting
 
 
 @dataclass
-class IngestConfig(_Section):
+class IngestConfig(Section):
     """How cutouts become stamps."""
 
     stamp_size: int = setting(
@@ -132,7 +132,7 @@ class IngestConfig(_Section):
 
 
 @dataclass
-class DenoiseConfig(_Section):
+class DenoiseConfig(Section):
     """The convolutional autoencoder (paper Table 1).
 
     Stamps are normalised per stamp before the CAE sees them (sky offset from
@@ -220,7 +220,7 @@ class DenoiseConfig(_Section):
 
 
 @dataclass
-class PolarConfig(_Section):
+class PolarConfig(Section):
     """The adaptive polar coordinate transform (APCT)."""
 
     enabled: bool = setting(
@@ -266,7 +266,7 @@ class PolarConfig(_Section):
 
 
 @dataclass
-class EncodeConfig(_Section):
+class EncodeConfig(Section):
     """The pretrained image encoder (see ``skymorph.core.encoders`` for the preprocessing)."""
 
     encoder: str = setting(
@@ -394,7 +394,7 @@ class EncodeConfig(_Section):
 
 
 @dataclass
-class ReduceConfig(_Section):
+class ReduceConfig(Section):
     """UMAP reduction of the features (paper section 3.3)."""
 
     method: str = setting(
@@ -512,7 +512,7 @@ class ReduceConfig(_Section):
 
 
 @dataclass
-class ClusterConfig(_Section):
+class ClusterConfig(Section):
     """Consensus clustering by K-means, BIRCH and ward agglomerative (paper section 3.4)."""
 
     k: int = setting(20, "Clusters of each method (the paper: 20).", flag="--k", min=2)

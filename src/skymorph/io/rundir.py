@@ -234,7 +234,7 @@ class RunDir:
         if not path.exists() or _is_blank_toml(path):
             return self._config_from_records("missing" if not path.exists() else "empty")
         try:
-            return load_config(path)
+            return load_config(path, keep_unknown=True)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc} (fix the file or remove the line)") from None
         except (UnicodeDecodeError, OSError) as exc:
@@ -279,7 +279,7 @@ class RunDir:
                     self.path / "config.toml", state, ", ".join(recorded))
         try:
             # execution-only settings (scheduler, workers, ...) applied to the command that ran
-            return Config().update(values).with_execution_settings(Config())
+            return Config().update(values, keep_unknown=True).with_execution_settings(Config())
         except ConfigError as exc:
             raise ConfigError(f"the stage records in {self.path / 'stages'} hold a setting this skymorph "
                               f"does not know ({exc}); restore config.toml") from None

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import _SECTIONS, Config, ConfigError, IngestConfig, PolarConfig
+from ..config import _SECTIONS, Config, ConfigError, IngestConfig, PolarConfig, register_section
 from ..errors import SkymorphError
 from ..io.rundir import RunDir, RunDirError
 from ..registry import PIPELINE, STAGES, all_stages, plugins
@@ -138,6 +138,17 @@ class Stage:
     rejoin: Callable[[RunDir], None] | None = None
     """Joins this stage's columns onto a catalog that another stage rewrote (results that do
     not depend on that stage, e.g. the measurements after a new clustering, survive it)."""
+    settings: type | None = None
+    """The stage's own settings section, for a stage of another package: a dataclass deriving
+    from :class:`skymorph.config.Section` with :func:`skymorph.config.setting` fields.  It is
+    declared as ``[<name>]`` when the stage is (:func:`skymorph.config.register_section`) and
+    comes first in :attr:`sections`.  The built-in stages' sections are fields of ``Config``."""
+
+    def __post_init__(self) -> None:
+        if self.settings is not None:
+            register_section(self.name, self.settings)
+            own = (self.name, *(s for s in self.sections if s != self.name))
+            object.__setattr__(self, "sections", own)
 
 
 # --- settings unpacked for the core functions that more than one stage calls ---------------

@@ -44,6 +44,7 @@ import pandas as pd
 from ..config import Config, InspectConfig
 from ..core.scores import sample_members
 from ..errors import SkymorphError
+from ..io.atomic import atomic_file, write_text_atomic
 from ..io.rundir import RunDir, RunDirError
 from ._templates import render
 
@@ -343,9 +344,8 @@ def draw_grid(run: RunDir, config: Config, rows: np.ndarray, title: str, path: P
         scaled = np.concatenate([[bool(scaled[0]) if len(scaled) else False], scaled])
     canvas, _ = _render_montage(pixels, scaled, title, config.inspect)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        canvas.save(tmp, format="PNG")
 
 
 def inspection_dir(run: RunDir) -> Path:
@@ -467,9 +467,8 @@ def draw_montages(run: RunDir, config: Config, progress: bool = True) -> dict[st
         colour = [colours.get(int(i)) for i in stamps_idx]
         canvas, geom = _render_montage(block, scaled[stamps_idx], title, cfg, colour)
         name = f"montages/cluster_{cluster:03d}.png"
-        tmp = out / f".{cluster}.png.tmp"
-        canvas.save(tmp, format="PNG")
-        os.replace(tmp, out / name)
+        with atomic_file(out / name) as tmp:
+            canvas.save(tmp, format="PNG")
         entries.append({
             "cluster": cluster, "size": int(sizes[cluster]), "n_shown": len(rows), "png": name,
             "rows": rows.tolist(), "stamp_index": stamps_idx.tolist(), "ids": ids[rows].tolist(),
@@ -477,9 +476,7 @@ def draw_montages(run: RunDir, config: Config, progress: bool = True) -> dict[st
         })
     manifest = {"clustering": clustering, "array": cfg.array, "n_galaxies": len(catalog),
                 "n_consensus": int((labels >= 0).sum()), **settings, "clusters": entries}
-    tmp = out / ".montages.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, _manifest_path(run))
+    write_text_atomic(_manifest_path(run), json.dumps(manifest, indent=1))
     (out / "index.html").write_text(gallery_html(run, manifest, int(scaled[stamp_index].sum())))
     return {"n_clusters": len(entries), "n_consensus": manifest["n_consensus"]}
 

@@ -37,6 +37,7 @@ import pandas as pd
 
 from ..config import Config
 from ..io.arrays import galaxy_array
+from ..io.atomic import write_text_atomic
 from ..io.rundir import RunDir
 from .montage import InspectError, consensus_labels
 from .votes import CsvStore, _now, clean_expert
@@ -280,9 +281,7 @@ def auto_refine(run_dir: str | os.PathLike | RunDir, truth: str | os.PathLike | 
               "cluster_labels": bool(config.extend.cluster_labels), "pages": pages}
     out = run.path / "inspection"
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".auto_refine.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out / "auto_refine.json")
+    write_text_atomic(out / "auto_refine.json", json.dumps(result, indent=2))
     run.record_config(config)
     return result
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..io.atomic import atomic_file
 from ..io.csvfile import escape_cell, unescape_cell
 from .montage import InspectError
 
@@ -77,17 +78,12 @@ class CsvStore:
             return [{k: unescape_cell(row.get(k) or "") for k in self.columns} for row in csv.DictReader(fh)]
 
     def _write(self, rows: list[dict[str, str]]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, fieldnames=self.columns)
-                writer.writeheader()
-                writer.writerows({k: escape_cell(v) for k, v in row.items()} for row in rows)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_file(self.path, unique=True) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows({k: escape_cell(v) for k, v in row.items()} for row in rows)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 class VoteStore(CsvStore):

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from .._version import __version__
+from .atomic import atomic_file
 from .columns import COLUMNS, NOCONS, column_info  # noqa: F401 - COLUMNS is re-exported
 
 __all__ = ["NOCONS", "CATALOG_EXTNAME", "PROVENANCE_KEY", "column_info", "provenance", "id_dtype",
@@ -292,12 +293,8 @@ def _write_fits(path: Path, table: pd.DataFrame, record: dict[str, Any]) -> None
         hdu.header.insert(f"TTYPE{i}", (f"TCOMM{i}", description), after=True)
     _set(hdu.header, "SKYMVER", record.get("version", __version__), "skymorph version")
     hdul = fits.HDUList([fits.PrimaryHDU(header=_primary_header(record, len(table))), hdu])
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        hdul.writeto(tmp, overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as tmp:
+        hdul.writeto(tmp, overwrite=True)  # a temporary file a killed process left
 
 
 def arrow_schema(schema, record: dict[str, Any] | None, units: bool = True):
@@ -327,12 +324,8 @@ def write_parquet(path: str | os.PathLike, table: pd.DataFrame, record: dict[str
     path = Path(path)
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     arrow = arrow.cast(arrow_schema(arrow.schema, record))
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_file(path) as tmp:
         pq.write_table(arrow, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _prepare(table: pd.DataFrame) -> pd.DataFrame:

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_file
+
 __all__ = ["ChunkLedger", "ResultCache", "chunk_map", "chunk_rows", "chunk_slices", "clear_parts",
            "create_chunked", "drop_old_record", "open_chunked", "resume_or_create"]
 
@@ -81,12 +83,10 @@ class ChunkLedger:
     def start(self) -> None:
         """Start a new record (forgetting any other)."""
         self.path.parent.mkdir(exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w") as fh:
+        with atomic_file(self.path) as tmp, tmp.open("w") as fh:
             fh.write(json.dumps({"key": self.key}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
         self.done = {}
 
     def record(self, chunk: int, info: Any = None) -> None:
@@ -137,11 +137,8 @@ class ResultCache:
 
     def put(self, call: int, index: int, value: Any) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self._path(call, index)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("wb") as fh:
+        with atomic_file(self._path(call, index)) as tmp, tmp.open("wb") as fh:
             pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
 
 
 def clear_parts(run_path: str | os.PathLike, stage: str) -> None:

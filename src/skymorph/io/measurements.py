@@ -18,6 +18,7 @@ import pandas as pd
 from ..config import MeasureConfig
 from ..core.measure_tasks import MeasureTask, measure_task, row_schema
 from ..core.parallel import map_ordered, start_pool
+from .atomic import atomic_file
 from .catalog import MEASURE_COLUMNS, MEASUREMENTS_FILE, arrow_schema, provenance
 from .rundir import RunDir, RunDirError
 
@@ -69,10 +70,8 @@ def measurements_writer(run: RunDir, *, include_doublesersic: bool
     import pyarrow.parquet as pq
 
     schema = arrow_schema(row_schema(include_doublesersic), provenance(run.path))
-    tmp = run.path / f".{MEASUREMENTS_FILE}.tmp"
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with atomic_file(run.path / MEASUREMENTS_FILE) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         yield lambda rows: writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-    os.replace(tmp, run.path / MEASUREMENTS_FILE)
 
 
 def join_measurements(run: RunDir) -> None:

@@ -10,7 +10,6 @@ without features) and draws a montage of the ``top`` most unusual galaxies,
 from __future__ import annotations
 
 import logging
-import os
 from os import PathLike
 from typing import Any
 
@@ -21,6 +20,7 @@ from ..config import Config
 from ..errors import SkymorphError
 from ..inspection.montage import SHOWN_COLUMNS, draw_grid
 from ..io.arrays import galaxy_array, input_stage
+from ..io.atomic import atomic_file
 from ..io.rundir import RunDir
 from . import Stage, StageContext, execute
 
@@ -71,9 +71,8 @@ def _draw_top(run: RunDir, config: Config, catalog: pd.DataFrame, score: np.ndar
     for col in SHOWN_COLUMNS:
         if col in catalog.columns and col != "anomaly_score":
             table[col] = catalog[col].to_numpy()[order]
-    tmp = out / ".top.csv.tmp"
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out / "top.csv")
+    with atomic_file(out / "top.csv") as tmp:
+        table.to_csv(tmp, index=False)
     draw_grid(run, config, order, f"the {len(order)} most unusual galaxies ({config.anomaly.method}), "
               "most unusual first", out / "top.png")
 

@@ -17,7 +17,6 @@ is the query itself) and one montage per query, ``similar/<query>.png``, the que
 from __future__ import annotations
 
 import logging
-import os
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from ..config import Config
 from ..errors import SkymorphError
 from ..inspection.montage import SHOWN_COLUMNS, draw_grid, galaxy_table
 from ..io.arrays import galaxy_array, input_stage
+from ..io.atomic import atomic_file
 from ..io.rundir import RunDir
 from ..io.runfiles import file_digest, safe_file_name
 from . import Argument, Stage, StageContext, apct_options, execute, stamp_options
@@ -195,9 +195,8 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
                   f"{int((sel['rank'] > 0).sum())} nearest ({cfg.metric})", png,
                   first=extra_stamp if exclude[i] < 0 else None)
         montages.append(png.name)
-    tmp = out / ".result.csv.tmp"
-    result.drop(columns="row").to_csv(tmp, index=False)
-    os.replace(tmp, out / "result.csv")
+    with atomic_file(out / "result.csv") as tmp:
+        result.drop(columns="row").to_csv(tmp, index=False)
     return {"queries": names, "n": k, "route": route, "metric": cfg.metric, "input": cfg.input,
             "montages": montages, "n_galaxies": n}
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from os import PathLike
 from typing import Any
 
@@ -30,6 +29,7 @@ import pandas as pd
 from ..config import Config
 from ..errors import SkymorphError
 from ..inspection.montage import draw_grid
+from ..io.atomic import atomic_file, write_text_atomic
 from ..io.rundir import RunDir, RunDirError
 from . import Argument, Stage, StageContext, execute
 
@@ -136,13 +136,13 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     manifest = {"group": parent, "by": "cluster" if ctx.options.get("cluster") is not None else "type",
                 "n_members": len(rows), "n_kept": int(result.consensus.sum()), "k": cfg.k,
                 "clustering": clustering_fingerprint(catalog), "subclusters": entries}
-    _write_json(folder / "montages.json", manifest)
-    tmp = out / ".subclusters.parquet.tmp"
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, out / "subclusters.parquet")
+    write_text_atomic(folder / "montages.json", json.dumps(manifest, indent=1))
+    with atomic_file(out / "subclusters.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
     groups = _read_json(out / "groups.json").get("groups", [])
     groups = [g for g in groups if g != parent] + [parent]
-    _write_json(out / "groups.json", {"groups": groups, "clustering": manifest["clustering"]})
+    groups_file = {"groups": groups, "clustering": manifest["clustering"]}
+    write_text_atomic(out / "groups.json", json.dumps(groups_file, indent=1))
     run.update_catalog(table)
     log.info("subdivide: group %s, %d members -> %d subclasses (%d members kept by the vote)", parent,
              len(rows), len(entries), manifest["n_kept"])
@@ -160,12 +160,6 @@ def _read_json(path: Any) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _write_json(path: Any, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
 
 
 def load_subclasses(run: RunDir) -> list[dict[str, Any]]:

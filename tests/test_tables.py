@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -84,3 +86,19 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary():
         write_text_atomic(path, "\ud800")  # cannot be encoded: the write fails half way
     assert path.read_text() == '{"old": 1}'
     assert [p.name for p in path.parent.iterdir()] == ["evaluation.json"]
+
+
+def test_a_writer_that_fails_inside_atomic_file_leaves_the_old_table(tmp_path):
+    from skymorph.io.atomic import atomic_file
+
+    path = tmp_path / "subclusters.parquet"
+    pd.DataFrame({"id": ["a"]}).to_parquet(path, index=False)
+    with pytest.raises(ValueError, match="half written"), atomic_file(path) as tmp:
+        pd.DataFrame({"id": ["b", "c"]}).to_parquet(tmp, index=False)
+        raise ValueError("half written")
+    assert pd.read_parquet(path)["id"].tolist() == ["a"]
+    assert [p.name for p in tmp_path.iterdir()] == ["subclusters.parquet"]
+    with atomic_file(path, unique=True) as tmp:
+        assert str(os.getpid()) in tmp.name
+        pd.DataFrame({"id": ["b"]}).to_parquet(tmp, index=False)
+    assert pd.read_parquet(path)["id"].tolist() == ["b"]

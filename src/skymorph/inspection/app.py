@@ -239,23 +239,9 @@ class _App:
         return SubclassVoteStore(subclass_votes_path(self.run), self.manifest["clustering"])
 
     def _subclass_manifests(self) -> list[dict[str, Any]]:
-        import json as _json
+        from .special import subclass_manifests
 
-        out = self.run.path / "subdivide"
-        try:
-            groups = _json.loads((out / "groups.json").read_text()).get("groups", [])
-        except (OSError, ValueError):
-            return []
-        manifests = []
-        for path in sorted(out.glob("group_*/montages.json")):
-            try:
-                manifest = _json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if manifest.get("group") in groups and manifest.get("clustering") == self.manifest["clustering"]:
-                manifest["folder"] = path.parent.name
-                manifests.append(manifest)
-        return manifests
+        return subclass_manifests(self.run, self.manifest["clustering"])
 
     def subclasses(self, expert: str | None) -> dict[str, Any]:
         """The subdivided groups of the current clustering, their montages and the expert's names."""

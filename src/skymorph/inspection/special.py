@@ -12,6 +12,7 @@ gave it (and more than any other name); its galaxies get that name, every other 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import Counter
@@ -25,7 +26,8 @@ from ..io.rundir import RunDir
 from .montage import InspectError, clustering_fingerprint, inspection_dir
 from .votes import VoteStore, clean_expert
 
-__all__ = ["SubclassVoteStore", "clean_label", "merge_special", "subclass_votes_path"]
+__all__ = ["SubclassVoteStore", "clean_label", "group_folder", "merge_special", "subclass_manifests",
+           "subclass_votes_path"]
 
 log = logging.getLogger("skymorph.inspection")
 
@@ -35,6 +37,31 @@ _SUBCLUSTER = re.compile(r"[A-Za-z0-9_+-]{1,40}\.-?[0-9]{1,6}")
 
 def subclass_votes_path(run: RunDir) -> Any:
     return run.path / "inspection" / "subclass_votes.csv"
+
+
+def group_folder(group: str) -> str:
+    """The folder in ``RUN_DIR/subdivide`` of the subclass montages of cluster or type ``group``."""
+    return "group_" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in group)
+
+
+def subclass_manifests(run: RunDir, clustering: str) -> list[dict[str, Any]]:
+    """The montage manifests (``subdivide/group_*/montages.json``, with their ``folder``) of
+    every group that ``skymorph subdivide`` split on the clustering ``clustering``
+    (:func:`~skymorph.inspection.montage.clustering_fingerprint`); unreadable ones are left out."""
+    out = run.path / "subdivide"
+    try:
+        groups = json.loads((out / "groups.json").read_text()).get("groups", [])
+    except (OSError, ValueError):
+        return []
+    manifests = []
+    for path in sorted(out.glob("group_*/montages.json")):
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if manifest.get("group") in groups and manifest.get("clustering") == clustering:
+            manifests.append({**manifest, "folder": path.parent.name})
+    return manifests
 
 
 def clean_label(label: Any, special_types: list[str]) -> str:

@@ -28,12 +28,14 @@ import pandas as pd
 
 from ..config import Config
 from ..errors import SkymorphError
+from ..inspection import clustering_fingerprint, sample_members
 from ..inspection.montage import draw_grid
+from ..inspection.special import group_folder, subclass_manifests
 from ..io.atomic import atomic_file, write_text_atomic
 from ..io.rundir import RunDir, RunDirError
 from . import Argument, Stage, StageContext, execute
 
-__all__ = ["subdivide", "SubdivideError", "load_subclasses"]
+__all__ = ["subdivide", "SubdivideError"]
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,6 @@ def _extra(ctx: StageContext) -> dict[str, Any]:
 def _compute(ctx: StageContext) -> dict[str, Any]:
     from ..core.clustering import ClusterError, consensus_clustering
     from ..core.subclasses import SubclassError, own_embedding, subcluster_names
-    from ..inspection import clustering_fingerprint, sample_members
 
     run, config = ctx.run, ctx.config
     cfg = config.subdivide
@@ -119,7 +120,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
     column[rows] = names
     table = pd.DataFrame({"id": catalog["id"], "subcluster": column})
     out = run.path / "subdivide"
-    folder = out / _folder(parent)
+    folder = out / group_folder(parent)
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("subcluster_*.png"):
         old.unlink()
@@ -132,7 +133,7 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
         draw_grid(run, config, rows[picked], f"subclass {name}  |  {size} galaxies  |  {len(picked)} shown",
                   png)
         entries.append({"subcluster": name, "size": size, "n_shown": len(picked),
-                        "png": f"{_folder(parent)}/{png.name}", "ids": ids[rows[picked]].tolist()})
+                        "png": f"{group_folder(parent)}/{png.name}", "ids": ids[rows[picked]].tolist()})
     manifest = {"group": parent, "by": "cluster" if ctx.options.get("cluster") is not None else "type",
                 "n_members": len(rows), "n_kept": int(result.consensus.sum()), "k": cfg.k,
                 "clustering": clustering_fingerprint(catalog), "subclusters": entries}
@@ -150,11 +151,6 @@ def _compute(ctx: StageContext) -> dict[str, Any]:
             "n_subclusters": len(entries), "sizes": {e["subcluster"]: e["size"] for e in entries}}
 
 
-def _folder(parent: str) -> str:
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in parent)
-    return f"group_{safe}"
-
-
 def _read_json(path: Any) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -162,34 +158,20 @@ def _read_json(path: Any) -> dict[str, Any]:
         return {}
 
 
-def load_subclasses(run: RunDir) -> list[dict[str, Any]]:
-    """The montage manifests of every subdivided group of the current clustering."""
-    from ..inspection import clustering_fingerprint
-
-    out = run.path / "subdivide"
-    groups = _read_json(out / "groups.json")
-    if not groups or not (run.path / "catalog.parquet").exists():
-        return []
-    current = clustering_fingerprint(run.catalog())
-    manifests = []
-    for parent in groups.get("groups", []):
-        manifest = _read_json(out / _folder(parent) / "montages.json")
-        if manifest and manifest.get("clustering") == current:
-            manifests.append(manifest)
-    return manifests
-
-
 def _finish(ctx: StageContext) -> None:
     """Put ``subcluster`` back when a later ``cluster`` rewrote the catalog with the same clustering."""
     run = ctx.run
     path = run.path / "subdivide" / "subclusters.parquet"
-    if path.exists() and "subcluster" not in run.catalog().columns and load_subclasses(run):
+    if not path.exists():
+        return
+    catalog = run.catalog()
+    if "subcluster" not in catalog.columns and subclass_manifests(run, clustering_fingerprint(catalog)):
         run.update_catalog(pd.read_parquet(path))
 
 
 def _report(run: RunDir, info: dict[str, Any], options: dict[str, Any]) -> str:
     sizes = info.get("sizes", {})
-    folder = run.path / "subdivide" / _folder(str(info.get("group")))
+    folder = run.path / "subdivide" / group_folder(str(info.get("group")))
     return "\n".join([
         f"group {info.get('group')}: {info.get('n_members')} galaxies -> {info.get('n_subclusters')} "
         "subclasses; "
